@@ -1,0 +1,68 @@
+//! relive-runtime: BEAM-like processes for Rust.
+//!
+//! A [`Node`] runs many lightweight, isolated processes on an M:N
+//! work-stealing scheduler. A process is an [`Actor`] (gen_server-like
+//! callbacks) with a mailbox; processes talk by asynchronous messages
+//! ([`Node::send`], [`Ctx::cast`]) and calls with a timeout whose reply
+//! bypasses the mailbox ([`Ctx::call`]). Links, monitors and exit signals
+//! follow Erlang's rules ([`ExitReason`], trap_exit), and [`supervisor`]
+//! restarts what fails. Ports ([`port`]) own TCP connections on an I/O
+//! thread so a connection outlives any code version.
+//!
+//! # Design
+//!
+//! - Processes are callbacks, not stacks: an idle process is a few hundred
+//!   bytes (no stack), and its state can be suspended, taken out and
+//!   replaced between two messages, which is what live upgrade needs.
+//! - A panic in a callback ends only that process (`catch_unwind` around
+//!   every callback); its links and monitors react.
+//! - The runtime knows nothing of modules' code versions, plans or
+//!   releases; those live above it.
+//! - This crate has no `unsafe`.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use relive_runtime::{Actor, Ctx, Message, Node, NodeConfig, ReplyTo};
+//!
+//! struct Counter(u64);
+//! impl Actor for Counter {
+//!     fn handle(&mut self, msg: Message, _ctx: &mut Ctx<'_>) {
+//!         if let Ok(n) = msg.downcast::<u64>() { self.0 += n }
+//!     }
+//!     fn handle_call(&mut self, _req: Message, reply: ReplyTo, _ctx: &mut Ctx<'_>) {
+//!         reply.reply_with(self.0)
+//!     }
+//! }
+//!
+//! let node = Node::start(NodeConfig::default());
+//! let pid = node.spawn(Counter(0)).unwrap();
+//! node.send(pid, 5u64).unwrap();
+//! let total = node.call(pid, (), Duration::from_secs(1)).unwrap();
+//! assert_eq!(total.downcast::<u64>().unwrap(), 5);
+//! node.shutdown();
+//! ```
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod ctx;
+mod error;
+mod mailbox;
+mod message;
+mod node;
+mod pid;
+pub mod port;
+mod process;
+mod scheduler;
+mod sync;
+mod table;
+mod timer;
+
+pub use ctx::Ctx;
+pub use error::{CallError, LinkError, RegisterError, SendError, SpawnError, SuspendError};
+pub use message::{Down, Exit, Message, ReplyTo};
+pub use node::{Dest, ExitWaiter, Node, NodeConfig};
+pub use pid::{ExitReason, MonitorRef, ParsePidError, Pid, TimerRef};
+pub use process::{Actor, actor_fn};

@@ -1,0 +1,420 @@
+//! The mailbox and the scheduling hand-off: the one place that decides when a
+//! process must be put on a run queue.
+//!
+//! # Protocol
+//!
+//! All state lives under one lock, so every rule below is checked and
+//! changed atomically with the queue itself:
+//!
+//! - `scheduled` is true while the process sits on a run queue or a worker
+//!   runs it. Exactly one party turns it from false to true (a sender, a
+//!   resume, an exit signal) and that party, and only it, queues the process.
+//!   So a process is never queued twice and never runs on two workers.
+//! - The running worker turns `scheduled` false only in [`Mailbox::next`],
+//!   at the moment it finds nothing to do. A message pushed after that sees
+//!   `scheduled == false` and queues the process again: no wake-up is lost.
+//! - `suspended`: messages keep arriving and are kept; [`Mailbox::next`]
+//!   hands out none of them until [`Mailbox::resume`]. A pending exit is
+//!   still handed out, so a suspended process can be killed.
+//! - `pending_exit` holds a fatal exit signal (kill, or an untrapped
+//!   non-normal exit). It overtakes queued messages: the process dies at the
+//!   start of its next step, as an Erlang process does on a signal.
+//! - `dead` is never unset. After [`Mailbox::close`] every push is refused and
+//!   gives the envelope back to the sender.
+
+use std::collections::VecDeque;
+
+use crate::pid::ExitReason;
+use crate::sync::Mutex;
+
+pub(crate) struct Mailbox<T> {
+    state: Mutex<State<T>>,
+}
+
+struct State<T> {
+    queue: VecDeque<T>,
+    scheduled: bool,
+    suspended: bool,
+    trap_exit: bool,
+    initialized: bool,
+    dead: bool,
+    pending_exit: Option<ExitReason>,
+}
+
+/// What a push did.
+#[must_use]
+pub(crate) enum Push<T> {
+    /// The caller turned `scheduled` on and must queue the process.
+    Schedule,
+    /// Queued (or ignored, for a normal exit signal); nothing more to do.
+    Queued,
+    /// The process is dead; here is the envelope back.
+    Dead(T),
+}
+
+/// The next thing the running worker must do.
+pub(crate) enum Next<T> {
+    /// Run the process's init (first step of a new process).
+    Init,
+    /// Handle this envelope.
+    Deliver(T),
+    /// Terminate with this reason.
+    Exit(ExitReason),
+    /// Nothing to do; `scheduled` is now false.
+    Idle,
+}
+
+/// How an exit signal is delivered.
+pub(crate) enum Signal<T> {
+    /// `exit(pid, kill)`: cannot be trapped.
+    Kill,
+    /// Any other reason; `as_message` builds the `Exit` message for a process
+    /// that traps exits.
+    Exit(ExitReason, T),
+}
+
+impl<T> Mailbox<T> {
+    /// A mailbox for a new process: scheduled (its spawner queues it to run
+    /// init) and not yet initialized.
+    pub(crate) fn new() -> Mailbox<T> {
+        Mailbox {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                scheduled: true,
+                suspended: false,
+                trap_exit: false,
+                initialized: false,
+                dead: false,
+                pending_exit: None,
+            }),
+        }
+    }
+
+    pub(crate) fn push(&self, envelope: T) -> Push<T> {
+        let mut s = self.state.lock();
+        if s.dead {
+            return Push::Dead(envelope);
+        }
+        s.queue.push_back(envelope);
+        s.claim(false)
+    }
+
+    /// Delivers an exit signal with Erlang's rules: kill always kills; a
+    /// trapping process gets a message; `normal` is otherwise ignored; any
+    /// other reason kills.
+    pub(crate) fn signal(&self, signal: Signal<T>) -> Push<T> {
+        let mut s = self.state.lock();
+        if s.dead {
+            return match signal {
+                Signal::Kill => Push::Queued,
+                Signal::Exit(_, message) => Push::Dead(message),
+            };
+        }
+        match signal {
+            Signal::Kill => {
+                s.pending_exit = Some(ExitReason::Killed);
+                s.claim(true)
+            }
+            Signal::Exit(_, message) if s.trap_exit => {
+                s.queue.push_back(message);
+                s.claim(false)
+            }
+            Signal::Exit(ExitReason::Normal, _) => Push::Queued,
+            Signal::Exit(reason, _) => {
+                if s.pending_exit.is_none() {
+                    s.pending_exit = Some(reason);
+                }
+                s.claim(true)
+            }
+        }
+    }
+
+    /// Takes the next step for the running worker. On `Idle` the process is
+    /// no longer scheduled.
+    pub(crate) fn next(&self) -> Next<T> {
+        let mut s = self.state.lock();
+        if let Some(reason) = s.pending_exit.take() {
+            return Next::Exit(reason);
+        }
+        if !s.initialized {
+            s.initialized = true;
+            return Next::Init;
+        }
+        if !s.suspended {
+            if let Some(envelope) = s.queue.pop_front() {
+                return Next::Deliver(envelope);
+            }
+        }
+        s.scheduled = false;
+        Next::Idle
+    }
+
+    /// For a worker that wants to end a turn early: goes idle (and returns
+    /// true) only if there is nothing to do; otherwise the process stays
+    /// scheduled and the caller must queue it.
+    pub(crate) fn try_idle(&self) -> bool {
+        let mut s = self.state.lock();
+        let has_work =
+            s.pending_exit.is_some() || !s.initialized || (!s.suspended && !s.queue.is_empty());
+        if !has_work {
+            s.scheduled = false;
+        }
+        !has_work
+    }
+
+    /// Stops handing out messages. Returns false if the process is dead or
+    /// was already suspended.
+    pub(crate) fn suspend(&self) -> bool {
+        let mut s = self.state.lock();
+        if s.dead || s.suspended {
+            return false;
+        }
+        s.suspended = true;
+        true
+    }
+
+    /// Hands out messages again; `Schedule` when the process has work and
+    /// must be queued. `None` if it was not suspended (or is dead).
+    pub(crate) fn resume(&self) -> Option<Push<T>> {
+        let mut s = self.state.lock();
+        if s.dead || !s.suspended {
+            return None;
+        }
+        s.suspended = false;
+        if s.queue.is_empty() && s.initialized {
+            Some(Push::Queued)
+        } else {
+            Some(s.claim(false))
+        }
+    }
+
+    pub(crate) fn is_suspended(&self) -> bool {
+        self.state.lock().suspended
+    }
+
+    /// Sets the trap_exit flag, returning the old value.
+    pub(crate) fn set_trap_exit(&self, on: bool) -> bool {
+        std::mem::replace(&mut self.state.lock().trap_exit, on)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.state.lock().queue.len()
+    }
+
+    /// Marks the process dead and returns what was left in the queue.
+    pub(crate) fn close(&self) -> VecDeque<T> {
+        let mut s = self.state.lock();
+        s.dead = true;
+        s.pending_exit = None;
+        std::mem::take(&mut s.queue)
+    }
+}
+
+impl<T> State<T> {
+    /// Turns `scheduled` on if the process can run now (`urgent` ignores a
+    /// suspension, for exit signals).
+    fn claim(&mut self, urgent: bool) -> Push<T> {
+        if self.scheduled || (self.suspended && !urgent) {
+            Push::Queued
+        } else {
+            self.scheduled = true;
+            Push::Schedule
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+
+    fn idle<T>(mb: &Mailbox<T>) {
+        assert!(matches!(mb.next(), Next::Init));
+        assert!(matches!(mb.next(), Next::Idle));
+    }
+
+    #[test]
+    fn a_push_to_an_idle_process_schedules_it_once() {
+        let mb = Mailbox::new();
+        idle(&mb);
+        assert!(matches!(mb.push(1), Push::Schedule));
+        assert!(matches!(mb.push(2), Push::Queued));
+        assert!(matches!(mb.next(), Next::Deliver(1)));
+        assert!(matches!(mb.next(), Next::Deliver(2)));
+        assert!(matches!(mb.next(), Next::Idle));
+        assert!(matches!(mb.push(3), Push::Schedule));
+    }
+
+    #[test]
+    fn suspended_mailbox_keeps_messages_until_resume() {
+        let mb = Mailbox::new();
+        idle(&mb);
+        assert!(mb.suspend());
+        assert!(matches!(mb.push(1), Push::Queued));
+        assert!(matches!(mb.push(2), Push::Queued));
+        assert!(matches!(mb.resume(), Some(Push::Schedule)));
+        assert!(matches!(mb.next(), Next::Deliver(1)));
+        assert!(matches!(mb.next(), Next::Deliver(2)));
+    }
+
+    #[test]
+    fn a_fatal_signal_overtakes_suspension_and_queue() {
+        let mb = Mailbox::new();
+        idle(&mb);
+        assert!(mb.suspend());
+        assert!(matches!(mb.push(1), Push::Queued));
+        assert!(matches!(
+            mb.signal(Signal::Exit(ExitReason::error("boom"), 9)),
+            Push::Schedule
+        ));
+        assert!(matches!(mb.next(), Next::Exit(ExitReason::Error(_))));
+    }
+
+    #[test]
+    fn trapped_exits_become_messages_and_normal_is_ignored() {
+        let mb = Mailbox::new();
+        idle(&mb);
+        assert!(matches!(
+            mb.signal(Signal::Exit(ExitReason::Normal, 5)),
+            Push::Queued
+        ));
+        assert!(matches!(mb.next(), Next::Idle));
+        mb.set_trap_exit(true);
+        assert!(matches!(
+            mb.signal(Signal::Exit(ExitReason::Normal, 5)),
+            Push::Schedule
+        ));
+        assert!(matches!(mb.next(), Next::Deliver(5)));
+        assert!(matches!(mb.next(), Next::Idle));
+        assert!(matches!(mb.signal(Signal::Kill), Push::Schedule));
+        assert!(matches!(mb.next(), Next::Exit(ExitReason::Killed)));
+    }
+
+    #[test]
+    fn a_closed_mailbox_refuses_and_returns_envelopes() {
+        let mb = Mailbox::new();
+        mb.push(1).is_queued_or_schedule();
+        assert_eq!(mb.close().len(), 1);
+        assert!(matches!(mb.push(2), Push::Dead(2)));
+    }
+
+    impl<T> Push<T> {
+        fn is_queued_or_schedule(self) {
+            assert!(!matches!(self, Push::Dead(_)));
+        }
+    }
+}
+
+/// Model checks of the hand-off: run with
+/// `RUSTFLAGS="--cfg loom" cargo test -p relive-runtime --release --lib loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use loom::sync::Arc;
+    use loom::sync::atomic::{AtomicUsize, Ordering};
+    use loom::thread;
+
+    /// A worker's turn: handle until idle. Returns how many it handled.
+    fn run(mb: &Mailbox<u32>, running: &AtomicUsize) -> usize {
+        assert_eq!(
+            running.fetch_add(1, Ordering::SeqCst),
+            0,
+            "process ran on two workers"
+        );
+        let mut handled = 0;
+        loop {
+            match mb.next() {
+                Next::Init => {}
+                Next::Deliver(_) => handled += 1,
+                Next::Exit(_) => unreachable!(),
+                Next::Idle => break,
+            }
+        }
+        running.fetch_sub(1, Ordering::SeqCst);
+        handled
+    }
+
+    #[test]
+    fn loom_no_lost_wakeup_and_no_double_scheduling() {
+        loom::model(|| {
+            let mb = Arc::new(Mailbox::<u32>::new());
+            let running = Arc::new(AtomicUsize::new(0));
+            let handled = Arc::new(AtomicUsize::new(0));
+            // The spawner scheduled the process; a worker runs init.
+            handled.fetch_add(run(&mb, &running), Ordering::SeqCst);
+            let senders: Vec<_> = (0..2)
+                .map(|i| {
+                    let (mb, running, handled) = (mb.clone(), running.clone(), handled.clone());
+                    thread::spawn(move || {
+                        // Whoever claims the schedule runs the turn, as a worker would.
+                        if let Push::Schedule = mb.push(i) {
+                            handled.fetch_add(run(&mb, &running), Ordering::SeqCst);
+                        }
+                    })
+                })
+                .collect();
+            for s in senders {
+                s.join().unwrap();
+            }
+            assert_eq!(
+                handled.load(Ordering::SeqCst),
+                2,
+                "a message was left unhandled"
+            );
+        });
+    }
+
+    #[test]
+    fn loom_messages_sent_while_suspended_are_handled_after_resume() {
+        loom::model(|| {
+            let mb = Arc::new(Mailbox::<u32>::new());
+            let running = Arc::new(AtomicUsize::new(0));
+            let handled = Arc::new(AtomicUsize::new(0));
+            run(&mb, &running);
+            assert!(mb.suspend());
+            let sender = {
+                let (mb, running, handled) = (mb.clone(), running.clone(), handled.clone());
+                thread::spawn(move || {
+                    if let Push::Schedule = mb.push(1) {
+                        handled.fetch_add(run(&mb, &running), Ordering::SeqCst);
+                    }
+                })
+            };
+            let resumer = {
+                let (mb, running, handled) = (mb.clone(), running.clone(), handled.clone());
+                thread::spawn(move || {
+                    if let Some(Push::Schedule) = mb.resume() {
+                        handled.fetch_add(run(&mb, &running), Ordering::SeqCst);
+                    }
+                })
+            };
+            sender.join().unwrap();
+            resumer.join().unwrap();
+            assert_eq!(handled.load(Ordering::SeqCst), 1);
+        });
+    }
+
+    #[test]
+    fn loom_kill_reaches_a_suspended_process() {
+        loom::model(|| {
+            let mb = Arc::new(Mailbox::<u32>::new());
+            let running = Arc::new(AtomicUsize::new(0));
+            run(&mb, &running);
+            assert!(mb.suspend());
+            let killer = {
+                let mb = mb.clone();
+                thread::spawn(move || matches!(mb.signal(Signal::Kill), Push::Schedule))
+            };
+            let pusher = {
+                let mb = mb.clone();
+                thread::spawn(move || matches!(mb.push(1), Push::Schedule))
+            };
+            let killer_scheduled = killer.join().unwrap();
+            let pusher_scheduled = pusher.join().unwrap();
+            assert!(
+                killer_scheduled && !pusher_scheduled,
+                "kill must schedule; a suspended push must not"
+            );
+            assert!(matches!(mb.next(), Next::Exit(ExitReason::Killed)));
+        });
+    }
+}

@@ -1,0 +1,974 @@
+//! The node: the process table, the scheduler, names, timers and ports of
+//! one runtime instance, and the public API to them ([`Node`]).
+//!
+//! # A turn
+//!
+//! A worker runs a scheduled process by locking its actor and taking steps
+//! from the mailbox (`Mailbox::next`) until it is idle or has handled
+//! `budget` messages, in which case it goes to the back of the run queue.
+//! Every callback runs under `catch_unwind`: a panic ends that process with
+//! `ExitReason::Panic` and nothing else.
+//!
+//! # Exit
+//!
+//! A process exits only inside its own turn (`exit_process`): its mailbox
+//! closes (pending calls fail with its reason), it leaves the table and the
+//! registry, linked processes get an exit signal, monitors fire, its ports
+//! close, and its actor is dropped last, outside every lock.
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::ctx::Ctx;
+use crate::error::{CallError, LinkError, RegisterError, SendError, SpawnError, SuspendError};
+use crate::mailbox::{Next, Push, Signal};
+use crate::message::{Down, Envelope, Exit, Message, NoReply, ReplyCell, ReplyTo};
+use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
+use crate::port::Ports;
+use crate::process::{Actor, Proc, Relations, Watcher};
+use crate::scheduler::{Scheduler, WorkerLocal};
+use crate::table::ProcessTable;
+use crate::timer::Timers;
+
+/// How deep calls may nest running their callee on the caller's worker.
+const MAX_INLINE_DEPTH: u32 = 4;
+
+/// Settings of a node.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Scheduler worker threads (default: one per core).
+    pub workers: usize,
+    /// Messages a process may handle in one turn before others get a go.
+    pub budget: usize,
+    /// Most processes alive at once (Erlang's `+P`).
+    pub max_processes: usize,
+    /// A worker stuck in one handler this long gets a replacement; `None`
+    /// disables the watchdog.
+    pub watchdog: Option<Duration>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> NodeConfig {
+        NodeConfig {
+            workers: thread::available_parallelism().map_or(2, |n| n.get()),
+            budget: 64,
+            max_processes: 1 << 24,
+            watchdog: Some(Duration::from_millis(100)),
+        }
+    }
+}
+
+/// Where a message goes: a pid or a registered name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Dest {
+    /// A process by pid.
+    Pid(Pid),
+    /// A process by registered name, looked up at send time.
+    Name(Arc<str>),
+}
+
+impl From<Pid> for Dest {
+    fn from(pid: Pid) -> Dest {
+        Dest::Pid(pid)
+    }
+}
+
+impl From<&str> for Dest {
+    fn from(name: &str) -> Dest {
+        Dest::Name(name.into())
+    }
+}
+
+impl From<String> for Dest {
+    fn from(name: String) -> Dest {
+        Dest::Name(name.into())
+    }
+}
+
+impl From<Arc<str>> for Dest {
+    fn from(name: Arc<str>) -> Dest {
+        Dest::Name(name)
+    }
+}
+
+/// Wraps a value as a [`Message`], passing a `Message` through unchanged.
+pub(crate) fn into_message<T: Any + Send>(value: T) -> Message {
+    let mut value = Some(value);
+    if let Some(message) = (&mut value as &mut dyn Any).downcast_mut::<Option<Message>>() {
+        return message.take().expect("value is Some");
+    }
+    Message::new(value.expect("value is Some"))
+}
+
+/// Where a newly runnable process is queued.
+#[derive(Clone, Copy)]
+pub(crate) enum Sched<'a> {
+    /// On the current worker (the caller runs inside a turn).
+    Local(&'a WorkerLocal),
+    /// On the global injector.
+    Global,
+}
+
+/// A handle to a running node. Cheap to clone; every clone is the same node.
+/// Call [`Node::shutdown`] to stop it.
+#[derive(Clone)]
+pub struct Node {
+    pub(crate) inner: Arc<NodeInner>,
+}
+
+pub(crate) struct NodeInner {
+    pub(crate) table: ProcessTable,
+    pub(crate) scheduler: Scheduler,
+    registry: RwLock<HashMap<Arc<str>, Pid>>,
+    pub(crate) timers: Timers,
+    pub(crate) ports: Ports,
+    next_ref: AtomicU64,
+    budget: usize,
+    service_threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// Blocks until a process exits; made by [`Node::exit_waiter`].
+pub struct ExitWaiter {
+    cell: Arc<ReplyCell>,
+    monitor: MonitorRef,
+    node: Arc<NodeInner>,
+}
+
+impl ExitWaiter {
+    /// The exit reason, or `None` if the process is still alive after
+    /// `timeout`. A process that was already gone reports `noproc`.
+    pub fn wait(self, timeout: Duration) -> Option<ExitReason> {
+        let result = self.cell.wait(timeout);
+        self.node.demonitor(None, self.monitor);
+        match result? {
+            Ok(message) => message.downcast::<ExitReason>().ok(),
+            Err(_) => None,
+        }
+    }
+}
+
+impl Node {
+    /// Starts a node: its workers, watchdog, timer thread and port I/O
+    /// thread.
+    pub fn start(config: NodeConfig) -> Node {
+        let inner = Arc::new(NodeInner {
+            table: ProcessTable::new(config.max_processes),
+            scheduler: Scheduler::new(config.workers),
+            registry: RwLock::new(HashMap::new()),
+            timers: Timers::new(),
+            ports: Ports::new(),
+            next_ref: AtomicU64::new(1),
+            budget: config.budget.max(1),
+            service_threads: Mutex::new(Vec::new()),
+        });
+        Scheduler::start(&inner, config.watchdog);
+        let timer_node = inner.clone();
+        let timer = thread::Builder::new()
+            .name("relive-timers".into())
+            .spawn(move || timer_node.timers.run(&timer_node))
+            .expect("spawning the timer thread");
+        inner.service_threads.lock().push(timer);
+        Node { inner }
+    }
+
+    /// Stops every thread of the node and drops all processes (their
+    /// pending callers get `shutdown`). Idempotent.
+    pub fn shutdown(&self) {
+        let inner = &self.inner;
+        inner.ports.shutdown();
+        inner.timers.shutdown();
+        inner.scheduler.shutdown();
+        let handles = std::mem::take(&mut *inner.service_threads.lock());
+        for handle in handles {
+            let _ = handle.join();
+        }
+        for proc in inner.table.all() {
+            let actor = proc.actor.lock().take();
+            inner.exit_process(&proc, actor, ExitReason::Shutdown, Sched::Global);
+        }
+    }
+
+    /// Spawns a process running `actor`; it runs `init` first.
+    ///
+    /// # Errors
+    /// [`SpawnError::TooManyProcesses`] when the table is full.
+    pub fn spawn(&self, actor: impl Actor) -> Result<Pid, SpawnError> {
+        let proc = self.inner.create(Box::new(actor), None, None)?;
+        self.inner.scheduler.inject(proc.pid);
+        Ok(proc.pid)
+    }
+
+    /// Spawns a process and waits until its `init` has run.
+    ///
+    /// # Errors
+    /// [`SpawnError::InitFailed`] with the reason init gave (or its panic),
+    /// [`SpawnError::TooManyProcesses`], [`SpawnError::Timeout`].
+    pub fn spawn_sync(&self, actor: impl Actor, timeout: Duration) -> Result<Pid, SpawnError> {
+        self.inner
+            .spawn_sync(Box::new(actor), None, timeout, Sched::Global)
+    }
+
+    /// Sends a plain message (Erlang's `!`). Sending to a dead pid does
+    /// nothing and says so.
+    ///
+    /// # Errors
+    /// [`SendError::NoProc`] for a dead pid, [`SendError::NotRegistered`]
+    /// for an unknown name.
+    pub fn send<T: Any + Send>(&self, to: impl Into<Dest>, message: T) -> Result<(), SendError> {
+        self.inner.send(
+            to.into(),
+            Envelope::Info(into_message(message)),
+            Sched::Global,
+        )
+    }
+
+    /// Sends a cast (handled by `handle_cast`).
+    ///
+    /// # Errors
+    /// As [`Node::send`].
+    pub fn cast<T: Any + Send>(&self, to: impl Into<Dest>, message: T) -> Result<(), SendError> {
+        self.inner.send(
+            to.into(),
+            Envelope::Cast(into_message(message)),
+            Sched::Global,
+        )
+    }
+
+    /// Calls a process and waits for its reply, at most `timeout`.
+    ///
+    /// # Errors
+    /// See [`CallError`]: dead or unknown target, timeout (a late reply is
+    /// discarded), the callee exiting or dropping the request.
+    pub fn call<T: Any + Send>(
+        &self,
+        to: impl Into<Dest>,
+        request: T,
+        timeout: Duration,
+    ) -> Result<Message, CallError> {
+        let pid = self.inner.resolve(&to.into()).map_err(CallError::from)?;
+        self.inner.call(pid, into_message(request), timeout, None)
+    }
+
+    /// Sends an exit signal from outside any process ([`Pid::NODE`]):
+    /// `kill` always kills, `normal` is ignored unless trapped, others kill
+    /// a process that does not trap exits.
+    pub fn exit(&self, pid: Pid, reason: ExitReason) {
+        self.inner
+            .signal_exit(pid, Pid::NODE, reason, Sched::Global);
+    }
+
+    /// A waiter that learns how `pid` exits (a monitor whose `Down` goes to
+    /// the calling thread). Call [`ExitWaiter::wait`] on the same thread.
+    pub fn exit_waiter(&self, pid: Pid) -> ExitWaiter {
+        self.inner.exit_waiter(pid)
+    }
+
+    /// Registers `name` for `pid`.
+    ///
+    /// # Errors
+    /// See [`RegisterError`].
+    pub fn register(&self, name: &str, pid: Pid) -> Result<(), RegisterError> {
+        self.inner.register(name.into(), pid)
+    }
+
+    /// Removes a registered name; false if it was not registered.
+    pub fn unregister(&self, name: &str) -> bool {
+        self.inner.unregister(name)
+    }
+
+    /// The pid registered as `name`.
+    pub fn whereis(&self, name: &str) -> Option<Pid> {
+        self.inner.registry.read().get(name).copied()
+    }
+
+    /// All registered names, sorted.
+    pub fn registered(&self) -> Vec<(Arc<str>, Pid)> {
+        let mut names: Vec<_> = self
+            .inner
+            .registry
+            .read()
+            .iter()
+            .map(|(n, p)| (n.clone(), *p))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Delivers `message` to `to` after `delay` (as a plain message).
+    pub fn send_after<T: Any + Send>(&self, to: Pid, message: T, delay: Duration) -> TimerRef {
+        self.inner.send_after(to, into_message(message), delay)
+    }
+
+    /// Cancels a timer; true if it had not fired yet.
+    pub fn cancel_timer(&self, timer: TimerRef) -> bool {
+        self.inner.timers.cancel(timer)
+    }
+
+    /// Suspends a process: its mailbox keeps accepting messages, none is
+    /// handled until [`Node::resume`]. Returns once no handler of the
+    /// process is running. Exit signals still reach it.
+    ///
+    /// # Errors
+    /// [`SuspendError::NoProc`], [`SuspendError::AlreadySuspended`], or
+    /// [`SuspendError::Timeout`] if its current handler did not return in
+    /// `timeout` (the process is then resumed, as it was).
+    pub fn suspend(&self, pid: Pid, timeout: Duration) -> Result<(), SuspendError> {
+        self.inner.suspend(pid, timeout)
+    }
+
+    /// Resumes a suspended process; messages that arrived meanwhile are
+    /// handled in order.
+    ///
+    /// # Errors
+    /// [`SuspendError::NoProc`], [`SuspendError::NotSuspended`].
+    pub fn resume(&self, pid: Pid) -> Result<(), SuspendError> {
+        self.inner.resume(pid, Sched::Global)
+    }
+
+    /// Runs `f` on the actor of a suspended process (its state, for
+    /// inspection or migration).
+    ///
+    /// # Errors
+    /// [`SuspendError::NoProc`], [`SuspendError::NotSuspended`].
+    pub fn with_suspended<R>(
+        &self,
+        pid: Pid,
+        f: impl FnOnce(&mut Box<dyn Actor>) -> R,
+    ) -> Result<R, SuspendError> {
+        let proc = self.inner.table.get(pid).ok_or(SuspendError::NoProc(pid))?;
+        if !proc.mailbox.is_suspended() {
+            return Err(SuspendError::NotSuspended(pid));
+        }
+        let mut actor = proc.actor.lock();
+        let actor = actor.as_mut().ok_or(SuspendError::NoProc(pid))?;
+        Ok(f(actor))
+    }
+
+    /// Whether `pid` is alive.
+    pub fn is_alive(&self, pid: Pid) -> bool {
+        self.inner.table.get(pid).is_some()
+    }
+
+    /// Messages waiting in a process's mailbox.
+    pub fn message_queue_len(&self, pid: Pid) -> Option<usize> {
+        self.inner.table.get(pid).map(|p| p.mailbox.len())
+    }
+
+    /// Processes alive now.
+    pub fn process_count(&self) -> usize {
+        self.inner.table.live()
+    }
+
+    /// Pids of all live processes.
+    pub fn processes(&self) -> Vec<Pid> {
+        self.inner.table.all().iter().map(|p| p.pid).collect()
+    }
+
+    /// Workers the watchdog has started to replace blocked ones.
+    pub fn worker_replacements(&self) -> u64 {
+        self.inner.scheduler.replacements()
+    }
+}
+
+impl NodeInner {
+    pub(crate) fn next_ref(&self) -> u64 {
+        self.next_ref.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn resolve(&self, dest: &Dest) -> Result<Pid, SendError> {
+        match dest {
+            Dest::Pid(pid) => Ok(*pid),
+            Dest::Name(name) => self
+                .registry
+                .read()
+                .get(name)
+                .copied()
+                .ok_or_else(|| SendError::NotRegistered(name.clone())),
+        }
+    }
+
+    pub(crate) fn schedule(&self, pid: Pid, sched: Sched<'_>) {
+        match sched {
+            Sched::Local(worker) => worker.schedule(&self.scheduler, pid),
+            Sched::Global => self.scheduler.inject(pid),
+        }
+    }
+
+    pub(crate) fn send(
+        &self,
+        to: Dest,
+        envelope: Envelope,
+        sched: Sched<'_>,
+    ) -> Result<(), SendError> {
+        let pid = self.resolve(&to)?;
+        self.deliver(pid, envelope, sched)
+            .map_err(|_| SendError::NoProc(pid))
+    }
+
+    /// Pushes an envelope and queues the process if it became runnable.
+    pub(crate) fn deliver(
+        &self,
+        pid: Pid,
+        envelope: Envelope,
+        sched: Sched<'_>,
+    ) -> Result<(), Envelope> {
+        let Some(proc) = self.table.get(pid) else {
+            return Err(envelope);
+        };
+        match proc.mailbox.push(envelope) {
+            Push::Schedule => {
+                drop(proc);
+                self.schedule(pid, sched);
+                Ok(())
+            }
+            Push::Queued => Ok(()),
+            Push::Dead(envelope) => Err(envelope),
+        }
+    }
+
+    /// Builds and publishes a process, scheduled but not yet queued: the
+    /// caller queues it or runs it inline.
+    pub(crate) fn create(
+        &self,
+        actor: Box<dyn Actor>,
+        link_to: Option<Pid>,
+        ack: Option<ReplyTo>,
+    ) -> Result<Arc<Proc>, SpawnError> {
+        if self.scheduler.is_shutting_down() {
+            return Err(SpawnError::ShuttingDown);
+        }
+        let relations = link_to.map(|parent| {
+            Box::new(Relations {
+                links: vec![parent],
+                ..Default::default()
+            })
+        });
+        let proc = self
+            .table
+            .insert(|pid| Arc::new(Proc::new(pid, actor, relations)))
+            .ok_or(SpawnError::TooManyProcesses(self.table_capacity()))?;
+        if let Some(parent) = link_to {
+            let parent_alive = self.table.get(parent).is_some_and(|p| {
+                let mut cell = p.relations.lock();
+                !cell.closed && {
+                    cell.get().links.push(proc.pid);
+                    true
+                }
+            });
+            if !parent_alive {
+                // The parent died between spawn and link: the child learns
+                // it as Erlang's spawn_link would tell it.
+                let _ = proc.mailbox.signal(Signal::Exit(
+                    ExitReason::NoProc,
+                    Envelope::Info(Message::new(Exit {
+                        from: parent,
+                        reason: ExitReason::NoProc,
+                    })),
+                ));
+            }
+        }
+        if let Some(ack) = ack {
+            let _ = proc.mailbox.push(Envelope::InitAck(ack));
+        }
+        Ok(proc)
+    }
+
+    fn table_capacity(&self) -> usize {
+        self.table.capacity()
+    }
+
+    pub(crate) fn spawn_sync(
+        self: &Arc<Self>,
+        actor: Box<dyn Actor>,
+        link_to: Option<Pid>,
+        timeout: Duration,
+        sched: Sched<'_>,
+    ) -> Result<Pid, SpawnError> {
+        let cell = ReplyCell::new();
+        let proc = self.create(actor, link_to, Some(ReplyTo::new(cell.clone())))?;
+        let pid = proc.pid;
+        self.run_or_schedule(&proc, &cell, sched);
+        drop(proc);
+        match self.wait_reply(&cell, timeout, sched) {
+            Some(Ok(_)) => Ok(pid),
+            Some(Err(NoReply::Exited(reason))) => Err(SpawnError::InitFailed(pid, reason)),
+            Some(Err(_)) => Err(SpawnError::InitFailed(
+                pid,
+                ExitReason::error("init crashed"),
+            )),
+            None => Err(SpawnError::Timeout(pid, timeout)),
+        }
+    }
+
+    /// A process the caller just made runnable: on a worker, run its turn
+    /// here and now (until `cell` is answered) instead of waking another
+    /// worker; otherwise queue it.
+    fn run_or_schedule(self: &Arc<Self>, proc: &Arc<Proc>, cell: &ReplyCell, sched: Sched<'_>) {
+        match sched {
+            Sched::Local(worker) if worker.depth() < MAX_INLINE_DEPTH => {
+                worker.turn_started();
+                self.run_turn(proc, worker, Some(cell));
+                worker.turn_ended(&self.scheduler);
+            }
+            sched => self.schedule(proc.pid, sched),
+        }
+    }
+
+    fn wait_reply(
+        &self,
+        cell: &ReplyCell,
+        timeout: Duration,
+        sched: Sched<'_>,
+    ) -> Option<Result<Message, NoReply>> {
+        if !cell.is_ready() {
+            if let Sched::Local(worker) = sched {
+                worker.flush_lifo(&self.scheduler);
+            }
+        }
+        cell.wait(timeout)
+    }
+
+    pub(crate) fn call(
+        self: &Arc<Self>,
+        pid: Pid,
+        request: Message,
+        timeout: Duration,
+        worker: Option<&WorkerLocal>,
+    ) -> Result<Message, CallError> {
+        let sched = worker.map_or(Sched::Global, Sched::Local);
+        let cell = ReplyCell::new();
+        let proc = self.table.get(pid).ok_or(CallError::NoProc(pid))?;
+        match proc
+            .mailbox
+            .push(Envelope::Call(request, ReplyTo::new(cell.clone())))
+        {
+            Push::Dead(_) => return Err(CallError::NoProc(pid)),
+            Push::Queued => drop(proc),
+            Push::Schedule => {
+                let proc = Arc::clone(&proc);
+                self.run_or_schedule(&proc, &cell, sched);
+            }
+        }
+        let started = std::time::Instant::now();
+        match self.wait_reply(&cell, timeout, sched) {
+            // An inline turn cannot be interrupted: a reply that took longer
+            // than the timeout is still a timeout, and is discarded.
+            Some(Ok(_)) if started.elapsed() > timeout && worker.is_some() => {
+                Err(CallError::Timeout(pid, timeout))
+            }
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(NoReply::Exited(reason))) => Err(CallError::Exited(pid, reason)),
+            Some(Err(NoReply::Crashed)) => Err(CallError::Crashed(pid)),
+            Some(Err(NoReply::Dropped)) => Err(CallError::NoReply(pid)),
+            None => Err(CallError::Timeout(pid, timeout)),
+        }
+    }
+
+    /// Runs one scheduled process (a worker's main job).
+    pub(crate) fn run(self: &Arc<Self>, pid: Pid, worker: &WorkerLocal) {
+        let Some(proc) = self.table.get(pid) else {
+            return;
+        };
+        worker.turn_started();
+        self.run_turn(&proc, worker, None);
+        worker.turn_ended(&self.scheduler);
+    }
+
+    /// One turn of `proc`: steps until idle, exit, the budget, or (inline)
+    /// until `until` is answered.
+    fn run_turn(
+        self: &Arc<Self>,
+        proc: &Arc<Proc>,
+        worker: &WorkerLocal,
+        until: Option<&ReplyCell>,
+    ) {
+        let mut slot = proc.actor.lock();
+        let Some(actor) = slot.as_mut() else { return };
+        let sched = Sched::Local(worker);
+        for _ in 0..self.budget {
+            if until.is_some_and(ReplyCell::is_ready) && proc.mailbox.try_idle() {
+                return;
+            }
+            let step = proc.mailbox.next();
+            let mut ctx = Ctx::new(self, proc, worker);
+            let mut run_terminate = true;
+            let outcome = match step {
+                Next::Idle => return,
+                Next::Exit(reason) => {
+                    let actor = slot.take();
+                    drop(slot);
+                    self.exit_process(proc, actor, reason, sched);
+                    return;
+                }
+                Next::Init => catch_unwind(AssertUnwindSafe(|| {
+                    if let Err(reason) = actor.init(&mut ctx) {
+                        run_terminate = false;
+                        ctx.stop(reason);
+                    }
+                })),
+                Next::Deliver(envelope) => catch_unwind(AssertUnwindSafe(|| match envelope {
+                    Envelope::Info(message) => actor.handle(message, &mut ctx),
+                    Envelope::Cast(message) => actor.handle_cast(message, &mut ctx),
+                    Envelope::Call(request, reply) => actor.handle_call(request, reply, &mut ctx),
+                    Envelope::InitAck(reply) => reply.reply_with(()),
+                })),
+            };
+            let reason = match outcome {
+                Err(panic) => ExitReason::Panic(panic_message(panic.as_ref()).into()),
+                Ok(()) => match ctx.take_stop() {
+                    None => continue,
+                    Some(reason) => {
+                        if run_terminate {
+                            let terminated = catch_unwind(AssertUnwindSafe(|| {
+                                actor.terminate(&reason, &mut ctx)
+                            }));
+                            if let Err(panic) = terminated {
+                                tracing::error!(pid = %proc.pid, panic = panic_message(panic.as_ref()), "terminate panicked");
+                            }
+                        }
+                        reason
+                    }
+                },
+            };
+            let actor = slot.take();
+            drop(slot);
+            self.exit_process(proc, actor, reason, sched);
+            return;
+        }
+        drop(slot);
+        if until.is_some() {
+            worker.schedule(&self.scheduler, proc.pid);
+        } else {
+            worker.requeue(&self.scheduler, proc.pid);
+        }
+    }
+
+    /// Ends a process (see the module doc). Runs on the process's own
+    /// worker, or at shutdown.
+    pub(crate) fn exit_process(
+        &self,
+        proc: &Proc,
+        actor: Option<Box<dyn Actor>>,
+        reason: ExitReason,
+        sched: Sched<'_>,
+    ) {
+        let pid = proc.pid;
+        let leftovers = proc.mailbox.close();
+        self.table.remove(pid);
+        let relations = {
+            let mut cell = proc.relations.lock();
+            cell.closed = true;
+            cell.relations.take()
+        };
+        match &reason {
+            ExitReason::Panic(_) => tracing::error!(%pid, %reason, "process crashed"),
+            reason if !reason.is_clean() => tracing::debug!(%pid, %reason, "process exited"),
+            _ => {}
+        }
+        for envelope in leftovers {
+            if let Envelope::Call(_, reply) | Envelope::InitAck(reply) = envelope {
+                reply.fail(NoReply::Exited(reason.clone()));
+            }
+        }
+        if let Some(relations) = relations {
+            let relations = *relations;
+            if let Some(name) = relations.name {
+                let mut registry = self.registry.write();
+                if registry.get(&name) == Some(&pid) {
+                    registry.remove(&name);
+                }
+            }
+            let signal = reason.propagated();
+            for linked in relations.links {
+                if let Some(other) = self.table.get(linked) {
+                    if let Some(r) = other.relations.lock().relations.as_mut() {
+                        r.links.retain(|l| *l != pid);
+                    }
+                }
+                self.signal_exit(linked, pid, signal.clone(), sched);
+            }
+            for (id, watcher) in relations.monitored_by {
+                if let Some(watcher) = watcher.notify(&signal) {
+                    let down = Down {
+                        monitor: MonitorRef { id, target: pid },
+                        pid,
+                        reason: signal.clone(),
+                    };
+                    let _ = self.deliver(watcher, Envelope::Info(Message::new(down)), sched);
+                }
+            }
+            for monitor in relations.monitoring {
+                self.remove_monitor(monitor);
+            }
+            for port in relations.ports {
+                self.ports.close_owned(port, pid);
+            }
+        }
+        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(actor))) {
+            tracing::error!(%pid, panic = panic_message(panic.as_ref()), "dropping the actor panicked");
+        }
+    }
+
+    pub(crate) fn signal_exit(&self, target: Pid, from: Pid, reason: ExitReason, sched: Sched<'_>) {
+        let Some(proc) = self.table.get(target) else {
+            return;
+        };
+        let signal = match reason {
+            ExitReason::Kill => Signal::Kill,
+            reason => {
+                let exit = Exit {
+                    from,
+                    reason: reason.clone(),
+                };
+                Signal::Exit(reason, Envelope::Info(Message::new(exit)))
+            }
+        };
+        if let Push::Schedule = proc.mailbox.signal(signal) {
+            drop(proc);
+            self.schedule(target, sched);
+        }
+    }
+
+    pub(crate) fn link(&self, me: Pid, other: Pid, sched: Sched<'_>) -> Result<(), LinkError> {
+        if me == other {
+            return Ok(());
+        }
+        let linked = match (self.table.get(me), self.table.get(other)) {
+            (Some(a), Some(b)) => {
+                let (first, second) = if me < other { (&a, &b) } else { (&b, &a) };
+                let mut first = first.relations.lock();
+                let mut second = second.relations.lock();
+                if first.closed || second.closed {
+                    false
+                } else {
+                    for (cell, peer) in [
+                        (&mut first, if me < other { other } else { me }),
+                        (&mut second, if me < other { me } else { other }),
+                    ] {
+                        let links = &mut cell.get().links;
+                        if !links.contains(&peer) {
+                            links.push(peer);
+                        }
+                    }
+                    true
+                }
+            }
+            _ => false,
+        };
+        if linked {
+            Ok(())
+        } else {
+            self.signal_exit(me, other, ExitReason::NoProc, sched);
+            Err(LinkError::NoProc(other))
+        }
+    }
+
+    pub(crate) fn unlink(&self, me: Pid, other: Pid) {
+        for (pid, peer) in [(me, other), (other, me)] {
+            if let Some(proc) = self.table.get(pid) {
+                if let Some(r) = proc.relations.lock().relations.as_mut() {
+                    r.links.retain(|l| *l != peer);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn monitor(&self, watcher: Watcher, target: Pid, sched: Sched<'_>) -> MonitorRef {
+        let monitor = MonitorRef {
+            id: self.next_ref(),
+            target,
+        };
+        let watcher_pid = match &watcher {
+            Watcher::Process(pid) => Some(*pid),
+            Watcher::Waiter(_) => None,
+        };
+        let rejected = match self.table.get(target) {
+            Some(proc) => {
+                let mut cell = proc.relations.lock();
+                if cell.closed {
+                    Some(watcher)
+                } else {
+                    cell.get().monitored_by.push((monitor.id, watcher));
+                    None
+                }
+            }
+            None => Some(watcher),
+        };
+        match rejected {
+            Some(watcher) => {
+                if let Some(pid) = watcher.notify(&ExitReason::NoProc) {
+                    let down = Down {
+                        monitor,
+                        pid: target,
+                        reason: ExitReason::NoProc,
+                    };
+                    let _ = self.deliver(pid, Envelope::Info(Message::new(down)), sched);
+                }
+            }
+            None => {
+                if let Some(proc) = watcher_pid.and_then(|pid| self.table.get(pid)) {
+                    proc.relations.lock().get().monitoring.push(monitor);
+                }
+            }
+        }
+        monitor
+    }
+
+    /// Removes a monitor from both ends; true if it was still active.
+    pub(crate) fn demonitor(&self, watcher: Option<Pid>, monitor: MonitorRef) -> bool {
+        if let Some(proc) = watcher.and_then(|pid| self.table.get(pid)) {
+            if let Some(r) = proc.relations.lock().relations.as_mut() {
+                r.monitoring.retain(|m| m.id != monitor.id);
+            }
+        }
+        self.remove_monitor(monitor)
+    }
+
+    fn remove_monitor(&self, monitor: MonitorRef) -> bool {
+        let Some(target) = self.table.get(monitor.target) else {
+            return false;
+        };
+        let mut cell = target.relations.lock();
+        let Some(r) = cell.relations.as_mut() else {
+            return false;
+        };
+        let before = r.monitored_by.len();
+        r.monitored_by.retain(|(id, _)| *id != monitor.id);
+        r.monitored_by.len() != before
+    }
+
+    pub(crate) fn exit_waiter(self: &Arc<Self>, pid: Pid) -> ExitWaiter {
+        let cell = ReplyCell::new();
+        let monitor = self.monitor(Watcher::Waiter(cell.clone()), pid, Sched::Global);
+        ExitWaiter {
+            cell,
+            monitor,
+            node: self.clone(),
+        }
+    }
+
+    pub(crate) fn register(&self, name: Arc<str>, pid: Pid) -> Result<(), RegisterError> {
+        let mut registry = self.registry.write();
+        if let Some(&holder) = registry.get(&name) {
+            return Err(RegisterError::NameTaken { name, holder });
+        }
+        let proc = self.table.get(pid).ok_or(RegisterError::NoProc(pid))?;
+        let mut cell = proc.relations.lock();
+        if cell.closed {
+            return Err(RegisterError::NoProc(pid));
+        }
+        let relations = cell.get();
+        if let Some(existing) = &relations.name {
+            return Err(RegisterError::AlreadyNamed {
+                pid,
+                name: existing.clone(),
+            });
+        }
+        relations.name = Some(name.clone());
+        registry.insert(name, pid);
+        Ok(())
+    }
+
+    pub(crate) fn unregister(&self, name: &str) -> bool {
+        let Some(pid) = self.registry.write().remove(name) else {
+            return false;
+        };
+        if let Some(proc) = self.table.get(pid) {
+            if let Some(r) = proc.relations.lock().relations.as_mut() {
+                r.name = None;
+            }
+        }
+        true
+    }
+
+    pub(crate) fn send_after(&self, to: Pid, message: Message, delay: Duration) -> TimerRef {
+        let timer = TimerRef(self.next_ref());
+        self.timers.add(timer, delay, to, message);
+        timer
+    }
+
+    pub(crate) fn set_trap_exit(&self, pid: Pid, on: bool) -> bool {
+        self.table
+            .get(pid)
+            .is_some_and(|p| p.mailbox.set_trap_exit(on))
+    }
+
+    pub(crate) fn suspend(&self, pid: Pid, timeout: Duration) -> Result<(), SuspendError> {
+        let proc = self.table.get(pid).ok_or(SuspendError::NoProc(pid))?;
+        if !proc.mailbox.suspend() {
+            return Err(if self.table.get(pid).is_some() {
+                SuspendError::AlreadySuspended(pid)
+            } else {
+                SuspendError::NoProc(pid)
+            });
+        }
+        // Wait for a handler in progress: once we hold the actor lock, any
+        // later turn sees the suspension before it handles anything.
+        if proc.actor.try_lock_for(timeout).is_none() {
+            drop(proc);
+            let _ = self.resume(pid, Sched::Global);
+            return Err(SuspendError::Timeout(pid, timeout));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn resume(&self, pid: Pid, sched: Sched<'_>) -> Result<(), SuspendError> {
+        let proc = self.table.get(pid).ok_or(SuspendError::NoProc(pid))?;
+        match proc.mailbox.resume() {
+            None => Err(SuspendError::NotSuspended(pid)),
+            Some(Push::Schedule) => {
+                drop(proc);
+                self.schedule(pid, sched);
+                Ok(())
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    pub(crate) fn add_port(&self, owner: Pid, port: u64) -> bool {
+        self.table.get(owner).is_some_and(|p| {
+            let mut cell = p.relations.lock();
+            !cell.closed && {
+                cell.get().ports.push(port);
+                true
+            }
+        })
+    }
+
+    pub(crate) fn remove_port(&self, owner: Pid, port: u64) {
+        if let Some(proc) = self.table.get(owner) {
+            if let Some(r) = proc.relations.lock().relations.as_mut() {
+                r.ports.retain(|p| *p != port);
+            }
+        }
+    }
+
+    pub(crate) fn spawn_from(
+        &self,
+        actor: Box<dyn Actor>,
+        link_to: Option<Pid>,
+        sched: Sched<'_>,
+    ) -> Result<Pid, SpawnError> {
+        let proc = self.create(actor, link_to, None)?;
+        self.schedule(proc.pid, sched);
+        Ok(proc.pid)
+    }
+}
+
+/// The text of a panic payload.
+pub(crate) fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "non-string panic payload".to_string()
+    }
+}
