@@ -118,6 +118,10 @@ pub enum SuspendError {
     /// Its running handler did not return in time; it was resumed.
     #[error("{0} did not finish its current handler within {1:?}; left running")]
     Timeout(Pid, Duration),
+    /// The function given to `with_suspended` panicked (the process keeps
+    /// its actor and stays suspended).
+    #[error("inspecting suspended process {0} panicked: {1}")]
+    Panicked(Pid, String),
     /// A process tried to suspend itself.
     #[error("{0} cannot suspend itself")]
     SuspendingSelf(Pid),

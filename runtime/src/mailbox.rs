@@ -21,18 +21,25 @@
 //!   start of its next step, as an Erlang process does on a signal.
 //! - `dead` is never unset. After [`Mailbox::close`] every push is refused and
 //!   gives the envelope back to the sender.
+//! - `actor` (the process's code and state) is here while nobody runs the
+//!   process. A worker takes it at the start of a turn ([`Mailbox::begin`])
+//!   and puts it back in the same critical section that turns `scheduled`
+//!   off ([`Mailbox::next`] on `Idle`), so one lock serves both the queue and
+//!   the exclusive right to run the process. `suspend` waits until it is
+//!   back; `borrow` lends it out while the process is suspended.
 
 use std::collections::VecDeque;
 
 use crate::pid::ExitReason;
 use crate::sync::Mutex;
 
-pub(crate) struct Mailbox<T> {
-    state: Mutex<State<T>>,
+pub(crate) struct Mailbox<T, A> {
+    state: Mutex<State<T, A>>,
 }
 
-struct State<T> {
+struct State<T, A> {
     queue: VecDeque<T>,
+    actor: Option<A>,
     scheduled: bool,
     suspended: bool,
     trap_exit: bool,
@@ -64,6 +71,17 @@ pub(crate) enum Next<T> {
     Idle,
 }
 
+/// How a turn starts.
+pub(crate) enum Begin<A> {
+    /// Run with this actor.
+    Run(A),
+    /// The actor is lent out (the process is suspended and being migrated);
+    /// nothing to do, and `scheduled` is now false.
+    Skip,
+    /// Terminate now, without the actor (it is lent out, or gone).
+    Exit(ExitReason),
+}
+
 /// How an exit signal is delivered.
 pub(crate) enum Signal<T> {
     /// `exit(pid, kill)`: cannot be trapped.
@@ -73,13 +91,14 @@ pub(crate) enum Signal<T> {
     Exit(ExitReason, T),
 }
 
-impl<T> Mailbox<T> {
+impl<T, A> Mailbox<T, A> {
     /// A mailbox for a new process: scheduled (its spawner queues it to run
     /// init) and not yet initialized.
-    pub(crate) fn new() -> Mailbox<T> {
+    pub(crate) fn new(actor: A) -> Mailbox<T, A> {
         Mailbox {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
+                actor: Some(actor),
                 scheduled: true,
                 suspended: false,
                 trap_exit: false,
@@ -129,9 +148,25 @@ impl<T> Mailbox<T> {
         }
     }
 
-    /// Takes the next step for the running worker. On `Idle` the process is
-    /// no longer scheduled.
-    pub(crate) fn next(&self) -> Next<T> {
+    /// Starts a turn of a scheduled process: takes its actor.
+    pub(crate) fn begin(&self) -> Begin<A> {
+        let mut s = self.state.lock();
+        match s.actor.take() {
+            Some(actor) => Begin::Run(actor),
+            None => match s.pending_exit.take() {
+                Some(reason) => Begin::Exit(reason),
+                None => {
+                    s.scheduled = false;
+                    Begin::Skip
+                }
+            },
+        }
+    }
+
+    /// Takes the next step for the running worker, which holds the actor in
+    /// `held`. On `Idle` the actor goes back into the mailbox and the process
+    /// is no longer scheduled.
+    pub(crate) fn next(&self, held: &mut Option<A>) -> Next<T> {
         let mut s = self.state.lock();
         if let Some(reason) = s.pending_exit.take() {
             return Next::Exit(reason);
@@ -145,18 +180,73 @@ impl<T> Mailbox<T> {
                 return Next::Deliver(envelope);
             }
         }
+        s.actor = held.take();
         s.scheduled = false;
         Next::Idle
+    }
+
+    /// Ends a turn that used up its budget: the actor goes back, the process
+    /// stays scheduled and the caller must queue it again.
+    pub(crate) fn pause(&self, actor: A) {
+        self.state.lock().actor = Some(actor);
+    }
+
+    /// Waits (polling, it is rare and short) until no worker holds the
+    /// actor, so no handler is running; false on timeout. True for a dead
+    /// process too.
+    pub(crate) fn wait_parked(&self, timeout: std::time::Duration) -> bool {
+        let started = std::time::Instant::now();
+        let mut round = 0u32;
+        loop {
+            {
+                let s = self.state.lock();
+                if s.actor.is_some() || s.dead {
+                    return true;
+                }
+            }
+            if started.elapsed() >= timeout {
+                return false;
+            }
+            round += 1;
+            if round < 64 {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        }
+    }
+
+    /// Lends the actor of a suspended process out (for inspection or
+    /// migration); `None` if not suspended, dead, or held by a worker.
+    pub(crate) fn borrow(&self) -> Option<A> {
+        let mut s = self.state.lock();
+        if !s.suspended || s.dead {
+            return None;
+        }
+        s.actor.take()
+    }
+
+    /// Returns a lent actor. `Schedule` if an exit signal came meanwhile and
+    /// the process must run to act on it; `Dead` gives the actor back if the
+    /// process died meanwhile (the caller drops it).
+    pub(crate) fn put_back(&self, actor: A) -> Result<Push<T>, A> {
+        let mut s = self.state.lock();
+        if s.dead {
+            return Err(actor);
+        }
+        s.actor = Some(actor);
+        if s.pending_exit.is_some() { Ok(s.claim(true)) } else { Ok(Push::Queued) }
     }
 
     /// For a worker that wants to end a turn early: goes idle (and returns
     /// true) only if there is nothing to do; otherwise the process stays
     /// scheduled and the caller must queue it.
-    pub(crate) fn try_idle(&self) -> bool {
+    pub(crate) fn try_idle(&self, held: &mut Option<A>) -> bool {
         let mut s = self.state.lock();
         let has_work =
             s.pending_exit.is_some() || !s.initialized || (!s.suspended && !s.queue.is_empty());
         if !has_work {
+            s.actor = held.take();
             s.scheduled = false;
         }
         !has_work
@@ -201,16 +291,17 @@ impl<T> Mailbox<T> {
         self.state.lock().queue.len()
     }
 
-    /// Marks the process dead and returns what was left in the queue.
-    pub(crate) fn close(&self) -> VecDeque<T> {
+    /// Marks the process dead and returns what was left in the queue, and
+    /// the actor if it was parked here.
+    pub(crate) fn close(&self) -> (VecDeque<T>, Option<A>) {
         let mut s = self.state.lock();
         s.dead = true;
         s.pending_exit = None;
-        std::mem::take(&mut s.queue)
+        (std::mem::take(&mut s.queue), s.actor.take())
     }
 }
 
-impl<T> State<T> {
+impl<T, A> State<T, A> {
     /// Turns `scheduled` on if the process can run now (`urgent` ignores a
     /// suspension, for exit signals).
     fn claim(&mut self, urgent: bool) -> Push<T> {
@@ -227,38 +318,46 @@ impl<T> State<T> {
 mod tests {
     use super::*;
 
-    fn idle<T>(mb: &Mailbox<T>) {
-        assert!(matches!(mb.next(), Next::Init));
-        assert!(matches!(mb.next(), Next::Idle));
+    type Mb = Mailbox<u32, ()>;
+
+    /// Runs init and goes idle, as a first turn does.
+    fn idle(mb: &Mb) {
+        let Begin::Run(()) = mb.begin() else { panic!("actor missing") };
+        assert!(matches!(mb.next(&mut Some(())), Next::Init));
+        assert!(matches!(mb.next(&mut Some(())), Next::Idle));
+    }
+
+    fn next(mb: &Mb) -> Next<u32> {
+        mb.next(&mut Some(()))
     }
 
     #[test]
     fn a_push_to_an_idle_process_schedules_it_once() {
-        let mb = Mailbox::new();
+        let mb: Mb = Mailbox::new(());
         idle(&mb);
         assert!(matches!(mb.push(1), Push::Schedule));
         assert!(matches!(mb.push(2), Push::Queued));
-        assert!(matches!(mb.next(), Next::Deliver(1)));
-        assert!(matches!(mb.next(), Next::Deliver(2)));
-        assert!(matches!(mb.next(), Next::Idle));
+        assert!(matches!(next(&mb), Next::Deliver(1)));
+        assert!(matches!(next(&mb), Next::Deliver(2)));
+        assert!(matches!(next(&mb), Next::Idle));
         assert!(matches!(mb.push(3), Push::Schedule));
     }
 
     #[test]
     fn suspended_mailbox_keeps_messages_until_resume() {
-        let mb = Mailbox::new();
+        let mb: Mb = Mailbox::new(());
         idle(&mb);
         assert!(mb.suspend());
         assert!(matches!(mb.push(1), Push::Queued));
         assert!(matches!(mb.push(2), Push::Queued));
         assert!(matches!(mb.resume(), Some(Push::Schedule)));
-        assert!(matches!(mb.next(), Next::Deliver(1)));
-        assert!(matches!(mb.next(), Next::Deliver(2)));
+        assert!(matches!(next(&mb), Next::Deliver(1)));
+        assert!(matches!(next(&mb), Next::Deliver(2)));
     }
 
     #[test]
     fn a_fatal_signal_overtakes_suspension_and_queue() {
-        let mb = Mailbox::new();
+        let mb: Mb = Mailbox::new(());
         idle(&mb);
         assert!(mb.suspend());
         assert!(matches!(mb.push(1), Push::Queued));
@@ -266,35 +365,49 @@ mod tests {
             mb.signal(Signal::Exit(ExitReason::error("boom"), 9)),
             Push::Schedule
         ));
-        assert!(matches!(mb.next(), Next::Exit(ExitReason::Error(_))));
+        assert!(matches!(next(&mb), Next::Exit(ExitReason::Error(_))));
     }
 
     #[test]
     fn trapped_exits_become_messages_and_normal_is_ignored() {
-        let mb = Mailbox::new();
+        let mb: Mb = Mailbox::new(());
         idle(&mb);
         assert!(matches!(
             mb.signal(Signal::Exit(ExitReason::Normal, 5)),
             Push::Queued
         ));
-        assert!(matches!(mb.next(), Next::Idle));
+        assert!(matches!(next(&mb), Next::Idle));
         mb.set_trap_exit(true);
         assert!(matches!(
             mb.signal(Signal::Exit(ExitReason::Normal, 5)),
             Push::Schedule
         ));
-        assert!(matches!(mb.next(), Next::Deliver(5)));
-        assert!(matches!(mb.next(), Next::Idle));
+        assert!(matches!(next(&mb), Next::Deliver(5)));
+        assert!(matches!(next(&mb), Next::Idle));
         assert!(matches!(mb.signal(Signal::Kill), Push::Schedule));
-        assert!(matches!(mb.next(), Next::Exit(ExitReason::Killed)));
+        assert!(matches!(next(&mb), Next::Exit(ExitReason::Killed)));
     }
 
     #[test]
     fn a_closed_mailbox_refuses_and_returns_envelopes() {
-        let mb = Mailbox::new();
+        let mb: Mb = Mailbox::new(());
         mb.push(1).is_queued_or_schedule();
-        assert_eq!(mb.close().len(), 1);
+        assert_eq!(mb.close().0.len(), 1);
         assert!(matches!(mb.push(2), Push::Dead(2)));
+    }
+
+    #[test]
+    fn the_actor_is_parked_while_idle_and_lent_only_when_suspended() {
+        let mb: Mb = Mailbox::new(());
+        idle(&mb);
+        assert!(mb.borrow().is_none(), "not suspended: no lending");
+        assert!(mb.suspend());
+        let actor = mb.borrow().expect("suspended and parked");
+        assert!(!mb.wait_parked(std::time::Duration::from_millis(1)));
+        assert!(matches!(mb.signal(Signal::Kill), Push::Schedule));
+        assert!(matches!(mb.begin(), Begin::Exit(ExitReason::Killed)));
+        assert!(matches!(mb.put_back(actor), Ok(Push::Queued)));
+        assert!(mb.wait_parked(std::time::Duration::from_millis(1)));
     }
 
     impl<T> Push<T> {
@@ -314,15 +427,15 @@ mod loom_tests {
     use loom::thread;
 
     /// A worker's turn: handle until idle. Returns how many it handled.
-    fn run(mb: &Mailbox<u32>, running: &AtomicUsize) -> usize {
-        assert_eq!(
-            running.fetch_add(1, Ordering::SeqCst),
-            0,
-            "process ran on two workers"
-        );
+    fn run(mb: &Mailbox<u32, ()>, running: &AtomicUsize) -> usize {
+        let mut held = match mb.begin() {
+            Begin::Run(actor) => Some(actor),
+            _ => panic!("a scheduled process had no actor"),
+        };
+        assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "process ran on two workers");
         let mut handled = 0;
         loop {
-            match mb.next() {
+            match mb.next(&mut held) {
                 Next::Init => {}
                 Next::Deliver(_) => handled += 1,
                 Next::Exit(_) => unreachable!(),
@@ -336,7 +449,7 @@ mod loom_tests {
     #[test]
     fn loom_no_lost_wakeup_and_no_double_scheduling() {
         loom::model(|| {
-            let mb = Arc::new(Mailbox::<u32>::new());
+            let mb = Arc::new(Mailbox::<u32, ()>::new(()));
             let running = Arc::new(AtomicUsize::new(0));
             let handled = Arc::new(AtomicUsize::new(0));
             // The spawner scheduled the process; a worker runs init.
@@ -366,7 +479,7 @@ mod loom_tests {
     #[test]
     fn loom_messages_sent_while_suspended_are_handled_after_resume() {
         loom::model(|| {
-            let mb = Arc::new(Mailbox::<u32>::new());
+            let mb = Arc::new(Mailbox::<u32, ()>::new(()));
             let running = Arc::new(AtomicUsize::new(0));
             let handled = Arc::new(AtomicUsize::new(0));
             run(&mb, &running);
@@ -396,7 +509,7 @@ mod loom_tests {
     #[test]
     fn loom_kill_reaches_a_suspended_process() {
         loom::model(|| {
-            let mb = Arc::new(Mailbox::<u32>::new());
+            let mb = Arc::new(Mailbox::<u32, ()>::new(()));
             let running = Arc::new(AtomicUsize::new(0));
             run(&mb, &running);
             assert!(mb.suspend());
@@ -414,7 +527,7 @@ mod loom_tests {
                 killer_scheduled && !pusher_scheduled,
                 "kill must schedule; a suspended push must not"
             );
-            assert!(matches!(mb.next(), Next::Exit(ExitReason::Killed)));
+            assert!(matches!(mb.next(&mut Some(())), Next::Exit(ExitReason::Killed)));
         });
     }
 }

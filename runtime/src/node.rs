@@ -3,8 +3,8 @@
 //!
 //! # A turn
 //!
-//! A worker runs a scheduled process by locking its actor and taking steps
-//! from the mailbox (`Mailbox::next`) until it is idle or has handled
+//! A worker runs a scheduled process by taking its actor out of the mailbox
+//! (`Mailbox::begin`) and taking steps from it (`Mailbox::next`) until it is idle or has handled
 //! `budget` messages, in which case it goes to the back of the run queue.
 //! Every callback runs under `catch_unwind`: a panic ends that process with
 //! `ExitReason::Panic` and nothing else.
@@ -28,7 +28,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::ctx::Ctx;
 use crate::error::{CallError, LinkError, RegisterError, SendError, SpawnError, SuspendError};
-use crate::mailbox::{Next, Push, Signal};
+use crate::mailbox::{Begin, Next, Push, Signal};
 use crate::message::{Down, Envelope, Exit, Message, NoReply, ReplyCell, ReplyTo};
 use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
 use crate::port::Ports;
@@ -189,9 +189,7 @@ impl Node {
         for handle in handles {
             let _ = handle.join();
         }
-        for proc in inner.table.all() {
-            let actor = proc.actor.lock().take();
-            inner.exit_process(&proc, actor, ExitReason::Shutdown, Sched::Global);
+        for proc in inner.table.all() {            inner.exit_process(&proc, None, ExitReason::Shutdown, Sched::Global);
         }
     }
 
@@ -345,10 +343,20 @@ impl Node {
         let proc = self.inner.table.get(pid).ok_or(SuspendError::NoProc(pid))?;
         if !proc.mailbox.is_suspended() {
             return Err(SuspendError::NotSuspended(pid));
+        }        // A worker may hold the actor for a moment to find it has nothing
+        // to do; wait for it to be parked.
+        proc.mailbox.wait_parked(Duration::from_secs(5));
+        let mut actor = proc.mailbox.borrow().ok_or(SuspendError::NoProc(pid))?;
+        let result = catch_unwind(AssertUnwindSafe(|| f(&mut actor)));
+        match proc.mailbox.put_back(actor) {
+            Ok(Push::Schedule) => {
+                drop(proc);
+                self.inner.schedule(pid, Sched::Global);
+            }
+            Ok(_) => {}
+            Err(actor) => drop(actor),
         }
-        let mut actor = proc.actor.lock();
-        let actor = actor.as_mut().ok_or(SuspendError::NoProc(pid))?;
-        Ok(f(actor))
+        result.map_err(|panic| SuspendError::Panicked(pid, panic_message(panic.as_ref())))
     }
 
     /// Whether `pid` is alive.
@@ -419,12 +427,15 @@ impl NodeInner {
         envelope: Envelope,
         sched: Sched<'_>,
     ) -> Result<(), Envelope> {
-        let Some(proc) = self.table.get(pid) else {
-            return Err(envelope);
+        let pushed = match sched {
+            Sched::Local(worker) => worker.cache.push(&self.table, pid, envelope),
+            Sched::Global => match self.table.get(pid) {
+                Some(proc) => proc.mailbox.push(envelope),
+                None => Push::Dead(envelope),
+            },
         };
-        match proc.mailbox.push(envelope) {
+        match pushed {
             Push::Schedule => {
-                drop(proc);
                 self.schedule(pid, sched);
                 Ok(())
             }
@@ -573,7 +584,7 @@ impl NodeInner {
 
     /// Runs one scheduled process (a worker's main job).
     pub(crate) fn run(self: &Arc<Self>, pid: Pid, worker: &WorkerLocal) {
-        let Some(proc) = self.table.get(pid) else {
+        let Some(proc) = worker.cache.get(&self.table, pid) else {
             return;
         };
         worker.turn_started();
@@ -583,30 +594,24 @@ impl NodeInner {
 
     /// One turn of `proc`: steps until idle, exit, the budget, or (inline)
     /// until `until` is answered.
-    fn run_turn(
-        self: &Arc<Self>,
-        proc: &Arc<Proc>,
-        worker: &WorkerLocal,
-        until: Option<&ReplyCell>,
-    ) {
-        let mut slot = proc.actor.lock();
-        let Some(actor) = slot.as_mut() else { return };
+    fn run_turn(self: &Arc<Self>, proc: &Arc<Proc>, worker: &WorkerLocal, until: Option<&ReplyCell>) {
         let sched = Sched::Local(worker);
+        let mut held = match proc.mailbox.begin() {
+            Begin::Run(actor) => Some(actor),
+            Begin::Skip => return,
+            Begin::Exit(reason) => return self.exit_process(proc, None, reason, sched),
+        };
         for _ in 0..self.budget {
-            if until.is_some_and(ReplyCell::is_ready) && proc.mailbox.try_idle() {
+            if until.is_some_and(ReplyCell::is_ready) && proc.mailbox.try_idle(&mut held) {
                 return;
             }
-            let step = proc.mailbox.next();
+            let step = proc.mailbox.next(&mut held);
+            let Some(actor) = held.as_mut() else { return };
             let mut ctx = Ctx::new(self, proc, worker);
             let mut run_terminate = true;
             let outcome = match step {
                 Next::Idle => return,
-                Next::Exit(reason) => {
-                    let actor = slot.take();
-                    drop(slot);
-                    self.exit_process(proc, actor, reason, sched);
-                    return;
-                }
+                Next::Exit(reason) => return self.exit_process(proc, held, reason, sched),
                 Next::Init => catch_unwind(AssertUnwindSafe(|| {
                     if let Err(reason) = actor.init(&mut ctx) {
                         run_terminate = false;
@@ -626,9 +631,8 @@ impl NodeInner {
                     None => continue,
                     Some(reason) => {
                         if run_terminate {
-                            let terminated = catch_unwind(AssertUnwindSafe(|| {
-                                actor.terminate(&reason, &mut ctx)
-                            }));
+                            let terminated =
+                                catch_unwind(AssertUnwindSafe(|| actor.terminate(&reason, &mut ctx)));
                             if let Err(panic) = terminated {
                                 tracing::error!(pid = %proc.pid, panic = panic_message(panic.as_ref()), "terminate panicked");
                             }
@@ -637,12 +641,11 @@ impl NodeInner {
                     }
                 },
             };
-            let actor = slot.take();
-            drop(slot);
-            self.exit_process(proc, actor, reason, sched);
-            return;
+            return self.exit_process(proc, held, reason, sched);
         }
-        drop(slot);
+        if let Some(actor) = held {
+            proc.mailbox.pause(actor);
+        }
         if until.is_some() {
             worker.schedule(&self.scheduler, proc.pid);
         } else {
@@ -658,9 +661,9 @@ impl NodeInner {
         actor: Option<Box<dyn Actor>>,
         reason: ExitReason,
         sched: Sched<'_>,
-    ) {
-        let pid = proc.pid;
-        let leftovers = proc.mailbox.close();
+    ) {        let pid = proc.pid;
+        let (leftovers, parked) = proc.mailbox.close();
+        let actor = actor.or(parked);
         self.table.remove(pid);
         let relations = {
             let mut cell = proc.relations.lock();
@@ -908,10 +911,9 @@ impl NodeInner {
             } else {
                 SuspendError::NoProc(pid)
             });
-        }
-        // Wait for a handler in progress: once we hold the actor lock, any
-        // later turn sees the suspension before it handles anything.
-        if proc.actor.try_lock_for(timeout).is_none() {
+        }        // Wait for a handler in progress: once the actor is parked, any later
+        // turn sees the suspension before it handles anything.
+        if !proc.mailbox.wait_parked(timeout) {
             drop(proc);
             let _ = self.resume(pid, Sched::Global);
             return Err(SuspendError::Timeout(pid, timeout));

@@ -4,17 +4,15 @@
 //!
 //! - `pid`: set at spawn, never changes.
 //! - `mailbox`: any thread pushes; only the worker running the process pops.
-//!   Its lock also guards the scheduling flags (see `mailbox.rs`).
-//! - `actor`: locked by the worker for a whole turn, and by the node for
-//!   `with_suspended` once the process is suspended. `None` once dead.
+//!   Its lock also guards the scheduling flags and parks the actor between
+//!   turns (see `mailbox.rs`): the worker that runs a turn owns the actor.
 //! - `relations`: links, monitors, registered name, owned ports. Locked
 //!   briefly by whoever links, monitors or registers; `closed` is set once,
 //!   by the exiting process, and is never unset: after that, linking or
 //!   monitoring it answers `noproc`.
 //!
-//! Lock order, when two are held: `actor` before `relations`; two
-//! `relations` in pid order; a `mailbox` lock is never held while taking
-//! another lock.
+//! Lock order, when two are held: two `relations` in pid order; a
+//! `mailbox` lock is never held while taking another lock.
 
 use std::sync::Arc;
 
@@ -76,8 +74,7 @@ where
 
 pub(crate) struct Proc {
     pub(crate) pid: Pid,
-    pub(crate) mailbox: Mailbox<Envelope>,
-    pub(crate) actor: Mutex<Option<Box<dyn Actor>>>,
+    pub(crate) mailbox: Mailbox<Envelope, Box<dyn Actor>>,
     pub(crate) relations: Mutex<RelationsCell>,
 }
 
@@ -85,8 +82,7 @@ impl Proc {
     pub(crate) fn new(pid: Pid, actor: Box<dyn Actor>, relations: Option<Box<Relations>>) -> Proc {
         Proc {
             pid,
-            mailbox: Mailbox::new(),
-            actor: Mutex::new(Some(actor)),
+            mailbox: Mailbox::new(actor),
             relations: Mutex::new(RelationsCell {
                 closed: false,
                 relations,

@@ -46,6 +46,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::node::NodeInner;
 use crate::pid::Pid;
+use crate::table::ProcCache;
 
 /// Consecutive LIFO-slot runs before the slot yields to the run queue.
 const MAX_LIFO_STREAK: u32 = 8;
@@ -90,6 +91,8 @@ pub(crate) struct WorkerShared {
 /// A worker's own state, on its thread's stack.
 pub(crate) struct WorkerLocal {
     shared: Arc<WorkerShared>,
+    /// Processes this worker sent to or ran lately.
+    pub(crate) cache: ProcCache,
     queue: Worker<Pid>,
     lifo_streak: Cell<u32>,
     tick: Cell<u32>,
@@ -156,6 +159,7 @@ impl Scheduler {
         self.active.fetch_add(1, Ordering::SeqCst);
         let local = WorkerLocal {
             shared,
+            cache: ProcCache::new(),
             queue,
             lifo_streak: Cell::new(0),
             tick: Cell::new(0),
@@ -364,7 +368,10 @@ impl WorkerLocal {
     pub(crate) fn turn_ended(&self, scheduler: &Scheduler) {
         self.depth.set(self.depth.get() - 1);
         self.publish_turn();
-        if self.depth.get() == 0 && self.shared.blocked.swap(false, Ordering::SeqCst) {
+        if self.depth.get() == 0
+            && self.shared.blocked.load(Ordering::Relaxed)
+            && self.shared.blocked.swap(false, Ordering::SeqCst)
+        {
             scheduler.active.fetch_add(1, Ordering::SeqCst);
         }
     }

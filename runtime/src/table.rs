@@ -12,6 +12,7 @@
 //!   after 2^32 reuses of that very slot.
 //! - Index 0 is never issued; `Pid::NODE` lives there.
 
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -19,6 +20,8 @@ use std::sync::{Arc, OnceLock};
 use arc_swap::{ArcSwapOption, Guard};
 use parking_lot::Mutex;
 
+use crate::mailbox::Push;
+use crate::message::Envelope;
 use crate::pid::Pid;
 use crate::process::Proc;
 
@@ -139,5 +142,57 @@ impl ProcessTable {
         (1..fresh)
             .filter_map(|index| self.slot(index).and_then(|slot| slot.load_full()))
             .collect()
+    }
+}
+
+/// Slots in a worker's [`ProcCache`].
+const CACHE_SLOTS: usize = 4096;
+
+/// A worker's direct-mapped cache of recently used processes, by slot
+/// index, so a send or run that hits it skips the table lookup.
+///
+/// Sound for dead processes: a pid names one process forever, so a cached
+/// entry either is the process the pid names or misses; and a dead process's
+/// mailbox is closed, so a push to it fails and a turn of it does nothing.
+/// A cached entry keeps only the emptied shell of an exited process alive
+/// (its actor, queue and relations are gone), at most `CACHE_SLOTS` of them.
+pub(crate) struct ProcCache {
+    slots: RefCell<Box<[Option<Arc<Proc>>]>>,
+}
+
+impl ProcCache {
+    pub(crate) fn new() -> ProcCache {
+        ProcCache { slots: RefCell::new((0..CACHE_SLOTS).map(|_| None).collect()) }
+    }
+
+    /// The process `pid` names, if alive or still cached.
+    pub(crate) fn get(&self, table: &ProcessTable, pid: Pid) -> Option<Arc<Proc>> {
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots[pid.index() as usize % CACHE_SLOTS];
+        if let Some(proc) = slot {
+            if proc.pid == pid {
+                return Some(proc.clone());
+            }
+        }
+        let proc = Arc::clone(&*table.get(pid)?);
+        *slot = Some(proc.clone());
+        Some(proc)
+    }
+
+    /// Pushes to the mailbox of `pid` without taking a reference count.
+    pub(crate) fn push(&self, table: &ProcessTable, pid: Pid, envelope: Envelope) -> Push<Envelope> {
+        let mut slots = self.slots.borrow_mut();
+        let slot = &mut slots[pid.index() as usize % CACHE_SLOTS];
+        if let Some(proc) = slot {
+            if proc.pid == pid {
+                return proc.mailbox.push(envelope);
+            }
+        }
+        let Some(found) = table.get(pid) else { return Push::Dead(envelope) };
+        let proc = Arc::clone(&*found);
+        drop(found);
+        let pushed = proc.mailbox.push(envelope);
+        *slot = Some(proc);
+        pushed
     }
 }
