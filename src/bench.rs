@@ -184,27 +184,36 @@ impl Actor for Idle {
     fn handle(&mut self, _message: Message, _ctx: &mut Ctx<'_>) {}
 }
 
+/// Spawns in chunks and sends itself the rest, so it yields to the
+/// scheduler between chunks like any well-behaved process.
 struct Spawner {
-    idle: Option<Idle>,
-    pids: mpsc::Sender<Vec<Pid>>,
+    idle: Idle,
+    pids: Vec<Pid>,
+    done: mpsc::Sender<Vec<Pid>>,
 }
+
+const SPAWN_CHUNK: usize = 10_000;
 
 impl Actor for Spawner {
     fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
-        let (Ok(count), Some(idle)) = (message.downcast::<usize>(), self.idle.take()) else { return };
-        let mut pids = Vec::with_capacity(count);
-        for _ in 0..count {
+        let Ok(remaining) = message.downcast::<usize>() else { return };
+        let chunk = remaining.min(SPAWN_CHUNK);
+        for _ in 0..chunk {
             let child = Idle {
-                started: idle.started.clone(),
-                target: idle.target,
-                all_started: idle.all_started.clone(),
+                started: self.idle.started.clone(),
+                target: self.idle.target,
+                all_started: self.idle.all_started.clone(),
             };
             match ctx.spawn(child) {
-                Ok(pid) => pids.push(pid),
-                Err(_) => break,
+                Ok(pid) => self.pids.push(pid),
+                Err(_) => return drop(self.done.send(std::mem::take(&mut self.pids))),
             }
         }
-        let _ = self.pids.send(pids);
+        if remaining > chunk {
+            let _ = ctx.send(ctx.pid(), remaining - chunk);
+        } else {
+            let _ = self.done.send(std::mem::take(&mut self.pids));
+        }
     }
 }
 
@@ -216,7 +225,7 @@ fn spawn(node: &Node, procs: usize) -> anyhow::Result<SpawnResult> {
         let (started_tx, started_rx) = mpsc::channel();
         let (pids_tx, pids_rx) = mpsc::channel();
         let idle = Idle { started: Arc::new(AtomicUsize::new(0)), target: count, all_started: started_tx };
-        let spawner = node.spawn(Spawner { idle: Some(idle), pids: pids_tx })?;
+        let spawner = node.spawn(Spawner { idle, pids: Vec::with_capacity(count), done: pids_tx })?;
         std::thread::sleep(Duration::from_millis(20));
         let before = rss_bytes()?;
         let t0 = Instant::now();
