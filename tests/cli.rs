@@ -1,0 +1,62 @@
+//! The `relive` binary from the outside: help, version, bench JSON, errors.
+
+use std::process::Command;
+
+fn relive(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_relive")).args(args).output().expect("running relive")
+}
+
+fn json(args: &[&str]) -> serde_json::Value {
+    let out = relive(args);
+    assert!(out.status.success(), "relive {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("relive {args:?} printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+#[test]
+fn help_and_version() {
+    let help = relive(&["--help"]);
+    assert!(help.status.success());
+    assert!(String::from_utf8_lossy(&help.stdout).contains("bench"));
+    let version = relive(&["--version"]);
+    assert!(version.status.success());
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("relive {}", env!("CARGO_PKG_VERSION")));
+}
+
+#[test]
+fn bench_ring_prints_the_stable_json_keys() {
+    let v = json(&["bench", "ring", "--procs", "50", "--rounds", "20", "--json"]);
+    assert_eq!(v["procs"], 50);
+    assert_eq!(v["rounds"], 20);
+    assert_eq!(v["messages"], 1000);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    assert!(v["msgs_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_spawn_prints_the_stable_json_keys() {
+    let v = json(&["bench", "spawn", "--procs", "20000", "--json"]);
+    assert_eq!(v["procs"], 20000);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    assert!(v["bytes_per_proc"].is_number());
+}
+
+#[test]
+fn bench_call_prints_the_stable_json_keys() {
+    let v = json(&["bench", "call", "--rounds", "2000", "--json"]);
+    assert_eq!(v["calls"], 2000);
+    let (mean, p99) = (v["mean_us"].as_f64().unwrap(), v["p99_us"].as_f64().unwrap());
+    assert!(mean > 0.0 && p99 >= v["p50_us"].as_f64().unwrap());
+}
+
+#[test]
+fn bad_input_is_a_clear_error_and_a_failure_exit() {
+    let out = relive(&["bench", "ring", "--procs", "1"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("relive: ") && err.contains("--procs must be at least 2"), "{err}");
+    let out = relive(&["bench", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'nope'"));
+}
