@@ -55,13 +55,18 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let node = Node::start(config);
     let result = match args.bench {
-        Bench::Ring => ring(&node, args.procs.unwrap_or(1_000), args.rounds.unwrap_or(1_000))
-            .map(|r| report(&r, args.json, |r| {
+        Bench::Ring => ring(&node, args.procs.unwrap_or(1_000), args.rounds.unwrap_or(1_000)).map(|r| {
+            report(&r, args.json, |r| {
                 format!(
                     "ring: {} processes × {} rounds = {} messages in {:.3} s: {:.2} M msgs/s",
-                    r.procs, r.rounds, r.messages, r.seconds, r.msgs_per_sec / 1e6
+                    r.procs,
+                    r.rounds,
+                    r.messages,
+                    r.seconds,
+                    r.msgs_per_sec / 1e6
                 )
-            })),
+            })
+        }),
         Bench::Spawn => spawn(&node, args.procs.unwrap_or(1_000_000)).map(|r| {
             report(&r, args.json, |r| {
                 format!(

@@ -21,7 +21,10 @@ fn help_and_version() {
     assert!(String::from_utf8_lossy(&help.stdout).contains("bench"));
     let version = relive(&["--version"]);
     assert!(version.status.success());
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("relive {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&version.stdout).trim(),
+        format!("relive {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]

@@ -24,17 +24,8 @@ pub struct Ctx<'a> {
 }
 
 impl<'a> Ctx<'a> {
-    pub(crate) fn new(
-        node: &'a Arc<NodeInner>,
-        proc: &'a Proc,
-        worker: &'a WorkerLocal,
-    ) -> Ctx<'a> {
-        Ctx {
-            node,
-            proc,
-            worker,
-            stop: None,
-        }
+    pub(crate) fn new(node: &'a Arc<NodeInner>, proc: &'a Proc, worker: &'a WorkerLocal) -> Ctx<'a> {
+        Ctx { node, proc, worker, stop: None }
     }
 
     pub(crate) fn take_stop(&mut self) -> Option<ExitReason> {
@@ -52,9 +43,7 @@ impl<'a> Ctx<'a> {
 
     /// The node this process runs on.
     pub fn node(&self) -> Node {
-        Node {
-            inner: self.node.clone(),
-        }
+        Node { inner: self.node.clone() }
     }
 
     /// Ends this process with `reason` once the current callback returns
@@ -69,11 +58,7 @@ impl<'a> Ctx<'a> {
     /// [`SendError::NoProc`] for a dead pid (the message is dropped, as in
     /// Erlang), [`SendError::NotRegistered`] for an unknown name.
     pub fn send<T: Any + Send>(&self, to: impl Into<Dest>, message: T) -> Result<(), SendError> {
-        self.node.send(
-            to.into(),
-            Envelope::Info(into_message(message)),
-            self.sched(),
-        )
+        self.node.send(to.into(), Envelope::Info(into_message(message)), self.sched())
     }
 
     /// Sends a cast.
@@ -81,11 +66,7 @@ impl<'a> Ctx<'a> {
     /// # Errors
     /// As [`Ctx::send`].
     pub fn cast<T: Any + Send>(&self, to: impl Into<Dest>, message: T) -> Result<(), SendError> {
-        self.node.send(
-            to.into(),
-            Envelope::Cast(into_message(message)),
-            self.sched(),
-        )
+        self.node.send(to.into(), Envelope::Cast(into_message(message)), self.sched())
     }
 
     /// Calls another process and blocks this one until it replies or
@@ -103,8 +84,7 @@ impl<'a> Ctx<'a> {
         if pid == self.pid() {
             return Err(CallError::CallingSelf(pid));
         }
-        self.node
-            .call(pid, into_message(request), timeout, Some(self.worker))
+        self.node.call(pid, into_message(request), timeout, Some(self.worker))
     }
 
     /// Spawns an unlinked process.
@@ -136,13 +116,8 @@ impl<'a> Ctx<'a> {
     ///
     /// # Errors
     /// [`SpawnError::InitFailed`] with init's reason, and as [`Ctx::spawn`].
-    pub fn spawn_link_sync(
-        &self,
-        actor: Box<dyn Actor>,
-        timeout: Duration,
-    ) -> Result<Pid, SpawnError> {
-        self.node
-            .spawn_sync(actor, Some(self.pid()), timeout, self.sched())
+    pub fn spawn_link_sync(&self, actor: Box<dyn Actor>, timeout: Duration) -> Result<Pid, SpawnError> {
+        self.node.spawn_sync(actor, Some(self.pid()), timeout, self.sched())
     }
 
     /// Links this process with `other` (both ways).
@@ -162,8 +137,7 @@ impl<'a> Ctx<'a> {
     /// Monitors `target`: a [`crate::Down`] arrives when it exits (at once,
     /// with `noproc`, if it is already gone).
     pub fn monitor(&self, target: Pid) -> MonitorRef {
-        self.node
-            .monitor(Watcher::Process(self.pid()), target, self.sched())
+        self.node.monitor(Watcher::Process(self.pid()), target, self.sched())
     }
 
     /// Removes a monitor; true if it had not fired.
@@ -173,8 +147,7 @@ impl<'a> Ctx<'a> {
 
     /// Sends an exit signal to `target` from this process.
     pub fn exit(&self, target: Pid, reason: ExitReason) {
-        self.node
-            .signal_exit(target, self.pid(), reason, self.sched())
+        self.node.signal_exit(target, self.pid(), reason, self.sched())
     }
 
     /// Turns exit trapping on or off; returns the previous setting.
@@ -234,7 +207,6 @@ impl<'a> Ctx<'a> {
     /// # Errors
     /// As [`Ctx::send`].
     pub fn send_message(&self, to: impl Into<Dest>, message: Message) -> Result<(), SendError> {
-        self.node
-            .send(to.into(), Envelope::Info(message), self.sched())
+        self.node.send(to.into(), Envelope::Info(message), self.sched())
     }
 }

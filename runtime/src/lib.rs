@@ -56,6 +56,7 @@ mod pid;
 pub mod port;
 mod process;
 mod scheduler;
+pub mod supervisor;
 mod sync;
 mod table;
 mod timer;
@@ -65,4 +66,9 @@ pub use error::{CallError, LinkError, RegisterError, SendError, SpawnError, Susp
 pub use message::{Down, Exit, Message, ReplyTo};
 pub use node::{Dest, ExitWaiter, Node, NodeConfig};
 pub use pid::{ExitReason, MonitorRef, ParsePidError, Pid, TimerRef};
+pub use port::{
+    AcceptHandler, CloseReason, Framing, ListenOpts, ListenerInfo, PortError, PortEvent, PortId, PortInfo,
+    PortKind,
+};
 pub use process::{Actor, actor_fn};
+pub use supervisor::{ChildSpec, Supervisor, SupervisorError, SupervisorSpec};

@@ -235,7 +235,15 @@ impl<T, A> Mailbox<T, A> {
             return Err(actor);
         }
         s.actor = Some(actor);
-        if s.pending_exit.is_some() { Ok(s.claim(true)) } else { Ok(Push::Queued) }
+        // A worker that found the actor lent out went idle: whoever resumed
+        // the process or sent to it meanwhile may have had nobody to queue it.
+        if s.pending_exit.is_some() {
+            Ok(s.claim(true))
+        } else if !s.suspended && (!s.queue.is_empty() || !s.initialized) {
+            Ok(s.claim(false))
+        } else {
+            Ok(Push::Queued)
+        }
     }
 
     /// For a worker that wants to end a turn early: goes idle (and returns
@@ -243,8 +251,7 @@ impl<T, A> Mailbox<T, A> {
     /// scheduled and the caller must queue it.
     pub(crate) fn try_idle(&self, held: &mut Option<A>) -> bool {
         let mut s = self.state.lock();
-        let has_work =
-            s.pending_exit.is_some() || !s.initialized || (!s.suspended && !s.queue.is_empty());
+        let has_work = s.pending_exit.is_some() || !s.initialized || (!s.suspended && !s.queue.is_empty());
         if !has_work {
             s.actor = held.take();
             s.scheduled = false;
@@ -271,11 +278,7 @@ impl<T, A> Mailbox<T, A> {
             return None;
         }
         s.suspended = false;
-        if s.queue.is_empty() && s.initialized {
-            Some(Push::Queued)
-        } else {
-            Some(s.claim(false))
-        }
+        if s.queue.is_empty() && s.initialized { Some(Push::Queued) } else { Some(s.claim(false)) }
     }
 
     pub(crate) fn is_suspended(&self) -> bool {
@@ -361,10 +364,7 @@ mod tests {
         idle(&mb);
         assert!(mb.suspend());
         assert!(matches!(mb.push(1), Push::Queued));
-        assert!(matches!(
-            mb.signal(Signal::Exit(ExitReason::error("boom"), 9)),
-            Push::Schedule
-        ));
+        assert!(matches!(mb.signal(Signal::Exit(ExitReason::error("boom"), 9)), Push::Schedule));
         assert!(matches!(next(&mb), Next::Exit(ExitReason::Error(_))));
     }
 
@@ -372,16 +372,10 @@ mod tests {
     fn trapped_exits_become_messages_and_normal_is_ignored() {
         let mb: Mb = Mailbox::new(());
         idle(&mb);
-        assert!(matches!(
-            mb.signal(Signal::Exit(ExitReason::Normal, 5)),
-            Push::Queued
-        ));
+        assert!(matches!(mb.signal(Signal::Exit(ExitReason::Normal, 5)), Push::Queued));
         assert!(matches!(next(&mb), Next::Idle));
         mb.set_trap_exit(true);
-        assert!(matches!(
-            mb.signal(Signal::Exit(ExitReason::Normal, 5)),
-            Push::Schedule
-        ));
+        assert!(matches!(mb.signal(Signal::Exit(ExitReason::Normal, 5)), Push::Schedule));
         assert!(matches!(next(&mb), Next::Deliver(5)));
         assert!(matches!(next(&mb), Next::Idle));
         assert!(matches!(mb.signal(Signal::Kill), Push::Schedule));
@@ -391,7 +385,7 @@ mod tests {
     #[test]
     fn a_closed_mailbox_refuses_and_returns_envelopes() {
         let mb: Mb = Mailbox::new(());
-        mb.push(1).is_queued_or_schedule();
+        assert!(!matches!(mb.push(1), Push::Dead(_)));
         assert_eq!(mb.close().0.len(), 1);
         assert!(matches!(mb.push(2), Push::Dead(2)));
     }
@@ -402,18 +396,12 @@ mod tests {
         idle(&mb);
         assert!(mb.borrow().is_none(), "not suspended: no lending");
         assert!(mb.suspend());
-        let actor = mb.borrow().expect("suspended and parked");
+        mb.borrow().expect("suspended and parked");
         assert!(!mb.wait_parked(std::time::Duration::from_millis(1)));
         assert!(matches!(mb.signal(Signal::Kill), Push::Schedule));
         assert!(matches!(mb.begin(), Begin::Exit(ExitReason::Killed)));
-        assert!(matches!(mb.put_back(actor), Ok(Push::Queued)));
+        assert!(matches!(mb.put_back(()), Ok(Push::Queued)));
         assert!(mb.wait_parked(std::time::Duration::from_millis(1)));
-    }
-
-    impl<T> Push<T> {
-        fn is_queued_or_schedule(self) {
-            assert!(!matches!(self, Push::Dead(_)));
-        }
     }
 }
 
@@ -432,17 +420,22 @@ mod loom_tests {
             Begin::Run(actor) => Some(actor),
             _ => panic!("a scheduled process had no actor"),
         };
-        assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "process ran on two workers");
         let mut handled = 0;
         loop {
-            match mb.next(&mut held) {
+            let step = mb.next(&mut held);
+            if let Next::Idle = step {
+                // The actor is back and the process may already be claimed
+                // by another worker: this one must not touch it again.
+                break;
+            }
+            assert_eq!(running.fetch_add(1, Ordering::SeqCst), 0, "process ran on two workers");
+            match step {
                 Next::Init => {}
                 Next::Deliver(_) => handled += 1,
-                Next::Exit(_) => unreachable!(),
-                Next::Idle => break,
+                Next::Exit(_) | Next::Idle => unreachable!(),
             }
+            running.fetch_sub(1, Ordering::SeqCst);
         }
-        running.fetch_sub(1, Ordering::SeqCst);
         handled
     }
 
@@ -468,11 +461,7 @@ mod loom_tests {
             for s in senders {
                 s.join().unwrap();
             }
-            assert_eq!(
-                handled.load(Ordering::SeqCst),
-                2,
-                "a message was left unhandled"
-            );
+            assert_eq!(handled.load(Ordering::SeqCst), 2, "a message was left unhandled");
         });
     }
 
@@ -523,10 +512,7 @@ mod loom_tests {
             };
             let killer_scheduled = killer.join().unwrap();
             let pusher_scheduled = pusher.join().unwrap();
-            assert!(
-                killer_scheduled && !pusher_scheduled,
-                "kill must schedule; a suspended push must not"
-            );
+            assert!(killer_scheduled && !pusher_scheduled, "kill must schedule; a suspended push must not");
             assert!(matches!(mb.next(&mut Some(())), Next::Exit(ExitReason::Killed)));
         });
     }

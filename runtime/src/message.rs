@@ -211,13 +211,27 @@ impl ReplyTo {
     }
 }
 
+thread_local! {
+    /// The exit reason of the process whose actor this thread is dropping.
+    static EXITING: std::cell::RefCell<Option<ExitReason>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (which drops an exiting process's actor) so that any `ReplyTo`
+/// dropped inside fails its call with `reason`.
+pub(crate) fn while_exiting<R>(reason: &ExitReason, f: impl FnOnce() -> R) -> R {
+    let previous = EXITING.with(|e| e.replace(Some(reason.clone())));
+    let result = f();
+    EXITING.with(|e| *e.borrow_mut() = previous);
+    result
+}
+
 impl Drop for ReplyTo {
     fn drop(&mut self) {
         if let Some(cell) = self.cell.take() {
             let why = if thread::panicking() {
                 NoReply::Crashed
             } else {
-                NoReply::Dropped
+                EXITING.with(|e| e.borrow().clone()).map_or(NoReply::Dropped, NoReply::Exited)
             };
             cell.complete(Err(why));
         }
@@ -247,10 +261,7 @@ mod tests {
     fn dropped_reply_fails_the_call() {
         let cell = ReplyCell::new();
         drop(ReplyTo::new(cell.clone()));
-        assert_eq!(
-            cell.wait(Duration::from_secs(1)).unwrap().unwrap_err(),
-            NoReply::Dropped
-        );
+        assert_eq!(cell.wait(Duration::from_secs(1)).unwrap().unwrap_err(), NoReply::Dropped);
     }
 
     #[test]

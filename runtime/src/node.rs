@@ -18,6 +18,9 @@
 
 use std::any::Any;
 use std::collections::HashMap;
+use std::net::SocketAddr;
+#[cfg(unix)]
+use std::os::fd::RawFd;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +34,7 @@ use crate::error::{CallError, LinkError, RegisterError, SendError, SpawnError, S
 use crate::mailbox::{Begin, Next, Push, Signal};
 use crate::message::{Down, Envelope, Exit, Message, NoReply, ReplyCell, ReplyTo};
 use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
-use crate::port::Ports;
+use crate::port::{ListenOpts, ListenerInfo, PortError, PortId, PortInfo, Ports};
 use crate::process::{Actor, Proc, Relations, Watcher};
 use crate::scheduler::{Scheduler, WorkerLocal};
 use crate::table::ProcessTable;
@@ -155,8 +158,8 @@ impl ExitWaiter {
 }
 
 impl Node {
-    /// Starts a node: its workers, watchdog, timer thread and port I/O
-    /// thread.
+    /// Starts a node: its workers, watchdog and timer thread (the port I/O
+    /// thread starts with the first [`Node::listen`]).
     pub fn start(config: NodeConfig) -> Node {
         let inner = Arc::new(NodeInner {
             table: ProcessTable::new(config.max_processes),
@@ -189,7 +192,8 @@ impl Node {
         for handle in handles {
             let _ = handle.join();
         }
-        for proc in inner.table.all() {            inner.exit_process(&proc, None, ExitReason::Shutdown, Sched::Global);
+        for proc in inner.table.all() {
+            inner.exit_process(&proc, None, ExitReason::Shutdown, Sched::Global);
         }
     }
 
@@ -209,8 +213,7 @@ impl Node {
     /// [`SpawnError::InitFailed`] with the reason init gave (or its panic),
     /// [`SpawnError::TooManyProcesses`], [`SpawnError::Timeout`].
     pub fn spawn_sync(&self, actor: impl Actor, timeout: Duration) -> Result<Pid, SpawnError> {
-        self.inner
-            .spawn_sync(Box::new(actor), None, timeout, Sched::Global)
+        self.inner.spawn_sync(Box::new(actor), None, timeout, Sched::Global)
     }
 
     /// Sends a plain message (Erlang's `!`). Sending to a dead pid does
@@ -220,11 +223,7 @@ impl Node {
     /// [`SendError::NoProc`] for a dead pid, [`SendError::NotRegistered`]
     /// for an unknown name.
     pub fn send<T: Any + Send>(&self, to: impl Into<Dest>, message: T) -> Result<(), SendError> {
-        self.inner.send(
-            to.into(),
-            Envelope::Info(into_message(message)),
-            Sched::Global,
-        )
+        self.inner.send(to.into(), Envelope::Info(into_message(message)), Sched::Global)
     }
 
     /// Sends a cast (handled by `handle_cast`).
@@ -232,11 +231,7 @@ impl Node {
     /// # Errors
     /// As [`Node::send`].
     pub fn cast<T: Any + Send>(&self, to: impl Into<Dest>, message: T) -> Result<(), SendError> {
-        self.inner.send(
-            to.into(),
-            Envelope::Cast(into_message(message)),
-            Sched::Global,
-        )
+        self.inner.send(to.into(), Envelope::Cast(into_message(message)), Sched::Global)
     }
 
     /// Calls a process and waits for its reply, at most `timeout`.
@@ -258,8 +253,7 @@ impl Node {
     /// `kill` always kills, `normal` is ignored unless trapped, others kill
     /// a process that does not trap exits.
     pub fn exit(&self, pid: Pid, reason: ExitReason) {
-        self.inner
-            .signal_exit(pid, Pid::NODE, reason, Sched::Global);
+        self.inner.signal_exit(pid, Pid::NODE, reason, Sched::Global);
     }
 
     /// A waiter that learns how `pid` exits (a monitor whose `Down` goes to
@@ -288,13 +282,7 @@ impl Node {
 
     /// All registered names, sorted.
     pub fn registered(&self) -> Vec<(Arc<str>, Pid)> {
-        let mut names: Vec<_> = self
-            .inner
-            .registry
-            .read()
-            .iter()
-            .map(|(n, p)| (n.clone(), *p))
-            .collect();
+        let mut names: Vec<_> = self.inner.registry.read().iter().map(|(n, p)| (n.clone(), *p)).collect();
         names.sort();
         names
     }
@@ -343,7 +331,7 @@ impl Node {
         let proc = self.inner.table.get(pid).ok_or(SuspendError::NoProc(pid))?;
         if !proc.mailbox.is_suspended() {
             return Err(SuspendError::NotSuspended(pid));
-        }        // A worker may hold the actor for a moment to find it has nothing
+        } // A worker may hold the actor for a moment to find it has nothing
         // to do; wait for it to be parked.
         proc.mailbox.wait_parked(Duration::from_secs(5));
         let mut actor = proc.mailbox.borrow().ok_or(SuspendError::NoProc(pid))?;
@@ -367,6 +355,63 @@ impl Node {
     /// Messages waiting in a process's mailbox.
     pub fn message_queue_len(&self, pid: Pid) -> Option<usize> {
         self.inner.table.get(pid).map(|p| p.mailbox.len())
+    }
+
+    /// Opens a TCP listener on `addr` owned by `owner` (see [`crate::port`]).
+    /// The owner gets [`crate::PortEvent::Accepted`] for each connection;
+    /// each connection belongs to the pid `opts.handler` returns, or else to
+    /// the owner. The listener closes when its owner exits.
+    ///
+    /// # Errors
+    /// [`PortError::Bind`] naming the address, [`PortError::NoProc`] for a
+    /// dead owner, [`PortError::ShuttingDown`], [`PortError::Start`].
+    pub fn listen(&self, addr: SocketAddr, owner: Pid, opts: ListenOpts) -> Result<ListenerInfo, PortError> {
+        self.inner.ports.listen(&self.inner, addr, owner, opts)
+    }
+
+    /// Queues bytes to be written on a connection, from any thread; bytes
+    /// queued from one thread go out in order.
+    ///
+    /// # Errors
+    /// [`PortError::Closed`], [`PortError::Unknown`],
+    /// [`PortError::NotAConnection`], [`PortError::ShuttingDown`].
+    pub fn port_send(&self, port: PortId, bytes: impl Into<Vec<u8>>) -> Result<(), PortError> {
+        self.inner.ports.send(port, bytes.into())
+    }
+
+    /// Closes a port; queued output is still written. No `Closed` event is
+    /// sent for it.
+    ///
+    /// # Errors
+    /// [`PortError::Closed`], [`PortError::Unknown`].
+    pub fn port_close(&self, port: PortId) -> Result<(), PortError> {
+        self.inner.ports.close(&self.inner, port)
+    }
+
+    /// Gives a port to `owner`: every later event goes to it and the port
+    /// now closes when it exits. The socket stays open.
+    ///
+    /// # Errors
+    /// [`PortError::NoProc`] for a dead owner, [`PortError::Closed`],
+    /// [`PortError::Unknown`].
+    pub fn port_set_owner(&self, port: PortId, owner: Pid) -> Result<(), PortError> {
+        self.inner.ports.set_owner(&self.inner, port, owner)
+    }
+
+    /// Owner, addresses and byte counts of an open port.
+    pub fn port_info(&self, port: PortId) -> Option<PortInfo> {
+        self.inner.ports.info(port)
+    }
+
+    /// The open ports, by id.
+    pub fn ports(&self) -> Vec<PortId> {
+        self.inner.ports.list()
+    }
+
+    /// The raw fd of every socket the node's ports hold, by port id.
+    #[cfg(unix)]
+    pub fn port_raw_fds(&self) -> Vec<(PortId, RawFd)> {
+        self.inner.ports.raw_fds()
     }
 
     /// Processes alive now.
@@ -393,12 +438,9 @@ impl NodeInner {
     pub(crate) fn resolve(&self, dest: &Dest) -> Result<Pid, SendError> {
         match dest {
             Dest::Pid(pid) => Ok(*pid),
-            Dest::Name(name) => self
-                .registry
-                .read()
-                .get(name)
-                .copied()
-                .ok_or_else(|| SendError::NotRegistered(name.clone())),
+            Dest::Name(name) => {
+                self.registry.read().get(name).copied().ok_or_else(|| SendError::NotRegistered(name.clone()))
+            }
         }
     }
 
@@ -409,24 +451,13 @@ impl NodeInner {
         }
     }
 
-    pub(crate) fn send(
-        &self,
-        to: Dest,
-        envelope: Envelope,
-        sched: Sched<'_>,
-    ) -> Result<(), SendError> {
+    pub(crate) fn send(&self, to: Dest, envelope: Envelope, sched: Sched<'_>) -> Result<(), SendError> {
         let pid = self.resolve(&to)?;
-        self.deliver(pid, envelope, sched)
-            .map_err(|_| SendError::NoProc(pid))
+        self.deliver(pid, envelope, sched).map_err(|_| SendError::NoProc(pid))
     }
 
     /// Pushes an envelope and queues the process if it became runnable.
-    pub(crate) fn deliver(
-        &self,
-        pid: Pid,
-        envelope: Envelope,
-        sched: Sched<'_>,
-    ) -> Result<(), Envelope> {
+    pub(crate) fn deliver(&self, pid: Pid, envelope: Envelope, sched: Sched<'_>) -> Result<(), Envelope> {
         let pushed = match sched {
             Sched::Local(worker) => worker.cache.push(&self.table, pid, envelope),
             Sched::Global => match self.table.get(pid) {
@@ -455,12 +486,8 @@ impl NodeInner {
         if self.scheduler.is_shutting_down() {
             return Err(SpawnError::ShuttingDown);
         }
-        let relations = link_to.map(|parent| {
-            Box::new(Relations {
-                links: vec![parent],
-                ..Default::default()
-            })
-        });
+        let relations =
+            link_to.map(|parent| Box::new(Relations { links: vec![parent], ..Default::default() }));
         let proc = self
             .table
             .insert(|pid| Arc::new(Proc::new(pid, actor, relations)))
@@ -478,10 +505,7 @@ impl NodeInner {
                 // it as Erlang's spawn_link would tell it.
                 let _ = proc.mailbox.signal(Signal::Exit(
                     ExitReason::NoProc,
-                    Envelope::Info(Message::new(Exit {
-                        from: parent,
-                        reason: ExitReason::NoProc,
-                    })),
+                    Envelope::Info(Message::new(Exit { from: parent, reason: ExitReason::NoProc })),
                 ));
             }
         }
@@ -510,10 +534,7 @@ impl NodeInner {
         match self.wait_reply(&cell, timeout, sched) {
             Some(Ok(_)) => Ok(pid),
             Some(Err(NoReply::Exited(reason))) => Err(SpawnError::InitFailed(pid, reason)),
-            Some(Err(_)) => Err(SpawnError::InitFailed(
-                pid,
-                ExitReason::error("init crashed"),
-            )),
+            Some(Err(_)) => Err(SpawnError::InitFailed(pid, ExitReason::error("init crashed"))),
             None => Err(SpawnError::Timeout(pid, timeout)),
         }
     }
@@ -554,12 +575,10 @@ impl NodeInner {
         worker: Option<&WorkerLocal>,
     ) -> Result<Message, CallError> {
         let sched = worker.map_or(Sched::Global, Sched::Local);
+        let started = std::time::Instant::now();
         let cell = ReplyCell::new();
         let proc = self.table.get(pid).ok_or(CallError::NoProc(pid))?;
-        match proc
-            .mailbox
-            .push(Envelope::Call(request, ReplyTo::new(cell.clone())))
-        {
+        match proc.mailbox.push(Envelope::Call(request, ReplyTo::new(cell.clone()))) {
             Push::Dead(_) => return Err(CallError::NoProc(pid)),
             Push::Queued => drop(proc),
             Push::Schedule => {
@@ -567,13 +586,13 @@ impl NodeInner {
                 self.run_or_schedule(&proc, &cell, sched);
             }
         }
-        let started = std::time::Instant::now();
-        match self.wait_reply(&cell, timeout, sched) {
+        // The callee may have run inline already: wait only for what is
+        // left of the timeout.
+        let left = timeout.saturating_sub(started.elapsed());
+        match self.wait_reply(&cell, left, sched) {
             // An inline turn cannot be interrupted: a reply that took longer
             // than the timeout is still a timeout, and is discarded.
-            Some(Ok(_)) if started.elapsed() > timeout && worker.is_some() => {
-                Err(CallError::Timeout(pid, timeout))
-            }
+            Some(Ok(_)) if started.elapsed() > timeout => Err(CallError::Timeout(pid, timeout)),
             Some(Ok(reply)) => Ok(reply),
             Some(Err(NoReply::Exited(reason))) => Err(CallError::Exited(pid, reason)),
             Some(Err(NoReply::Crashed)) => Err(CallError::Crashed(pid)),
@@ -661,7 +680,8 @@ impl NodeInner {
         actor: Option<Box<dyn Actor>>,
         reason: ExitReason,
         sched: Sched<'_>,
-    ) {        let pid = proc.pid;
+    ) {
+        let pid = proc.pid;
         let (leftovers, parked) = proc.mailbox.close();
         let actor = actor.or(parked);
         self.table.remove(pid);
@@ -699,11 +719,7 @@ impl NodeInner {
             }
             for (id, watcher) in relations.monitored_by {
                 if let Some(watcher) = watcher.notify(&signal) {
-                    let down = Down {
-                        monitor: MonitorRef { id, target: pid },
-                        pid,
-                        reason: signal.clone(),
-                    };
+                    let down = Down { monitor: MonitorRef { id, target: pid }, pid, reason: signal.clone() };
                     let _ = self.deliver(watcher, Envelope::Info(Message::new(down)), sched);
                 }
             }
@@ -714,7 +730,11 @@ impl NodeInner {
                 self.ports.close_owned(port, pid);
             }
         }
-        if let Err(panic) = catch_unwind(AssertUnwindSafe(move || drop(actor))) {
+        // Replies the actor still holds fail with its exit reason, as a
+        // gen_server caller would learn it from its monitor.
+        let dropped =
+            crate::message::while_exiting(&reason, || catch_unwind(AssertUnwindSafe(move || drop(actor))));
+        if let Err(panic) = dropped {
             tracing::error!(%pid, panic = panic_message(panic.as_ref()), "dropping the actor panicked");
         }
     }
@@ -726,10 +746,7 @@ impl NodeInner {
         let signal = match reason {
             ExitReason::Kill => Signal::Kill,
             reason => {
-                let exit = Exit {
-                    from,
-                    reason: reason.clone(),
-                };
+                let exit = Exit { from, reason: reason.clone() };
                 Signal::Exit(reason, Envelope::Info(Message::new(exit)))
             }
         };
@@ -784,10 +801,7 @@ impl NodeInner {
     }
 
     pub(crate) fn monitor(&self, watcher: Watcher, target: Pid, sched: Sched<'_>) -> MonitorRef {
-        let monitor = MonitorRef {
-            id: self.next_ref(),
-            target,
-        };
+        let monitor = MonitorRef { id: self.next_ref(), target };
         let watcher_pid = match &watcher {
             Watcher::Process(pid) => Some(*pid),
             Watcher::Waiter(_) => None,
@@ -807,11 +821,7 @@ impl NodeInner {
         match rejected {
             Some(watcher) => {
                 if let Some(pid) = watcher.notify(&ExitReason::NoProc) {
-                    let down = Down {
-                        monitor,
-                        pid: target,
-                        reason: ExitReason::NoProc,
-                    };
+                    let down = Down { monitor, pid: target, reason: ExitReason::NoProc };
                     let _ = self.deliver(pid, Envelope::Info(Message::new(down)), sched);
                 }
             }
@@ -850,11 +860,7 @@ impl NodeInner {
     pub(crate) fn exit_waiter(self: &Arc<Self>, pid: Pid) -> ExitWaiter {
         let cell = ReplyCell::new();
         let monitor = self.monitor(Watcher::Waiter(cell.clone()), pid, Sched::Global);
-        ExitWaiter {
-            cell,
-            monitor,
-            node: self.clone(),
-        }
+        ExitWaiter { cell, monitor, node: self.clone() }
     }
 
     pub(crate) fn register(&self, name: Arc<str>, pid: Pid) -> Result<(), RegisterError> {
@@ -869,10 +875,7 @@ impl NodeInner {
         }
         let relations = cell.get();
         if let Some(existing) = &relations.name {
-            return Err(RegisterError::AlreadyNamed {
-                pid,
-                name: existing.clone(),
-            });
+            return Err(RegisterError::AlreadyNamed { pid, name: existing.clone() });
         }
         relations.name = Some(name.clone());
         registry.insert(name, pid);
@@ -898,9 +901,7 @@ impl NodeInner {
     }
 
     pub(crate) fn set_trap_exit(&self, pid: Pid, on: bool) -> bool {
-        self.table
-            .get(pid)
-            .is_some_and(|p| p.mailbox.set_trap_exit(on))
+        self.table.get(pid).is_some_and(|p| p.mailbox.set_trap_exit(on))
     }
 
     pub(crate) fn suspend(&self, pid: Pid, timeout: Duration) -> Result<(), SuspendError> {
@@ -911,7 +912,7 @@ impl NodeInner {
             } else {
                 SuspendError::NoProc(pid)
             });
-        }        // Wait for a handler in progress: once the actor is parked, any later
+        } // Wait for a handler in progress: once the actor is parked, any later
         // turn sees the suspension before it handles anything.
         if !proc.mailbox.wait_parked(timeout) {
             drop(proc);

@@ -66,10 +66,7 @@ impl FromStr for Pid {
 
     fn from_str(s: &str) -> Result<Pid, ParsePidError> {
         let err = || ParsePidError(s.to_string());
-        let inner = s
-            .strip_prefix('<')
-            .and_then(|s| s.strip_suffix('>'))
-            .ok_or_else(err)?;
+        let inner = s.strip_prefix('<').and_then(|s| s.strip_suffix('>')).ok_or_else(err)?;
         let mut parts = inner.split('.');
         let (Some("0"), Some(index), Some(serial), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())

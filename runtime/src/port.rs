@@ -1,12 +1,1254 @@
-//! Ports: runtime-owned TCP connections (filled in below).
+//! Ports: runtime-owned TCP listeners and connections that turn bytes into
+//! messages for a process and back.
+//!
+//! # What a port owns
+//!
+//! A port is a listening socket ([`Node::listen`]) or an accepted connection.
+//! The *runtime* owns the socket, not the owner's code: a port has an owner
+//! process that receives its events as plain messages ([`PortEvent`]), and
+//! the owner can change ([`Node::port_set_owner`]) while the socket stays
+//! open. That is how a connection outlives a code version: the upgrade moves
+//! the process (or hands the port to a successor) and the client never
+//! notices. Every open socket is listed in one table, with its raw fd
+//! ([`Node::port_raw_fds`]), so the node can later hand all of them to a new
+//! binary (DESIGN §8).
+//!
+//! Ports are linked to their owner as in Erlang: when the owner exits, its
+//! ports close. An owner that is found dead when an event is delivered closes
+//! the port too.
+//!
+//! # Threads
+//!
+//! All socket I/O runs on one dedicated thread, `relive-ports`, on a mio
+//! poller; never on a scheduler worker, so a busy scheduler cannot starve the
+//! network and a slow socket cannot stall a process. The thread starts on the
+//! first [`Node::listen`] and stops in [`Node::shutdown`], which joins it and
+//! closes every socket. Other threads talk to it through a channel and a
+//! `mio::Waker`: [`Node::port_send`], [`Node::port_close`] and the owner's
+//! exit queue a command and return at once. Reads take turns: one connection
+//! reads at most [`READS_PER_TURN`] buffers before the others get a go.
+//!
+//! The accept handler ([`ListenOpts::handler`]) runs on the I/O thread: it
+//! should spawn a process and return, never block. Accepted connections
+//! have `TCP_NODELAY` set (request/reply protocols want it).
+//!
+//! # Ordering
+//!
+//! - Events of one connection reach its owner in the order the bytes
+//!   arrived: any `Data`, then one `Closed`. A listener owner gets
+//!   `Accepted` before the connection's first `Data` whenever it owns the
+//!   connection too.
+//! - Bytes given to [`Node::port_send`] from one thread go out in that
+//!   order; a partial write keeps the rest buffered and waits for the socket
+//!   to become writable again.
+//! - Once [`Node::port_set_owner`] returns, every later event goes to the new
+//!   owner; events delivered before it stay in the old owner's mailbox.
+//! - Once [`Node::port_close`] returns, no more events are delivered. Bytes
+//!   already queued are still written (for up to [`CLOSE_LINGER`]) before the
+//!   socket closes. No `Closed` event is sent for a close the program asked
+//!   for, as with Erlang's `port_close/1`.
+//!
+//! # Framing
+//!
+//! [`Framing::Raw`] delivers whatever one `read` returned. [`Framing::Line`]
+//! delivers one `Data` per complete line, without its `\n` or `\r\n`, and
+//! keeps a partial line buffered; a line longer than
+//! [`ListenOpts::max_line`] closes the connection, and a partial line left at
+//! end of stream is delivered before `Closed`.
+//!
+//! # Limits (honestly)
+//!
+//! There is no backpressure yet beyond the owner's mailbox: the I/O thread
+//! reads as fast as the peer sends and queues every event, and
+//! `port_send` buffers without bound. A peer that sends faster than its
+//! owner handles, or reads slower than the owner writes, grows memory.
+//! Buffered output and a partial input line live on the I/O thread and are
+//! not yet part of what the raw-fd table exposes.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+#[cfg(unix)]
+use std::os::fd::{AsRawFd, RawFd};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, OnceLock, Weak};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use parking_lot::Mutex;
+
+use crate::ctx::Ctx;
+use crate::message::{Envelope, Message};
+use crate::node::{Node, NodeInner, Sched, panic_message};
 use crate::pid::Pid;
 
-pub(crate) struct Ports {}
+/// How long a closed connection may keep writing the bytes queued before
+/// its close.
+pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
+
+/// Reads one connection may do per turn before the others get a go.
+pub const READS_PER_TURN: usize = 16;
+
+/// Connections one listener may accept per turn.
+const ACCEPTS_PER_TURN: usize = 64;
+
+/// Size of the I/O thread's read buffer.
+const READ_BUFFER: usize = 64 * 1024;
+
+/// How long a listener waits before accepting again after an error such as
+/// running out of file descriptors.
+const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+
+/// The waker's token; port ids start at 1, so they never collide with it.
+const WAKER: Token = Token(0);
+
+/// A port's identifier. Ids are never reused within a node.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PortId(u64);
+
+impl PortId {
+    /// The raw number (Erlang's port number).
+    pub const fn as_u64(self) -> u64 {
+        self.0
+    }
+
+    /// Rebuilds an id from [`PortId::as_u64`] (e.g. one read from the CLI);
+    /// the API answers [`PortError::Unknown`] for a number never given out.
+    pub const fn from_u64(raw: u64) -> PortId {
+        PortId(raw)
+    }
+}
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#Port<0.{}>", self.0)
+    }
+}
+
+impl fmt::Debug for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// How a connection's bytes are cut into [`PortEvent::Data`] messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Framing {
+    /// One message per complete line, without the trailing `\n` / `\r\n`.
+    #[default]
+    Line,
+    /// One message per successful read, as the bytes came.
+    Raw,
+}
+
+/// Chooses the owner of a newly accepted connection: typically spawns a
+/// process for it and returns its pid. `None` refuses the connection (it is
+/// closed at once). Runs on the port I/O thread: it must not block.
+pub type AcceptHandler = Arc<dyn Fn(&Node, PortId) -> Option<Pid> + Send + Sync>;
+
+/// Options of [`Node::listen`].
+#[derive(Clone)]
+pub struct ListenOpts {
+    /// How the accepted connections' bytes are framed.
+    pub framing: Framing,
+    /// Who owns each accepted connection; without one, the listener's owner
+    /// does.
+    pub handler: Option<AcceptHandler>,
+    /// Longest line [`Framing::Line`] accepts (without its newline); a
+    /// longer one closes the connection with [`CloseReason::LineTooLong`].
+    pub max_line: usize,
+}
+
+impl Default for ListenOpts {
+    fn default() -> ListenOpts {
+        ListenOpts { framing: Framing::Line, handler: None, max_line: 1024 * 1024 }
+    }
+}
+
+impl ListenOpts {
+    /// Line framing, no handler.
+    pub fn line() -> ListenOpts {
+        ListenOpts::default()
+    }
+
+    /// Raw framing, no handler.
+    pub fn raw() -> ListenOpts {
+        ListenOpts { framing: Framing::Raw, ..ListenOpts::default() }
+    }
+
+    /// Sets the accept handler (see [`AcceptHandler`]).
+    pub fn with_handler(
+        mut self,
+        handler: impl Fn(&Node, PortId) -> Option<Pid> + Send + Sync + 'static,
+    ) -> ListenOpts {
+        self.handler = Some(Arc::new(handler));
+        self
+    }
+}
+
+impl fmt::Debug for ListenOpts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ListenOpts")
+            .field("framing", &self.framing)
+            .field("handler", &self.handler.as_ref().map(|_| ".."))
+            .field("max_line", &self.max_line)
+            .finish()
+    }
+}
+
+/// What [`Node::listen`] opened.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ListenerInfo {
+    /// The listener's port.
+    pub port: PortId,
+    /// The address it is bound to (the real port when asked for port 0).
+    pub local_addr: SocketAddr,
+}
+
+/// What a port tells its owner, as a plain message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PortEvent {
+    /// A listener accepted a connection (sent to the listener's owner).
+    Accepted {
+        /// The listener.
+        listener: PortId,
+        /// The new connection's port.
+        port: PortId,
+        /// The peer's address.
+        peer: SocketAddr,
+    },
+    /// Bytes arrived (framed as the listener says).
+    Data {
+        /// The connection.
+        port: PortId,
+        /// One line (without its newline) or one read's bytes.
+        bytes: Vec<u8>,
+    },
+    /// The connection closed by itself; the port is gone.
+    Closed {
+        /// The connection.
+        port: PortId,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+/// Why a connection closed without being asked to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The peer closed its end.
+    PeerClosed,
+    /// A line was longer than the listener's `max_line`.
+    LineTooLong {
+        /// The limit it broke.
+        limit: usize,
+    },
+    /// Reading or writing failed.
+    Error {
+        /// The kind of I/O error.
+        kind: io::ErrorKind,
+        /// The OS's message.
+        message: String,
+    },
+}
+
+impl CloseReason {
+    fn io(err: &io::Error) -> CloseReason {
+        CloseReason::Error { kind: err.kind(), message: err.to_string() }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::PeerClosed => f.write_str("closed by peer"),
+            CloseReason::LineTooLong { limit } => {
+                write!(f, "line longer than {limit} bytes")
+            }
+            CloseReason::Error { message, .. } => write!(f, "i/o error: {message}"),
+        }
+    }
+}
+
+/// Whether a port listens or is a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortKind {
+    /// A listening socket.
+    Listener,
+    /// An accepted connection.
+    Connection,
+}
+
+/// A snapshot of one open port ([`Node::port_info`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortInfo {
+    /// The port.
+    pub port: PortId,
+    /// Listener or connection.
+    pub kind: PortKind,
+    /// Who receives its events.
+    pub owner: Pid,
+    /// The local address.
+    pub local_addr: SocketAddr,
+    /// The peer, for a connection.
+    pub peer: Option<SocketAddr>,
+    /// Bytes read from the socket so far.
+    pub bytes_in: u64,
+    /// Bytes written to the socket so far.
+    pub bytes_out: u64,
+}
+
+/// Why a port operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PortError {
+    /// Binding or listening failed.
+    #[error("cannot listen on {addr}: {source}; pick another address or port, or stop what holds it")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The OS's error.
+        #[source]
+        source: io::Error,
+    },
+    /// No port ever had this id.
+    #[error("no port {0}: it was never opened on this node")]
+    Unknown(PortId),
+    /// The port has closed.
+    #[error("port {0} is closed; open a new connection")]
+    Closed(PortId),
+    /// Sending on a listener.
+    #[error("port {0} is a listener; send on the connections it accepts")]
+    NotAConnection(PortId),
+    /// The would-be owner is not alive.
+    #[error("cannot give a port to {0}: no such process (it has exited)")]
+    NoProc(Pid),
+    /// The node is shutting down.
+    #[error("the node is shutting down; ports can no longer be used")]
+    ShuttingDown,
+    /// The I/O thread stopped unexpectedly.
+    #[error("the port I/O thread has stopped; see the log for why, and restart the node")]
+    IoThreadGone,
+    /// The I/O thread or its poller could not be set up.
+    #[error("cannot start port I/O: {0}; the system may be out of threads or file descriptors")]
+    Start(#[source] io::Error),
+    /// The socket could not be registered with the poller.
+    #[error("cannot watch the socket of port {port}: {source}; the system may be out of resources")]
+    Register {
+        /// The port that was being opened.
+        port: PortId,
+        /// The OS's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What the table knows of a port; shared by the API and the I/O thread.
+struct PortShared {
+    id: PortId,
+    kind: PortKind,
+    local_addr: SocketAddr,
+    peer: Option<SocketAddr>,
+    #[cfg(unix)]
+    fd: RawFd,
+    /// Held while an event is delivered and while the owner changes, so an
+    /// owner change or close is ordered with deliveries. Lock order: this
+    /// before a process's `relations`.
+    state: Mutex<PortState>,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+struct PortState {
+    /// [`Pid::NODE`] while an accepted connection's handler runs.
+    owner: Pid,
+    /// Set once; afterwards no event is delivered and the API refuses it.
+    closed: bool,
+}
+
+/// Outcome of delivering events to a port's owner.
+enum Delivery {
+    Delivered,
+    /// The port was closed meanwhile, or its owner is dead: close it
+    /// quietly.
+    Stop,
+}
+
+impl PortShared {
+    fn owner(&self) -> Pid {
+        self.state.lock().owner
+    }
+
+    /// Delivers events in order while holding the state lock.
+    fn deliver(&self, node: &NodeInner, events: impl IntoIterator<Item = PortEvent>) -> Delivery {
+        let state = self.state.lock();
+        if state.closed {
+            return Delivery::Stop;
+        }
+        for event in events {
+            let envelope = Envelope::Info(Message::new(event));
+            if node.deliver(state.owner, envelope, Sched::Global).is_err() {
+                return Delivery::Stop;
+            }
+        }
+        Delivery::Delivered
+    }
+}
+
+enum Command {
+    Listen(Arc<PortShared>, TcpListener, ListenOpts),
+    Send(PortId, Vec<u8>),
+    Close(PortId),
+    Shutdown,
+}
+
+/// The way to the I/O thread.
+struct Link {
+    tx: Sender<Command>,
+    waker: Waker,
+    registry: Registry,
+    /// Set by a sender that woke the thread and not yet seen by it: later
+    /// senders skip the wake-up syscall.
+    wake_pending: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn send(&self, command: Command) -> Result<(), ()> {
+        self.tx.send(command).map_err(|_| ())?;
+        if !self.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Err(err) = self.waker.wake() {
+                tracing::error!(%err, "waking the port I/O thread failed");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[derive(Default)]
+struct Lifecycle {
+    thread: Option<JoinHandle<()>>,
+    stopped: bool,
+}
+
+/// The ports of a node: the table of open ports and the I/O thread.
+pub(crate) struct Ports {
+    table: Arc<Mutex<HashMap<PortId, Arc<PortShared>>>>,
+    next_id: AtomicU64,
+    link: OnceLock<Link>,
+    lifecycle: Mutex<Lifecycle>,
+    stopped: AtomicBool,
+}
 
 impl Ports {
     pub(crate) fn new() -> Ports {
-        Ports {}
+        Ports {
+            table: Arc::default(),
+            next_id: AtomicU64::new(1),
+            link: OnceLock::new(),
+            lifecycle: Mutex::new(Lifecycle::default()),
+            stopped: AtomicBool::new(false),
+        }
     }
-    pub(crate) fn shutdown(&self) {}
-    pub(crate) fn close_owned(&self, _port: u64, _owner: Pid) {}
+
+    fn gone(&self) -> PortError {
+        if self.stopped.load(Ordering::Acquire) { PortError::ShuttingDown } else { PortError::IoThreadGone }
+    }
+
+    /// The link to the I/O thread, starting it on first use.
+    fn link(&self, node: &Arc<NodeInner>) -> Result<&Link, PortError> {
+        if let Some(link) = self.link.get() {
+            return Ok(link);
+        }
+        let mut lifecycle = self.lifecycle.lock();
+        if lifecycle.stopped {
+            return Err(PortError::ShuttingDown);
+        }
+        if let Some(link) = self.link.get() {
+            return Ok(link);
+        }
+        let poll = Poll::new().map_err(PortError::Start)?;
+        let waker = Waker::new(poll.registry(), WAKER).map_err(PortError::Start)?;
+        let registry = poll.registry().try_clone().map_err(PortError::Start)?;
+        let (tx, rx) = mpsc::channel();
+        let wake_pending = Arc::new(AtomicBool::new(false));
+        let io = Io {
+            poll,
+            node: Arc::downgrade(node),
+            table: self.table.clone(),
+            rx,
+            wake_pending: wake_pending.clone(),
+            socks: HashMap::new(),
+            again: Vec::new(),
+            timers: Vec::new(),
+            buf: vec![0; READ_BUFFER].into_boxed_slice(),
+        };
+        let thread = thread::Builder::new()
+            .name("relive-ports".into())
+            .spawn(move || run_io(io))
+            .map_err(PortError::Start)?;
+        lifecycle.thread = Some(thread);
+        let _ = self.link.set(Link { tx, waker, registry, wake_pending });
+        self.link.get().ok_or(PortError::IoThreadGone)
+    }
+
+    fn alloc_id(&self) -> PortId {
+        PortId(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// The open (not closed) port `port`.
+    fn get(&self, port: PortId) -> Result<Arc<PortShared>, PortError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(PortError::ShuttingDown);
+        }
+        let shared = self.table.lock().get(&port).cloned();
+        match shared {
+            Some(shared) if !shared.state.lock().closed => Ok(shared),
+            Some(_) => Err(PortError::Closed(port)),
+            None if port.0 == 0 || port.0 >= self.next_id.load(Ordering::Relaxed) => {
+                Err(PortError::Unknown(port))
+            }
+            None => Err(PortError::Closed(port)),
+        }
+    }
+
+    pub(crate) fn listen(
+        &self,
+        node: &Arc<NodeInner>,
+        addr: SocketAddr,
+        owner: Pid,
+        opts: ListenOpts,
+    ) -> Result<ListenerInfo, PortError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(PortError::ShuttingDown);
+        }
+        if node.table.get(owner).is_none() {
+            return Err(PortError::NoProc(owner));
+        }
+        let link = self.link(node)?;
+        let mut listener = TcpListener::bind(addr).map_err(|source| PortError::Bind { addr, source })?;
+        let local_addr = listener.local_addr().map_err(|source| PortError::Bind { addr, source })?;
+        let id = self.alloc_id();
+        link.registry
+            .register(&mut listener, token(id), Interest::READABLE)
+            .map_err(|source| PortError::Register { port: id, source })?;
+        let shared = Arc::new(PortShared {
+            id,
+            kind: PortKind::Listener,
+            local_addr,
+            peer: None,
+            #[cfg(unix)]
+            fd: listener.as_raw_fd(),
+            state: Mutex::new(PortState { owner, closed: false }),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        });
+        // In the table before the owner's relations, so an owner exiting in
+        // between finds the port to close.
+        self.table.lock().insert(id, shared.clone());
+        {
+            let mut state = shared.state.lock();
+            if !node.add_port(owner, id.0) {
+                state.closed = true;
+                drop(state);
+                self.table.lock().remove(&id);
+                return Err(PortError::NoProc(owner));
+            }
+        }
+        if link.send(Command::Listen(shared.clone(), listener, opts)).is_err() {
+            let mut state = shared.state.lock();
+            state.closed = true;
+            node.remove_port(state.owner, id.0);
+            drop(state);
+            self.table.lock().remove(&id);
+            return Err(self.gone());
+        }
+        tracing::debug!(port = %id, %local_addr, %owner, "listening");
+        Ok(ListenerInfo { port: id, local_addr })
+    }
+
+    pub(crate) fn send(&self, port: PortId, bytes: Vec<u8>) -> Result<(), PortError> {
+        let shared = self.get(port)?;
+        if shared.kind != PortKind::Connection {
+            return Err(PortError::NotAConnection(port));
+        }
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        let link = self.link.get().ok_or(PortError::Closed(port))?;
+        link.send(Command::Send(port, bytes)).map_err(|()| self.gone())
+    }
+
+    pub(crate) fn close(&self, node: &NodeInner, port: PortId) -> Result<(), PortError> {
+        let shared = self.get(port)?;
+        {
+            let mut state = shared.state.lock();
+            if state.closed {
+                return Err(PortError::Closed(port));
+            }
+            state.closed = true;
+            node.remove_port(state.owner, port.0);
+        }
+        self.request_close(port);
+        Ok(())
+    }
+
+    pub(crate) fn set_owner(&self, node: &NodeInner, port: PortId, owner: Pid) -> Result<(), PortError> {
+        let shared = self.get(port)?;
+        let mut state = shared.state.lock();
+        if state.closed {
+            return Err(PortError::Closed(port));
+        }
+        if state.owner == owner {
+            return Ok(());
+        }
+        if !node.add_port(owner, port.0) {
+            return Err(PortError::NoProc(owner));
+        }
+        node.remove_port(state.owner, port.0);
+        tracing::debug!(%port, from = %state.owner, to = %owner, "port owner changed");
+        state.owner = owner;
+        Ok(())
+    }
+
+    pub(crate) fn info(&self, port: PortId) -> Option<PortInfo> {
+        let shared = self.get(port).ok()?;
+        let owner = shared.owner();
+        Some(PortInfo {
+            port,
+            kind: shared.kind,
+            owner,
+            local_addr: shared.local_addr,
+            peer: shared.peer,
+            bytes_in: shared.bytes_in.load(Ordering::Relaxed),
+            bytes_out: shared.bytes_out.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Open ports, by id.
+    pub(crate) fn list(&self) -> Vec<PortId> {
+        let table = self.table.lock();
+        let mut ports: Vec<PortId> =
+            table.values().filter(|p| !p.state.lock().closed).map(|p| p.id).collect();
+        drop(table);
+        ports.sort();
+        ports
+    }
+
+    /// The raw fd of every socket the node holds (including connections
+    /// still writing out what was queued before their close), by port id.
+    /// Each stays valid while its port is in the table.
+    #[cfg(unix)]
+    pub(crate) fn raw_fds(&self) -> Vec<(PortId, RawFd)> {
+        let mut fds: Vec<_> = self.table.lock().values().map(|p| (p.id, p.fd)).collect();
+        fds.sort();
+        fds
+    }
+
+    /// Closes `port` if `owner` still owns it (its owner is exiting).
+    pub(crate) fn close_owned(&self, port: u64, owner: Pid) {
+        let port = PortId(port);
+        let Some(shared) = self.table.lock().get(&port).cloned() else {
+            return;
+        };
+        {
+            let mut state = shared.state.lock();
+            if state.closed || state.owner != owner {
+                return;
+            }
+            state.closed = true;
+        }
+        tracing::debug!(%port, %owner, "owner exited; closing its port");
+        self.request_close(port);
+    }
+
+    fn request_close(&self, port: PortId) {
+        if let Some(link) = self.link.get() {
+            // A failed send means the thread is gone, and its sockets with it.
+            let _ = link.send(Command::Close(port));
+        }
+    }
+
+    /// Stops the I/O thread, closing every socket, and waits for it.
+    /// Idempotent.
+    pub(crate) fn shutdown(&self) {
+        let thread = {
+            let mut lifecycle = self.lifecycle.lock();
+            lifecycle.stopped = true;
+            self.stopped.store(true, Ordering::Release);
+            lifecycle.thread.take()
+        };
+        if let Some(link) = self.link.get() {
+            let _ = link.send(Command::Shutdown);
+        }
+        if let Some(thread) = thread {
+            // The last node handle may be dropped on the I/O thread itself
+            // (or a handler may shut the node down): never join oneself.
+            if thread.thread().id() != thread::current().id() && thread.join().is_err() {
+                tracing::error!("the port I/O thread panicked");
+            }
+        }
+        let ports: Vec<_> = self.table.lock().drain().map(|(_, p)| p).collect();
+        for shared in ports {
+            shared.state.lock().closed = true;
+        }
+    }
+}
+
+impl Drop for Ports {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn token(id: PortId) -> Token {
+    // Ids are counted from 1 and never reach usize::MAX on 64-bit targets.
+    Token(id.0 as usize)
+}
+
+/// A socket as the I/O thread holds it.
+enum Sock {
+    Listener(ListenerSock),
+    Conn(ConnSock),
+}
+
+struct ListenerSock {
+    socket: TcpListener,
+    shared: Arc<PortShared>,
+    opts: ListenOpts,
+}
+
+struct ConnSock {
+    stream: TcpStream,
+    shared: Arc<PortShared>,
+    framing: Framing,
+    max_line: usize,
+    /// The partial line (Line framing).
+    line: Vec<u8>,
+    /// Output not yet written; the front chunk is written from `sent`.
+    out: VecDeque<Vec<u8>>,
+    sent: usize,
+    /// WRITABLE is part of the registered interest.
+    write_interest: bool,
+    /// Closed, writing out what is left until this deadline.
+    lingering: bool,
+}
+
+impl ConnSock {
+    /// Writes queued output until done or the socket is full; true once
+    /// all of it is written. Keeps the registered interest in step.
+    fn pump(&mut self, registry: &Registry) -> io::Result<bool> {
+        while let Some(front) = self.out.front() {
+            match self.stream.write(&front[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    self.shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    self.sent += n;
+                    if self.sent == front.len() {
+                        self.out.pop_front();
+                        self.sent = 0;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        let drained = self.out.is_empty();
+        if drained == self.write_interest && !self.lingering {
+            let interest = if drained { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
+            registry.reregister(&mut self.stream, token(self.shared.id), interest)?;
+            self.write_interest = !drained;
+        }
+        Ok(drained)
+    }
+
+    /// Cuts `data` into events.
+    fn frame(&mut self, data: &[u8], events: &mut Vec<PortEvent>) -> Result<(), CloseReason> {
+        let port = self.shared.id;
+        match self.framing {
+            Framing::Raw => events.push(PortEvent::Data { port, bytes: data.to_vec() }),
+            Framing::Line => {
+                let mut rest = data;
+                while let Some(at) = rest.iter().position(|&b| b == b'\n') {
+                    let mut line = std::mem::take(&mut self.line);
+                    line.extend_from_slice(&rest[..at]);
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    if line.len() > self.max_line {
+                        return Err(CloseReason::LineTooLong { limit: self.max_line });
+                    }
+                    events.push(PortEvent::Data { port, bytes: line });
+                    rest = &rest[at + 1..];
+                }
+                self.line.extend_from_slice(rest);
+                // One more byte may be the '\r' of a "\r\n" still to come.
+                if self.line.len() > self.max_line.saturating_add(1) {
+                    return Err(CloseReason::LineTooLong { limit: self.max_line });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A deadline the I/O thread waits for.
+enum Timer {
+    /// Accept again after an error.
+    Accept(PortId),
+    /// Give up writing out a closed connection.
+    Linger(PortId),
+}
+
+/// The I/O thread's state.
+struct Io {
+    poll: Poll,
+    node: Weak<NodeInner>,
+    table: Arc<Mutex<HashMap<PortId, Arc<PortShared>>>>,
+    rx: Receiver<Command>,
+    wake_pending: Arc<AtomicBool>,
+    socks: HashMap<PortId, Sock>,
+    /// Sockets that may have more to read or accept (their turn ran out).
+    again: Vec<PortId>,
+    timers: Vec<(Instant, Timer)>,
+    buf: Box<[u8]>,
+}
+
+fn run_io(mut io: Io) {
+    let reason = match catch_unwind(AssertUnwindSafe(|| io.run())) {
+        Ok(Ok(())) => return,
+        Ok(Err(err)) => {
+            tracing::error!(%err, "polling sockets failed; closing every port");
+            CloseReason::io(&err)
+        }
+        Err(panic) => {
+            tracing::error!(
+                panic = panic_message(panic.as_ref()),
+                "the port I/O thread panicked; closing every port"
+            );
+            CloseReason::Error { kind: io::ErrorKind::Other, message: "the port I/O thread crashed".into() }
+        }
+    };
+    // Tell every owner its connection is gone; the sockets close when `io`
+    // is dropped.
+    let ports: Vec<_> = io.table.lock().drain().map(|(_, p)| p).collect();
+    let Some(node) = io.node.upgrade() else {
+        return;
+    };
+    for shared in ports {
+        let mut state = shared.state.lock();
+        if state.closed {
+            continue;
+        }
+        state.closed = true;
+        if shared.kind == PortKind::Connection {
+            let closed = PortEvent::Closed { port: shared.id, reason: reason.clone() };
+            let envelope = Envelope::Info(Message::new(closed));
+            let _ = node.deliver(state.owner, envelope, Sched::Global);
+        }
+        node.remove_port(state.owner, shared.id.0);
+    }
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Io {
+    /// The loop; returns on shutdown, or when the node is gone.
+    fn run(&mut self) -> io::Result<()> {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.timeout();
+            if let Err(err) = self.poll.poll(&mut events, timeout) {
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+            let Some(node) = self.node.upgrade() else {
+                return Ok(());
+            };
+            if let Flow::Stop = self.commands(&node) {
+                return Ok(());
+            }
+            for event in events.iter() {
+                if event.token() == WAKER {
+                    continue;
+                }
+                let id = PortId(event.token().0 as u64);
+                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+                self.ready(&node, id, readable, writable);
+            }
+            for id in std::mem::take(&mut self.again) {
+                self.ready(&node, id, true, false);
+            }
+            self.fire_timers(&node);
+        }
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        if !self.again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let next = self.timers.iter().map(|(at, _)| *at).min()?;
+        Some(next.saturating_duration_since(Instant::now()))
+    }
+
+    fn fire_timers(&mut self, node: &Arc<NodeInner>) {
+        if self.timers.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut self.timers).into_iter().partition(|(at, _)| *at <= now);
+        self.timers = later;
+        for (_, timer) in due {
+            match timer {
+                Timer::Accept(id) => self.ready(node, id, true, false),
+                Timer::Linger(id) => {
+                    if let Some(Sock::Conn(conn)) = self.socks.get(&id) {
+                        if conn.lingering {
+                            tracing::debug!(port = %id, "gave up writing out a closed connection");
+                            self.finish(id);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn commands(&mut self, node: &Arc<NodeInner>) -> Flow {
+        self.wake_pending.swap(false, Ordering::AcqRel);
+        loop {
+            let command = match self.rx.try_recv() {
+                Ok(command) => command,
+                Err(TryRecvError::Empty) => return Flow::Continue,
+                Err(TryRecvError::Disconnected) => return Flow::Stop,
+            };
+            match command {
+                Command::Shutdown => return Flow::Stop,
+                Command::Listen(shared, socket, opts) => {
+                    let id = shared.id;
+                    self.socks.insert(id, Sock::Listener(ListenerSock { socket, shared, opts }));
+                    // Registered before it got here: connections may wait.
+                    self.again.push(id);
+                }
+                Command::Send(id, bytes) => {
+                    let Some(Sock::Conn(conn)) = self.socks.get_mut(&id) else {
+                        continue;
+                    };
+                    if conn.lingering {
+                        continue;
+                    }
+                    conn.out.push_back(bytes);
+                    if conn.out.len() == 1 {
+                        if let Err(err) = conn.pump(self.poll.registry()) {
+                            self.close(node, id, Some(CloseReason::io(&err)), false);
+                        }
+                    }
+                }
+                Command::Close(id) => self.close(node, id, None, true),
+            }
+        }
+    }
+
+    fn ready(&mut self, node: &Arc<NodeInner>, id: PortId, readable: bool, writable: bool) {
+        match self.socks.get(&id) {
+            Some(Sock::Listener(_)) if readable => self.accept(node, id),
+            None | Some(Sock::Listener(_)) => {}
+            Some(Sock::Conn(_)) => {
+                if writable {
+                    self.writable(node, id);
+                }
+                if readable {
+                    self.readable(node, id);
+                }
+            }
+        }
+    }
+
+    fn accept(&mut self, node: &Arc<NodeInner>, id: PortId) {
+        for _ in 0..ACCEPTS_PER_TURN {
+            let Some(Sock::Listener(listener)) = self.socks.get(&id) else {
+                return;
+            };
+            match listener.socket.accept() {
+                Ok((stream, peer)) => {
+                    let (shared, opts) = (listener.shared.clone(), listener.opts.clone());
+                    self.accepted(node, &shared, &opts, stream, peer);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
+                Err(err)
+                    if matches!(
+                        err.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(err) => {
+                    tracing::warn!(port = %id, %err, "accept failed; retrying shortly");
+                    self.timers.push((Instant::now() + ACCEPT_RETRY, Timer::Accept(id)));
+                    return;
+                }
+            }
+        }
+        self.again.push(id);
+    }
+
+    fn accepted(
+        &mut self,
+        node: &Arc<NodeInner>,
+        listener: &Arc<PortShared>,
+        opts: &ListenOpts,
+        stream: TcpStream,
+        peer: SocketAddr,
+    ) {
+        let listener_owner = {
+            let state = listener.state.lock();
+            if state.closed {
+                return;
+            }
+            state.owner
+        };
+        let id = node.ports.alloc_id();
+        let _ = stream.set_nodelay(true);
+        let shared = Arc::new(PortShared {
+            id,
+            kind: PortKind::Connection,
+            local_addr: stream.local_addr().unwrap_or(listener.local_addr),
+            peer: Some(peer),
+            #[cfg(unix)]
+            fd: stream.as_raw_fd(),
+            state: Mutex::new(PortState { owner: Pid::NODE, closed: false }),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        });
+        self.table.lock().insert(id, shared.clone());
+        let owner = match &opts.handler {
+            None => Some(listener_owner),
+            Some(handler) => {
+                let handle = Node { inner: node.clone() };
+                match catch_unwind(AssertUnwindSafe(|| handler(&handle, id))) {
+                    Ok(owner) => owner,
+                    Err(panic) => {
+                        tracing::error!(listener = %listener.id, panic = panic_message(panic.as_ref()), "accept handler panicked; connection refused");
+                        None
+                    }
+                }
+            }
+        };
+        let owned = {
+            let mut state = shared.state.lock();
+            match owner {
+                _ if state.closed => false,
+                // Someone gave the port away while the handler ran.
+                _ if state.owner != Pid::NODE => true,
+                Some(owner) if node.add_port(owner, id.0) => {
+                    state.owner = owner;
+                    true
+                }
+                _ => {
+                    state.closed = true;
+                    false
+                }
+            }
+        };
+        if !owned {
+            tracing::debug!(listener = %listener.id, %peer, "connection refused");
+            self.table.lock().remove(&id);
+            return;
+        }
+        let mut conn = ConnSock {
+            stream,
+            shared: shared.clone(),
+            framing: opts.framing,
+            max_line: opts.max_line,
+            line: Vec::new(),
+            out: VecDeque::new(),
+            sent: 0,
+            write_interest: false,
+            lingering: false,
+        };
+        if let Err(err) = self.poll.registry().register(&mut conn.stream, token(id), Interest::READABLE) {
+            tracing::warn!(port = %id, %err, "cannot watch an accepted connection; closing it");
+            self.socks.insert(id, Sock::Conn(conn));
+            self.close(node, id, Some(CloseReason::io(&err)), false);
+            return;
+        }
+        self.socks.insert(id, Sock::Conn(conn));
+        tracing::debug!(listener = %listener.id, port = %id, %peer, "accepted");
+        let accepted = PortEvent::Accepted { listener: listener.id, port: id, peer };
+        // Told even if the listener was closed meanwhile: the connection
+        // was accepted before, and its owner must know what it owns.
+        let owner_gone = {
+            let state = listener.state.lock();
+            let envelope = Envelope::Info(Message::new(accepted));
+            node.deliver(state.owner, envelope, Sched::Global).is_err()
+        };
+        if owner_gone {
+            self.close(node, listener.id, None, false);
+        }
+    }
+
+    fn readable(&mut self, node: &Arc<NodeInner>, id: PortId) {
+        let Some(Sock::Conn(conn)) = self.socks.get_mut(&id) else {
+            return;
+        };
+        if conn.lingering {
+            return;
+        }
+        let mut events = Vec::new();
+        for _ in 0..READS_PER_TURN {
+            let outcome = match conn.stream.read(&mut self.buf) {
+                Ok(0) => Err(CloseReason::PeerClosed),
+                Ok(n) => {
+                    conn.shared.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+                    conn.frame(&self.buf[..n], &mut events)
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
+                    if let Delivery::Stop = conn.shared.deliver(node, events) {
+                        self.close(node, id, None, true);
+                    }
+                    return;
+                }
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(()),
+                Err(err) => Err(CloseReason::io(&err)),
+            };
+            if let Err(reason) = outcome {
+                if reason == CloseReason::PeerClosed && !conn.line.is_empty() {
+                    let rest = std::mem::take(&mut conn.line);
+                    events.push(PortEvent::Data { port: id, bytes: rest });
+                }
+                let linger = matches!(reason, CloseReason::PeerClosed);
+                if let Delivery::Stop = conn.shared.deliver(node, events) {
+                    self.close(node, id, None, linger);
+                } else {
+                    self.close(node, id, Some(reason), linger);
+                }
+                return;
+            }
+        }
+        match conn.shared.deliver(node, events) {
+            Delivery::Delivered => self.again.push(id),
+            Delivery::Stop => self.close(node, id, None, true),
+        }
+    }
+
+    fn writable(&mut self, node: &NodeInner, id: PortId) {
+        let Some(Sock::Conn(conn)) = self.socks.get_mut(&id) else {
+            return;
+        };
+        match conn.pump(self.poll.registry()) {
+            Ok(true) if conn.lingering => self.finish(id),
+            Ok(_) => {}
+            Err(err) => {
+                if conn.lingering {
+                    self.finish(id);
+                } else {
+                    self.close(node, id, Some(CloseReason::io(&err)), false);
+                }
+            }
+        }
+    }
+
+    /// Closes a port on the I/O thread: tells its owner `reason` (if the
+    /// port was still open and a reason is given), unlinks it from the
+    /// owner, and drops the socket, or with `linger`, first writes out what
+    /// is queued.
+    fn close(&mut self, node: &NodeInner, id: PortId, reason: Option<CloseReason>, linger: bool) {
+        let Some(sock) = self.socks.remove(&id) else {
+            return;
+        };
+        let shared = match &sock {
+            Sock::Listener(l) => l.shared.clone(),
+            Sock::Conn(c) => c.shared.clone(),
+        };
+        {
+            let mut state = shared.state.lock();
+            if !state.closed {
+                state.closed = true;
+                if let (Some(reason), PortKind::Connection) = (reason, shared.kind) {
+                    tracing::debug!(port = %id, %reason, "connection closed");
+                    let closed = PortEvent::Closed { port: id, reason };
+                    let _ = node.deliver(state.owner, Envelope::Info(Message::new(closed)), Sched::Global);
+                }
+                node.remove_port(state.owner, id.0);
+            }
+        }
+        match sock {
+            Sock::Conn(mut conn) if linger && !conn.out.is_empty() => {
+                conn.lingering = true;
+                conn.line = Vec::new();
+                let registered =
+                    self.poll.registry().reregister(&mut conn.stream, token(id), Interest::WRITABLE);
+                self.socks.insert(id, Sock::Conn(conn));
+                if registered.is_ok() {
+                    self.timers.push((Instant::now() + CLOSE_LINGER, Timer::Linger(id)));
+                } else {
+                    self.finish(id);
+                }
+            }
+            sock => {
+                self.socks.insert(id, sock);
+                self.finish(id);
+            }
+        }
+    }
+
+    /// Drops a closed port's socket and its table entry.
+    fn finish(&mut self, id: PortId) {
+        let registry = self.poll.registry();
+        match self.socks.remove(&id) {
+            Some(Sock::Listener(mut l)) => {
+                let _ = registry.deregister(&mut l.socket);
+            }
+            Some(Sock::Conn(mut c)) => {
+                let _ = registry.deregister(&mut c.stream);
+            }
+            None => {}
+        }
+        self.table.lock().remove(&id);
+    }
+}
+
+/// Port operations from inside a handler, as this process.
+impl Ctx<'_> {
+    /// Opens a TCP listener owned by this process (see [`Node::listen`]).
+    ///
+    /// # Errors
+    /// As [`Node::listen`].
+    pub fn listen(&self, addr: SocketAddr, opts: ListenOpts) -> Result<ListenerInfo, PortError> {
+        self.node().listen(addr, self.pid(), opts)
+    }
+
+    /// Queues bytes on a connection (see [`Node::port_send`]).
+    ///
+    /// # Errors
+    /// As [`Node::port_send`].
+    pub fn port_send(&self, port: PortId, bytes: impl Into<Vec<u8>>) -> Result<(), PortError> {
+        self.node().port_send(port, bytes)
+    }
+
+    /// Closes a port (see [`Node::port_close`]).
+    ///
+    /// # Errors
+    /// As [`Node::port_close`].
+    pub fn port_close(&self, port: PortId) -> Result<(), PortError> {
+        self.node().port_close(port)
+    }
+
+    /// Gives a port to another process (see [`Node::port_set_owner`]).
+    ///
+    /// # Errors
+    /// As [`Node::port_set_owner`].
+    pub fn port_set_owner(&self, port: PortId, owner: Pid) -> Result<(), PortError> {
+        self.node().port_set_owner(port, owner)
+    }
 }

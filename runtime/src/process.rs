@@ -83,10 +83,7 @@ impl Proc {
         Proc {
             pid,
             mailbox: Mailbox::new(actor),
-            relations: Mutex::new(RelationsCell {
-                closed: false,
-                relations,
-            }),
+            relations: Mutex::new(RelationsCell { closed: false, relations }),
         }
     }
 }

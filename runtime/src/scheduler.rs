@@ -101,15 +101,6 @@ pub(crate) struct WorkerLocal {
     depth: Cell<u32>,
 }
 
-thread_local! {
-    static ON_WORKER: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Whether the current thread is a scheduler worker.
-pub(crate) fn on_worker() -> bool {
-    ON_WORKER.with(Cell::get)
-}
-
 impl Scheduler {
     pub(crate) fn new(workers: usize) -> Scheduler {
         Scheduler {
@@ -170,7 +161,6 @@ impl Scheduler {
         let handle = thread::Builder::new()
             .name(format!("relive-worker-{}", local.shared.id))
             .spawn(move || {
-                ON_WORKER.with(|w| w.set(true));
                 node.scheduler.worker_loop(&node, &local, &parker);
             })
             .expect("spawning a scheduler worker thread");
@@ -295,8 +285,7 @@ impl Scheduler {
             let workers = self.workers.read().clone();
             seen.retain(|id, _| workers.iter().any(|w| w.id == *id));
             for worker in &workers {
-                if worker.retired.load(Ordering::Acquire) || worker.blocked.load(Ordering::Acquire)
-                {
+                if worker.retired.load(Ordering::Acquire) || worker.blocked.load(Ordering::Acquire) {
                     continue;
                 }
                 let turn = worker.turn.load(Ordering::Relaxed);
@@ -379,10 +368,7 @@ impl WorkerLocal {
     fn publish_turn(&self) {
         let turns = self.turns.get() + 1;
         self.turns.set(turns);
-        self.shared.turn.store(
-            turns << 1 | u64::from(self.depth.get() > 0),
-            Ordering::Relaxed,
-        );
+        self.shared.turn.store(turns << 1 | u64::from(self.depth.get() > 0), Ordering::Relaxed);
     }
 
     fn find_work(&self, scheduler: &Scheduler) -> Option<Pid> {

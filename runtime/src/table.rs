@@ -28,8 +28,11 @@ use crate::process::Proc;
 const SEGMENT_BITS: u32 = 16;
 const SEGMENT: usize = 1 << SEGMENT_BITS;
 
+/// A segment of slots, allocated on first use.
+type Segment = OnceLock<Box<[ArcSwapOption<Proc>]>>;
+
 pub(crate) struct ProcessTable {
-    segments: Box<[OnceLock<Box<[ArcSwapOption<Proc>]>>]>,
+    segments: Box<[Segment]>,
     free: Mutex<FreeSlots>,
     live: AtomicUsize,
     max: usize,
@@ -49,9 +52,7 @@ impl std::ops::Deref for ProcRef {
     type Target = Arc<Proc>;
 
     fn deref(&self) -> &Arc<Proc> {
-        self.0
-            .as_ref()
-            .expect("ProcRef is built only from an occupied slot")
+        self.0.as_ref().expect("ProcRef is built only from an occupied slot")
     }
 }
 
@@ -61,10 +62,7 @@ impl ProcessTable {
         let segments = max.div_ceil(SEGMENT);
         ProcessTable {
             segments: (0..segments).map(|_| OnceLock::new()).collect(),
-            free: Mutex::new(FreeSlots {
-                reusable: VecDeque::new(),
-                fresh: 1,
-            }),
+            free: Mutex::new(FreeSlots { reusable: VecDeque::new(), fresh: 1 }),
             live: AtomicUsize::new(0),
             max,
         }
@@ -122,10 +120,7 @@ impl ProcessTable {
             0 => 1,
             serial => serial,
         };
-        self.free
-            .lock()
-            .reusable
-            .push_back(Pid::new(pid.index(), serial));
+        self.free.lock().reusable.push_back(Pid::new(pid.index(), serial));
     }
 
     pub(crate) fn capacity(&self) -> usize {
@@ -139,9 +134,7 @@ impl ProcessTable {
     /// Every live process (a snapshot).
     pub(crate) fn all(&self) -> Vec<Arc<Proc>> {
         let fresh = self.free.lock().fresh;
-        (1..fresh)
-            .filter_map(|index| self.slot(index).and_then(|slot| slot.load_full()))
-            .collect()
+        (1..fresh).filter_map(|index| self.slot(index).and_then(|slot| slot.load_full())).collect()
     }
 }
 

@@ -29,19 +29,13 @@ struct State {
 
 impl Timers {
     pub(crate) fn new() -> Timers {
-        Timers {
-            state: Mutex::new(State::default()),
-            wake: Condvar::new(),
-        }
+        Timers { state: Mutex::new(State::default()), wake: Condvar::new() }
     }
 
     pub(crate) fn add(&self, timer: TimerRef, delay: Duration, to: Pid, message: Message) {
         let at = Instant::now() + delay;
         let mut state = self.state.lock();
-        let earliest = state
-            .deadlines
-            .peek()
-            .is_none_or(|Reverse((first, _))| at < *first);
+        let earliest = state.deadlines.peek().is_none_or(|Reverse((first, _))| at < *first);
         state.deadlines.push(Reverse((at, timer.0)));
         state.pending.insert(timer.0, (to, message));
         if earliest {

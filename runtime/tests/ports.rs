@@ -1,0 +1,477 @@
+//! Ports against real TCP clients on 127.0.0.1.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use relive_runtime::{
+    Actor, CloseReason, ExitReason, ListenOpts, Node, NodeConfig, Pid, PortError, PortEvent, PortId,
+    PortKind, actor_fn,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).expect("connecting");
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(TIMEOUT)).unwrap();
+    BufReader::new(stream)
+}
+
+fn send(client: &mut BufReader<TcpStream>, text: &str) {
+    client.get_mut().write_all(text.as_bytes()).unwrap();
+}
+
+fn read_line(client: &mut BufReader<TcpStream>) -> String {
+    let mut line = String::new();
+    client.read_line(&mut line).expect("reading a reply line");
+    assert!(line.ends_with('\n'), "reply {line:?} is not a whole line");
+    line.pop();
+    line
+}
+
+/// True once the server has closed the connection (EOF or reset).
+fn sees_close(client: &mut BufReader<TcpStream>) -> bool {
+    let mut buf = [0u8; 64];
+    match client.read(&mut buf) {
+        Ok(0) => true,
+        Ok(n) => panic!("expected the connection to close, read {:?}", &buf[..n]),
+        Err(err) => matches!(err.kind(), ErrorKind::ConnectionReset | ErrorKind::ConnectionAborted),
+    }
+}
+
+fn next_event(events: &Receiver<PortEvent>) -> PortEvent {
+    events.recv_timeout(TIMEOUT).expect("no port event within the timeout")
+}
+
+/// Replies to each line with `prefix` + the line in upper case, and
+/// forwards every event it gets to `events`.
+fn upper_echo(prefix: String, events: Option<Sender<PortEvent>>) -> impl Actor {
+    actor_fn(move |message, ctx| {
+        let Ok(event) = message.downcast::<PortEvent>() else {
+            return;
+        };
+        if let PortEvent::Data { port, bytes } = &event {
+            let mut reply = prefix.clone().into_bytes();
+            reply.extend(bytes.to_ascii_uppercase());
+            reply.push(b'\n');
+            ctx.port_send(*port, reply).expect("port_send from the owner");
+        }
+        if let Some(events) = &events {
+            let _ = events.send(event);
+        }
+    })
+}
+
+/// Forwards every event to `events`, and does nothing else.
+fn forwarder(events: Sender<PortEvent>) -> impl Actor {
+    actor_fn(move |message, _ctx| {
+        if let Ok(event) = message.downcast::<PortEvent>() {
+            let _ = events.send(event);
+        }
+    })
+}
+
+fn accepted_port(events: &Receiver<PortEvent>) -> PortId {
+    match next_event(events) {
+        PortEvent::Accepted { port, .. } => port,
+        other => panic!("expected Accepted, got {other:?}"),
+    }
+}
+
+/// Waits until `condition` holds; false if it never did within TIMEOUT.
+fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + TIMEOUT;
+    while !condition() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+fn kill_and_wait(node: &Node, pid: Pid) {
+    let waiter = node.exit_waiter(pid);
+    node.exit(pid, ExitReason::Kill);
+    assert_eq!(waiter.wait(TIMEOUT), Some(ExitReason::Killed));
+}
+
+#[test]
+fn line_echo_server_replies_each_line_in_upper_case() {
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let owner = node.spawn(upper_echo(String::new(), Some(tx))).unwrap();
+    let listener = node.listen(any_port(), owner, ListenOpts::line()).unwrap();
+    assert_ne!(listener.local_addr.port(), 0);
+
+    let mut client = connect(listener.local_addr);
+    let port = accepted_port(&events);
+    // Two lines in one write, one of them with \r\n.
+    send(&mut client, "hello\nworld\r\n");
+    assert_eq!(read_line(&mut client), "HELLO");
+    assert_eq!(read_line(&mut client), "WORLD");
+    // A line split across writes is buffered until it is complete.
+    send(&mut client, "par");
+    client.get_mut().flush().unwrap();
+    thread::sleep(Duration::from_millis(30));
+    send(&mut client, "tial\n");
+    assert_eq!(read_line(&mut client), "PARTIAL");
+
+    let lines: Vec<_> = (0..3)
+        .map(|_| match next_event(&events) {
+            PortEvent::Data { port: p, bytes } => {
+                assert_eq!(p, port);
+                String::from_utf8(bytes).unwrap()
+            }
+            other => panic!("expected Data, got {other:?}"),
+        })
+        .collect();
+    assert_eq!(lines, ["hello", "world", "partial"]);
+
+    let info = node.port_info(port).expect("the connection is open");
+    assert_eq!(info.kind, PortKind::Connection);
+    assert_eq!(info.owner, owner);
+    assert_eq!(info.bytes_in, "hello\nworld\r\npartial\n".len() as u64);
+    // The counter moves just after the write the client already saw.
+    let out = "HELLO\nWORLD\nPARTIAL\n".len() as u64;
+    assert!(eventually(|| node.port_info(port).unwrap().bytes_out == out));
+    assert_eq!(info.peer, Some(client.get_ref().local_addr().unwrap()));
+    node.shutdown();
+}
+
+#[test]
+fn raw_framing_echoes_a_large_payload_intact() {
+    const SIZE: usize = 1 << 20;
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let owner = node
+        .spawn(actor_fn(move |message, ctx| {
+            if let Ok(event) = message.downcast::<PortEvent>() {
+                if let PortEvent::Data { port, bytes } = &event {
+                    ctx.port_send(*port, bytes.clone()).unwrap();
+                }
+                let _ = tx.send(event);
+            }
+        }))
+        .unwrap();
+    let listener = node.listen(any_port(), owner, ListenOpts::raw()).unwrap();
+
+    let payload: Vec<u8> = (0..SIZE as u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let client = connect(listener.local_addr).into_inner();
+    let mut writer = client.try_clone().unwrap();
+    let sent = payload.clone();
+    let writing = thread::spawn(move || writer.write_all(&sent));
+    // Read late, so the server's writes fill the socket and must be
+    // buffered and resumed on WRITABLE.
+    thread::sleep(Duration::from_millis(100));
+    let mut echoed = vec![0u8; SIZE];
+    (&client).read_exact(&mut echoed).expect("reading the echo");
+    writing.join().unwrap().unwrap();
+    assert!(echoed == payload, "the echoed bytes differ from the payload");
+
+    let port = accepted_port(&events);
+    let mut received = 0;
+    while received < SIZE {
+        match next_event(&events) {
+            PortEvent::Data { bytes, .. } => received += bytes.len(),
+            other => panic!("expected Data, got {other:?}"),
+        }
+    }
+    assert_eq!(node.port_info(port).unwrap().bytes_in, SIZE as u64);
+    assert!(eventually(|| node.port_info(port).unwrap().bytes_out == SIZE as u64));
+    node.shutdown();
+}
+
+#[test]
+fn interleaved_clients_stay_separate() {
+    let node = Node::start(NodeConfig::default());
+    let owner = node.spawn(upper_echo(String::new(), None)).unwrap();
+    let listener = node.listen(any_port(), owner, ListenOpts::line()).unwrap();
+    let mut a = connect(listener.local_addr);
+    let mut b = connect(listener.local_addr);
+
+    // Partial lines of both, interleaved: each connection has its own buffer.
+    send(&mut a, "hel");
+    send(&mut b, "wor");
+    thread::sleep(Duration::from_millis(20));
+    send(&mut a, "lo\n");
+    send(&mut b, "ld\n");
+    assert_eq!(read_line(&mut a), "HELLO");
+    assert_eq!(read_line(&mut b), "WORLD");
+    for i in 0..20 {
+        send(&mut a, &format!("a{i}\n"));
+        send(&mut b, &format!("b{i}\n"));
+    }
+    for i in 0..20 {
+        assert_eq!(read_line(&mut a), format!("A{i}"));
+        assert_eq!(read_line(&mut b), format!("B{i}"));
+    }
+    node.shutdown();
+}
+
+#[test]
+fn handler_spawns_one_process_per_connection() {
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let owner = node.spawn(forwarder(tx)).unwrap();
+    let (spawned_tx, spawned) = mpsc::channel();
+    let opts = ListenOpts::line().with_handler(move |node, _port| {
+        // Each connection's process answers with its own pid.
+        let pid = node
+            .spawn(actor_fn(|message, ctx| {
+                if let Ok(PortEvent::Data { port, bytes }) = message.downcast::<PortEvent>() {
+                    let line = String::from_utf8_lossy(&bytes).to_uppercase();
+                    ctx.port_send(port, format!("{} {line}\n", ctx.pid())).unwrap();
+                }
+            }))
+            .ok()?;
+        spawned_tx.send(pid).unwrap();
+        Some(pid)
+    });
+    let listener = node.listen(any_port(), owner, opts).unwrap();
+
+    let mut a = connect(listener.local_addr);
+    let mut b = connect(listener.local_addr);
+    send(&mut a, "from a\n");
+    send(&mut b, "from b\n");
+    let reply_a = read_line(&mut a);
+    let reply_b = read_line(&mut b);
+    let pid_a = spawned.recv_timeout(TIMEOUT).unwrap();
+    let pid_b = spawned.recv_timeout(TIMEOUT).unwrap();
+    assert_ne!(pid_a, pid_b);
+    let replies = [reply_a.as_str(), reply_b.as_str()];
+    assert!(
+        replies.contains(&format!("{pid_a} FROM A").as_str())
+            || replies.contains(&format!("{pid_b} FROM A").as_str()),
+        "{replies:?}"
+    );
+    let (who_a, _) = reply_a.split_once(' ').unwrap();
+    let (who_b, _) = reply_b.split_once(' ').unwrap();
+    assert_ne!(who_a, who_b, "two connections shared one process");
+    assert_eq!(reply_a, format!("{who_a} FROM A"));
+    assert_eq!(reply_b, format!("{who_b} FROM B"));
+
+    // The listener's owner hears of both connections; each belongs to the
+    // process the handler spawned for it.
+    let mut owners = Vec::new();
+    for _ in 0..2 {
+        let port = accepted_port(&events);
+        owners.push(node.port_info(port).unwrap().owner);
+    }
+    owners.sort();
+    let mut expected = vec![pid_a, pid_b];
+    expected.sort();
+    assert_eq!(owners, expected);
+    node.shutdown();
+}
+
+#[test]
+fn owner_exit_closes_its_connection_and_listener() {
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let listener_owner = node.spawn(forwarder(tx)).unwrap();
+    let opts =
+        ListenOpts::line().with_handler(|node, _port| node.spawn(upper_echo(String::new(), None)).ok());
+    let listener = node.listen(any_port(), listener_owner, opts).unwrap();
+
+    let mut first = connect(listener.local_addr);
+    send(&mut first, "hi\n");
+    assert_eq!(read_line(&mut first), "HI");
+    let port = accepted_port(&events);
+    let conn_owner = node.port_info(port).unwrap().owner;
+    kill_and_wait(&node, conn_owner);
+    assert!(sees_close(&mut first), "the client did not see the close");
+    assert!(node.port_info(port).is_none());
+    assert!(matches!(
+        node.port_send(port, "late\n"),
+        Err(PortError::Closed(p)) if p == port
+    ));
+
+    // Only that connection closed: the listener still serves.
+    let mut second = connect(listener.local_addr);
+    send(&mut second, "again\n");
+    assert_eq!(read_line(&mut second), "AGAIN");
+
+    // The listener's owner exits: the listener closes, and new connections
+    // are refused.
+    kill_and_wait(&node, listener_owner);
+    let deadline = Instant::now() + TIMEOUT;
+    while TcpStream::connect_timeout(&listener.local_addr, TIMEOUT).is_ok() {
+        assert!(Instant::now() < deadline, "the listener is still open");
+        thread::sleep(Duration::from_millis(10));
+    }
+    assert!(node.port_info(listener.port).is_none());
+    // The second connection belongs to its own process and stays open.
+    send(&mut second, "still here\n");
+    assert_eq!(read_line(&mut second), "STILL HERE");
+    node.shutdown();
+}
+
+/// The property behind live upgrades: the connection belongs to the runtime,
+/// so a new owner (the next code version) keeps the very same socket.
+#[test]
+fn set_owner_keeps_the_socket_and_routes_later_lines_to_the_new_owner() {
+    let node = Node::start(NodeConfig::default());
+    let (tx_a, events_a) = mpsc::channel();
+    let old = node.spawn(upper_echo("v1:".into(), Some(tx_a))).unwrap();
+    let listener = node.listen(any_port(), old, ListenOpts::line()).unwrap();
+
+    let mut client = connect(listener.local_addr);
+    let client_addr = client.get_ref().local_addr().unwrap();
+    send(&mut client, "one\n");
+    assert_eq!(read_line(&mut client), "v1:ONE");
+    let port = accepted_port(&events_a);
+    let fd_before = node
+        .port_raw_fds()
+        .into_iter()
+        .find(|(p, _)| *p == port)
+        .expect("the connection's fd is in the table");
+
+    let (tx_b, events_b) = mpsc::channel();
+    let new = node.spawn(upper_echo("v2:".into(), Some(tx_b))).unwrap();
+    node.port_set_owner(port, new).unwrap();
+    // The old version goes away; the connection must not go with it.
+    kill_and_wait(&node, old);
+
+    send(&mut client, "two\n");
+    assert_eq!(read_line(&mut client), "v2:TWO");
+    assert_eq!(next_event(&events_b), PortEvent::Data { port, bytes: b"two".to_vec() });
+    let info = node.port_info(port).unwrap();
+    assert_eq!(info.owner, new);
+    assert_eq!(info.peer, Some(client_addr));
+    let fd_after = node.port_raw_fds().into_iter().find(|(p, _)| *p == port);
+    assert_eq!(fd_after, Some(fd_before), "the socket was replaced");
+    // The old owner saw only what came before the hand-over.
+    let old_saw: Vec<_> = events_a.try_iter().collect();
+    assert_eq!(old_saw, [PortEvent::Data { port, bytes: b"one".to_vec() }]);
+
+    // A dead process cannot take it; it stays with the new owner.
+    assert!(matches!(
+        node.port_set_owner(port, old),
+        Err(PortError::NoProc(p)) if p == old
+    ));
+    send(&mut client, "three\n");
+    assert_eq!(read_line(&mut client), "v2:THREE");
+    node.shutdown();
+}
+
+#[test]
+fn peer_close_delivers_the_last_partial_line_then_closed() {
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let owner = node.spawn(forwarder(tx)).unwrap();
+    let listener = node.listen(any_port(), owner, ListenOpts::line()).unwrap();
+
+    let mut client = connect(listener.local_addr);
+    send(&mut client, "whole\nlast words");
+    client.get_ref().shutdown(Shutdown::Both).unwrap();
+    drop(client);
+
+    let port = accepted_port(&events);
+    assert_eq!(next_event(&events), PortEvent::Data { port, bytes: b"whole".to_vec() });
+    assert_eq!(next_event(&events), PortEvent::Data { port, bytes: b"last words".to_vec() });
+    assert_eq!(next_event(&events), PortEvent::Closed { port, reason: CloseReason::PeerClosed });
+    assert!(node.port_info(port).is_none());
+    assert!(!node.ports().contains(&port));
+    assert!(node.ports().contains(&listener.port));
+    node.shutdown();
+}
+
+#[test]
+fn an_overlong_line_closes_only_that_connection() {
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let owner = node.spawn(upper_echo(String::new(), Some(tx))).unwrap();
+    let opts = ListenOpts { max_line: 8, ..ListenOpts::line() };
+    let listener = node.listen(any_port(), owner, opts).unwrap();
+
+    let mut bad = connect(listener.local_addr);
+    let bad_port = accepted_port(&events);
+    send(&mut bad, "this line is far too long");
+    assert_eq!(
+        next_event(&events),
+        PortEvent::Closed { port: bad_port, reason: CloseReason::LineTooLong { limit: 8 } }
+    );
+    assert!(sees_close(&mut bad));
+
+    let mut good = connect(listener.local_addr);
+    send(&mut good, "short\n");
+    assert_eq!(read_line(&mut good), "SHORT");
+    node.shutdown();
+}
+
+#[test]
+fn shutdown_closes_every_socket_and_returns() {
+    let node = Node::start(NodeConfig::default());
+    let owner = node.spawn(upper_echo(String::new(), None)).unwrap();
+    let listener = node.listen(any_port(), owner, ListenOpts::line()).unwrap();
+    let mut clients: Vec<_> = (0..2).map(|_| connect(listener.local_addr)).collect();
+    for client in &mut clients {
+        send(client, "up\n");
+        assert_eq!(read_line(client), "UP");
+    }
+    assert_eq!(node.ports().len(), 3);
+    assert_eq!(node.port_raw_fds().len(), 3);
+    let port = node.ports()[1];
+
+    let started = Instant::now();
+    node.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(1));
+    for client in &mut clients {
+        assert!(sees_close(client), "a connection outlived the node");
+    }
+    assert!(
+        TcpStream::connect_timeout(&listener.local_addr, TIMEOUT).is_err(),
+        "the listener outlived the node"
+    );
+    assert!(node.ports().is_empty());
+    assert!(node.port_raw_fds().is_empty());
+    assert!(matches!(node.port_send(port, "x"), Err(PortError::ShuttingDown)));
+    assert!(matches!(node.listen(any_port(), owner, ListenOpts::line()), Err(PortError::ShuttingDown)));
+    node.shutdown();
+}
+
+#[test]
+fn errors_say_what_failed() {
+    let node = Node::start(NodeConfig::default());
+    let owner = node.spawn(upper_echo(String::new(), None)).unwrap();
+    let listener = node.listen(any_port(), owner, ListenOpts::line()).unwrap();
+    assert_eq!(listener.port.to_string(), format!("#Port<0.{}>", listener.port.as_u64()));
+
+    // The address is taken.
+    let err = node.listen(listener.local_addr, owner, ListenOpts::line()).unwrap_err();
+    assert!(matches!(err, PortError::Bind { addr, .. } if addr == listener.local_addr));
+    let text = err.to_string();
+    assert!(text.contains(&listener.local_addr.to_string()), "{text}");
+    assert!(text.starts_with("cannot listen on"), "{text}");
+
+    // Sending on a listener, or on a port that never was.
+    assert!(matches!(node.port_send(listener.port, "x"), Err(PortError::NotAConnection(_))));
+    let never = PortId::from_u64(u64::MAX);
+    assert!(matches!(node.port_send(never, "x"), Err(PortError::Unknown(p)) if p == never));
+    assert!(node.port_info(never).is_none());
+
+    // A closed port says so.
+    let other = node.listen(any_port(), owner, ListenOpts::line()).unwrap();
+    node.port_close(other.port).unwrap();
+    let err = node.port_close(other.port).unwrap_err();
+    assert!(matches!(err, PortError::Closed(p) if p == other.port));
+    assert!(err.to_string().contains("is closed"), "{err}");
+    assert!(node.port_info(other.port).is_none());
+
+    // A dead owner cannot listen.
+    let dead = node.spawn(upper_echo(String::new(), None)).unwrap();
+    kill_and_wait(&node, dead);
+    assert!(matches!(
+        node.listen(any_port(), dead, ListenOpts::line()),
+        Err(PortError::NoProc(p)) if p == dead
+    ));
+    node.shutdown();
+}

@@ -1,0 +1,655 @@
+//! Supervisors at their public boundary: strategies, restart types,
+//! intensity and escalation, the shutdown protocol, dynamic children and
+//! the call API.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use relive_runtime::supervisor::{
+    self, ChildCounts, ChildInfo, ChildRef, ChildType, Restart, Shutdown, Strategy,
+};
+use relive_runtime::{
+    Actor, ChildSpec, Ctx, Exit, ExitReason, Message, Node, NodeConfig, Pid, ReplyTo, SpawnError,
+    SupervisorError, SupervisorSpec,
+};
+
+const T: Duration = Duration::from_secs(1);
+
+/// What tests tell a [`Worker`].
+enum Cmd {
+    /// Stop with this reason (`ctx.stop`).
+    Stop(ExitReason),
+    /// Panic with this message.
+    Panic(&'static str),
+}
+
+/// Answers every call with its argument; obeys [`Cmd`]s.
+struct Worker {
+    arg: u32,
+}
+
+impl Actor for Worker {
+    fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        match message.downcast::<Cmd>() {
+            Ok(Cmd::Stop(reason)) => ctx.stop(reason),
+            Ok(Cmd::Panic(text)) => panic!("{text}"),
+            Err(_) => {}
+        }
+    }
+
+    fn handle_call(&mut self, _request: Message, reply: ReplyTo, _ctx: &mut Ctx<'_>) {
+        reply.reply_with(self.arg)
+    }
+}
+
+fn worker(id: &str) -> ChildSpec {
+    ChildSpec::worker(id, || Box::new(Worker { arg: 0 }))
+}
+
+fn node() -> Node {
+    Node::start(NodeConfig::default())
+}
+
+fn children(node: &Node, sup: Pid) -> Vec<ChildInfo> {
+    supervisor::which_children(node, sup, T).expect("which_children")
+}
+
+fn pid_of(node: &Node, sup: Pid, id: &str) -> Option<Pid> {
+    children(node, sup).into_iter().find(|c| &*c.id == id).and_then(|c| c.pid)
+}
+
+fn pids(node: &Node, sup: Pid) -> Vec<Option<Pid>> {
+    children(node, sup).into_iter().map(|c| c.pid).collect()
+}
+
+/// Polls `f` every few milliseconds until it gives `Some`, for at most 1 s.
+fn eventually<R>(what: &str, mut f: impl FnMut() -> Option<R>) -> R {
+    let deadline = Instant::now() + T;
+    loop {
+        if let Some(r) = f() {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Crashes `pid` with an error and waits until it is gone.
+fn crash(node: &Node, pid: Pid) {
+    let exited = node.exit_waiter(pid);
+    node.send(pid, Cmd::Stop(ExitReason::error("crash"))).unwrap();
+    assert_eq!(exited.wait(T), Some(ExitReason::error("crash")));
+}
+
+/// Waits until child `id` of `sup` runs as a pid other than `old`.
+fn restarted(node: &Node, sup: Pid, id: &str, old: Pid) -> Pid {
+    eventually(&format!("child {id} to be restarted"), || pid_of(node, sup, id).filter(|&p| p != old))
+}
+
+fn three_children(node: &Node, strategy: Strategy) -> (Pid, Vec<Pid>) {
+    let spec = SupervisorSpec {
+        intensity: 5,
+        ..SupervisorSpec::new(strategy, vec![worker("a"), worker("b"), worker("c")])
+    };
+    let sup = supervisor::start(node, spec).unwrap();
+    let started: Vec<Pid> = pids(node, sup).into_iter().map(Option::unwrap).collect();
+    assert_eq!(started.len(), 3);
+    (sup, started)
+}
+
+#[test]
+fn one_for_one_restarts_only_the_crashed_child() {
+    let node = node();
+    let (sup, before) = three_children(&node, Strategy::OneForOne);
+    crash(&node, before[1]);
+    let b = restarted(&node, sup, "b", before[1]);
+    assert_eq!(pids(&node, sup), vec![Some(before[0]), Some(b), Some(before[2])]);
+    assert!(node.is_alive(before[0]) && node.is_alive(before[2]) && node.is_alive(b));
+    node.shutdown();
+}
+
+#[test]
+fn one_for_all_restarts_every_child() {
+    let node = node();
+    let (sup, before) = three_children(&node, Strategy::OneForAll);
+    let a_exit = node.exit_waiter(before[0]);
+    crash(&node, before[1]);
+    assert_eq!(a_exit.wait(T), Some(ExitReason::Shutdown), "the sibling is stopped with shutdown");
+    let after: Vec<Pid> = eventually("all children to be restarted", || {
+        let now = pids(&node, sup);
+        now.iter().all(Option::is_some).then(|| now.into_iter().flatten().collect())
+    });
+    for (old, new) in before.iter().zip(&after) {
+        assert_ne!(old, new);
+        assert!(!node.is_alive(*old) && node.is_alive(*new));
+    }
+    node.shutdown();
+}
+
+#[test]
+fn rest_for_one_restarts_the_crashed_child_and_later_ones() {
+    let node = node();
+    let (sup, before) = three_children(&node, Strategy::RestForOne);
+    crash(&node, before[1]);
+    let c = restarted(&node, sup, "c", before[2]);
+    let b = pid_of(&node, sup, "b").expect("b runs again before c starts");
+    assert_ne!(b, before[1]);
+    assert_eq!(pids(&node, sup), vec![Some(before[0]), Some(b), Some(c)]);
+    assert!(node.is_alive(before[0]), "a child started before the crashed one is untouched");
+    assert!(!node.is_alive(before[2]));
+    node.shutdown();
+}
+
+#[test]
+fn transient_child_is_restarted_on_a_crash_but_not_on_a_normal_exit() {
+    let node = node();
+    let spec = ChildSpec { restart: Restart::Transient, ..worker("t") };
+    let sup = supervisor::start(&node, SupervisorSpec::new(Strategy::OneForOne, vec![spec])).unwrap();
+    let first = pid_of(&node, sup, "t").unwrap();
+    crash(&node, first);
+    let second = restarted(&node, sup, "t", first);
+
+    let exited = node.exit_waiter(second);
+    node.send(second, Cmd::Stop(ExitReason::Normal)).unwrap();
+    assert_eq!(exited.wait(T), Some(ExitReason::Normal));
+    thread::sleep(Duration::from_millis(50));
+    let info = children(&node, sup);
+    assert_eq!(info.len(), 1, "the spec of a transient child is kept");
+    assert_eq!(info[0].pid, None, "a transient child that exited normally is not restarted");
+    assert_eq!(
+        supervisor::count_children(&node, sup, T).unwrap(),
+        ChildCounts { specs: 1, active: 0, supervisors: 0, workers: 1 }
+    );
+    node.shutdown();
+}
+
+#[test]
+fn temporary_child_is_never_restarted_and_is_forgotten() {
+    let node = node();
+    let temp = ChildSpec { restart: Restart::Temporary, ..worker("temp") };
+    let sup = supervisor::start(&node, SupervisorSpec::new(Strategy::OneForOne, vec![temp, worker("keep")]))
+        .unwrap();
+    let temp = pid_of(&node, sup, "temp").unwrap();
+    let keep = pid_of(&node, sup, "keep").unwrap();
+    crash(&node, temp);
+    eventually("the temporary child to be forgotten", || (children(&node, sup).len() == 1).then_some(()));
+    thread::sleep(Duration::from_millis(50));
+    let info = children(&node, sup);
+    assert_eq!(info.len(), 1);
+    assert_eq!((&*info[0].id, info[0].pid), ("keep", Some(keep)));
+    node.shutdown();
+}
+
+/// A worker that, on start, crashes again while the shared budget lasts.
+struct Flaky {
+    crashes_left: Arc<AtomicU32>,
+}
+
+/// Takes one from `budget`; false once it is spent.
+fn take_one(budget: &AtomicU32) -> bool {
+    budget.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok()
+}
+
+impl Actor for Flaky {
+    fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
+        if take_one(&self.crashes_left) {
+            ctx.send(ctx.pid(), Cmd::Stop(ExitReason::error("flaky"))).unwrap();
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        if let Ok(Cmd::Stop(reason)) = message.downcast::<Cmd>() {
+            ctx.stop(reason);
+        }
+    }
+}
+
+/// A parent supervisor (one_for_one, `parent_intensity`) over a child
+/// supervisor (one_for_one, `child_intensity`) over one [`Flaky`] worker.
+fn nested(node: &Node, parent_intensity: u32, child_intensity: u32) -> (Pid, Arc<AtomicU32>) {
+    let crashes_left = Arc::new(AtomicU32::new(0));
+    let budget = crashes_left.clone();
+    let flaky = ChildSpec::worker("flaky", move || Box::new(Flaky { crashes_left: budget.clone() }));
+    let child = SupervisorSpec {
+        intensity: child_intensity,
+        ..SupervisorSpec::new(Strategy::OneForOne, vec![flaky])
+    };
+    let parent = SupervisorSpec {
+        intensity: parent_intensity,
+        ..SupervisorSpec::new(Strategy::OneForOne, vec![ChildSpec::supervisor("child_sup", child)])
+    };
+    (supervisor::start(node, parent).unwrap(), crashes_left)
+}
+
+#[test]
+fn exceeding_intensity_shuts_the_supervisor_down_and_its_parent_restarts_it() {
+    let node = node();
+    let (parent, crashes_left) = nested(&node, 3, 2);
+    let info = children(&node, parent);
+    assert_eq!(info[0].child_type, ChildType::Supervisor);
+    let child_sup = info[0].pid.unwrap();
+    let flaky = pid_of(&node, child_sup, "flaky").unwrap();
+    let child_sup_exit = node.exit_waiter(child_sup);
+    let flaky_exit = node.exit_waiter(flaky);
+
+    // Crash 1 by hand, then two more on restart: the third restart would
+    // exceed the child supervisor's 2 in 5 s.
+    crashes_left.store(2, Ordering::SeqCst);
+    node.send(flaky, Cmd::Stop(ExitReason::error("flaky"))).unwrap();
+    assert_eq!(flaky_exit.wait(T), Some(ExitReason::error("flaky")));
+    assert_eq!(
+        child_sup_exit.wait(T),
+        Some(ExitReason::Shutdown),
+        "the child supervisor gives up with shutdown"
+    );
+    assert_eq!(crashes_left.load(Ordering::SeqCst), 0);
+
+    let new_child_sup = restarted(&node, parent, "child_sup", child_sup);
+    let new_flaky =
+        pid_of(&node, new_child_sup, "flaky").expect("the restarted child supervisor started its child");
+    assert!(node.is_alive(parent) && node.is_alive(new_flaky));
+    node.shutdown();
+}
+
+#[test]
+fn a_restart_storm_beyond_the_parents_intensity_takes_the_parent_down() {
+    let node = node();
+    let (parent, crashes_left) = nested(&node, 1, 1);
+    let child_sup = pid_of(&node, parent, "child_sup").unwrap();
+    let flaky = pid_of(&node, child_sup, "flaky").unwrap();
+    let parent_exit = node.exit_waiter(parent);
+
+    crashes_left.store(1000, Ordering::SeqCst);
+    node.send(flaky, Cmd::Stop(ExitReason::error("flaky"))).unwrap();
+    assert_eq!(parent_exit.wait(T), Some(ExitReason::Shutdown));
+    // Child supervisor #1: crash, restart, crash (gives up). Parent restarts
+    // it once; #2: crash, restart, crash (gives up); the parent gives up.
+    assert_eq!(crashes_left.load(Ordering::SeqCst), 1000 - 3);
+    eventually("every process to be gone", || (node.process_count() == 0).then_some(()));
+    node.shutdown();
+}
+
+/// Fails its init while the shared budget lasts.
+struct Fragile {
+    failures_left: Arc<AtomicU32>,
+}
+
+impl Actor for Fragile {
+    fn init(&mut self, _ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
+        if take_one(&self.failures_left) { Err(ExitReason::error("not yet")) } else { Ok(()) }
+    }
+
+    fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        if let Ok(Cmd::Stop(reason)) = message.downcast::<Cmd>() {
+            ctx.stop(reason);
+        }
+    }
+}
+
+#[test]
+fn a_failed_restart_is_retried_and_each_attempt_counts_toward_intensity() {
+    let node = node();
+    let failures_left = Arc::new(AtomicU32::new(0));
+    let budget = failures_left.clone();
+    let fragile = ChildSpec::worker("f", move || Box::new(Fragile { failures_left: budget.clone() }));
+    let spec = SupervisorSpec { intensity: 4, ..SupervisorSpec::new(Strategy::OneForOne, vec![fragile]) };
+    let sup = supervisor::start(&node, spec).unwrap();
+    let first = pid_of(&node, sup, "f").unwrap();
+
+    // Two failed attempts, the third starts it: three restarts of four.
+    failures_left.store(2, Ordering::SeqCst);
+    crash(&node, first);
+    let second = restarted(&node, sup, "f", first);
+    assert_eq!(failures_left.load(Ordering::SeqCst), 0);
+    assert!(!children(&node, sup)[0].restarting);
+
+    // One more restart is allowed, the attempt after it is not.
+    let exited = node.exit_waiter(sup);
+    failures_left.store(100, Ordering::SeqCst);
+    crash(&node, second);
+    assert_eq!(exited.wait(T), Some(ExitReason::Shutdown));
+    assert_eq!(failures_left.load(Ordering::SeqCst), 99, "one attempt, then the intensity is exceeded");
+    node.shutdown();
+}
+
+/// Traps exits and ignores them: only `kill` stops it.
+struct Stubborn;
+
+impl Actor for Stubborn {
+    fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
+        ctx.trap_exit(true);
+        Ok(())
+    }
+
+    fn handle(&mut self, _message: Message, _ctx: &mut Ctx<'_>) {}
+}
+
+#[test]
+fn a_child_that_ignores_shutdown_is_killed_after_its_timeout() {
+    let node = node();
+    let grace = Duration::from_millis(150);
+    let stubborn = ChildSpec {
+        shutdown: Shutdown::Timeout(grace),
+        ..ChildSpec::worker("stubborn", || Box::new(Stubborn))
+    };
+    let polite = ChildSpec { shutdown: Shutdown::Timeout(grace), ..worker("polite") };
+    let sup =
+        supervisor::start(&node, SupervisorSpec::new(Strategy::OneForOne, vec![stubborn, polite])).unwrap();
+    let stubborn = pid_of(&node, sup, "stubborn").unwrap();
+    let polite = pid_of(&node, sup, "polite").unwrap();
+
+    let exited = node.exit_waiter(stubborn);
+    let started = Instant::now();
+    supervisor::terminate_child(&node, sup, "stubborn", T).unwrap();
+    let took = started.elapsed();
+    assert_eq!(exited.wait(T), Some(ExitReason::Killed));
+    assert!(took >= grace, "killed after {took:?}, before its {grace:?} grace");
+
+    let exited = node.exit_waiter(polite);
+    let started = Instant::now();
+    supervisor::terminate_child(&node, sup, "polite", T).unwrap();
+    assert_eq!(exited.wait(T), Some(ExitReason::Shutdown));
+    assert!(started.elapsed() < grace, "a child that obeys shutdown is not waited for");
+
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(pids(&node, sup), vec![None, None], "children stopped on purpose are not restarted");
+    assert!(node.is_alive(sup));
+    node.shutdown();
+}
+
+#[test]
+fn brutal_kill_kills_at_once() {
+    let node = node();
+    // An Orderly child would stop with `shutdown` if it were asked first.
+    let stopped = Arc::new(Mutex::new(Vec::new()));
+    let spec = ChildSpec { shutdown: Shutdown::BrutalKill, ..orderly_children(&stopped).remove(0) };
+    let sup = supervisor::start(&node, SupervisorSpec::new(Strategy::OneForOne, vec![spec])).unwrap();
+    let child = pid_of(&node, sup, "a").unwrap();
+    let exited = node.exit_waiter(child);
+    supervisor::terminate_child(&node, sup, child, T).unwrap();
+    assert_eq!(exited.wait(T), Some(ExitReason::Killed));
+    assert!(stopped.lock().is_empty(), "no shutdown request before the kill");
+    node.shutdown();
+}
+
+#[test]
+fn a_panicking_child_is_restarted_and_its_exit_carries_the_panic() {
+    let node = node();
+    let sup = supervisor::start(&node, SupervisorSpec::new(Strategy::OneForOne, vec![worker("p")])).unwrap();
+    let first = pid_of(&node, sup, "p").unwrap();
+    let exited = node.exit_waiter(first);
+    node.send(first, Cmd::Panic("handler blew up")).unwrap();
+    match exited.wait(T) {
+        Some(ExitReason::Panic(text)) => assert!(text.contains("handler blew up"), "{text}"),
+        other => panic!("expected a panic exit, got {other:?}"),
+    }
+    let second = restarted(&node, sup, "p", first);
+    assert_eq!(node.call(second, (), T).unwrap().downcast::<u32>().unwrap(), 0);
+    node.shutdown();
+}
+
+#[test]
+fn simple_one_for_one_starts_restarts_and_stops_dynamic_children() {
+    let node = node();
+    let template = ChildSpec::with_args("conn", |args: &Message| {
+        Box::new(Worker { arg: *args.downcast_ref::<u32>().expect("a u32 argument") })
+    });
+    let spec =
+        SupervisorSpec { intensity: 5, ..SupervisorSpec::new(Strategy::SimpleOneForOne, vec![template]) };
+    let sup = supervisor::start(&node, spec).unwrap();
+    assert!(children(&node, sup).is_empty(), "no child before start_dynamic_child");
+
+    let seven = supervisor::start_dynamic_child(&node, sup, 7u32, T).unwrap();
+    let nine = supervisor::start_dynamic_child(&node, sup, 9u32, T).unwrap();
+    let arg = |pid: Pid| node.call(pid, (), T).unwrap().downcast::<u32>().unwrap();
+    assert_eq!((arg(seven), arg(nine)), (7, 9));
+    assert_eq!(
+        supervisor::count_children(&node, sup, T).unwrap(),
+        ChildCounts { specs: 2, active: 2, supervisors: 0, workers: 2 }
+    );
+
+    // A crashed child comes back with the same argument; its sibling stays.
+    crash(&node, seven);
+    let again = eventually("the dynamic child to be restarted", || {
+        pids(&node, sup).into_iter().flatten().find(|&p| p != seven && p != nine)
+    });
+    assert_eq!(arg(again), 7);
+    assert!(node.is_alive(nine));
+
+    let exited = node.exit_waiter(nine);
+    supervisor::terminate_child(&node, sup, nine, T).unwrap();
+    assert_eq!(exited.wait(T), Some(ExitReason::Shutdown));
+    assert_eq!(pids(&node, sup), vec![Some(again)], "a terminated dynamic child is forgotten");
+
+    assert!(matches!(
+        supervisor::start_child(&node, sup, worker("x"), T),
+        Err(SupervisorError::SimpleOneForOne(_))
+    ));
+    assert!(matches!(
+        supervisor::terminate_child(&node, sup, "conn", T),
+        Err(SupervisorError::SimpleOneForOne(_))
+    ));
+    assert_eq!(
+        supervisor::terminate_child(&node, sup, nine, T),
+        Err(SupervisorError::NotFound(ChildRef::Pid(nine)))
+    );
+    node.shutdown();
+}
+
+/// Fails its init.
+struct BadInit;
+
+impl Actor for BadInit {
+    fn init(&mut self, _ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
+        Err(ExitReason::error("bad config"))
+    }
+
+    fn handle(&mut self, _message: Message, _ctx: &mut Ctx<'_>) {}
+}
+
+/// Traps exits and records its pid in `started`, then the reason of the
+/// exit signal that stops it.
+struct Recorder {
+    started: Arc<Mutex<Vec<Pid>>>,
+    stopped_by: Arc<Mutex<Vec<ExitReason>>>,
+}
+
+impl Actor for Recorder {
+    fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
+        ctx.trap_exit(true);
+        self.started.lock().push(ctx.pid());
+        Ok(())
+    }
+
+    fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        if let Ok(Exit { reason, .. }) = message.downcast::<Exit>() {
+            self.stopped_by.lock().push(reason.clone());
+            ctx.stop(reason);
+        }
+    }
+}
+
+#[test]
+fn a_child_failing_init_fails_the_supervisor_start_and_names_the_child() {
+    let node = node();
+    let started = Arc::new(Mutex::new(Vec::new()));
+    let stopped_by = Arc::new(Mutex::new(Vec::new()));
+    let recorder = |id: &str| {
+        let (started, stopped_by) = (started.clone(), stopped_by.clone());
+        ChildSpec::worker(id, move || {
+            Box::new(Recorder { started: started.clone(), stopped_by: stopped_by.clone() })
+        })
+    };
+    let spec = SupervisorSpec::new(
+        Strategy::OneForOne,
+        vec![recorder("first"), ChildSpec::worker("db", || Box::new(BadInit)), recorder("never")],
+    );
+    let err = supervisor::start(&node, spec).unwrap_err();
+    let SpawnError::InitFailed(_, reason) = &err else { panic!("expected InitFailed, got {err:?}") };
+    let text = reason.to_string();
+    assert!(text.contains("child \"db\"") && text.contains("bad config"), "{text}");
+
+    let started = started.lock().clone();
+    assert_eq!(started.len(), 1, "children after the failing one are not started");
+    assert!(!node.is_alive(started[0]), "children started before it are stopped before start returns");
+    assert_eq!(*stopped_by.lock(), [ExitReason::Shutdown], "and stopped with shutdown");
+    assert_eq!(node.process_count(), 0);
+    node.shutdown();
+}
+
+#[test]
+fn an_invalid_spec_fails_start_with_the_reason() {
+    let node = node();
+    let duplicate = SupervisorSpec::new(Strategy::OneForOne, vec![worker("a"), worker("a")]);
+    let err = supervisor::start(&node, duplicate).unwrap_err().to_string();
+    assert!(err.contains("\"a\"") && err.contains("unique"), "{err}");
+    let no_template = SupervisorSpec::new(Strategy::SimpleOneForOne, vec![]);
+    let err = supervisor::start(&node, no_template).unwrap_err().to_string();
+    assert!(err.contains("exactly one"), "{err}");
+    node.shutdown();
+}
+
+#[test]
+fn the_call_api_adds_stops_restarts_and_deletes_children() {
+    let node = node();
+    let spec =
+        SupervisorSpec { name: Some("sup".into()), ..SupervisorSpec::new(Strategy::OneForOne, vec![]) };
+    let sup = supervisor::start(&node, spec).unwrap();
+    assert_eq!(node.whereis("sup"), Some(sup));
+
+    let a = supervisor::start_child(&node, "sup", worker("a"), T).unwrap();
+    assert_eq!(
+        supervisor::start_child(&node, sup, worker("a"), T),
+        Err(SupervisorError::AlreadyStarted { id: "a".into(), pid: a })
+    );
+    let failed = supervisor::start_child(&node, sup, ChildSpec::worker("bad", || Box::new(BadInit)), T);
+    assert_eq!(
+        failed,
+        Err(SupervisorError::StartFailed { id: "bad".into(), reason: ExitReason::error("bad config") })
+    );
+    assert_eq!(children(&node, sup).len(), 1, "a spec that failed to start is not kept");
+
+    assert_eq!(supervisor::delete_child(&node, sup, "a", T), Err(SupervisorError::Running("a".into())));
+    supervisor::terminate_child(&node, sup, "a", T).unwrap();
+    assert!(!node.is_alive(a));
+    assert_eq!(
+        supervisor::start_child(&node, sup, worker("a"), T),
+        Err(SupervisorError::AlreadyPresent("a".into()))
+    );
+    let a2 = supervisor::restart_child(&node, sup, "a", T).unwrap();
+    assert_ne!(a2, a);
+    assert_eq!(pid_of(&node, sup, "a"), Some(a2));
+    assert_eq!(supervisor::restart_child(&node, sup, "a", T), Err(SupervisorError::Running("a".into())));
+
+    supervisor::terminate_child(&node, sup, a2, T).unwrap();
+    supervisor::delete_child(&node, sup, "a", T).unwrap();
+    assert!(children(&node, sup).is_empty());
+    assert_eq!(
+        supervisor::restart_child(&node, sup, "a", T),
+        Err(SupervisorError::NotFound(ChildRef::Id("a".into())))
+    );
+    assert_eq!(
+        supervisor::start_dynamic_child(&node, sup, 1u32, T),
+        Err(SupervisorError::NotSimpleOneForOne)
+    );
+
+    let plain = node.spawn(Worker { arg: 3 }).unwrap();
+    assert_eq!(
+        supervisor::which_children(&node, plain, T),
+        Err(SupervisorError::NotASupervisor(plain.into()))
+    );
+    node.shutdown();
+}
+
+/// Traps exits; on its parent's exit signal, records its id and stops.
+struct Orderly {
+    id: &'static str,
+    stopped: Arc<Mutex<Vec<&'static str>>>,
+}
+
+impl Actor for Orderly {
+    fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
+        ctx.trap_exit(true);
+        Ok(())
+    }
+
+    fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        if let Ok(Exit { reason, .. }) = message.downcast::<Exit>() {
+            self.stopped.lock().push(self.id);
+            ctx.stop(reason);
+        }
+    }
+}
+
+fn orderly_children(stopped: &Arc<Mutex<Vec<&'static str>>>) -> Vec<ChildSpec> {
+    ["a", "b", "c"]
+        .into_iter()
+        .map(|id| {
+            let stopped = stopped.clone();
+            ChildSpec::worker(id, move || Box::new(Orderly { id, stopped: stopped.clone() }))
+        })
+        .collect()
+}
+
+#[test]
+fn an_exit_from_the_node_stops_children_in_reverse_start_order() {
+    let node = node();
+    let stopped = Arc::new(Mutex::new(Vec::new()));
+    let sup = supervisor::start(&node, SupervisorSpec::new(Strategy::OneForOne, orderly_children(&stopped)))
+        .unwrap();
+    let exited = node.exit_waiter(sup);
+    node.exit(sup, ExitReason::Shutdown);
+    assert_eq!(exited.wait(T), Some(ExitReason::Shutdown));
+    assert_eq!(*stopped.lock(), ["c", "b", "a"]);
+    assert_eq!(node.process_count(), 0);
+    node.shutdown();
+}
+
+/// Starts a supervisor linked to itself in init, reports its pid, and
+/// stops with an error when told.
+struct Owner {
+    spec: Option<SupervisorSpec>,
+    report: Arc<Mutex<Option<Pid>>>,
+}
+
+impl Actor for Owner {
+    fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
+        let spec = self.spec.take().expect("init runs once");
+        let sup = supervisor::start_link(ctx, spec).map_err(|e| ExitReason::error(e.to_string()))?;
+        assert_eq!(supervisor::which_children(ctx, sup, T).unwrap().len(), 3, "queries work from a handler");
+        *self.report.lock() = Some(sup);
+        Ok(())
+    }
+
+    fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        if let Ok(Cmd::Stop(reason)) = message.downcast::<Cmd>() {
+            ctx.stop(reason);
+        }
+    }
+}
+
+#[test]
+fn a_linked_supervisor_stops_with_its_parents_exit_reason() {
+    let node = node();
+    let stopped = Arc::new(Mutex::new(Vec::new()));
+    let report = Arc::new(Mutex::new(None));
+    let spec = SupervisorSpec::new(Strategy::OneForOne, orderly_children(&stopped));
+    let owner = node.spawn_sync(Owner { spec: Some(spec), report: report.clone() }, T).unwrap();
+    let sup = report.lock().expect("the owner started its supervisor");
+
+    // A crash of one of its children is the supervisor's business, not a
+    // reason to stop.
+    let a = pid_of(&node, sup, "a").unwrap();
+    node.exit(a, ExitReason::Kill);
+    restarted(&node, sup, "a", a);
+
+    let exited = node.exit_waiter(sup);
+    node.send(owner, Cmd::Stop(ExitReason::error("owner failed"))).unwrap();
+    assert_eq!(exited.wait(T), Some(ExitReason::error("owner failed")));
+    assert_eq!(*stopped.lock(), ["c", "b", "a"]);
+    node.shutdown();
+}
