@@ -189,15 +189,16 @@ impl Actor for Idle {
     fn handle(&mut self, _message: Message, _ctx: &mut Ctx<'_>) {}
 }
 
-/// Spawns in chunks and sends itself the rest, so it yields to the
-/// scheduler between chunks like any well-behaved process.
+/// Spawns in chunks and sends itself the rest, so other processes (the new
+/// ones' inits) get to run between chunks. The turn budget counts messages,
+/// so a chunk must be small: 64 chunks may run in one turn.
 struct Spawner {
     idle: Idle,
     pids: Vec<Pid>,
     done: mpsc::Sender<Vec<Pid>>,
 }
 
-const SPAWN_CHUNK: usize = 10_000;
+const SPAWN_CHUNK: usize = 1_000;
 
 impl Actor for Spawner {
     fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {

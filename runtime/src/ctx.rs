@@ -41,6 +41,12 @@ impl<'a> Ctx<'a> {
         self.proc.pid
     }
 
+    /// The process that spawned this one linked ([`Ctx::spawn_link`] and
+    /// friends), as OTP's proc_lib records it; `None` if spawned unlinked.
+    pub fn parent(&self) -> Option<Pid> {
+        self.proc.relations.lock().relations.as_ref().and_then(|r| r.parent)
+    }
+
     /// The node this process runs on.
     pub fn node(&self) -> Node {
         Node { inner: self.node.clone() }

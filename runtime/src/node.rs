@@ -486,8 +486,9 @@ impl NodeInner {
         if self.scheduler.is_shutting_down() {
             return Err(SpawnError::ShuttingDown);
         }
-        let relations =
-            link_to.map(|parent| Box::new(Relations { links: vec![parent], ..Default::default() }));
+        let relations = link_to.map(|parent| {
+            Box::new(Relations { parent: Some(parent), links: vec![parent], ..Default::default() })
+        });
         let proc = self
             .table
             .insert(|pid| Arc::new(Proc::new(pid, actor, relations)))

@@ -103,6 +103,8 @@ impl RelationsCell {
 
 #[derive(Default)]
 pub(crate) struct Relations {
+    /// The process that spawned this one linked, if any (OTP's parent).
+    pub(crate) parent: Option<Pid>,
     pub(crate) links: Vec<Pid>,
     /// Monitors on this process.
     pub(crate) monitored_by: Vec<(u64, Watcher)>,

@@ -1014,23 +1014,13 @@ fn signal_and_wait(ctx: &Ctx<'_>, pids: &[Pid], reason: ExitReason, within: Dura
         .collect()
 }
 
-/// The process that spawned this one linked (its first link, made before
-/// the process ran), or [`Pid::NODE`] if it was spawned unlinked. OTP's
-/// proc_lib records the same as the parent.
-fn spawn_parent(ctx: &Ctx<'_>) -> Pid {
-    let node = ctx.node();
-    let Some(proc) = node.inner.table.get(ctx.pid()) else { return Pid::NODE };
-    let cell = proc.relations.lock();
-    cell.relations.as_ref().and_then(|r| r.links.first().copied()).unwrap_or(Pid::NODE)
-}
-
 impl Actor for Supervisor {
     fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
         if let Some(invalid) = &self.invalid {
             return Err(ExitReason::error(format!("invalid supervisor spec: {invalid}")));
         }
         ctx.trap_exit(true);
-        self.parent = spawn_parent(ctx);
+        self.parent = ctx.parent().unwrap_or(Pid::NODE);
         if let Some(name) = &self.name {
             ctx.register(name).map_err(|err| ExitReason::error(err.to_string()))?;
         }
