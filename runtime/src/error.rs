@@ -69,6 +69,9 @@ pub enum SpawnError {
     /// The node is shutting down.
     #[error("cannot spawn: the node is shutting down")]
     ShuttingDown,
+    /// No such module is loaded (or the node has no code server).
+    #[error("cannot spawn module {0:?}: it is not loaded")]
+    UnknownModule(String),
 }
 
 /// Why a link was not made.
@@ -125,4 +128,180 @@ pub enum SuspendError {
     /// A process tried to suspend itself.
     #[error("{0} cannot suspend itself")]
     SuspendingSelf(Pid),
+}
+
+/// Why a library was not loaded. Each names the file and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read or copied.
+    #[error("library {path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Not an ELF shared library at all.
+    #[error("{path} is not a shared library (no ELF header): build the module crate with crate-type = [\"cdylib\"] and load the .so")]
+    NotALibrary {
+        /// The file.
+        path: std::path::PathBuf,
+    },
+    /// dlopen refused it (truncated, corrupt, wrong architecture, missing
+    /// dependencies).
+    #[error("library {path} could not be opened: {detail} — is the file complete? rebuild the module")]
+    Open {
+        /// The file.
+        path: std::path::PathBuf,
+        /// dlopen's message.
+        detail: String,
+    },
+    /// The library does not export relive's entry point.
+    #[error("library {path} is not a relive module: it does not export {symbol} — add relive_abi::export_module!(YourState) to the crate")]
+    NoExport {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The missing symbol.
+        symbol: &'static str,
+    },
+    /// The vtable does not start with relive's magic number.
+    #[error("library {path}: bad magic {found:#018x} (expected {:#018x}) — not built with relive-abi, or corrupt", relive_abi::MAGIC)]
+    BadMagic {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The magic found.
+        found: u64,
+    },
+    /// Built against another ABI version.
+    #[error("library {path}: ABI version {found}, this node speaks {} — rebuild the module against relive-abi {}", relive_abi::ABI_VERSION, relive_abi::ABI_CRATE_VERSION)]
+    AbiMismatch {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Its ABI version.
+        found: u32,
+    },
+    /// Its metadata is unusable.
+    #[error("library {path}: {what}")]
+    BadModule {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// Why the code server refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CodeError {
+    /// The library is not a valid module.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A third version would be needed while processes still run the old one.
+    #[error("cannot load a new version of {module}: {processes} process(es) still run old version {version} — upgrade or purge them first")]
+    OldCodeInUse {
+        /// The module.
+        module: String,
+        /// Its old version.
+        version: semver::Version,
+        /// Processes on it.
+        processes: usize,
+    },
+    /// Another library with the same name and version is loaded.
+    #[error("library {path}: module {module} {version} is already loaded from a different library — bump the version")]
+    VersionClash {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The module.
+        module: String,
+        /// The version.
+        version: semver::Version,
+    },
+    /// Same name and version, different state or message layout.
+    #[error("library {path}: module {module} {version} changes its state or message types without a version bump — bump the version")]
+    LayoutChanged {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The module.
+        module: String,
+        /// The version.
+        version: semver::Version,
+    },
+    /// No such module (or no current version of it).
+    #[error("no module named {0:?} is loaded")]
+    UnknownModule(String),
+    /// soft_purge with processes still on old code.
+    #[error("cannot soft-purge {module} {version}: processes {} still run it — upgrade them or use purge", pids_text(pids))]
+    ProcessesOnOldCode {
+        /// The module.
+        module: String,
+        /// The old version.
+        version: semver::Version,
+        /// The processes on it.
+        pids: Vec<Pid>,
+    },
+}
+
+fn pids_text(pids: &[Pid]) -> String {
+    pids.iter().map(Pid::to_string).collect::<Vec<_>>().join(", ")
+}
+
+/// Why moving a process to another version failed. The process is left on
+/// its old code with its old state.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// It could not be suspended (gone, or busy past the timeout).
+    #[error(transparent)]
+    Suspend(#[from] SuspendError),
+    /// The process does not run a module.
+    #[error("{0} is not a module process")]
+    NotAModuleProcess(Pid),
+    /// It runs another module.
+    #[error("{pid} runs module {runs}, not {expected}")]
+    WrongModule {
+        /// The process.
+        pid: Pid,
+        /// What it runs.
+        runs: String,
+        /// What was expected.
+        expected: String,
+    },
+    /// No version to move to.
+    #[error(transparent)]
+    Code(#[from] CodeError),
+    /// The running version could not export the state, or the target
+    /// version's code_change (or the downgrade) refused it.
+    #[error("{pid}: moving {module} {from} → {to} failed: {error}")]
+    Migration {
+        /// The process.
+        pid: Pid,
+        /// The module.
+        module: String,
+        /// The version it runs.
+        from: semver::Version,
+        /// The version it was to run.
+        to: semver::Version,
+        /// The module's error.
+        error: crate::loader::ModuleError,
+    },
+}
+
+/// Why a JSON call to a module process failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JsonCallError {
+    /// The call itself failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+    /// The module refused the request (it did not decode, or the module
+    /// reported an error).
+    #[error("{0}")]
+    Refused(String),
+    /// The process is not a module process.
+    #[error("the process answered with a value that is not a module reply: is it a module process?")]
+    NotAModule,
+    /// The JSON could not be encoded.
+    #[error("{0}")]
+    Encode(String),
+    /// The reply could not be read as JSON.
+    #[error("{0}")]
+    Decode(String),
 }

@@ -18,7 +18,8 @@
 //!   every callback); its links and monitors react.
 //! - The runtime knows nothing of modules' code versions, plans or
 //!   releases; those live above it.
-//! - This crate has no `unsafe`.
+//! - `unsafe` lives only in the loader (`loader.rs`), the boundary with
+//!   dynamically loaded modules; the rest of the crate denies it.
 //!
 //! # Example
 //!
@@ -44,13 +45,17 @@
 //! node.shutdown();
 //! ```
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+mod code_server;
 mod ctx;
 mod error;
+#[allow(unsafe_code)]
+mod loader;
 mod mailbox;
 mod message;
+pub mod module;
 mod node;
 mod pid;
 pub mod port;
@@ -61,9 +66,15 @@ mod sync;
 mod table;
 mod timer;
 
+pub use code_server::{CodeServer, Loaded, ModuleInfo, Prepared, PurgeReport, VersionInfo};
 pub use ctx::Ctx;
-pub use error::{CallError, LinkError, RegisterError, SendError, SpawnError, SuspendError};
+pub use error::{
+    CallError, CodeError, JsonCallError, LinkError, LoadError, MigrateError, RegisterError, SendError, SpawnError,
+    SuspendError,
+};
+pub use loader::{ModuleCode, ModuleError};
 pub use message::{Down, Exit, Message, ReplyTo};
+pub use module::{ModuleProcess, ModuleReply, Payload};
 pub use node::{Dest, ExitWaiter, Node, NodeConfig};
 pub use pid::{ExitReason, MonitorRef, ParsePidError, Pid, TimerRef};
 pub use port::{

@@ -29,11 +29,13 @@ use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::code_server::CodeServer;
 use crate::ctx::Ctx;
-use crate::error::{CallError, LinkError, RegisterError, SendError, SpawnError, SuspendError};
+use crate::error::{CallError, JsonCallError, LinkError, RegisterError, SendError, SpawnError, SuspendError};
 use crate::mailbox::{Begin, Next, Push, Signal};
 use crate::message::{Down, Envelope, Exit, Message, NoReply, ReplyCell, ReplyTo};
 use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
+use crate::module::{ModuleReply, Payload, json_to_payload, payload_to_json};
 use crate::port::{ListenOpts, ListenerInfo, PortError, PortId, PortInfo, Ports};
 use crate::process::{Actor, Proc, Relations, Watcher};
 use crate::scheduler::{Scheduler, WorkerLocal};
@@ -55,6 +57,9 @@ pub struct NodeConfig {
     /// A worker stuck in one handler this long gets a replacement; `None`
     /// disables the watchdog.
     pub watchdog: Option<Duration>,
+    /// Where the code server keeps loaded libraries (`<dir>/<sha256>.so`);
+    /// `None` runs the node without a code server (native processes only).
+    pub code_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -64,6 +69,7 @@ impl Default for NodeConfig {
             budget: 64,
             max_processes: 1 << 24,
             watchdog: Some(Duration::from_millis(100)),
+            code_dir: None,
         }
     }
 }
@@ -132,6 +138,7 @@ pub(crate) struct NodeInner {
     registry: RwLock<HashMap<Arc<str>, Pid>>,
     pub(crate) timers: Timers,
     pub(crate) ports: Ports,
+    code: std::sync::OnceLock<Arc<CodeServer>>,
     next_ref: AtomicU64,
     budget: usize,
     service_threads: Mutex<Vec<JoinHandle<()>>>,
@@ -170,7 +177,11 @@ impl Node {
             next_ref: AtomicU64::new(1),
             budget: config.budget.max(1),
             service_threads: Mutex::new(Vec::new()),
+            code: std::sync::OnceLock::new(),
         });
+        if let Some(dir) = config.code_dir {
+            let _ = inner.code.set(Arc::new(CodeServer::new(dir, Arc::downgrade(&inner))));
+        }
         Scheduler::start(&inner, config.watchdog);
         let timer_node = inner.clone();
         let timer = thread::Builder::new()
@@ -345,6 +356,51 @@ impl Node {
             Err(actor) => drop(actor),
         }
         result.map_err(|panic| SuspendError::Panicked(pid, panic_message(panic.as_ref())))
+    }
+
+    /// The node's code server, if it was started with
+    /// [`NodeConfig::code_dir`].
+    pub fn code_server(&self) -> Option<Arc<CodeServer>> {
+        self.inner.code.get().cloned()
+    }
+
+    /// Spawns a process running the current version of `module` and waits
+    /// for its init. `init_arg` is the MessagePack init argument.
+    ///
+    /// # Errors
+    /// [`SpawnError::UnknownModule`], [`SpawnError::InitFailed`] with the
+    /// module's error or panic, and as [`Node::spawn_sync`].
+    pub fn spawn_module(&self, module: &str, init_arg: Payload, timeout: Duration) -> Result<Pid, SpawnError> {
+        let code = self.code_server().ok_or_else(|| SpawnError::UnknownModule(module.to_string()))?;
+        let actor = code.module_process(module, init_arg.0).map_err(|_| SpawnError::UnknownModule(module.to_string()))?;
+        self.spawn_sync(actor, timeout)
+    }
+
+    /// Calls a module process with a JSON request (sent as MessagePack) and
+    /// returns its reply as JSON.
+    ///
+    /// # Errors
+    /// [`JsonCallError`]: the call failed, the module refused the request,
+    /// or the answer is not a module reply.
+    pub fn call_json(
+        &self,
+        to: impl Into<Dest>,
+        request: &serde_json::Value,
+        timeout: Duration,
+    ) -> Result<serde_json::Value, JsonCallError> {
+        let payload = json_to_payload(request).map_err(JsonCallError::Encode)?;
+        let reply = self.call(to, payload, timeout)?;
+        let reply = reply.downcast::<ModuleReply>().map_err(|_| JsonCallError::NotAModule)?;
+        payload_to_json(&reply.map_err(JsonCallError::Refused)?).map_err(JsonCallError::Decode)
+    }
+
+    /// Casts a JSON message (sent as MessagePack) to a module process.
+    ///
+    /// # Errors
+    /// As [`Node::cast`].
+    pub fn cast_json(&self, to: impl Into<Dest>, message: &serde_json::Value) -> Result<(), SendError> {
+        let payload = json_to_payload(message).expect("every JSON value has a MessagePack form");
+        self.cast(to, payload)
     }
 
     /// Whether `pid` is alive.

@@ -56,6 +56,13 @@ pub trait Actor: Send + 'static {
     fn terminate(&mut self, reason: &ExitReason, ctx: &mut Ctx<'_>) {
         let _ = (reason, ctx);
     }
+
+    /// The module process inside, if this actor is one (the code server's
+    /// way to migrate a suspended process). Not for other actors.
+    #[doc(hidden)]
+    fn as_module_process(&mut self) -> Option<&mut crate::module::ModuleProcess> {
+        None
+    }
 }
 
 /// An actor made of one closure that handles plain messages and casts.

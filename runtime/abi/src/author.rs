@@ -1,0 +1,353 @@
+//! The module author's side: [`Behaviour`], [`Ctx`] and their values.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ffi::{HostCtx, OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status};
+
+/// A process id as a module sees it (the node's 64-bit pid).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Pid(pub u64);
+
+impl fmt::Display for Pid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "<0.{}.{}>", self.0 as u32, self.0 >> 32)
+    }
+}
+
+/// A pending timer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TimerRef(pub u64);
+
+/// An error a module reports: init failing, code_change refusing a state, a
+/// call to another process failing. Plain text, for people.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Error(String);
+
+impl Error {
+    /// An error with this message.
+    pub fn new(message: impl Into<String>) -> Error {
+        Error(message.into())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<String> for Error {
+    fn from(message: String) -> Error {
+        Error(message)
+    }
+}
+
+impl From<&str> for Error {
+    fn from(message: &str) -> Error {
+        Error(message.to_string())
+    }
+}
+
+/// A state as bytes (MessagePack): what one version hands the next in an
+/// upgrade, or an older one in a downgrade.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateBytes(pub Vec<u8>);
+
+impl StateBytes {
+    /// Encodes a state (as a map with field names, so versions that add,
+    /// remove or reorder fields can still read each other).
+    pub fn encode<T: Serialize>(state: &T) -> Result<StateBytes, Error> {
+        rmp_serde::to_vec_named(state).map(StateBytes).map_err(|e| Error(format!("encoding state: {e}")))
+    }
+
+    /// Decodes a state.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        rmp_serde::from_slice(&self.0).map_err(|e| Error(format!("decoding state: {e}")))
+    }
+}
+
+/// The `extra` argument of an upgrade instruction (MessagePack; empty when
+/// the plan gives none).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extra(pub Vec<u8>);
+
+impl Extra {
+    /// Decodes it; `None` if there is none.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<Option<T>, Error> {
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        rmp_serde::from_slice(&self.0).map(Some).map_err(|e| Error(format!("decoding extra: {e}")))
+    }
+}
+
+/// A plain message as `handle_info` gets it.
+#[derive(Debug)]
+pub enum Info<T> {
+    /// A message of the module's own `Info` type.
+    Message(T),
+    /// A linked process exited (the process traps exits).
+    Exit {
+        /// Who exited.
+        from: Pid,
+        /// Why, as text.
+        reason: String,
+    },
+    /// A monitored process exited.
+    Down {
+        /// Who exited.
+        pid: Pid,
+        /// Why, as text.
+        reason: String,
+    },
+}
+
+/// Log levels of [`Ctx::log`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    /// Something failed.
+    Error = 0,
+    /// Something is off.
+    Warn = 1,
+    /// Worth knowing.
+    Info = 2,
+    /// For debugging.
+    Debug = 3,
+}
+
+/// The code of a module: its state type and callbacks, gen_server style.
+///
+/// Messages, replies and states are MessagePack; a message that does not
+/// decode as the expected type is refused (a call gets an error, a cast or
+/// plain message is logged and dropped) without reaching the callback.
+pub trait Behaviour: Serialize + DeserializeOwned + Send + 'static {
+    /// The init argument.
+    type Init: DeserializeOwned;
+    /// Call requests.
+    type Call: DeserializeOwned;
+    /// Call replies.
+    type Reply: Serialize;
+    /// Casts.
+    type Cast: DeserializeOwned;
+    /// Plain messages.
+    type Info: DeserializeOwned;
+
+    /// Builds the state of a new process.
+    fn init(arg: Self::Init, ctx: &mut Ctx<'_>) -> Result<Self, Error>;
+
+    /// Answers a call.
+    fn handle_call(&mut self, request: Self::Call, ctx: &mut Ctx<'_>) -> Self::Reply;
+
+    /// Handles a cast.
+    fn handle_cast(&mut self, message: Self::Cast, ctx: &mut Ctx<'_>) {
+        let _ = (message, ctx);
+    }
+
+    /// Handles a plain message, a trapped exit or a monitor's down message.
+    fn handle_info(&mut self, info: Info<Self::Info>, ctx: &mut Ctx<'_>) {
+        let _ = (info, ctx);
+    }
+
+    /// Upgrade: builds this version's state from `old`, the state of version
+    /// `from`. The default decodes the old bytes as this type, which works
+    /// when fields were only added (with `#[serde(default)]`) or removed.
+    fn code_change(from: &semver::Version, old: StateBytes, extra: Extra) -> Result<Self, Error> {
+        let _ = (from, extra);
+        old.decode()
+    }
+
+    /// Downgrade: writes this state in the format of the older version `to`.
+    /// The default encodes it as is.
+    fn downgrade(&self, to: &semver::Version) -> Result<StateBytes, Error> {
+        let _ = to;
+        StateBytes::encode(self)
+    }
+}
+
+/// The node, as a callback sees it.
+pub struct Ctx<'a> {
+    host: &'a HostCtx,
+}
+
+impl<'a> Ctx<'a> {
+    #[doc(hidden)]
+    pub fn from_host(host: &'a HostCtx) -> Ctx<'a> {
+        Ctx { host }
+    }
+
+    fn vtable(&self) -> &crate::ffi::HostVtable {
+        // SAFETY: the node passes a valid HostVtable for every call and keeps
+        // it alive (it is static in the node).
+        unsafe { &*self.host.vtable }
+    }
+
+    /// This process's pid.
+    pub fn pid(&self) -> Pid {
+        // SAFETY: host function with the host handle of this call.
+        Pid(unsafe { (self.vtable().self_pid)(self.host.host) })
+    }
+
+    fn send_kind<T: Serialize>(&mut self, to: Pid, kind: u32, message: &T) -> Result<(), Error> {
+        let bytes = encode(message)?;
+        // SAFETY: host function with this call's host handle; bytes live
+        // across the call.
+        let status = unsafe { (self.vtable().send)(self.host.host, to.0, kind, RBytes::from_slice(&bytes)) };
+        match Status::from_u32(status) {
+            Status::Ok => Ok(()),
+            _ => Err(Error(format!("no process {to}: the message was dropped"))),
+        }
+    }
+
+    /// Sends a plain message (handled by `handle_info`).
+    pub fn send<T: Serialize>(&mut self, to: Pid, message: &T) -> Result<(), Error> {
+        self.send_kind(to, SEND_INFO, message)
+    }
+
+    /// Sends a cast (handled by `handle_cast`).
+    pub fn cast<T: Serialize>(&mut self, to: Pid, message: &T) -> Result<(), Error> {
+        self.send_kind(to, SEND_CAST, message)
+    }
+
+    /// Casts to a registered name.
+    pub fn cast_named<T: Serialize>(&mut self, name: &str, message: &T) -> Result<(), Error> {
+        let bytes = encode(message)?;
+        // SAFETY: host function with this call's host handle.
+        let status = unsafe {
+            (self.vtable().send_named)(self.host.host, RStr::from_str(name), SEND_CAST, RBytes::from_slice(&bytes))
+        };
+        match Status::from_u32(status) {
+            Status::Ok => Ok(()),
+            _ => Err(Error(format!("no process registered as {name:?}"))),
+        }
+    }
+
+    /// Calls a process and waits for its reply.
+    pub fn call<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        to: Pid,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Rep, Error> {
+        self.call_inner(to.0, "", request, timeout)
+    }
+
+    /// Calls a registered process and waits for its reply.
+    pub fn call_named<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        name: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Rep, Error> {
+        self.call_inner(0, name, request, timeout)
+    }
+
+    fn call_inner<Req: Serialize, Rep: DeserializeOwned>(
+        &mut self,
+        to: u64,
+        name: &str,
+        request: &Req,
+        timeout: Duration,
+    ) -> Result<Rep, Error> {
+        let bytes = encode(request)?;
+        let mut reply = Vec::new();
+        let mut out = OutBuf::for_vec(&mut reply);
+        // SAFETY: host function with this call's host handle; `out` writes
+        // into `reply`, alive across the call.
+        let status = unsafe {
+            (self.vtable().call)(
+                self.host.host,
+                to,
+                RStr::from_str(name),
+                RBytes::from_slice(&bytes),
+                timeout.as_millis().min(u64::MAX as u128) as u64,
+                &mut out,
+            )
+        };
+        match Status::from_u32(status) {
+            Status::Ok => rmp_serde::from_slice(&reply).map_err(|e| Error(format!("decoding the reply: {e}"))),
+            _ => Err(Error(String::from_utf8_lossy(&reply).into_owned())),
+        }
+    }
+
+    /// Spawns a process running the current version of `module`.
+    pub fn spawn<T: Serialize>(&mut self, module: &str, arg: &T) -> Result<Pid, Error> {
+        self.spawn_inner(module, arg, false)
+    }
+
+    /// Spawns a process running `module`, linked to this one.
+    pub fn spawn_link<T: Serialize>(&mut self, module: &str, arg: &T) -> Result<Pid, Error> {
+        self.spawn_inner(module, arg, true)
+    }
+
+    fn spawn_inner<T: Serialize>(&mut self, module: &str, arg: &T, link: bool) -> Result<Pid, Error> {
+        let bytes = encode(arg)?;
+        let mut pid = 0u64;
+        let mut error = Vec::new();
+        let mut out = OutBuf::for_vec(&mut error);
+        // SAFETY: host function with this call's host handle; `pid` and
+        // `out` are valid for writes across the call.
+        let status = unsafe {
+            (self.vtable().spawn)(
+                self.host.host,
+                RStr::from_str(module),
+                RBytes::from_slice(&bytes),
+                u32::from(link),
+                &mut pid,
+                &mut out,
+            )
+        };
+        match Status::from_u32(status) {
+            Status::Ok => Ok(Pid(pid)),
+            _ => Err(Error(String::from_utf8_lossy(&error).into_owned())),
+        }
+    }
+
+    /// Delivers `message` to `to` as a plain message after `delay`.
+    pub fn send_after<T: Serialize>(&mut self, to: Pid, message: &T, delay: Duration) -> Result<TimerRef, Error> {
+        let bytes = encode(message)?;
+        // SAFETY: host function with this call's host handle.
+        let timer = unsafe {
+            (self.vtable().send_after)(
+                self.host.host,
+                to.0,
+                RBytes::from_slice(&bytes),
+                delay.as_millis().min(u64::MAX as u128) as u64,
+            )
+        };
+        Ok(TimerRef(timer))
+    }
+
+    /// Cancels a timer; true if it had not fired.
+    pub fn cancel_timer(&mut self, timer: TimerRef) -> bool {
+        // SAFETY: host function with this call's host handle.
+        unsafe { (self.vtable().cancel_timer)(self.host.host, timer.0) != 0 }
+    }
+
+    /// Logs through the node's logger.
+    pub fn log(&mut self, level: LogLevel, message: &str) {
+        // SAFETY: host function with this call's host handle.
+        unsafe { (self.vtable().log)(self.host.host, level as u32, RStr::from_str(message)) }
+    }
+
+    /// Ends this process with `reason` once the callback returns: `"normal"`,
+    /// `"shutdown"`, or any text for a failure.
+    pub fn stop(&mut self, reason: &str) {
+        // SAFETY: host function with this call's host handle.
+        unsafe { (self.vtable().stop)(self.host.host, RStr::from_str(reason)) }
+    }
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
+    rmp_serde::to_vec_named(value).map_err(|e| Error(format!("encoding a message: {e}")))
+}

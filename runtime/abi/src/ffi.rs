@@ -1,0 +1,276 @@
+//! The `#[repr(C)]` tables and values that cross between a node and a
+//! module. Changing anything here is an ABI change: bump [`ABI_VERSION`].
+
+use std::ffi::c_void;
+
+/// First field of every [`ModuleVtable`]: "RELIVE" and a format byte.
+pub const MAGIC: u64 = u64::from_be_bytes(*b"RELIVE\x00\x01");
+
+/// The version of the tables in this file.
+pub const ABI_VERSION: u32 = 1;
+
+/// The symbol a module exports: `extern "C" fn() -> *const ModuleVtable`.
+pub const EXPORT_SYMBOL: &str = "relive_module_vtable";
+
+/// `kind` of [`HostVtable::send`]: a plain message (`handle_info`).
+pub const SEND_INFO: u32 = 0;
+/// `kind` of [`HostVtable::send`]: a cast (`handle_cast`).
+pub const SEND_CAST: u32 = 1;
+
+/// `kind` of [`ModuleVtable::handle_info`]: a user message.
+pub const INFO_MESSAGE: u32 = 0;
+/// `kind` of [`ModuleVtable::handle_info`]: a trapped exit, MessagePack
+/// `(from_pid: u64, reason: String)`.
+pub const INFO_EXIT: u32 = 1;
+/// `kind` of [`ModuleVtable::handle_info`]: a monitor's down message,
+/// MessagePack `(pid: u64, reason: String)`.
+pub const INFO_DOWN: u32 = 2;
+
+/// Result of every call across the boundary, as a `u32`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Done; output (if any) is in the out buffer.
+    Ok = 0,
+    /// The callback returned an error; its text is in the out buffer.
+    Error = 1,
+    /// The callback panicked; the panic message is in the out buffer.
+    Panic = 2,
+    /// The input bytes did not decode as the expected type; the decode
+    /// error is in the out buffer.
+    BadInput = 3,
+}
+
+impl Status {
+    /// Reads a status; an unknown value (a broken module) is an error.
+    pub fn from_u32(value: u32) -> Status {
+        match value {
+            0 => Status::Ok,
+            2 => Status::Panic,
+            3 => Status::BadInput,
+            _ => Status::Error,
+        }
+    }
+}
+
+/// A borrowed UTF-8 string.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RStr {
+    /// Start of the bytes.
+    pub ptr: *const u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl RStr {
+    /// Borrows a `'static` string (usable in statics).
+    pub const fn from_static(s: &'static str) -> RStr {
+        RStr { ptr: s.as_ptr(), len: s.len() }
+    }
+
+    /// Borrows a string for the length of a call.
+    pub fn from_str(s: &str) -> RStr {
+        RStr { ptr: s.as_ptr(), len: s.len() }
+    }
+
+    /// The string, or `None` if it is not UTF-8.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be readable for `'a` (the other side's promise).
+    pub unsafe fn as_str<'a>(&self) -> Option<&'a str> {
+        // SAFETY: the caller promises the range is readable for 'a.
+        let bytes = unsafe { bytes_of(self.ptr, self.len) };
+        std::str::from_utf8(bytes).ok()
+    }
+}
+
+/// Borrowed bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RBytes {
+    /// Start of the bytes.
+    pub ptr: *const u8,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+impl RBytes {
+    /// Borrows a slice for the length of a call.
+    pub fn from_slice(bytes: &[u8]) -> RBytes {
+        RBytes { ptr: bytes.as_ptr(), len: bytes.len() }
+    }
+
+    /// The bytes.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must be readable for `'a` (the other side's promise).
+    pub unsafe fn as_slice<'a>(&self) -> &'a [u8] {
+        // SAFETY: the caller promises the range is readable for 'a.
+        unsafe { bytes_of(self.ptr, self.len) }
+    }
+}
+
+/// # Safety
+/// `ptr..ptr+len` readable for `'a`, or `len == 0`.
+unsafe fn bytes_of<'a>(ptr: *const u8, len: usize) -> &'a [u8] {
+    if len == 0 || ptr.is_null() {
+        &[]
+    } else {
+        // SAFETY: non-null, and the caller promises `len` readable bytes.
+        unsafe { std::slice::from_raw_parts(ptr, len) }
+    }
+}
+
+/// An output buffer owned by the caller: the callee appends bytes through
+/// `write`, which copies them into the caller's memory.
+#[repr(C)]
+pub struct OutBuf {
+    /// The caller's buffer, opaque to the callee.
+    pub sink: *mut c_void,
+    /// Appends `len` bytes at `ptr` to `sink`.
+    pub write: unsafe extern "C" fn(sink: *mut c_void, ptr: *const u8, len: usize),
+}
+
+impl OutBuf {
+    /// An out buffer that appends to `vec` (valid while `vec` is borrowed).
+    pub fn for_vec(vec: &mut Vec<u8>) -> OutBuf {
+        unsafe extern "C" fn append(sink: *mut c_void, ptr: *const u8, len: usize) {
+            // SAFETY: `sink` is the `&mut Vec<u8>` given to `for_vec`, alive
+            // for the call; `ptr..ptr+len` is the writer's readable slice.
+            // Extending a Vec<u8> cannot panic except on allocation failure,
+            // which aborts rather than unwinds.
+            unsafe {
+                let vec = &mut *(sink as *mut Vec<u8>);
+                vec.extend_from_slice(bytes_of(ptr, len));
+            }
+        }
+        OutBuf { sink: vec as *mut Vec<u8> as *mut c_void, write: append }
+    }
+
+    /// Appends `bytes`.
+    pub fn push(&mut self, bytes: &[u8]) {
+        // SAFETY: `write` and `sink` come from the caller, which keeps the
+        // sink alive for the call; `bytes` is readable.
+        unsafe { (self.write)(self.sink, bytes.as_ptr(), bytes.len()) }
+    }
+}
+
+/// What the node passes to every module call: its services and the handle
+/// of the calling process.
+#[repr(C)]
+pub struct HostCtx {
+    /// The node's services.
+    pub vtable: *const HostVtable,
+    /// The calling process, opaque to the module.
+    pub host: *mut c_void,
+}
+
+/// The node's services to a module. Every function is called on the thread
+/// running the module's callback, with that call's `HostCtx::host`.
+/// Statuses: [`Status`] as `u32`; error text goes to `out` where given.
+#[repr(C)]
+pub struct HostVtable {
+    /// The node's [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// The calling process's pid.
+    pub self_pid: unsafe extern "C" fn(host: *mut c_void) -> u64,
+    /// Sends `msg` (MessagePack) to `to` as [`SEND_INFO`] or [`SEND_CAST`];
+    /// [`Status::Error`] if `to` is dead (the message is dropped).
+    pub send: unsafe extern "C" fn(host: *mut c_void, to: u64, kind: u32, msg: RBytes) -> u32,
+    /// As `send`, to a registered name.
+    pub send_named: unsafe extern "C" fn(host: *mut c_void, name: RStr, kind: u32, msg: RBytes) -> u32,
+    /// Calls `to` (or `name`, if `name.len > 0`) and writes the reply
+    /// (MessagePack) or the error text to `out`.
+    pub call: unsafe extern "C" fn(
+        host: *mut c_void,
+        to: u64,
+        name: RStr,
+        request: RBytes,
+        timeout_ms: u64,
+        out: *mut OutBuf,
+    ) -> u32,
+    /// Spawns a process running the current version of `module` with init
+    /// argument `arg`, linked to the caller if `link != 0`; writes its pid to
+    /// `pid_out`, or the error text to `out`.
+    pub spawn: unsafe extern "C" fn(
+        host: *mut c_void,
+        module: RStr,
+        arg: RBytes,
+        link: u32,
+        pid_out: *mut u64,
+        out: *mut OutBuf,
+    ) -> u32,
+    /// Delivers `msg` to `to` as a plain message after `delay_ms`; returns a
+    /// timer reference.
+    pub send_after: unsafe extern "C" fn(host: *mut c_void, to: u64, msg: RBytes, delay_ms: u64) -> u64,
+    /// Cancels a timer; 1 if it had not fired.
+    pub cancel_timer: unsafe extern "C" fn(host: *mut c_void, timer: u64) -> u32,
+    /// Logs `msg` at `level` (0 error, 1 warn, 2 info, 3 debug).
+    pub log: unsafe extern "C" fn(host: *mut c_void, level: u32, msg: RStr),
+    /// Ends the calling process with `reason` once the callback returns
+    /// (`"normal"`, `"shutdown"`, or any text for an error).
+    pub stop: unsafe extern "C" fn(host: *mut c_void, reason: RStr),
+}
+
+/// A module: what its exported function returns. Every function pointer is
+/// implemented by [`crate::glue`] around the author's [`crate::Behaviour`].
+#[repr(C)]
+pub struct ModuleVtable {
+    /// [`MAGIC`].
+    pub magic: u64,
+    /// [`ABI_VERSION`] the module was built with.
+    pub abi_version: u32,
+    /// The relive-abi crate version it was built with.
+    pub abi_crate_version: RStr,
+    /// Module name.
+    pub name: RStr,
+    /// Module version (semver).
+    pub version: RStr,
+    /// Writes a text description of the state and message types.
+    pub describe_types: unsafe extern "C" fn(out: *mut OutBuf) -> u32,
+    /// Builds a state from an init argument; the state pointer goes to
+    /// `state_out`, errors to `out`.
+    pub init: unsafe extern "C" fn(
+        host: *const HostCtx,
+        arg: RBytes,
+        state_out: *mut *mut c_void,
+        out: *mut OutBuf,
+    ) -> u32,
+    /// Handles a call; the reply goes to `out`.
+    pub handle_call:
+        unsafe extern "C" fn(state: *mut c_void, host: *const HostCtx, request: RBytes, out: *mut OutBuf) -> u32,
+    /// Handles a cast.
+    pub handle_cast:
+        unsafe extern "C" fn(state: *mut c_void, host: *const HostCtx, message: RBytes, out: *mut OutBuf) -> u32,
+    /// Handles a plain message of `kind` ([`INFO_MESSAGE`], [`INFO_EXIT`],
+    /// [`INFO_DOWN`]).
+    pub handle_info: unsafe extern "C" fn(
+        state: *mut c_void,
+        host: *const HostCtx,
+        kind: u32,
+        message: RBytes,
+        out: *mut OutBuf,
+    ) -> u32,
+    /// Writes the state as MessagePack (what an upgrade hands the next
+    /// version).
+    pub export_state: unsafe extern "C" fn(state: *mut c_void, out: *mut OutBuf) -> u32,
+    /// Builds this version's state from an older version's state bytes.
+    pub code_change: unsafe extern "C" fn(
+        from_version: RStr,
+        old_state: RBytes,
+        extra: RBytes,
+        state_out: *mut *mut c_void,
+        out: *mut OutBuf,
+    ) -> u32,
+    /// Writes the state in the format of an older version `to_version`.
+    pub downgrade: unsafe extern "C" fn(state: *mut c_void, to_version: RStr, out: *mut OutBuf) -> u32,
+    /// Frees a state made by this version.
+    pub drop_state: unsafe extern "C" fn(state: *mut c_void),
+}
+
+// SAFETY: a ModuleVtable only holds function pointers and pointers to
+// `'static` immutable strings; sharing it between threads is sound.
+unsafe impl Sync for ModuleVtable {}
+// SAFETY: as above; it is never mutated.
+unsafe impl Send for ModuleVtable {}

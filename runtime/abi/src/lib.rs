@@ -1,0 +1,92 @@
+//! relive-abi: the module ABI, a stability boundary.
+//!
+//! A module is a `cdylib` crate that implements [`Behaviour`] for its state
+//! type and says [`export_module!`]. The node loads it with `dlopen`, finds
+//! the one exported symbol [`EXPORT_SYMBOL`], and talks to it only through
+//! the `#[repr(C)]` tables below. This crate is the only one a module depends
+//! on; it has no runtime state.
+//!
+//! # The contract
+//!
+//! - The exported function returns a `&'static` [`ModuleVtable`] that starts
+//!   with [`MAGIC`] and [`ABI_VERSION`], then the module's name and semver
+//!   version. A node refuses a library whose magic, ABI version or symbol is
+//!   wrong, naming the file and what it expected.
+//! - Everything that crosses is `extern "C"` functions and `#[repr(C)]`
+//!   values. Messages, replies and states cross as MessagePack bytes
+//!   (rmp-serde), one self-describing format for every version.
+//! - Nobody frees the other side's memory. Input is borrowed for the length
+//!   of the call ([`RBytes`], [`RStr`]); output goes through a host-provided
+//!   [`OutBuf`], a callback that copies the bytes into host memory.
+//! - A module's state is an opaque pointer owned by the module version that
+//!   made it and freed only by that version's `drop_state`.
+//! - Every exported function runs the author's code under `catch_unwind`: a
+//!   panic becomes [`Status::Panic`] with the message in the out buffer, never
+//!   an unwind across the boundary.
+//! - The module reaches the node (send, call, spawn, timers, log) through the
+//!   [`HostVtable`] in the [`HostCtx`] passed to each call.
+//! - [`ModuleVtable::describe_types`] writes a description of the state and
+//!   message types (their serde shape, traced with serde-reflection); the node
+//!   fingerprints it so a layout change without a version bump is refused.
+//!
+//! # Example
+//!
+//! ```ignore
+//! use relive_abi::prelude::*;
+//!
+//! #[derive(Serialize, Deserialize)]
+//! pub struct Counter { count: u64 }
+//!
+//! impl Behaviour for Counter {
+//!     type Init = u64; type Call = (); type Reply = u64; type Cast = u64; type Info = ();
+//!     fn init(start: u64, _ctx: &mut Ctx<'_>) -> Result<Self, Error> { Ok(Counter { count: start }) }
+//!     fn handle_call(&mut self, _req: (), _ctx: &mut Ctx<'_>) -> u64 { self.count }
+//!     fn handle_cast(&mut self, n: u64, _ctx: &mut Ctx<'_>) { self.count += n }
+//! }
+//! relive_abi::export_module!(Counter, name = "counter");
+//! ```
+
+#![deny(missing_docs)]
+
+mod author;
+mod ffi;
+#[doc(hidden)]
+pub mod glue;
+
+pub use author::{Behaviour, Ctx, Error, Extra, Info, LogLevel, Pid, StateBytes, TimerRef};
+pub use ffi::{
+    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, MAGIC, ModuleVtable,
+    OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status,
+};
+pub use semver::Version;
+
+/// The version of this crate, recorded in every module's vtable.
+pub const ABI_CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What a module author needs in scope.
+pub mod prelude {
+    pub use crate::{Behaviour, Ctx, Error, Extra, Info, LogLevel, Pid, StateBytes, TimerRef, Version};
+    pub use serde::{Deserialize, Serialize};
+}
+
+/// Exports a [`Behaviour`] as a relive module.
+///
+/// `export_module!(State)` names the module after the crate
+/// (`CARGO_PKG_NAME`); `export_module!(State, name = "counter")` names it
+/// explicitly (several crates may build versions of one module). The
+/// version is always the crate's `CARGO_PKG_VERSION`.
+#[macro_export]
+macro_rules! export_module {
+    ($state:ty) => {
+        $crate::export_module!($state, name = env!("CARGO_PKG_NAME"));
+    };
+    ($state:ty, name = $name:expr) => {
+        /// The relive module entry point (see relive-abi).
+        #[unsafe(no_mangle)]
+        pub extern "C" fn relive_module_vtable() -> *const $crate::ModuleVtable {
+            static VTABLE: $crate::ModuleVtable =
+                $crate::glue::vtable::<$state>($name, env!("CARGO_PKG_VERSION"));
+            &VTABLE
+        }
+    };
+}

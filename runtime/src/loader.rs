@@ -1,0 +1,581 @@
+//! The loader: the one place in relive-runtime that crosses the module ABI
+//! (see relive-abi), and so the one place with `unsafe`.
+//!
+//! It opens a library ([`load_library`]), checks its vtable, and wraps every
+//! vtable function in a safe method: [`ModuleCode`] for one loaded version,
+//! [`ModuleState`] for one process's state made by that version. It also
+//! implements the host services a module calls back into ([`HOST_VTABLE`]).
+//!
+//! # Invariants
+//!
+//! - A [`ModuleCode`] keeps its `Library` loaded as long as it lives; every
+//!   [`ModuleState`] holds an `Arc<ModuleCode>`, so no state outlives the code
+//!   that must free it, and `drop_state` of the right version frees it.
+//! - A state pointer is used by one thread at a time: a `ModuleState` is
+//!   owned by one process, and `&mut self` on every call.
+//! - Every host service runs under `catch_unwind`: no panic unwinds into
+//!   module code.
+
+use std::collections::HashSet;
+use std::ffi::c_void;
+use std::fs;
+use std::io::Write;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use relive_abi::{
+    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, MAGIC, ModuleVtable, OutBuf, RBytes, RStr, SEND_CAST, Status,
+};
+use sha2::{Digest, Sha256};
+
+use crate::ctx::Ctx;
+use crate::error::LoadError;
+use crate::message::Message;
+use crate::pid::{ExitReason, Pid};
+
+/// One loaded version of a module.
+pub struct ModuleCode {
+    name: String,
+    version: semver::Version,
+    sha256: String,
+    path: PathBuf,
+    source: PathBuf,
+    abi_crate_version: String,
+    types: String,
+    fingerprint: String,
+    /// Processes running this version (each registers itself in init and
+    /// leaves when its state is dropped or moved to another version).
+    pub(crate) pids: Mutex<HashSet<Pid>>,
+    vtable: NonNull<ModuleVtable>,
+    /// Keeps the library mapped while `vtable` and any state of this
+    /// version may be used; dropping it is the `dlclose`.
+    _library: libloading::Library,
+}
+
+// SAFETY: the vtable is immutable `'static` data inside a library that this
+// value keeps loaded; its functions may be called from any thread (they
+// only touch the state pointer passed in, one thread at a time).
+unsafe impl Send for ModuleCode {}
+// SAFETY: as above; no interior mutability besides `pids` (a Mutex).
+unsafe impl Sync for ModuleCode {}
+
+impl std::fmt::Debug for ModuleCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ModuleCode({} {} {})", self.name, self.version, &self.sha256[..12])
+    }
+}
+
+/// Why a module callback failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleError {
+    /// The callback returned an error.
+    #[error("{0}")]
+    Failed(String),
+    /// The callback panicked.
+    #[error("panic: {0}")]
+    Panicked(String),
+    /// The input did not decode as the type the module expects.
+    #[error("bad input: {0}")]
+    BadInput(String),
+}
+
+fn status_result(status: u32, out: Vec<u8>) -> Result<Vec<u8>, ModuleError> {
+    let text = || String::from_utf8_lossy(&out).into_owned();
+    match Status::from_u32(status) {
+        Status::Ok => Ok(out),
+        Status::Error => Err(ModuleError::Failed(text())),
+        Status::Panic => Err(ModuleError::Panicked(text())),
+        Status::BadInput => Err(ModuleError::BadInput(text())),
+    }
+}
+
+/// Checks, copies to `code_dir/<sha256>.so` and opens the library at
+/// `source`, then validates its vtable.
+///
+/// # Errors
+/// [`LoadError`]: unreadable file, not a shared library, dlopen failure
+/// (truncated or corrupt), missing export, wrong magic or ABI version, bad
+/// name or version.
+pub(crate) fn load_library(code_dir: &Path, source: &Path) -> Result<ModuleCode, LoadError> {
+    let io = |source_err| LoadError::Io { path: source.to_path_buf(), source: source_err };
+    let bytes = fs::read(source).map_err(io)?;
+    if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
+        return Err(LoadError::NotALibrary { path: source.to_path_buf() });
+    }
+    let sha256 = hex::encode(Sha256::digest(&bytes));
+    fs::create_dir_all(code_dir).map_err(|e| LoadError::Io { path: code_dir.to_path_buf(), source: e })?;
+    // dlopen caches by path: a content-addressed copy makes each version a
+    // distinct library, and the same bytes the same one.
+    let path = code_dir.join(format!("{sha256}.so"));
+    if !path.exists() {
+        let mut temp = tempfile::NamedTempFile::new_in(code_dir)
+            .map_err(|e| LoadError::Io { path: code_dir.to_path_buf(), source: e })?;
+        temp.write_all(&bytes).and_then(|()| temp.as_file().sync_all()).map_err(io)?;
+        temp.persist(&path).map_err(|e| LoadError::Io { path: path.clone(), source: e.error })?;
+    }
+    // SAFETY: loading a library runs its initialisers. relive modules are
+    // Rust cdylibs built against relive-abi, whose only initialisers are the
+    // standard library's; a foreign library is the operator's choice and is
+    // checked right below before any of its functions is called.
+    let library = unsafe { libloading::Library::new(&path) }
+        .map_err(|e| LoadError::Open { path: source.to_path_buf(), detail: e.to_string() })?;
+    // SAFETY: the symbol's type is fixed by the ABI (relive_abi::export_module!).
+    let entry = unsafe { library.get::<extern "C" fn() -> *const ModuleVtable>(EXPORT_SYMBOL.as_bytes()) }
+        .map_err(|_| LoadError::NoExport { path: source.to_path_buf(), symbol: EXPORT_SYMBOL })?;
+    let vtable = NonNull::new(entry() as *mut ModuleVtable)
+        .ok_or_else(|| LoadError::BadModule { path: source.to_path_buf(), what: "its vtable pointer is null".into() })?;
+    // SAFETY: the pointer came from the module's export and is 'static in
+    // the library we keep loaded. We read only the leading magic and ABI
+    // version before trusting the layout of the rest.
+    let (magic, abi_version) = unsafe { (vtable.as_ref().magic, vtable.as_ref().abi_version) };
+    if magic != MAGIC {
+        return Err(LoadError::BadMagic { path: source.to_path_buf(), found: magic });
+    }
+    if abi_version != ABI_VERSION {
+        return Err(LoadError::AbiMismatch { path: source.to_path_buf(), found: abi_version });
+    }
+    // SAFETY: magic and ABI version match, so the layout is ABI_VERSION's.
+    let table = unsafe { vtable.as_ref() };
+    // SAFETY: the strings are 'static in the loaded library.
+    let text = |s: RStr, what: &str| unsafe { s.as_str() }.map(str::to_string).ok_or_else(|| LoadError::BadModule {
+        path: source.to_path_buf(),
+        what: format!("its {what} is not UTF-8"),
+    });
+    let name = text(table.name, "module name")?;
+    let version_text = text(table.version, "version")?;
+    let abi_crate_version = text(table.abi_crate_version, "relive-abi version")?;
+    if name.is_empty() || name.contains(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '-')) {
+        return Err(LoadError::BadModule {
+            path: source.to_path_buf(),
+            what: format!("module name {name:?} must be letters, digits, '_' or '-'"),
+        });
+    }
+    let version = semver::Version::parse(&version_text).map_err(|e| LoadError::BadModule {
+        path: source.to_path_buf(),
+        what: format!("version {version_text:?} is not semver: {e}"),
+    })?;
+    let mut types = Vec::new();
+    // SAFETY: vtable function with a valid out buffer.
+    let status = unsafe { (table.describe_types)(&mut OutBuf::for_vec(&mut types)) };
+    let types = status_result(status, types).map_err(|e| LoadError::BadModule {
+        path: source.to_path_buf(),
+        what: format!("describing its types failed: {e}"),
+    })?;
+    let types = String::from_utf8_lossy(&types).into_owned();
+    let fingerprint = hex::encode(Sha256::digest(types.as_bytes()));
+    Ok(ModuleCode {
+        name,
+        version,
+        sha256,
+        path,
+        source: source.to_path_buf(),
+        abi_crate_version,
+        types,
+        fingerprint,
+        pids: Mutex::new(HashSet::new()),
+        vtable,
+        _library: library,
+    })
+}
+
+impl ModuleCode {
+    fn table(&self) -> &ModuleVtable {
+        // SAFETY: validated at load; 'static in `self.library`, which lives
+        // as long as `self`.
+        unsafe { self.vtable.as_ref() }
+    }
+
+    /// The module's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its version.
+    pub fn version(&self) -> &semver::Version {
+        &self.version
+    }
+
+    /// sha256 of the library file.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The content-addressed copy that was opened (`code/<sha256>.so`).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file it was loaded from.
+    pub fn source(&self) -> &Path {
+        &self.source
+    }
+
+    /// The relive-abi version it was built with.
+    pub fn abi_crate_version(&self) -> &str {
+        &self.abi_crate_version
+    }
+
+    /// sha256 of its type description: equal fingerprints, equal layouts.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    /// The description of its state and message types.
+    pub fn types(&self) -> &str {
+        &self.types
+    }
+
+    /// Processes running this version now.
+    pub fn process_count(&self) -> usize {
+        self.pids.lock().len()
+    }
+
+    /// Their pids, sorted.
+    pub fn processes(&self) -> Vec<Pid> {
+        let mut pids: Vec<Pid> = self.pids.lock().iter().copied().collect();
+        pids.sort();
+        pids
+    }
+
+    /// Runs `init` as the process of `ctx`.
+    pub(crate) fn init(self: &Arc<Self>, ctx: &mut Ctx<'_>, arg: &[u8]) -> Result<ModuleState, ModuleError> {
+        let mut host = HostCall::new(ctx);
+        let mut state: *mut c_void = std::ptr::null_mut();
+        let mut out = Vec::new();
+        // SAFETY: vtable function; every pointer is valid for the call.
+        let status = unsafe {
+            (self.table().init)(&host.as_host_ctx(), RBytes::from_slice(arg), &mut state, &mut OutBuf::for_vec(&mut out))
+        };
+        let stop = host.stop.take();
+        status_result(status, out)?;
+        let ptr = NonNull::new(state).ok_or_else(|| ModuleError::Failed("init returned no state".into()))?;
+        Ok(ModuleState { code: self.clone(), ptr, stop })
+    }
+
+    /// Builds this version's state from another version's state bytes.
+    pub(crate) fn code_change(
+        self: &Arc<Self>,
+        from: &semver::Version,
+        old_state: &[u8],
+        extra: &[u8],
+    ) -> Result<ModuleState, ModuleError> {
+        let from = from.to_string();
+        let mut state: *mut c_void = std::ptr::null_mut();
+        let mut out = Vec::new();
+        // SAFETY: vtable function; every pointer is valid for the call.
+        let status = unsafe {
+            (self.table().code_change)(
+                RStr::from_str(&from),
+                RBytes::from_slice(old_state),
+                RBytes::from_slice(extra),
+                &mut state,
+                &mut OutBuf::for_vec(&mut out),
+            )
+        };
+        status_result(status, out)?;
+        let ptr = NonNull::new(state).ok_or_else(|| ModuleError::Failed("code_change returned no state".into()))?;
+        Ok(ModuleState { code: self.clone(), ptr, stop: None })
+    }
+}
+
+/// One process's state, made by (and freed by) one module version.
+pub(crate) struct ModuleState {
+    code: Arc<ModuleCode>,
+    ptr: NonNull<c_void>,
+    /// A stop the last callback asked for.
+    pub(crate) stop: Option<ExitReason>,
+}
+
+// SAFETY: the state is the module's `Behaviour` value, which relive-abi
+// requires to be `Send`; this handle is its only owner.
+unsafe impl Send for ModuleState {}
+
+impl Drop for ModuleState {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` was made by `self.code` and is freed exactly once,
+        // here; `drop_state` contains panics.
+        unsafe { (self.code.table().drop_state)(self.ptr.as_ptr()) }
+    }
+}
+
+/// Which callback to run on a state.
+pub(crate) enum Callback<'m> {
+    Call(&'m [u8]),
+    Cast(&'m [u8]),
+    Info(u32, &'m [u8]),
+}
+
+impl ModuleState {
+    pub(crate) fn code(&self) -> &Arc<ModuleCode> {
+        &self.code
+    }
+
+    /// Runs a handler as the process of `ctx`; a call's reply bytes on
+    /// success. A stop requested by the module is left in `self.stop`.
+    pub(crate) fn run(&mut self, ctx: &mut Ctx<'_>, callback: Callback<'_>) -> Result<Vec<u8>, ModuleError> {
+        let mut host = HostCall::new(ctx);
+        let host_ctx = host.as_host_ctx();
+        let mut out = Vec::new();
+        let mut buf = OutBuf::for_vec(&mut out);
+        let table = self.code.table();
+        let state = self.ptr.as_ptr();
+        // SAFETY: vtable functions of the version that made `state`; every
+        // pointer is valid for the call and `&mut self` makes it exclusive.
+        let status = unsafe {
+            match callback {
+                Callback::Call(bytes) => (table.handle_call)(state, &host_ctx, RBytes::from_slice(bytes), &mut buf),
+                Callback::Cast(bytes) => (table.handle_cast)(state, &host_ctx, RBytes::from_slice(bytes), &mut buf),
+                Callback::Info(kind, bytes) => {
+                    (table.handle_info)(state, &host_ctx, kind, RBytes::from_slice(bytes), &mut buf)
+                }
+            }
+        };
+        self.stop = host.stop.take();
+        status_result(status, out)
+    }
+
+    /// The state as MessagePack (for `code_change` of another version).
+    pub(crate) fn export(&mut self) -> Result<Vec<u8>, ModuleError> {
+        let mut out = Vec::new();
+        // SAFETY: as in `run`.
+        let status = unsafe { (self.code.table().export_state)(self.ptr.as_ptr(), &mut OutBuf::for_vec(&mut out)) };
+        status_result(status, out)
+    }
+
+    /// The state in the format of older version `to`.
+    pub(crate) fn downgrade(&mut self, to: &semver::Version) -> Result<Vec<u8>, ModuleError> {
+        let to = to.to_string();
+        let mut out = Vec::new();
+        // SAFETY: as in `run`.
+        let status = unsafe {
+            (self.code.table().downgrade)(self.ptr.as_ptr(), RStr::from_str(&to), &mut OutBuf::for_vec(&mut out))
+        };
+        status_result(status, out)
+    }
+}
+
+/// The host side of one module callback: the calling process's `Ctx`.
+struct HostCall<'c, 'n> {
+    ctx: &'c mut Ctx<'n>,
+    stop: Option<ExitReason>,
+}
+
+impl<'c, 'n> HostCall<'c, 'n> {
+    fn new(ctx: &'c mut Ctx<'n>) -> HostCall<'c, 'n> {
+        HostCall { ctx, stop: None }
+    }
+
+    fn as_host_ctx(&mut self) -> HostCtx {
+        HostCtx { vtable: &HOST_VTABLE, host: self as *mut HostCall<'c, 'n> as *mut c_void }
+    }
+}
+
+/// The node's services to modules.
+pub(crate) static HOST_VTABLE: HostVtable = HostVtable {
+    abi_version: ABI_VERSION,
+    self_pid: host_self_pid,
+    send: host_send,
+    send_named: host_send_named,
+    call: host_call,
+    spawn: host_spawn,
+    send_after: host_send_after,
+    cancel_timer: host_cancel_timer,
+    log: host_log,
+    stop: host_stop,
+};
+
+/// Runs a host service for the module callback whose `HostCall` is `host`,
+/// containing panics.
+///
+/// # Safety
+/// `host` is the `HostCall` this module callback was given, alive and not
+/// otherwise borrowed for the call (the callback is synchronous).
+unsafe fn with_host<R>(host: *mut c_void, failed: R, f: impl FnOnce(&mut HostCall<'_, '_>) -> R) -> R {
+    // SAFETY: see the function's contract.
+    let call = unsafe { &mut *(host as *mut HostCall<'_, '_>) };
+    catch_unwind(AssertUnwindSafe(|| f(call))).unwrap_or(failed)
+}
+
+/// # Safety
+/// As `RBytes::as_slice`: the module's bytes are readable for the call.
+unsafe fn bytes<'a>(b: RBytes) -> &'a [u8] {
+    // SAFETY: the module promises readable bytes for the call.
+    unsafe { b.as_slice() }
+}
+
+/// # Safety
+/// As `RStr::as_str`.
+unsafe fn text<'a>(s: RStr) -> &'a str {
+    // SAFETY: the module promises a readable string for the call.
+    unsafe { s.as_str() }.unwrap_or("")
+}
+
+/// # Safety
+/// `out` valid for the call, or null.
+unsafe fn write_out(out: *mut OutBuf, bytes: &[u8]) {
+    if !out.is_null() {
+        // SAFETY: non-null and valid for the call (module's promise).
+        unsafe { (*out).push(bytes) }
+    }
+}
+
+fn envelope_message(kind: u32, payload: Vec<u8>) -> (bool, Message) {
+    (kind == SEND_CAST, Message::new(crate::module::Payload(payload)))
+}
+
+unsafe extern "C" fn host_self_pid(host: *mut c_void) -> u64 {
+    // SAFETY: the module passes back the host handle of its callback.
+    unsafe { with_host(host, 0, |h| h.ctx.pid().as_u64()) }
+}
+
+unsafe extern "C" fn host_send(host: *mut c_void, to: u64, kind: u32, msg: RBytes) -> u32 {
+    // SAFETY: handle and bytes from the module's current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let Some(to) = Pid::from_u64(to) else { return Status::Error as u32 };
+            let (cast, message) = envelope_message(kind, bytes(msg).to_vec());
+            let sent = if cast { h.ctx.cast(to, message) } else { h.ctx.send_message(to, message) };
+            if sent.is_ok() { Status::Ok as u32 } else { Status::Error as u32 }
+        })
+    }
+}
+
+unsafe extern "C" fn host_send_named(host: *mut c_void, name: RStr, kind: u32, msg: RBytes) -> u32 {
+    // SAFETY: handle, name and bytes from the module's current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let name = text(name);
+            let (cast, message) = envelope_message(kind, bytes(msg).to_vec());
+            let sent = if cast { h.ctx.cast(name, message) } else { h.ctx.send_message(name, message) };
+            if sent.is_ok() { Status::Ok as u32 } else { Status::Error as u32 }
+        })
+    }
+}
+
+unsafe extern "C" fn host_call(
+    host: *mut c_void,
+    to: u64,
+    name: RStr,
+    request: RBytes,
+    timeout_ms: u64,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: handle, strings, bytes and out buffer from the module's
+    // current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let request = Message::new(crate::module::Payload(bytes(request).to_vec()));
+            let timeout = Duration::from_millis(timeout_ms);
+            let name = text(name);
+            let result = if name.is_empty() {
+                match Pid::from_u64(to) {
+                    Some(pid) => h.ctx.call(pid, request, timeout),
+                    None => return write_error(out, "invalid pid"),
+                }
+            } else {
+                h.ctx.call(name, request, timeout)
+            };
+            match result.map(|reply| reply.downcast::<crate::module::ModuleReply>()) {
+                Ok(Ok(Ok(payload))) => {
+                    write_out(out, &payload.0);
+                    Status::Ok as u32
+                }
+                Ok(Ok(Err(error))) => write_error(out, &error),
+                Ok(Err(_)) => write_error(out, "the process answered with a value that is not a module reply"),
+                Err(error) => write_error(out, &error.to_string()),
+            }
+        })
+    }
+}
+
+/// # Safety
+/// `out` valid for the call, or null.
+unsafe fn write_error(out: *mut OutBuf, text: &str) -> u32 {
+    // SAFETY: as the function's contract.
+    unsafe { write_out(out, text.as_bytes()) };
+    Status::Error as u32
+}
+
+unsafe extern "C" fn host_spawn(
+    host: *mut c_void,
+    module: RStr,
+    arg: RBytes,
+    link: u32,
+    pid_out: *mut u64,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: handle, string, bytes and out pointers from the module's
+    // current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let node = h.ctx.node();
+            let Some(code_server) = node.code_server() else {
+                return write_error(out, "this node has no code server");
+            };
+            let module = text(module);
+            match code_server.module_process(module, bytes(arg).to_vec()) {
+                Ok(actor) => {
+                    let spawned = if link != 0 { h.ctx.spawn_link(actor) } else { h.ctx.spawn(actor) };
+                    match spawned {
+                        Ok(pid) => {
+                            if !pid_out.is_null() {
+                                *pid_out = pid.as_u64();
+                            }
+                            Status::Ok as u32
+                        }
+                        Err(error) => write_error(out, &error.to_string()),
+                    }
+                }
+                Err(error) => write_error(out, &error.to_string()),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_send_after(host: *mut c_void, to: u64, msg: RBytes, delay_ms: u64) -> u64 {
+    // SAFETY: handle and bytes from the module's current callback.
+    unsafe {
+        with_host(host, 0, |h| {
+            let Some(to) = Pid::from_u64(to) else { return 0 };
+            let message = Message::new(crate::module::Payload(bytes(msg).to_vec()));
+            h.ctx.send_after(to, message, Duration::from_millis(delay_ms)).0
+        })
+    }
+}
+
+unsafe extern "C" fn host_cancel_timer(host: *mut c_void, timer: u64) -> u32 {
+    // SAFETY: handle from the module's current callback.
+    unsafe { with_host(host, 0, |h| u32::from(h.ctx.cancel_timer(crate::pid::TimerRef(timer)))) }
+}
+
+unsafe extern "C" fn host_log(host: *mut c_void, level: u32, msg: RStr) {
+    // SAFETY: handle and string from the module's current callback.
+    unsafe {
+        with_host(host, (), |h| {
+            let (pid, msg) = (h.ctx.pid(), text(msg));
+            match level {
+                0 => tracing::error!(%pid, "{msg}"),
+                1 => tracing::warn!(%pid, "{msg}"),
+                2 => tracing::info!(%pid, "{msg}"),
+                _ => tracing::debug!(%pid, "{msg}"),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_stop(host: *mut c_void, reason: RStr) {
+    // SAFETY: handle and string from the module's current callback.
+    unsafe {
+        with_host(host, (), |h| {
+            h.stop = Some(match text(reason) {
+                "normal" => ExitReason::Normal,
+                "shutdown" => ExitReason::Shutdown,
+                other => ExitReason::error(other),
+            });
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! Module processes: a process whose code is a loaded module version.
+//!
+//! A [`ModuleProcess`] holds the [`ModuleState`] its module made; the state
+//! holds its [`ModuleCode`], so a process runs the version that made its
+//! state until it is moved ([`ModuleProcess::switch`], used by upgrades).
+//! Each process is listed in its version's `pids` while it runs that
+//! version: the code server knows who runs old code without scanning.
+//!
+//! Messages to and from modules are MessagePack [`Payload`]s; a JSON value
+//! ([`serde_json::Value`]) sent to a module process is converted to
+//! MessagePack on the way in (the JSON bridge), and [`payload_to_json`]
+//! turns a reply back.
+
+use std::sync::Arc;
+
+use relive_abi::{INFO_DOWN, INFO_EXIT, INFO_MESSAGE};
+
+use crate::ctx::Ctx;
+use crate::loader::{Callback, ModuleCode, ModuleError, ModuleState};
+use crate::message::{Down, Exit, Message, ReplyTo};
+use crate::pid::{ExitReason, Pid};
+use crate::process::Actor;
+
+/// A MessagePack message for (or reply from) a module process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Payload(pub Vec<u8>);
+
+/// What a module process answers a call with: the reply, or why there is
+/// none (the request did not decode, or the module reported an error).
+pub type ModuleReply = Result<Payload, String>;
+
+/// Converts a JSON value to a MessagePack payload.
+///
+/// # Errors
+/// The text of the encoder's error (only for values MessagePack cannot
+/// represent).
+pub fn json_to_payload(value: &serde_json::Value) -> Result<Payload, String> {
+    rmp_serde::to_vec_named(value).map(Payload).map_err(|e| format!("converting JSON to MessagePack: {e}"))
+}
+
+/// Converts a MessagePack payload to JSON.
+///
+/// # Errors
+/// The text of the decoder's error (bytes that are not MessagePack).
+pub fn payload_to_json(payload: &Payload) -> Result<serde_json::Value, String> {
+    rmp_serde::from_slice(&payload.0).map_err(|e| format!("reading MessagePack as JSON: {e}"))
+}
+
+/// A process running a module.
+pub struct ModuleProcess {
+    code: Arc<ModuleCode>,
+    init_arg: Vec<u8>,
+    state: Option<ModuleState>,
+    pid: Option<Pid>,
+    /// A call whose handler panicked: kept until the process's exit drops
+    /// it, so the caller learns the exit reason.
+    dying_call: Option<ReplyTo>,
+}
+
+impl ModuleProcess {
+    pub(crate) fn new(code: Arc<ModuleCode>, init_arg: Vec<u8>) -> ModuleProcess {
+        ModuleProcess { code, init_arg, state: None, pid: None, dying_call: None }
+    }
+
+    /// The version this process runs.
+    pub fn code(&self) -> &Arc<ModuleCode> {
+        self.state.as_ref().map_or(&self.code, ModuleState::code)
+    }
+
+    /// The state as MessagePack (what `code_change` of another version
+    /// takes).
+    pub(crate) fn export_state(&mut self) -> Result<Vec<u8>, ModuleError> {
+        self.state_mut()?.export()
+    }
+
+    /// The state in the format of an older version.
+    pub(crate) fn downgrade_state(&mut self, to: &semver::Version) -> Result<Vec<u8>, ModuleError> {
+        self.state_mut()?.downgrade(to)
+    }
+
+    fn state_mut(&mut self) -> Result<&mut ModuleState, ModuleError> {
+        self.state.as_mut().ok_or_else(|| ModuleError::Failed("the process has not run init".into()))
+    }
+
+    /// Moves this process to a state made by another version: the process
+    /// leaves the old version's process list and joins the new one's, and
+    /// the old state is freed by the code that made it.
+    pub(crate) fn switch(&mut self, state: ModuleState) -> Option<ModuleState> {
+        if let Some(pid) = self.pid {
+            self.code().pids.lock().remove(&pid);
+            state.code().pids.lock().insert(pid);
+        }
+        self.code = state.code().clone();
+        self.state.replace(state)
+    }
+
+    /// Runs a callback and acts on what it asked for: a stop, or a crash.
+    fn run(&mut self, ctx: &mut Ctx<'_>, callback: Callback<'_>) -> Result<Vec<u8>, ModuleError> {
+        let Some(state) = self.state.as_mut() else {
+            return Err(ModuleError::Failed("the process has not run init".into()));
+        };
+        let result = state.run(ctx, callback);
+        if let Some(reason) = state.stop.take() {
+            ctx.stop(reason);
+        }
+        if let Err(ModuleError::Panicked(message)) = &result {
+            // The module's panic was contained at the boundary; it still
+            // ends this process (and only it), as a panic in a native
+            // handler would.
+            ctx.stop(ExitReason::Panic(message.as_str().into()));
+        }
+        result
+    }
+
+    fn describe(&self) -> String {
+        format!("module {} {}", self.code().name(), self.code().version())
+    }
+}
+
+/// Takes the MessagePack bytes out of a message: a [`Payload`] as is, a JSON
+/// value converted.
+fn payload_of(message: Message) -> Result<Vec<u8>, Message> {
+    let message = match message.downcast::<Payload>() {
+        Ok(payload) => return Ok(payload.0),
+        Err(other) => other,
+    };
+    match message.downcast::<serde_json::Value>() {
+        Ok(json) => json_to_payload(&json).map(|p| p.0).map_err(Message::new),
+        Err(other) => Err(other),
+    }
+}
+
+fn pack<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    rmp_serde::to_vec(value).expect("tuples of integers and strings always encode")
+}
+
+impl Actor for ModuleProcess {
+    fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
+        let arg = std::mem::take(&mut self.init_arg);
+        match self.code.init(ctx, &arg) {
+            Ok(mut state) => {
+                let pid = ctx.pid();
+                self.pid = Some(pid);
+                self.code.pids.lock().insert(pid);
+                if let Some(reason) = state.stop.take() {
+                    ctx.stop(reason);
+                }
+                self.state = Some(state);
+                Ok(())
+            }
+            Err(error) => Err(match error {
+                ModuleError::Panicked(message) => ExitReason::Panic(message.into()),
+                error => ExitReason::error(format!("init of {} failed: {error}", self.describe())),
+            }),
+        }
+    }
+
+    fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        let (kind, bytes) = match payload_of(message) {
+            Ok(bytes) => (INFO_MESSAGE, bytes),
+            Err(message) => match message.downcast::<Exit>() {
+                Ok(exit) => (INFO_EXIT, pack(&(exit.from.as_u64(), exit.reason.to_string()))),
+                Err(message) => match message.downcast::<Down>() {
+                    Ok(down) => (INFO_DOWN, pack(&(down.pid.as_u64(), down.reason.to_string()))),
+                    Err(_) => {
+                        tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message that is not MessagePack or JSON");
+                        return;
+                    }
+                },
+            },
+        };
+        if let Err(ModuleError::BadInput(error)) = self.run(ctx, Callback::Info(kind, &bytes)) {
+            tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message: {error}");
+        }
+    }
+
+    fn handle_cast(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        let Ok(bytes) = payload_of(message) else {
+            tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a cast that is not MessagePack or JSON");
+            return;
+        };
+        if let Err(ModuleError::BadInput(error)) = self.run(ctx, Callback::Cast(&bytes)) {
+            tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a cast: {error}");
+        }
+    }
+
+    fn handle_call(&mut self, request: Message, reply: ReplyTo, ctx: &mut Ctx<'_>) {
+        let Ok(bytes) = payload_of(request) else {
+            let error = format!("{} takes MessagePack or JSON requests", self.describe());
+            return reply.reply_with::<ModuleReply>(Err(error));
+        };
+        match self.run(ctx, Callback::Call(&bytes)) {
+            Ok(answer) => reply.reply_with::<ModuleReply>(Ok(Payload(answer))),
+            // The process is stopping with the panic as its reason; the
+            // caller learns it as the callee's exit.
+            Err(ModuleError::Panicked(_)) => self.dying_call = Some(reply),
+            Err(error) => reply.reply_with::<ModuleReply>(Err(format!("{}: {error}", self.describe()))),
+        }
+    }
+
+    fn as_module_process(&mut self) -> Option<&mut ModuleProcess> {
+        Some(self)
+    }
+}
+
+impl Drop for ModuleProcess {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid {
+            self.code().pids.lock().remove(&pid);
+        }
+    }
+}
