@@ -100,7 +100,11 @@ pub struct PurgeReport {
 }
 
 fn info(code: &Arc<ModuleCode>) -> VersionInfo {
-    VersionInfo { version: code.version().clone(), sha256: code.sha256().to_string(), processes: code.process_count() }
+    VersionInfo {
+        version: code.version().clone(),
+        sha256: code.sha256().to_string(),
+        processes: code.process_count(),
+    }
 }
 
 /// Whether `path` is still mapped into this process.
@@ -158,7 +162,11 @@ impl CodeServer {
                 });
             }
             if loaded_now && sha256 != code.sha256() {
-                return Err(CodeError::VersionClash { path: path.to_path_buf(), module: key.0, version: key.1 });
+                return Err(CodeError::VersionClash {
+                    path: path.to_path_buf(),
+                    module: key.0,
+                    version: key.1,
+                });
             }
         }
         if let Some(old) = &versions.old {
@@ -348,7 +356,13 @@ impl CodeServer {
     /// # Errors
     /// [`MigrateError`]: not suspended or not a module process, another
     /// module, or the module refusing (export, downgrade or code_change).
-    pub fn prepare(&self, node: &Node, pid: Pid, to: &Arc<ModuleCode>, extra: &[u8]) -> Result<Prepared, MigrateError> {
+    pub fn prepare(
+        &self,
+        node: &Node,
+        pid: Pid,
+        to: &Arc<ModuleCode>,
+        extra: &[u8],
+    ) -> Result<Prepared, MigrateError> {
         node.with_suspended(pid, |actor| {
             let process = actor.as_module_process().ok_or(MigrateError::NotAModuleProcess(pid))?;
             let running = process.code().clone();

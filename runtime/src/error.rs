@@ -142,7 +142,9 @@ pub enum LoadError {
         source: std::io::Error,
     },
     /// Not an ELF shared library at all.
-    #[error("{path} is not a shared library (no ELF header): build the module crate with crate-type = [\"cdylib\"] and load the .so")]
+    #[error(
+        "{path} is not a shared library (no ELF header): build the module crate with crate-type = [\"cdylib\"] and load the .so"
+    )]
     NotALibrary {
         /// The file.
         path: std::path::PathBuf,
@@ -157,7 +159,9 @@ pub enum LoadError {
         detail: String,
     },
     /// The library does not export relive's entry point.
-    #[error("library {path} is not a relive module: it does not export {symbol} — add relive_abi::export_module!(YourState) to the crate")]
+    #[error(
+        "library {path} is not a relive module: it does not export {symbol} — add relive_abi::export_module!(YourState) to the crate"
+    )]
     NoExport {
         /// The file.
         path: std::path::PathBuf,
@@ -165,7 +169,10 @@ pub enum LoadError {
         symbol: &'static str,
     },
     /// The vtable does not start with relive's magic number.
-    #[error("library {path}: bad magic {found:#018x} (expected {:#018x}) — not built with relive-abi, or corrupt", relive_abi::MAGIC)]
+    #[error(
+        "library {path}: bad magic {found:#018x} (expected {:#018x}) — not built with relive-abi, or corrupt",
+        relive_abi::MAGIC
+    )]
     BadMagic {
         /// The file.
         path: std::path::PathBuf,
@@ -173,7 +180,11 @@ pub enum LoadError {
         found: u64,
     },
     /// Built against another ABI version.
-    #[error("library {path}: ABI version {found}, this node speaks {} — rebuild the module against relive-abi {}", relive_abi::ABI_VERSION, relive_abi::ABI_CRATE_VERSION)]
+    #[error(
+        "library {path}: ABI version {found}, this node speaks {} — rebuild the module against relive-abi {}",
+        relive_abi::ABI_VERSION,
+        relive_abi::ABI_CRATE_VERSION
+    )]
     AbiMismatch {
         /// The file.
         path: std::path::PathBuf,
@@ -197,7 +208,9 @@ pub enum CodeError {
     #[error(transparent)]
     Load(#[from] LoadError),
     /// A third version would be needed while processes still run the old one.
-    #[error("cannot load a new version of {module}: {processes} process(es) still run old version {version} — upgrade or purge them first")]
+    #[error(
+        "cannot load a new version of {module}: {processes} process(es) still run old version {version} — upgrade or purge them first"
+    )]
     OldCodeInUse {
         /// The module.
         module: String,
@@ -207,7 +220,9 @@ pub enum CodeError {
         processes: usize,
     },
     /// Another library with the same name and version is loaded.
-    #[error("library {path}: module {module} {version} is already loaded from a different library — bump the version")]
+    #[error(
+        "library {path}: module {module} {version} is already loaded from a different library — bump the version"
+    )]
     VersionClash {
         /// The file.
         path: std::path::PathBuf,
@@ -217,7 +232,9 @@ pub enum CodeError {
         version: semver::Version,
     },
     /// Same name and version, different state or message layout.
-    #[error("library {path}: module {module} {version} changes its state or message types without a version bump — bump the version")]
+    #[error(
+        "library {path}: module {module} {version} changes its state or message types without a version bump — bump the version"
+    )]
     LayoutChanged {
         /// The file.
         path: std::path::PathBuf,
@@ -230,7 +247,10 @@ pub enum CodeError {
     #[error("no module named {0:?} is loaded")]
     UnknownModule(String),
     /// soft_purge with processes still on old code.
-    #[error("cannot soft-purge {module} {version}: processes {} still run it — upgrade them or use purge", pids_text(pids))]
+    #[error(
+        "cannot soft-purge {module} {version}: processes {} still run it — upgrade them or use purge",
+        pids_text(pids)
+    )]
     ProcessesOnOldCode {
         /// The module.
         module: String,

@@ -69,8 +69,8 @@ mod timer;
 pub use code_server::{CodeServer, Loaded, ModuleInfo, Prepared, PurgeReport, VersionInfo};
 pub use ctx::Ctx;
 pub use error::{
-    CallError, CodeError, JsonCallError, LinkError, LoadError, MigrateError, RegisterError, SendError, SpawnError,
-    SuspendError,
+    CallError, CodeError, JsonCallError, LinkError, LoadError, MigrateError, RegisterError, SendError,
+    SpawnError, SuspendError,
 };
 pub use loader::{ModuleCode, ModuleError};
 pub use message::{Down, Exit, Message, ReplyTo};

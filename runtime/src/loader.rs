@@ -28,7 +28,8 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use relive_abi::{
-    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, MAGIC, ModuleVtable, OutBuf, RBytes, RStr, SEND_CAST, Status,
+    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, MAGIC, ModuleVtable, OutBuf, RBytes, RStr, SEND_CAST,
+    Status,
 };
 use sha2::{Digest, Sha256};
 
@@ -126,8 +127,10 @@ pub(crate) fn load_library(code_dir: &Path, source: &Path) -> Result<ModuleCode,
     // SAFETY: the symbol's type is fixed by the ABI (relive_abi::export_module!).
     let entry = unsafe { library.get::<extern "C" fn() -> *const ModuleVtable>(EXPORT_SYMBOL.as_bytes()) }
         .map_err(|_| LoadError::NoExport { path: source.to_path_buf(), symbol: EXPORT_SYMBOL })?;
-    let vtable = NonNull::new(entry() as *mut ModuleVtable)
-        .ok_or_else(|| LoadError::BadModule { path: source.to_path_buf(), what: "its vtable pointer is null".into() })?;
+    let vtable = NonNull::new(entry() as *mut ModuleVtable).ok_or_else(|| LoadError::BadModule {
+        path: source.to_path_buf(),
+        what: "its vtable pointer is null".into(),
+    })?;
     // SAFETY: the pointer came from the module's export and is 'static in
     // the library we keep loaded. We read only the leading magic and ABI
     // version before trusting the layout of the rest.
@@ -141,10 +144,12 @@ pub(crate) fn load_library(code_dir: &Path, source: &Path) -> Result<ModuleCode,
     // SAFETY: magic and ABI version match, so the layout is ABI_VERSION's.
     let table = unsafe { vtable.as_ref() };
     // SAFETY: the strings are 'static in the loaded library.
-    let text = |s: RStr, what: &str| unsafe { s.as_str() }.map(str::to_string).ok_or_else(|| LoadError::BadModule {
-        path: source.to_path_buf(),
-        what: format!("its {what} is not UTF-8"),
-    });
+    let text = |s: RStr, what: &str| {
+        unsafe { s.as_str() }.map(str::to_string).ok_or_else(|| LoadError::BadModule {
+            path: source.to_path_buf(),
+            what: format!("its {what} is not UTF-8"),
+        })
+    };
     let name = text(table.name, "module name")?;
     let version_text = text(table.version, "version")?;
     let abi_crate_version = text(table.abi_crate_version, "relive-abi version")?;
@@ -248,7 +253,12 @@ impl ModuleCode {
         let mut out = Vec::new();
         // SAFETY: vtable function; every pointer is valid for the call.
         let status = unsafe {
-            (self.table().init)(&host.as_host_ctx(), RBytes::from_slice(arg), &mut state, &mut OutBuf::for_vec(&mut out))
+            (self.table().init)(
+                &host.as_host_ctx(),
+                RBytes::from_slice(arg),
+                &mut state,
+                &mut OutBuf::for_vec(&mut out),
+            )
         };
         let stop = host.stop.take();
         status_result(status, out)?;
@@ -277,7 +287,8 @@ impl ModuleCode {
             )
         };
         status_result(status, out)?;
-        let ptr = NonNull::new(state).ok_or_else(|| ModuleError::Failed("code_change returned no state".into()))?;
+        let ptr =
+            NonNull::new(state).ok_or_else(|| ModuleError::Failed("code_change returned no state".into()))?;
         Ok(ModuleState { code: self.clone(), ptr, stop: None })
     }
 }
@@ -327,8 +338,12 @@ impl ModuleState {
         // pointer is valid for the call and `&mut self` makes it exclusive.
         let status = unsafe {
             match callback {
-                Callback::Call(bytes) => (table.handle_call)(state, &host_ctx, RBytes::from_slice(bytes), &mut buf),
-                Callback::Cast(bytes) => (table.handle_cast)(state, &host_ctx, RBytes::from_slice(bytes), &mut buf),
+                Callback::Call(bytes) => {
+                    (table.handle_call)(state, &host_ctx, RBytes::from_slice(bytes), &mut buf)
+                }
+                Callback::Cast(bytes) => {
+                    (table.handle_cast)(state, &host_ctx, RBytes::from_slice(bytes), &mut buf)
+                }
                 Callback::Info(kind, bytes) => {
                     (table.handle_info)(state, &host_ctx, kind, RBytes::from_slice(bytes), &mut buf)
                 }
@@ -342,7 +357,8 @@ impl ModuleState {
     pub(crate) fn export(&mut self) -> Result<Vec<u8>, ModuleError> {
         let mut out = Vec::new();
         // SAFETY: as in `run`.
-        let status = unsafe { (self.code.table().export_state)(self.ptr.as_ptr(), &mut OutBuf::for_vec(&mut out)) };
+        let status =
+            unsafe { (self.code.table().export_state)(self.ptr.as_ptr(), &mut OutBuf::for_vec(&mut out)) };
         status_result(status, out)
     }
 
@@ -352,7 +368,11 @@ impl ModuleState {
         let mut out = Vec::new();
         // SAFETY: as in `run`.
         let status = unsafe {
-            (self.code.table().downgrade)(self.ptr.as_ptr(), RStr::from_str(&to), &mut OutBuf::for_vec(&mut out))
+            (self.code.table().downgrade)(
+                self.ptr.as_ptr(),
+                RStr::from_str(&to),
+                &mut OutBuf::for_vec(&mut out),
+            )
         };
         status_result(status, out)
     }
@@ -485,7 +505,9 @@ unsafe extern "C" fn host_call(
                     Status::Ok as u32
                 }
                 Ok(Ok(Err(error))) => write_error(out, &error),
-                Ok(Err(_)) => write_error(out, "the process answered with a value that is not a module reply"),
+                Ok(Err(_)) => {
+                    write_error(out, "the process answered with a value that is not a module reply")
+                }
                 Err(error) => write_error(out, &error.to_string()),
             }
         })

@@ -34,8 +34,8 @@ use crate::ctx::Ctx;
 use crate::error::{CallError, JsonCallError, LinkError, RegisterError, SendError, SpawnError, SuspendError};
 use crate::mailbox::{Begin, Next, Push, Signal};
 use crate::message::{Down, Envelope, Exit, Message, NoReply, ReplyCell, ReplyTo};
-use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
 use crate::module::{ModuleReply, Payload, json_to_payload, payload_to_json};
+use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
 use crate::port::{ListenOpts, ListenerInfo, PortError, PortId, PortInfo, Ports};
 use crate::process::{Actor, Proc, Relations, Watcher};
 use crate::scheduler::{Scheduler, WorkerLocal};
@@ -370,9 +370,16 @@ impl Node {
     /// # Errors
     /// [`SpawnError::UnknownModule`], [`SpawnError::InitFailed`] with the
     /// module's error or panic, and as [`Node::spawn_sync`].
-    pub fn spawn_module(&self, module: &str, init_arg: Payload, timeout: Duration) -> Result<Pid, SpawnError> {
+    pub fn spawn_module(
+        &self,
+        module: &str,
+        init_arg: Payload,
+        timeout: Duration,
+    ) -> Result<Pid, SpawnError> {
         let code = self.code_server().ok_or_else(|| SpawnError::UnknownModule(module.to_string()))?;
-        let actor = code.module_process(module, init_arg.0).map_err(|_| SpawnError::UnknownModule(module.to_string()))?;
+        let actor = code
+            .module_process(module, init_arg.0)
+            .map_err(|_| SpawnError::UnknownModule(module.to_string()))?;
         self.spawn_sync(actor, timeout)
     }
 

@@ -224,7 +224,12 @@ impl<'a> Ctx<'a> {
         let bytes = encode(message)?;
         // SAFETY: host function with this call's host handle.
         let status = unsafe {
-            (self.vtable().send_named)(self.host.host, RStr::from_str(name), SEND_CAST, RBytes::from_slice(&bytes))
+            (self.vtable().send_named)(
+                self.host.host,
+                RStr::from_str(name),
+                SEND_CAST,
+                RBytes::from_slice(&bytes),
+            )
         };
         match Status::from_u32(status) {
             Status::Ok => Ok(()),
@@ -275,7 +280,9 @@ impl<'a> Ctx<'a> {
             )
         };
         match Status::from_u32(status) {
-            Status::Ok => rmp_serde::from_slice(&reply).map_err(|e| Error(format!("decoding the reply: {e}"))),
+            Status::Ok => {
+                rmp_serde::from_slice(&reply).map_err(|e| Error(format!("decoding the reply: {e}")))
+            }
             _ => Err(Error(String::from_utf8_lossy(&reply).into_owned())),
         }
     }
@@ -314,7 +321,12 @@ impl<'a> Ctx<'a> {
     }
 
     /// Delivers `message` to `to` as a plain message after `delay`.
-    pub fn send_after<T: Serialize>(&mut self, to: Pid, message: &T, delay: Duration) -> Result<TimerRef, Error> {
+    pub fn send_after<T: Serialize>(
+        &mut self,
+        to: Pid,
+        message: &T,
+        delay: Duration,
+    ) -> Result<TimerRef, Error> {
         let bytes = encode(message)?;
         // SAFETY: host function with this call's host handle.
         let timer = unsafe {

@@ -238,11 +238,19 @@ pub struct ModuleVtable {
         out: *mut OutBuf,
     ) -> u32,
     /// Handles a call; the reply goes to `out`.
-    pub handle_call:
-        unsafe extern "C" fn(state: *mut c_void, host: *const HostCtx, request: RBytes, out: *mut OutBuf) -> u32,
+    pub handle_call: unsafe extern "C" fn(
+        state: *mut c_void,
+        host: *const HostCtx,
+        request: RBytes,
+        out: *mut OutBuf,
+    ) -> u32,
     /// Handles a cast.
-    pub handle_cast:
-        unsafe extern "C" fn(state: *mut c_void, host: *const HostCtx, message: RBytes, out: *mut OutBuf) -> u32,
+    pub handle_cast: unsafe extern "C" fn(
+        state: *mut c_void,
+        host: *const HostCtx,
+        message: RBytes,
+        out: *mut OutBuf,
+    ) -> u32,
     /// Handles a plain message of `kind` ([`INFO_MESSAGE`], [`INFO_EXIT`],
     /// [`INFO_DOWN`]).
     pub handle_info: unsafe extern "C" fn(

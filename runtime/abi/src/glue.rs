@@ -16,7 +16,8 @@ use serde_reflection::{Samples, Tracer, TracerConfig};
 
 use crate::author::{Behaviour, Ctx, Error, Extra, Info, Pid, StateBytes};
 use crate::ffi::{
-    ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, MAGIC, ModuleVtable, OutBuf, RBytes, RStr, Status,
+    ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, MAGIC, ModuleVtable, OutBuf, RBytes, RStr,
+    Status,
 };
 
 /// Builds the vtable of module `name` at `version` around `B`.
