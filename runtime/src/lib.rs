@@ -7,7 +7,10 @@
 //! bypasses the mailbox ([`Ctx::call`]). Links, monitors and exit signals
 //! follow Erlang's rules ([`ExitReason`], trap_exit), and [`supervisor`]
 //! restarts what fails. Ports ([`port`]) own TCP connections on an I/O
-//! thread so a connection outlives any code version.
+//! thread so a connection outlives any code version. The [`CodeServer`]
+//! loads modules (dynamically loaded libraries built against relive-abi),
+//! keeps a current and an old version of each, and moves suspended
+//! [`ModuleProcess`]es between versions.
 //!
 //! # Design
 //!

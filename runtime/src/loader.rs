@@ -51,6 +51,8 @@ pub struct ModuleCode {
     /// Processes running this version (each registers itself in init and
     /// leaves when its state is dropped or moved to another version).
     pub(crate) pids: Mutex<HashSet<Pid>>,
+    /// Processes created to run this version whose init has not run yet.
+    pub(crate) starting: std::sync::atomic::AtomicUsize,
     vtable: NonNull<ModuleVtable>,
     /// Keeps the library mapped while `vtable` and any state of this
     /// version may be used; dropping it is the `dlclose`.
@@ -182,6 +184,7 @@ pub(crate) fn load_library(code_dir: &Path, source: &Path) -> Result<ModuleCode,
         types,
         fingerprint,
         pids: Mutex::new(HashSet::new()),
+        starting: std::sync::atomic::AtomicUsize::new(0),
         vtable,
         _library: library,
     })
@@ -234,9 +237,9 @@ impl ModuleCode {
         &self.types
     }
 
-    /// Processes running this version now.
+    /// Processes running this version now, counting those still starting.
     pub fn process_count(&self) -> usize {
-        self.pids.lock().len()
+        self.pids.lock().len() + self.starting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Their pids, sorted.

@@ -12,6 +12,7 @@
 //! turns a reply back.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use relive_abi::{INFO_DOWN, INFO_EXIT, INFO_MESSAGE};
 
@@ -55,11 +56,21 @@ pub struct ModuleProcess {
     /// A call whose handler panicked: kept until the process's exit drops
     /// it, so the caller learns the exit reason.
     dying_call: Option<ReplyTo>,
+    /// Counted in its version's `starting` until init has run.
+    starting: bool,
 }
 
 impl ModuleProcess {
     pub(crate) fn new(code: Arc<ModuleCode>, init_arg: Vec<u8>) -> ModuleProcess {
-        ModuleProcess { code, init_arg, state: None, pid: None, dying_call: None }
+        code.starting.fetch_add(1, Ordering::AcqRel);
+        ModuleProcess { code, init_arg, state: None, pid: None, dying_call: None, starting: true }
+    }
+
+    /// Stops counting this process as starting on its version.
+    fn started(&mut self) {
+        if std::mem::replace(&mut self.starting, false) {
+            self.code.starting.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// The version this process runs.
@@ -137,11 +148,14 @@ fn pack<T: serde::Serialize>(value: &T) -> Vec<u8> {
 impl Actor for ModuleProcess {
     fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
         let arg = std::mem::take(&mut self.init_arg);
-        match self.code.init(ctx, &arg) {
+        let started = self.code.init(ctx, &arg);
+        if started.is_ok() {
+            self.code.pids.lock().insert(ctx.pid());
+        }
+        self.started();
+        match started {
             Ok(mut state) => {
-                let pid = ctx.pid();
-                self.pid = Some(pid);
-                self.code.pids.lock().insert(pid);
+                self.pid = Some(ctx.pid());
                 if let Some(reason) = state.stop.take() {
                     ctx.stop(reason);
                 }
@@ -205,6 +219,7 @@ impl Actor for ModuleProcess {
 
 impl Drop for ModuleProcess {
     fn drop(&mut self) {
+        self.started();
         if let Some(pid) = self.pid {
             self.code().pids.lock().remove(&pid);
         }
