@@ -7,6 +7,12 @@
 //!   its init, and resident memory growth per process.
 //! - call: a client process makes sequential calls to a server process;
 //!   mean and p99 round trip (plus the same from a thread outside the node).
+//!
+//! With `--module`, ring and call run module processes instead (the example
+//! modules of examples/, built with cargo and loaded by the code server):
+//! the ring is made of `ring` module processes, and the calls go to a
+//! `counter` module process, with the native call measured in the same run
+//! for the ratio.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -16,8 +22,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
-use relive_runtime::{Actor, Ctx, ExitReason, Message, Node, NodeConfig, Pid, ReplyTo};
+use relive_runtime::module::{json_to_payload, payload_to_json};
+use relive_runtime::{Actor, Ctx, ExitReason, Message, ModuleReply, Node, NodeConfig, Payload, Pid, ReplyTo};
 use serde::Serialize;
+use serde_json::json;
+
+use crate::examples::{Examples, TempDir};
 
 #[derive(Args)]
 pub struct BenchArgs {
@@ -36,6 +46,11 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Run module processes (ring: a ring of `ring` module processes; call:
+    /// calls to a `counter` module process, compared with a native server in
+    /// the same run). Builds the example modules with cargo first.
+    #[arg(long)]
+    module: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -53,9 +68,52 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         config.workers = workers;
     }
+    let modules = match (args.module, args.bench) {
+        (false, _) => None,
+        (true, Bench::Spawn) => bail!("--module applies to the ring and call benchmarks, not spawn"),
+        (true, _) => {
+            let examples = Examples::build()?;
+            let dir = TempDir::new("bench")?;
+            config.code_dir = Some(dir.path().join("code"));
+            Some((examples, dir))
+        }
+    };
     let node = Node::start(config);
-    let result = match args.bench {
-        Bench::Ring => ring(&node, args.procs.unwrap_or(1_000), args.rounds.unwrap_or(1_000)).map(|r| {
+    let result = match (args.bench, &modules) {
+        (Bench::Ring, Some((examples, _))) => {
+            module_ring(&node, examples, args.procs.unwrap_or(1_000), args.rounds.unwrap_or(1_000)).map(|r| {
+                report(&r, args.json, |r| {
+                    format!(
+                        "ring of module processes: {} processes × {} rounds = {} messages in {:.3} s: \
+                         {:.2} M msgs/s",
+                        r.procs,
+                        r.rounds,
+                        r.messages,
+                        r.seconds,
+                        r.msgs_per_sec / 1e6
+                    )
+                })
+            })
+        }
+        (Bench::Call, Some((examples, _))) => module_call(&node, examples, args.rounds.unwrap_or(100_000))
+            .map(|r| {
+                report(&r, args.json, |r| {
+                    format!(
+                        "call to a module process: {} round trips from a process: mean {:.3} µs, \
+                         p99 {:.3} µs; to a native server in the same run: mean {:.3} µs, p99 {:.3} µs; \
+                         module / native: {:.2}× (from an outside thread: mean {:.3} µs, p99 {:.3} µs)",
+                        r.module.calls,
+                        r.module.mean_us,
+                        r.module.p99_us,
+                        r.native_mean_us,
+                        r.native_p99_us,
+                        r.ratio,
+                        r.module.external_mean_us,
+                        r.module.external_p99_us
+                    )
+                })
+            }),
+        (Bench::Ring, _) => ring(&node, args.procs.unwrap_or(1_000), args.rounds.unwrap_or(1_000)).map(|r| {
             report(&r, args.json, |r| {
                 format!(
                     "ring: {} processes × {} rounds = {} messages in {:.3} s: {:.2} M msgs/s",
@@ -67,7 +125,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 )
             })
         }),
-        Bench::Spawn => spawn(&node, args.procs.unwrap_or(1_000_000)).map(|r| {
+        (Bench::Spawn, _) => spawn(&node, args.procs.unwrap_or(1_000_000)).map(|r| {
             report(&r, args.json, |r| {
                 format!(
                     "spawn: {} idle processes in {:.3} s ({:.3} µs each), {:.0} bytes per process",
@@ -75,7 +133,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 )
             })
         }),
-        Bench::Call => call(&node, args.rounds.unwrap_or(100_000)).map(|r| {
+        (Bench::Call, _) => call(&node, args.rounds.unwrap_or(100_000)).map(|r| {
             report(&r, args.json, |r| {
                 format!(
                     "call: {} round trips from a process: mean {:.3} µs, p99 {:.3} µs \
@@ -86,6 +144,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         }),
     };
     node.shutdown();
+    drop(modules);
     result?
 }
 
@@ -348,4 +407,154 @@ fn stats(mut ns: Vec<u64>) -> (f64, f64, f64, f64) {
     let at = |q: f64| ns[((n as f64 * q).ceil() as usize).clamp(1, n) - 1] as f64 / 1e3;
     let mean = ns.iter().sum::<u64>() as f64 / n as f64 / 1e3;
     (mean, at(0.5), at(0.99), ns[n - 1] as f64 / 1e3)
+}
+
+/// Loads example crate `krate` into the node's code server.
+fn load(node: &Node, examples: &Examples, krate: &str) -> anyhow::Result<()> {
+    let path = examples.library(krate)?;
+    let code = node.code_server().context("the node has no code server")?;
+    code.load(&path).with_context(|| format!("loading {}", path.display()))?;
+    Ok(())
+}
+
+/// The registered name the ring module's last hop casts to
+/// (examples/ring's `DRIVER`).
+const RING_DRIVER: &str = "ring_driver";
+
+/// Registered as [`RING_DRIVER`]: tells the bench the token came back.
+struct RingDriver {
+    done: mpsc::Sender<()>,
+}
+
+impl Actor for RingDriver {
+    fn handle(&mut self, _message: Message, _ctx: &mut Ctx<'_>) {
+        let _ = self.done.send(());
+    }
+}
+
+/// The ring of module processes: the same laps as [`ring`], each process a
+/// `ring` module process passing a MessagePack `{"Hop": n}` on.
+fn module_ring(node: &Node, examples: &Examples, procs: usize, rounds: u64) -> anyhow::Result<RingResult> {
+    if procs < 2 {
+        bail!("--procs must be at least 2 for a ring");
+    }
+    load(node, examples, "ring")?;
+    let payload = |value: serde_json::Value| json_to_payload(&value).map_err(anyhow::Error::msg);
+    let (done_tx, done_rx) = mpsc::channel();
+    let driver = node.spawn(RingDriver { done: done_tx })?;
+    node.register(RING_DRIVER, driver)?;
+    let start = payload(json!({}))?;
+    let pids = (0..procs)
+        .map(|_| node.spawn_module("ring", start.clone(), WAIT))
+        .collect::<Result<Vec<_>, _>>()
+        .context("spawning the ring's module processes")?;
+    for (i, pid) in pids.iter().enumerate() {
+        node.send(*pid, payload(json!({"Next": pids[(i + 1) % procs].as_u64()}))?)?;
+    }
+    let lap = |hops: u64| -> anyhow::Result<f64> {
+        let token = payload(json!({"Hop": hops - 1}))?;
+        let started = Instant::now();
+        node.send(pids[0], token)?;
+        done_rx.recv_timeout(WAIT).context("the ring token did not come back")?;
+        Ok(started.elapsed().as_secs_f64())
+    };
+    lap(procs as u64 * 100)?;
+    let messages = procs as u64 * rounds;
+    let seconds = lap(messages)?;
+    for pid in pids {
+        node.exit(pid, ExitReason::Kill);
+    }
+    node.unregister(RING_DRIVER);
+    node.exit(driver, ExitReason::Kill);
+    Ok(RingResult { procs, rounds, messages, seconds, msgs_per_sec: messages as f64 / seconds })
+}
+
+#[derive(Serialize)]
+struct ModuleCallResult {
+    /// The calls to the module process (the same keys as the native call).
+    #[serde(flatten)]
+    module: CallResult,
+    native_mean_us: f64,
+    native_p99_us: f64,
+    /// Module mean / native mean.
+    ratio: f64,
+}
+
+/// Makes sequential calls with one MessagePack request (encoded once) to a
+/// module process; each reply must be a module's `Ok` reply.
+struct ModuleClient {
+    server: Pid,
+    request: Payload,
+    latencies: mpsc::Sender<Vec<u64>>,
+}
+
+impl Actor for ModuleClient {
+    fn handle(&mut self, message: Message, ctx: &mut Ctx<'_>) {
+        let Ok(calls) = message.downcast::<u64>() else { return };
+        let mut latencies = Vec::with_capacity(calls as usize);
+        for _ in 0..calls {
+            let t = Instant::now();
+            match ctx
+                .call(self.server, self.request.clone(), Duration::from_secs(5))
+                .map(|r| r.downcast::<ModuleReply>())
+            {
+                Ok(Ok(Ok(reply))) if !reply.0.is_empty() => latencies.push(t.elapsed().as_nanos() as u64),
+                _ => break,
+            }
+        }
+        let _ = self.latencies.send(latencies);
+    }
+}
+
+/// The native call bench, then the same calls to a `counter` module process
+/// (`{"Add": 1}`), in one node.
+fn module_call(node: &Node, examples: &Examples, calls: u64) -> anyhow::Result<ModuleCallResult> {
+    let native = call(node, calls)?;
+    load(node, examples, "counter-v1")?;
+    let start = json_to_payload(&json!({"label": "bench"})).map_err(anyhow::Error::msg)?;
+    let server = node.spawn_module("counter", start, WAIT).context("spawning the counter module process")?;
+    let request = json_to_payload(&json!({"Add": 1})).map_err(anyhow::Error::msg)?;
+    let (tx, rx) = mpsc::channel();
+    let client = node.spawn(ModuleClient { server, request: request.clone(), latencies: tx })?;
+    let warm_up = 10_000u64;
+    node.send(client, warm_up)?;
+    let done = rx.recv_timeout(WAIT).context("warm-up calls did not finish")?;
+    if done.len() as u64 != warm_up {
+        bail!("only {} of {warm_up} warm-up calls to the module process succeeded", done.len());
+    }
+    node.send(client, calls)?;
+    let latencies = rx.recv_timeout(WAIT).context("the calls did not finish")?;
+    if latencies.len() as u64 != calls {
+        bail!("only {} of {calls} calls to the module process succeeded", latencies.len());
+    }
+    let mut external = Vec::with_capacity(calls as usize);
+    for i in 0..calls {
+        let t = Instant::now();
+        let reply = node.call(server, request.clone(), Duration::from_secs(5))?;
+        external.push(t.elapsed().as_nanos() as u64);
+        match reply.downcast::<ModuleReply>() {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => bail!("the module refused call {i}: {error}"),
+            Err(_) => bail!("call {i}: the answer is not a module reply"),
+        }
+    }
+    // Every call added 1: the total proves each one ran in the module.
+    let total = node.call(server, json_to_payload(&json!("Get")).map_err(anyhow::Error::msg)?, WAIT)?;
+    let total = match total.downcast::<ModuleReply>() {
+        Ok(Ok(payload)) => payload_to_json(&payload).map_err(anyhow::Error::msg)?,
+        _ => bail!("the counter did not answer Get"),
+    };
+    if total != json!(warm_up + 2 * calls) {
+        bail!("the counter counted {total}, not {} calls", warm_up + 2 * calls);
+    }
+    node.exit(client, ExitReason::Kill);
+    node.exit(server, ExitReason::Kill);
+    let (mean_us, p50_us, p99_us, max_us) = stats(latencies);
+    let (external_mean_us, _, external_p99_us, _) = stats(external);
+    Ok(ModuleCallResult {
+        module: CallResult { calls, mean_us, p99_us, p50_us, max_us, external_mean_us, external_p99_us },
+        native_mean_us: native.mean_us,
+        native_p99_us: native.p99_us,
+        ratio: mean_us / native.mean_us,
+    })
 }

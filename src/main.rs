@@ -2,6 +2,7 @@
 //! function; errors are printed once, prefixed `relive:`, with their chain.
 
 mod bench;
+mod examples;
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -63,3 +63,36 @@ fn bad_input_is_a_clear_error_and_a_failure_exit() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid value 'nope'"));
 }
+
+#[test]
+fn bench_call_module_prints_the_call_keys_and_the_native_comparison() {
+    let v = json(&["bench", "call", "--module", "--rounds", "2000", "--json"]);
+    assert_eq!(v["calls"], 2000);
+    let (mean, p99) = (v["mean_us"].as_f64().unwrap(), v["p99_us"].as_f64().unwrap());
+    assert!(mean > 0.0 && p99 >= v["p50_us"].as_f64().unwrap());
+    for key in ["max_us", "external_mean_us", "external_p99_us"] {
+        assert!(v[key].as_f64().unwrap() > 0.0, "{key} in {v}");
+    }
+    let native = v["native_mean_us"].as_f64().unwrap();
+    assert!(native > 0.0 && v["native_p99_us"].as_f64().unwrap() > 0.0);
+    let ratio = v["ratio"].as_f64().unwrap();
+    assert!((ratio - mean / native).abs() < 1e-9, "{v}");
+}
+
+#[test]
+fn bench_ring_module_prints_the_ring_keys() {
+    let v = json(&["bench", "ring", "--module", "--procs", "50", "--rounds", "20", "--json"]);
+    assert_eq!(v["procs"], 50);
+    assert_eq!(v["rounds"], 20);
+    assert_eq!(v["messages"], 1000);
+    assert!(v["seconds"].as_f64().unwrap() > 0.0);
+    assert!(v["msgs_per_sec"].as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn bench_spawn_module_is_refused_before_building() {
+    let out = relive(&["bench", "spawn", "--module"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("relive: ") && err.contains("--module applies to the ring and call"), "{err}");
+}

@@ -137,16 +137,16 @@ impl CodeServer {
         let key = (code.name().to_string(), code.version().clone());
         let mut modules = self.modules.lock();
         let versions = modules.entry(code.name().to_string()).or_default();
-        if let Some(current) = &versions.current {
-            if current.sha256() == code.sha256() {
-                return Ok(Loaded {
-                    name: key.0,
-                    version: key.1,
-                    sha256: code.sha256().to_string(),
-                    previous: None,
-                    changed: false,
-                });
-            }
+        if let Some(current) = &versions.current
+            && current.sha256() == code.sha256()
+        {
+            return Ok(Loaded {
+                name: key.0,
+                version: key.1,
+                sha256: code.sha256().to_string(),
+                previous: None,
+                changed: false,
+            });
         }
         let mut seen = self.seen.lock();
         if let Some((sha256, fingerprint)) = seen.get(&key) {
@@ -227,16 +227,16 @@ impl CodeServer {
         let mut modules = self.modules.lock();
         let versions = modules.get_mut(module).ok_or_else(|| CodeError::UnknownModule(module.to_string()))?;
         let current = versions.current.take().ok_or_else(|| CodeError::UnknownModule(module.to_string()))?;
-        if let Some(old) = &versions.old {
-            if old.process_count() > 0 {
-                let error = CodeError::OldCodeInUse {
-                    module: module.to_string(),
-                    version: old.version().clone(),
-                    processes: old.process_count(),
-                };
-                versions.current = Some(current);
-                return Err(error);
-            }
+        if let Some(old) = &versions.old
+            && old.process_count() > 0
+        {
+            let error = CodeError::OldCodeInUse {
+                module: module.to_string(),
+                version: old.version().clone(),
+                processes: old.process_count(),
+            };
+            versions.current = Some(current);
+            return Err(error);
         }
         versions.old = Some(current);
         Ok(())
@@ -347,6 +347,9 @@ impl Prepared {
     }
 }
 
+// A MigrateError carries the whole story (pid, module, both versions, the
+// module's text); it is the rare path, and callers match on its fields.
+#[allow(clippy::result_large_err)]
 impl CodeServer {
     /// Builds, for suspended process `pid`, its state for version `to`:
     /// the running version exports its state (or, moving to an older

@@ -149,6 +149,16 @@ pub enum LoadError {
         /// The file.
         path: std::path::PathBuf,
     },
+    /// An ELF file that cannot be loaded safely: truncated, corrupt, or not
+    /// a shared object for this machine. Checked before `dlopen`, which
+    /// would otherwise map missing pages and crash the node.
+    #[error("library {path} cannot be loaded: {detail} — rebuild the module or copy the file again")]
+    Malformed {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
     /// dlopen refused it (truncated, corrupt, wrong architecture, missing
     /// dependencies).
     #[error("library {path} could not be opened: {detail} — is the file complete? rebuild the module")]

@@ -53,6 +53,7 @@
 
 mod code_server;
 mod ctx;
+mod elf;
 mod error;
 #[allow(unsafe_code)]
 mod loader;

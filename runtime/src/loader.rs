@@ -109,6 +109,8 @@ pub(crate) fn load_library(code_dir: &Path, source: &Path) -> Result<ModuleCode,
     if bytes.len() < 4 || &bytes[..4] != b"\x7fELF" {
         return Err(LoadError::NotALibrary { path: source.to_path_buf() });
     }
+    crate::elf::check(&bytes)
+        .map_err(|detail| LoadError::Malformed { path: source.to_path_buf(), detail })?;
     let sha256 = hex::encode(Sha256::digest(&bytes));
     fs::create_dir_all(code_dir).map_err(|e| LoadError::Io { path: code_dir.to_path_buf(), source: e })?;
     // dlopen caches by path: a content-addressed copy makes each version a
@@ -282,7 +284,7 @@ impl ModuleCode {
         // SAFETY: vtable function; every pointer is valid for the call.
         let status = unsafe {
             (self.table().code_change)(
-                RStr::from_str(&from),
+                RStr::new(&from),
                 RBytes::from_slice(old_state),
                 RBytes::from_slice(extra),
                 &mut state,
@@ -371,11 +373,7 @@ impl ModuleState {
         let mut out = Vec::new();
         // SAFETY: as in `run`.
         let status = unsafe {
-            (self.code.table().downgrade)(
-                self.ptr.as_ptr(),
-                RStr::from_str(&to),
-                &mut OutBuf::for_vec(&mut out),
-            )
+            (self.code.table().downgrade)(self.ptr.as_ptr(), RStr::new(&to), &mut OutBuf::for_vec(&mut out))
         };
         status_result(status, out)
     }

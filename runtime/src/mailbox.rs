@@ -175,10 +175,10 @@ impl<T, A> Mailbox<T, A> {
             s.initialized = true;
             return Next::Init;
         }
-        if !s.suspended {
-            if let Some(envelope) = s.queue.pop_front() {
-                return Next::Deliver(envelope);
-            }
+        if !s.suspended
+            && let Some(envelope) = s.queue.pop_front()
+        {
+            return Next::Deliver(envelope);
         }
         s.actor = held.take();
         s.scheduled = false;

@@ -162,7 +162,7 @@ impl ReplyCell {
                 return self.take();
             }
             spins += 1;
-            if spins % 64 == 0 && start.elapsed() >= SPIN.min(timeout) {
+            if spins.is_multiple_of(64) && start.elapsed() >= SPIN.min(timeout) {
                 break;
             }
             std::hint::spin_loop();

@@ -623,10 +623,10 @@ impl NodeInner {
         timeout: Duration,
         sched: Sched<'_>,
     ) -> Option<Result<Message, NoReply>> {
-        if !cell.is_ready() {
-            if let Sched::Local(worker) = sched {
-                worker.flush_lifo(&self.scheduler);
-            }
+        if !cell.is_ready()
+            && let Sched::Local(worker) = sched
+        {
+            worker.flush_lifo(&self.scheduler);
         }
         cell.wait(timeout)
     }
@@ -749,6 +749,16 @@ impl NodeInner {
         let (leftovers, parked) = proc.mailbox.close();
         let actor = actor.or(parked);
         self.table.remove(pid);
+        // The state goes before anyone hears of the exit: whoever learns that
+        // a process is dead (a monitor, a purge waiting for its victims) can
+        // rely on its state and its hold on a code version being gone.
+        // Replies the actor still holds fail with its exit reason, as a
+        // gen_server caller would learn it from its monitor.
+        let dropped =
+            crate::message::while_exiting(&reason, || catch_unwind(AssertUnwindSafe(move || drop(actor))));
+        if let Err(panic) = dropped {
+            tracing::error!(%pid, panic = panic_message(panic.as_ref()), "dropping the actor panicked");
+        }
         let relations = {
             let mut cell = proc.relations.lock();
             cell.closed = true;
@@ -774,10 +784,10 @@ impl NodeInner {
             }
             let signal = reason.propagated();
             for linked in relations.links {
-                if let Some(other) = self.table.get(linked) {
-                    if let Some(r) = other.relations.lock().relations.as_mut() {
-                        r.links.retain(|l| *l != pid);
-                    }
+                if let Some(other) = self.table.get(linked)
+                    && let Some(r) = other.relations.lock().relations.as_mut()
+                {
+                    r.links.retain(|l| *l != pid);
                 }
                 self.signal_exit(linked, pid, signal.clone(), sched);
             }
@@ -793,13 +803,6 @@ impl NodeInner {
             for port in relations.ports {
                 self.ports.close_owned(port, pid);
             }
-        }
-        // Replies the actor still holds fail with its exit reason, as a
-        // gen_server caller would learn it from its monitor.
-        let dropped =
-            crate::message::while_exiting(&reason, || catch_unwind(AssertUnwindSafe(move || drop(actor))));
-        if let Err(panic) = dropped {
-            tracing::error!(%pid, panic = panic_message(panic.as_ref()), "dropping the actor panicked");
         }
     }
 
@@ -856,10 +859,10 @@ impl NodeInner {
 
     pub(crate) fn unlink(&self, me: Pid, other: Pid) {
         for (pid, peer) in [(me, other), (other, me)] {
-            if let Some(proc) = self.table.get(pid) {
-                if let Some(r) = proc.relations.lock().relations.as_mut() {
-                    r.links.retain(|l| *l != peer);
-                }
+            if let Some(proc) = self.table.get(pid)
+                && let Some(r) = proc.relations.lock().relations.as_mut()
+            {
+                r.links.retain(|l| *l != peer);
             }
         }
     }
@@ -900,10 +903,10 @@ impl NodeInner {
 
     /// Removes a monitor from both ends; true if it was still active.
     pub(crate) fn demonitor(&self, watcher: Option<Pid>, monitor: MonitorRef) -> bool {
-        if let Some(proc) = watcher.and_then(|pid| self.table.get(pid)) {
-            if let Some(r) = proc.relations.lock().relations.as_mut() {
-                r.monitoring.retain(|m| m.id != monitor.id);
-            }
+        if let Some(proc) = watcher.and_then(|pid| self.table.get(pid))
+            && let Some(r) = proc.relations.lock().relations.as_mut()
+        {
+            r.monitoring.retain(|m| m.id != monitor.id);
         }
         self.remove_monitor(monitor)
     }
@@ -950,10 +953,10 @@ impl NodeInner {
         let Some(pid) = self.registry.write().remove(name) else {
             return false;
         };
-        if let Some(proc) = self.table.get(pid) {
-            if let Some(r) = proc.relations.lock().relations.as_mut() {
-                r.name = None;
-            }
+        if let Some(proc) = self.table.get(pid)
+            && let Some(r) = proc.relations.lock().relations.as_mut()
+        {
+            r.name = None;
         }
         true
     }
@@ -1010,10 +1013,10 @@ impl NodeInner {
     }
 
     pub(crate) fn remove_port(&self, owner: Pid, port: u64) {
-        if let Some(proc) = self.table.get(owner) {
-            if let Some(r) = proc.relations.lock().relations.as_mut() {
-                r.ports.retain(|p| *p != port);
-            }
+        if let Some(proc) = self.table.get(owner)
+            && let Some(r) = proc.relations.lock().relations.as_mut()
+        {
+            r.ports.retain(|p| *p != port);
         }
     }
 

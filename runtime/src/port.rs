@@ -419,10 +419,10 @@ struct Link {
 impl Link {
     fn send(&self, command: Command) -> Result<(), ()> {
         self.tx.send(command).map_err(|_| ())?;
-        if !self.wake_pending.swap(true, Ordering::AcqRel) {
-            if let Err(err) = self.waker.wake() {
-                tracing::error!(%err, "waking the port I/O thread failed");
-            }
+        if !self.wake_pending.swap(true, Ordering::AcqRel)
+            && let Err(err) = self.waker.wake()
+        {
+            tracing::error!(%err, "waking the port I/O thread failed");
         }
         Ok(())
     }
@@ -913,11 +913,11 @@ impl Io {
             match timer {
                 Timer::Accept(id) => self.ready(node, id, true, false),
                 Timer::Linger(id) => {
-                    if let Some(Sock::Conn(conn)) = self.socks.get(&id) {
-                        if conn.lingering {
-                            tracing::debug!(port = %id, "gave up writing out a closed connection");
-                            self.finish(id);
-                        }
+                    if let Some(Sock::Conn(conn)) = self.socks.get(&id)
+                        && conn.lingering
+                    {
+                        tracing::debug!(port = %id, "gave up writing out a closed connection");
+                        self.finish(id);
                     }
                 }
             }
@@ -948,10 +948,10 @@ impl Io {
                         continue;
                     }
                     conn.out.push_back(bytes);
-                    if conn.out.len() == 1 {
-                        if let Err(err) = conn.pump(self.poll.registry()) {
-                            self.close(node, id, Some(CloseReason::io(&err)), false);
-                        }
+                    if conn.out.len() == 1
+                        && let Err(err) = conn.pump(self.poll.registry())
+                    {
+                        self.close(node, id, Some(CloseReason::io(&err)), false);
                     }
                 }
                 Command::Close(id) => self.close(node, id, None, true),

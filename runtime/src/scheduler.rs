@@ -236,7 +236,7 @@ impl Scheduler {
                     break;
                 }
                 rounds += 1;
-                if rounds % 8 == 0 && started.elapsed() >= IDLE_SPIN {
+                if rounds.is_multiple_of(8) && started.elapsed() >= IDLE_SPIN {
                     break;
                 }
                 for _ in 0..32 {
@@ -374,10 +374,10 @@ impl WorkerLocal {
     fn find_work(&self, scheduler: &Scheduler) -> Option<Pid> {
         let tick = self.tick.get().wrapping_add(1);
         self.tick.set(tick);
-        if tick % INJECTOR_INTERVAL == 0 {
-            if let Some(pid) = self.steal_injector(scheduler) {
-                return Some(pid);
-            }
+        if tick.is_multiple_of(INJECTOR_INTERVAL)
+            && let Some(pid) = self.steal_injector(scheduler)
+        {
+            return Some(pid);
         }
         if let Some(pid) = Pid::from_u64(self.shared.lifo.swap(0, Ordering::AcqRel)) {
             let streak = self.lifo_streak.get();
@@ -422,10 +422,10 @@ impl WorkerLocal {
                     Steal::Retry => continue,
                 }
             }
-            if victim.blocked.load(Ordering::Acquire) {
-                if let Some(pid) = Pid::from_u64(victim.lifo.swap(0, Ordering::AcqRel)) {
-                    return Some(pid);
-                }
+            if victim.blocked.load(Ordering::Acquire)
+                && let Some(pid) = Pid::from_u64(victim.lifo.swap(0, Ordering::AcqRel))
+            {
+                return Some(pid);
             }
         }
         None

@@ -162,10 +162,10 @@ impl ProcCache {
     pub(crate) fn get(&self, table: &ProcessTable, pid: Pid) -> Option<Arc<Proc>> {
         let mut slots = self.slots.borrow_mut();
         let slot = &mut slots[pid.index() as usize % CACHE_SLOTS];
-        if let Some(proc) = slot {
-            if proc.pid == pid {
-                return Some(proc.clone());
-            }
+        if let Some(proc) = slot
+            && proc.pid == pid
+        {
+            return Some(proc.clone());
         }
         let proc = Arc::clone(&*table.get(pid)?);
         *slot = Some(proc.clone());
@@ -176,10 +176,10 @@ impl ProcCache {
     pub(crate) fn push(&self, table: &ProcessTable, pid: Pid, envelope: Envelope) -> Push<Envelope> {
         let mut slots = self.slots.borrow_mut();
         let slot = &mut slots[pid.index() as usize % CACHE_SLOTS];
-        if let Some(proc) = slot {
-            if proc.pid == pid {
-                return proc.mailbox.push(envelope);
-            }
+        if let Some(proc) = slot
+            && proc.pid == pid
+        {
+            return proc.mailbox.push(envelope);
         }
         let Some(found) = table.get(pid) else { return Push::Dead(envelope) };
         let proc = Arc::clone(&*found);

@@ -152,7 +152,7 @@ fn every_message_is_handled_exactly_once_and_in_order_under_suspend_resume() {
                     node.send(receivers[r], (id, sent[r])).expect("receivers never exit");
                     sent[r] += 1;
                     total += 1;
-                    if total % 2_000 == 0 {
+                    if total.is_multiple_of(2_000) {
                         let r = rng.below(RECEIVERS);
                         node.call(receivers[r], Sync, Duration::from_secs(10)).expect("sync call");
                     }

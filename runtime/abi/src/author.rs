@@ -224,12 +224,7 @@ impl<'a> Ctx<'a> {
         let bytes = encode(message)?;
         // SAFETY: host function with this call's host handle.
         let status = unsafe {
-            (self.vtable().send_named)(
-                self.host.host,
-                RStr::from_str(name),
-                SEND_CAST,
-                RBytes::from_slice(&bytes),
-            )
+            (self.vtable().send_named)(self.host.host, RStr::new(name), SEND_CAST, RBytes::from_slice(&bytes))
         };
         match Status::from_u32(status) {
             Status::Ok => Ok(()),
@@ -273,7 +268,7 @@ impl<'a> Ctx<'a> {
             (self.vtable().call)(
                 self.host.host,
                 to,
-                RStr::from_str(name),
+                RStr::new(name),
                 RBytes::from_slice(&bytes),
                 timeout.as_millis().min(u64::MAX as u128) as u64,
                 &mut out,
@@ -307,7 +302,7 @@ impl<'a> Ctx<'a> {
         let status = unsafe {
             (self.vtable().spawn)(
                 self.host.host,
-                RStr::from_str(module),
+                RStr::new(module),
                 RBytes::from_slice(&bytes),
                 u32::from(link),
                 &mut pid,
@@ -349,17 +344,21 @@ impl<'a> Ctx<'a> {
     /// Logs through the node's logger.
     pub fn log(&mut self, level: LogLevel, message: &str) {
         // SAFETY: host function with this call's host handle.
-        unsafe { (self.vtable().log)(self.host.host, level as u32, RStr::from_str(message)) }
+        unsafe { (self.vtable().log)(self.host.host, level as u32, RStr::new(message)) }
     }
 
     /// Ends this process with `reason` once the callback returns: `"normal"`,
     /// `"shutdown"`, or any text for a failure.
     pub fn stop(&mut self, reason: &str) {
         // SAFETY: host function with this call's host handle.
-        unsafe { (self.vtable().stop)(self.host.host, RStr::from_str(reason)) }
+        unsafe { (self.vtable().stop)(self.host.host, RStr::new(reason)) }
     }
 }
 
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
-    rmp_serde::to_vec_named(value).map_err(|e| Error(format!("encoding a message: {e}")))
+    // Most messages are small: one allocation instead of a growing Vec.
+    let mut bytes = Vec::with_capacity(64);
+    rmp_serde::encode::write_named(&mut bytes, value)
+        .map_err(|e| Error(format!("encoding a message: {e}")))?;
+    Ok(bytes)
 }

@@ -70,7 +70,7 @@ impl RStr {
     }
 
     /// Borrows a string for the length of a call.
-    pub fn from_str(s: &str) -> RStr {
+    pub fn new(s: &str) -> RStr {
         RStr { ptr: s.as_ptr(), len: s.len() }
     }
 

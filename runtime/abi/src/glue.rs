@@ -81,7 +81,12 @@ fn failed(error: Error) -> (Status, String) {
 }
 
 fn encode_into<T: serde::Serialize>(value: &T, out: &mut OutBuf) -> Result<(), (Status, String)> {
-    let bytes = rmp_serde::to_vec_named(value).map_err(|e| (Status::Error, format!("encoding: {e}")))?;
+    // A local buffer, not a reused thread-local one: a thread-local with a
+    // destructor registers that destructor with glibc, which then keeps this
+    // library mapped until the thread exits, so a purge could never unmap it.
+    let mut bytes = Vec::with_capacity(128);
+    rmp_serde::encode::write_named(&mut bytes, value)
+        .map_err(|e| (Status::Error, format!("encoding: {e}")))?;
     out.push(&bytes);
     Ok(())
 }
