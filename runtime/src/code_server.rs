@@ -187,6 +187,71 @@ impl CodeServer {
         Ok(Loaded { name: key.0, version: key.1, sha256: code.sha256().to_string(), previous, changed: true })
     }
 
+    /// Opens the library at `path` with every check of [`CodeServer::load`]
+    /// on the file, without installing it: nothing changes for the node.
+    /// For dry runs, which need the new code's `code_change` but must not
+    /// make it current.
+    ///
+    /// # Errors
+    /// [`CodeError::Load`]; [`CodeError::LayoutChanged`] for a layout that
+    /// differs from an earlier library with the same name and version.
+    pub fn open(&self, path: &Path) -> Result<Arc<ModuleCode>, CodeError> {
+        let code = Arc::new(loader::load_library(&self.dir, path)?);
+        let key = (code.name().to_string(), code.version().clone());
+        if let Some((_, fingerprint)) = self.seen.lock().get(&key)
+            && fingerprint != code.fingerprint()
+        {
+            return Err(CodeError::LayoutChanged { path: path.to_path_buf(), module: key.0, version: key.1 });
+        }
+        Ok(code)
+    }
+
+    /// Undoes a load of `module` at `version`: the version that it made old
+    /// is current again (or the module is gone if it had none). An upgrade
+    /// that fails or rolls back uses it once no process runs `version`.
+    ///
+    /// # Errors
+    /// [`CodeError::UnknownModule`] if `version` is not current;
+    /// [`CodeError::StillRunning`] if processes still run it.
+    pub fn unload(&self, module: &str, version: &semver::Version) -> Result<(), CodeError> {
+        let mut modules = self.modules.lock();
+        let versions = modules.get_mut(module).ok_or_else(|| CodeError::UnknownModule(module.to_string()))?;
+        let Some(current) = versions.current.as_ref().filter(|c| c.version() == version) else {
+            return Err(CodeError::UnknownModule(format!("{module} {version}")));
+        };
+        let running = current.process_count();
+        if running > 0 {
+            return Err(CodeError::StillRunning {
+                module: module.to_string(),
+                version: version.clone(),
+                processes: running,
+            });
+        }
+        versions.current = versions.old.take();
+        if versions.current.is_none() {
+            modules.remove(module);
+        }
+        tracing::info!(module, %version, "unloaded");
+        Ok(())
+    }
+
+    /// Undoes [`CodeServer::delete`]: the old version of `module` is current
+    /// again.
+    ///
+    /// # Errors
+    /// [`CodeError::UnknownModule`] if `module` has a current version or no
+    /// old one.
+    pub fn undelete(&self, module: &str) -> Result<(), CodeError> {
+        let mut modules = self.modules.lock();
+        match modules.get_mut(module) {
+            Some(versions) if versions.current.is_none() && versions.old.is_some() => {
+                versions.current = versions.old.take();
+                Ok(())
+            }
+            _ => Err(CodeError::UnknownModule(format!("{module} (deleted)"))),
+        }
+    }
+
     /// The current version of `module`.
     pub fn current(&self, module: &str) -> Option<Arc<ModuleCode>> {
         self.modules.lock().get(module).and_then(|v| v.current.clone())
@@ -376,20 +441,13 @@ impl CodeServer {
                     expected: to.name().to_string(),
                 });
             }
-            let failed = |error| MigrateError::Migration {
+            let state = process.migrated_state(to, extra).map_err(|error| MigrateError::Migration {
                 pid,
                 module: to.name().to_string(),
                 from: running.version().clone(),
                 to: to.version().clone(),
                 error,
-            };
-            let bytes = if to.version() < running.version() {
-                process.downgrade_state(to.version())
-            } else {
-                process.export_state()
-            }
-            .map_err(failed)?;
-            let state = to.code_change(running.version(), &bytes, extra).map_err(failed)?;
+            })?;
             Ok(Prepared { pid, state, from: running.version().clone() })
         })?
     }

@@ -253,6 +253,16 @@ pub enum CodeError {
         /// The version.
         version: semver::Version,
     },
+    /// A version cannot be unloaded while processes run it.
+    #[error("{module} {version} still runs {processes} process(es): move or stop them before unloading it")]
+    StillRunning {
+        /// The module.
+        module: String,
+        /// The version.
+        version: semver::Version,
+        /// Processes on it.
+        processes: usize,
+    },
     /// No such module (or no current version of it).
     #[error("no module named {0:?} is loaded")]
     UnknownModule(String),

@@ -67,6 +67,7 @@ mod process;
 mod scheduler;
 pub mod supervisor;
 mod sync;
+pub mod system;
 mod table;
 mod timer;
 
@@ -76,9 +77,10 @@ pub use error::{
     CallError, CodeError, JsonCallError, LinkError, LoadError, MigrateError, RegisterError, SendError,
     SpawnError, SuspendError,
 };
-pub use loader::{ModuleCode, ModuleError};
+pub use loader::{ModuleCode, ModuleError, ModuleState, VersionStatsSnapshot};
+pub use mailbox::MailboxCounts;
 pub use message::{Down, Exit, Message, ReplyTo};
-pub use module::{ModuleProcess, ModuleReply, Payload};
+pub use module::{ModuleProcess, ModuleReply, Payload, STATS_BATCH};
 pub use node::{Dest, ExitWaiter, Node, NodeConfig};
 pub use pid::{ExitReason, MonitorRef, ParsePidError, Pid, TimerRef};
 pub use port::{

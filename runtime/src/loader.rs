@@ -53,6 +53,9 @@ pub struct ModuleCode {
     pub(crate) pids: Mutex<HashSet<Pid>>,
     /// Processes created to run this version whose init has not run yet.
     pub(crate) starting: std::sync::atomic::AtomicUsize,
+    /// How this version's processes fare (health windows and canaries
+    /// compare versions by it).
+    pub(crate) stats: VersionStats,
     vtable: NonNull<ModuleVtable>,
     /// Keeps the library mapped while `vtable` and any state of this
     /// version may be used; dropping it is the `dlclose`.
@@ -93,6 +96,48 @@ fn status_result(status: u32, out: Vec<u8>) -> Result<Vec<u8>, ModuleError> {
         Status::Error => Err(ModuleError::Failed(text())),
         Status::Panic => Err(ModuleError::Panicked(text())),
         Status::BadInput => Err(ModuleError::BadInput(text())),
+    }
+}
+
+/// Counters of one version, shared by its processes. Processes add to
+/// them in batches (see `ModuleProcess`), so workers seldom contend.
+#[derive(Default)]
+pub(crate) struct VersionStats {
+    pub(crate) crashes: std::sync::atomic::AtomicU64,
+    pub(crate) handled: std::sync::atomic::AtomicU64,
+    pub(crate) samples: std::sync::atomic::AtomicU64,
+    pub(crate) sampled_ns: std::sync::atomic::AtomicU64,
+}
+
+/// A reading of a version's counters; subtract two to get a window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VersionStatsSnapshot {
+    /// Handler panics and abnormal stops of its processes (init failures
+    /// included).
+    pub crashes: u64,
+    /// Messages its processes handled (counted in batches of
+    /// `STATS_BATCH` per process, so up to that many per process lag).
+    pub handled: u64,
+    /// Handler calls timed (one in `STATS_BATCH`).
+    pub samples: u64,
+    /// Their total time.
+    pub sampled_ns: u64,
+}
+
+impl VersionStatsSnapshot {
+    /// What happened between `earlier` and this reading.
+    pub fn since(&self, earlier: &VersionStatsSnapshot) -> VersionStatsSnapshot {
+        VersionStatsSnapshot {
+            crashes: self.crashes.saturating_sub(earlier.crashes),
+            handled: self.handled.saturating_sub(earlier.handled),
+            samples: self.samples.saturating_sub(earlier.samples),
+            sampled_ns: self.sampled_ns.saturating_sub(earlier.sampled_ns),
+        }
+    }
+
+    /// Mean sampled handler time, if any was sampled.
+    pub fn mean_handler_time(&self) -> Option<Duration> {
+        (self.samples > 0).then(|| Duration::from_nanos(self.sampled_ns / self.samples))
     }
 }
 
@@ -187,6 +232,7 @@ pub(crate) fn load_library(code_dir: &Path, source: &Path) -> Result<ModuleCode,
         fingerprint,
         pids: Mutex::new(HashSet::new()),
         starting: std::sync::atomic::AtomicUsize::new(0),
+        stats: VersionStats::default(),
         vtable,
         _library: library,
     })
@@ -244,6 +290,18 @@ impl ModuleCode {
         self.pids.lock().len() + self.starting.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Crashes, messages handled and sampled handler time of this
+    /// version's processes so far.
+    pub fn stats(&self) -> VersionStatsSnapshot {
+        use std::sync::atomic::Ordering::Relaxed;
+        VersionStatsSnapshot {
+            crashes: self.stats.crashes.load(Relaxed),
+            handled: self.stats.handled.load(Relaxed),
+            samples: self.stats.samples.load(Relaxed),
+            sampled_ns: self.stats.sampled_ns.load(Relaxed),
+        }
+    }
+
     /// Their pids, sorted.
     pub fn processes(&self) -> Vec<Pid> {
         let mut pids: Vec<Pid> = self.pids.lock().iter().copied().collect();
@@ -271,8 +329,13 @@ impl ModuleCode {
         Ok(ModuleState { code: self.clone(), ptr, stop })
     }
 
-    /// Builds this version's state from another version's state bytes.
-    pub(crate) fn code_change(
+    /// Builds this version's state from another version's state bytes
+    /// (MessagePack, as [`crate::ModuleProcess::state_for`] gives them);
+    /// `extra` is MessagePack or empty.
+    ///
+    /// # Errors
+    /// The module's refusal, a panic in it, or bad bytes.
+    pub fn code_change(
         self: &Arc<Self>,
         from: &semver::Version,
         old_state: &[u8],
@@ -299,7 +362,8 @@ impl ModuleCode {
 }
 
 /// One process's state, made by (and freed by) one module version.
-pub(crate) struct ModuleState {
+/// One process's state, made by (and freed by) one version.
+pub struct ModuleState {
     code: Arc<ModuleCode>,
     ptr: NonNull<c_void>,
     /// A stop the last callback asked for.

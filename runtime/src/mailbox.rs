@@ -46,6 +46,38 @@ struct State<T, A> {
     initialized: bool,
     dead: bool,
     pending_exit: Option<ExitReason>,
+    /// Messages ever queued here (what an upgrade report counts).
+    received: u64,
+    /// System tasks ever queued here.
+    system: u64,
+    /// Envelopes ever taken out to be handled.
+    taken: u64,
+}
+
+/// What has gone through a mailbox, for accounting across an upgrade: at
+/// any moment `received + system == queued + taken` plus whatever a
+/// process exit dropped, so two readings of a live process show whether
+/// anything went missing in between.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MailboxCounts {
+    /// Envelopes waiting now (messages and system tasks).
+    pub queued: usize,
+    /// Messages ever queued (sends, casts, calls, exit signals as messages).
+    pub received: u64,
+    /// System tasks ever queued.
+    pub system: u64,
+    /// Envelopes ever taken out to be handled.
+    pub taken: u64,
+}
+
+impl MailboxCounts {
+    /// Envelopes that arrived between `earlier` and this reading but are
+    /// neither waiting nor handled: 0 unless something dropped them.
+    pub fn missing_since(&self, earlier: &MailboxCounts) -> u64 {
+        let arrived =
+            earlier.queued as u64 + (self.received - earlier.received) + (self.system - earlier.system);
+        arrived.saturating_sub(self.queued as u64 + (self.taken - earlier.taken))
+    }
 }
 
 /// What a push did.
@@ -105,6 +137,9 @@ impl<T, A> Mailbox<T, A> {
                 initialized: false,
                 dead: false,
                 pending_exit: None,
+                received: 0,
+                system: 0,
+                taken: 0,
             }),
         }
     }
@@ -115,6 +150,19 @@ impl<T, A> Mailbox<T, A> {
             return Push::Dead(envelope);
         }
         s.queue.push_back(envelope);
+        s.received += 1;
+        s.claim(false)
+    }
+
+    /// Queues work of the runtime's own (a system task): like `push`, but
+    /// not counted as a received message.
+    pub(crate) fn push_system(&self, envelope: T) -> Push<T> {
+        let mut s = self.state.lock();
+        if s.dead {
+            return Push::Dead(envelope);
+        }
+        s.queue.push_back(envelope);
+        s.system += 1;
         s.claim(false)
     }
 
@@ -136,6 +184,7 @@ impl<T, A> Mailbox<T, A> {
             }
             Signal::Exit(_, message) if s.trap_exit => {
                 s.queue.push_back(message);
+                s.received += 1;
                 s.claim(false)
             }
             Signal::Exit(ExitReason::Normal, _) => Push::Queued,
@@ -178,6 +227,7 @@ impl<T, A> Mailbox<T, A> {
         if !s.suspended
             && let Some(envelope) = s.queue.pop_front()
         {
+            s.taken += 1;
             return Next::Deliver(envelope);
         }
         s.actor = held.take();
@@ -292,6 +342,12 @@ impl<T, A> Mailbox<T, A> {
 
     pub(crate) fn len(&self) -> usize {
         self.state.lock().queue.len()
+    }
+
+    /// What has gone through this mailbox.
+    pub(crate) fn counts(&self) -> MailboxCounts {
+        let s = self.state.lock();
+        MailboxCounts { queued: s.queue.len(), received: s.received, system: s.system, taken: s.taken }
     }
 
     /// Marks the process dead and returns what was left in the queue, and

@@ -84,6 +84,9 @@ pub(crate) enum Envelope {
     /// Acknowledges a synchronous spawn once init has succeeded; if the
     /// process dies first the ack fails with the exit reason.
     InitAck(ReplyTo),
+    /// Work of the runtime's own, run with the actor in hand (see
+    /// `system.rs`).
+    System(crate::system::QueuedTask),
 }
 
 /// Why a call got no reply; turned into a `CallError` by the caller, who

@@ -58,12 +58,29 @@ pub struct ModuleProcess {
     dying_call: Option<ReplyTo>,
     /// Counted in its version's `starting` until init has run.
     starting: bool,
+    /// Callbacks run since spawn.
+    handled: u64,
+    /// Of those, not yet added to the version's stats.
+    unreported: u64,
 }
+
+/// Processes add to their version's stats once per this many callbacks,
+/// and time one callback in as many.
+pub const STATS_BATCH: u64 = 8;
 
 impl ModuleProcess {
     pub(crate) fn new(code: Arc<ModuleCode>, init_arg: Vec<u8>) -> ModuleProcess {
         code.starting.fetch_add(1, Ordering::AcqRel);
-        ModuleProcess { code, init_arg, state: None, pid: None, dying_call: None, starting: true }
+        ModuleProcess {
+            code,
+            init_arg,
+            state: None,
+            pid: None,
+            dying_call: None,
+            starting: true,
+            handled: 0,
+            unreported: 0,
+        }
     }
 
     /// Stops counting this process as starting on its version.
@@ -94,9 +111,11 @@ impl ModuleProcess {
     }
 
     /// Moves this process to a state made by another version: the process
-    /// leaves the old version's process list and joins the new one's, and
-    /// the old state is freed by the code that made it.
-    pub(crate) fn switch(&mut self, state: ModuleState) -> Option<ModuleState> {
+    /// leaves the old version's process list and joins the new one's. The
+    /// old state is returned, to be freed (by the code that made it) or
+    /// switched back to.
+    pub fn switch(&mut self, state: ModuleState) -> Option<ModuleState> {
+        self.report_stats();
         if let Some(pid) = self.pid {
             self.code().pids.lock().remove(&pid);
             state.code().pids.lock().insert(pid);
@@ -105,19 +124,67 @@ impl ModuleProcess {
         self.state.replace(state)
     }
 
+    /// Builds this process's state for version `to`, touching nothing of
+    /// the process: its version exports the state (or, moving to an older
+    /// version, `downgrade`s it) and `to`'s `code_change` reads it.
+    ///
+    /// # Errors
+    /// The module's error from export, downgrade or code_change.
+    pub fn migrated_state(&mut self, to: &Arc<ModuleCode>, extra: &[u8]) -> Result<ModuleState, ModuleError> {
+        let running = self.code().version().clone();
+        let bytes = self.state_for(to.version())?;
+        to.code_change(&running, &bytes, extra)
+    }
+
+    /// This process's state as version `to`'s `code_change` takes it: the
+    /// running version's export, or its `downgrade` when `to` is older. A
+    /// copy: the process keeps its state.
+    ///
+    /// # Errors
+    /// The module's error from export or downgrade.
+    pub fn state_for(&mut self, to: &semver::Version) -> Result<Vec<u8>, ModuleError> {
+        if to < self.code().version() { self.downgrade_state(to) } else { self.export_state() }
+    }
+
+    /// Callbacks this process has run (messages handled) since it started.
+    pub fn handled(&self) -> u64 {
+        self.handled
+    }
+
+    fn report_stats(&mut self) {
+        if self.unreported > 0 {
+            let unreported = std::mem::take(&mut self.unreported);
+            self.code().stats.handled.fetch_add(unreported, Ordering::Relaxed);
+        }
+    }
+
     /// Runs a callback and acts on what it asked for: a stop, or a crash.
     fn run(&mut self, ctx: &mut Ctx<'_>, callback: Callback<'_>) -> Result<Vec<u8>, ModuleError> {
         let Some(state) = self.state.as_mut() else {
             return Err(ModuleError::Failed("the process has not run init".into()));
         };
+        self.handled += 1;
+        self.unreported += 1;
+        let timed = (self.unreported == STATS_BATCH).then(std::time::Instant::now);
         let result = state.run(ctx, callback);
+        // `self.code` is the state's version (see `switch`).
+        let stats = &self.code.stats;
+        if let Some(started) = timed {
+            stats.samples.fetch_add(1, Ordering::Relaxed);
+            stats.sampled_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            stats.handled.fetch_add(std::mem::take(&mut self.unreported), Ordering::Relaxed);
+        }
         if let Some(reason) = state.stop.take() {
+            if !reason.is_clean() {
+                stats.crashes.fetch_add(1, Ordering::Relaxed);
+            }
             ctx.stop(reason);
         }
         if let Err(ModuleError::Panicked(message)) = &result {
             // The module's panic was contained at the boundary; it still
             // ends this process (and only it), as a panic in a native
             // handler would.
+            stats.crashes.fetch_add(1, Ordering::Relaxed);
             ctx.stop(ExitReason::Panic(message.as_str().into()));
         }
         result
@@ -162,10 +229,13 @@ impl Actor for ModuleProcess {
                 self.state = Some(state);
                 Ok(())
             }
-            Err(error) => Err(match error {
-                ModuleError::Panicked(message) => ExitReason::Panic(message.into()),
-                error => ExitReason::error(format!("init of {} failed: {error}", self.describe())),
-            }),
+            Err(error) => {
+                self.code.stats.crashes.fetch_add(1, Ordering::Relaxed);
+                Err(match error {
+                    ModuleError::Panicked(message) => ExitReason::Panic(message.into()),
+                    error => ExitReason::error(format!("init of {} failed: {error}", self.describe())),
+                })
+            }
         }
     }
 
@@ -220,6 +290,7 @@ impl Actor for ModuleProcess {
 impl Drop for ModuleProcess {
     fn drop(&mut self) {
         self.started();
+        self.report_stats();
         if let Some(pid) = self.pid {
             self.code().pids.lock().remove(&pid);
         }

@@ -358,6 +358,35 @@ impl Node {
         result.map_err(|panic| SuspendError::Panicked(pid, panic_message(panic.as_ref())))
     }
 
+    /// Queues `task` to run inside process `pid`'s own turn, after the
+    /// messages already in its mailbox, with its actor in hand (see
+    /// [`crate::system`]). The process is paused only while the task runs.
+    ///
+    /// # Errors
+    /// [`SendError::NoProc`] if the process is gone.
+    pub fn system_task<R: Send + 'static>(
+        &self,
+        pid: Pid,
+        task: impl FnOnce(&mut dyn Actor, &crate::system::TaskGuard) -> R + Send + 'static,
+    ) -> Result<crate::system::SystemTask<R>, SendError> {
+        let (queued, waiter) = crate::system::new_task(task);
+        let proc = self.inner.table.get(pid).ok_or(SendError::NoProc(pid))?;
+        match proc.mailbox.push_system(Envelope::System(queued)) {
+            Push::Schedule => {
+                drop(proc);
+                self.inner.schedule(pid, Sched::Global);
+            }
+            Push::Queued => {}
+            Push::Dead(_) => return Err(SendError::NoProc(pid)),
+        }
+        Ok(waiter)
+    }
+
+    /// What has gone through `pid`'s mailbox (see [`crate::MailboxCounts`]).
+    pub fn mailbox_counts(&self, pid: Pid) -> Option<crate::mailbox::MailboxCounts> {
+        self.inner.table.get(pid).map(|p| p.mailbox.counts())
+    }
+
     /// The node's code server, if it was started with
     /// [`NodeConfig::code_dir`].
     pub fn code_server(&self) -> Option<Arc<CodeServer>> {
@@ -706,6 +735,7 @@ impl NodeInner {
                     Envelope::Cast(message) => actor.handle_cast(message, &mut ctx),
                     Envelope::Call(request, reply) => actor.handle_call(request, reply, &mut ctx),
                     Envelope::InitAck(reply) => reply.reply_with(()),
+                    Envelope::System(task) => task.run(actor.as_mut()),
                 })),
             };
             let reason = match outcome {

@@ -61,6 +61,20 @@ impl fmt::Debug for Pid {
 #[error("invalid pid {0:?}: expected the form <0.INDEX.SERIAL>, e.g. <0.42.1>")]
 pub struct ParsePidError(String);
 
+/// As its text, `<0.index.serial>`, in reports and JSON.
+impl serde::Serialize for Pid {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Pid {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Pid, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 impl FromStr for Pid {
     type Err = ParsePidError;
 

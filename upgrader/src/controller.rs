@@ -1,0 +1,852 @@
+//! The upgrade controller: applies a plan to a running node as one
+//! transaction, watches the result, and undoes it when asked or when the
+//! new code misbehaves.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use relive_runtime::supervisor::{self, ChildSpec};
+use relive_runtime::{CodeServer, MailboxCounts, ModuleCode, Node, Pid, VersionStatsSnapshot};
+
+use crate::migrate::{self, BatchOutcome, Limits, MovedSet};
+use crate::plan::{Instruction, Plan, Processes, PurgeMode};
+use crate::report::{
+    CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,
+    RollbackReport, StepReport, UpgradeError,
+};
+
+/// How an upgrade runs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a process may take to reach its migration (it finishes the
+    /// message in hand first). Past it the upgrade fails, naming it.
+    pub suspend_timeout: Duration,
+    /// How long one process's `code_change` may run.
+    pub code_change_timeout: Duration,
+    /// After the switch, how long to watch the new code before committing
+    /// (zero: commit at once).
+    pub health_window: Duration,
+    /// Crashes of processes on the new versions the window tolerates;
+    /// one more rolls the upgrade back.
+    pub max_crashes: u64,
+    /// Move this share of each updated module's processes first, watch
+    /// them, then move the rest or roll back.
+    pub canary: Option<Canary>,
+    /// Timeout of each supervisor request (start, stop, restart a child).
+    pub child_timeout: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Options {
+        Options {
+            suspend_timeout: Duration::from_secs(5),
+            code_change_timeout: Duration::from_secs(5),
+            health_window: Duration::ZERO,
+            max_crashes: 0,
+            canary: None,
+            child_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A canary: which share goes first, how long it is watched, and how much
+/// slower the new code's handlers may be.
+#[derive(Clone, Debug)]
+pub struct Canary {
+    /// Share of the processes moved first, in (0, 1).
+    pub share: f64,
+    /// How long they are watched.
+    pub window: Duration,
+    /// The new version's mean handler time may be at most this many times
+    /// the old one's.
+    pub max_latency_ratio: f64,
+}
+
+impl Canary {
+    /// `share` of the processes first, watched for `window`; handlers may
+    /// be up to 3× slower.
+    pub fn new(share: f64, window: Duration) -> Canary {
+        Canary { share, window, max_latency_ratio: 3.0 }
+    }
+}
+
+/// What undoes one applied step.
+enum Undo {
+    Loaded { module: String, code: Arc<ModuleCode> },
+    Moved(MovedSet),
+    Deleted { module: String },
+    Started { supervisor: String, id: String },
+    Stopped { supervisor: String, id: String },
+    Restarted { supervisor: String, id: String },
+}
+
+/// The last committed upgrade, kept for an explicit rollback.
+struct Committed {
+    plan: String,
+    undo: Vec<Undo>,
+    purged: Vec<String>,
+}
+
+/// Applies upgrade plans to one node, one at a time.
+pub struct Controller {
+    node: Node,
+    code: Arc<CodeServer>,
+    running: Mutex<Option<String>>,
+    last: Mutex<Option<Committed>>,
+}
+
+/// Clears the running mark when an upgrade ends however it ends.
+struct Running<'a>(&'a Mutex<Option<String>>);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = None;
+    }
+}
+
+impl Controller {
+    /// A controller for `node`.
+    ///
+    /// # Errors
+    /// [`UpgradeError::NoCodeServer`] if the node was started without one.
+    pub fn new(node: &Node) -> Result<Controller, UpgradeError> {
+        let code = node.code_server().ok_or(UpgradeError::NoCodeServer)?;
+        Ok(Controller { node: node.clone(), code, running: Mutex::new(None), last: Mutex::new(None) })
+    }
+
+    fn begin(&self, what: &str) -> Result<Running<'_>, UpgradeError> {
+        let mut running = self.running.lock();
+        if let Some(other) = running.as_ref() {
+            return Err(UpgradeError::Busy { running: other.clone() });
+        }
+        *running = Some(what.to_string());
+        Ok(Running(&self.running))
+    }
+
+    /// The upgrade running now, if any.
+    pub fn running(&self) -> Option<String> {
+        self.running.lock().clone()
+    }
+
+    /// Applies `plan`: loads all code, runs each instruction (moving
+    /// processes one by one, each paused only for its own migration), runs
+    /// the canary and health windows, then commits. On any failure
+    /// everything done is undone.
+    ///
+    /// # Errors
+    /// [`UpgradeError::Busy`] while another upgrade runs;
+    /// [`UpgradeError::Plan`] for a malformed plan (nothing done);
+    /// [`UpgradeError::Aborted`] naming the instruction, process and module
+    /// that failed; [`UpgradeError::RolledBack`] when the canary or the
+    /// health window rolled it back. Both carry the report.
+    pub fn apply(&self, plan: &Plan, options: &Options) -> Result<Report, UpgradeError> {
+        plan.validate()?;
+        let _running = self.begin(&plan.name)?;
+        tracing::info!(plan = %plan.name, instructions = plan.instructions.len(), "upgrade starts");
+        let mut tx = Transaction::new(self, options);
+        // Loads first: a library that does not load aborts the upgrade
+        // before any process is touched.
+        let (loads, rest): (Vec<_>, Vec<_>) =
+            plan.instructions.iter().enumerate().partition(|(_, i)| {
+                matches!(i, Instruction::LoadModule { .. } | Instruction::AddModule { .. })
+            });
+        for (i, instruction) in loads.into_iter().chain(rest) {
+            let started = Instant::now();
+            if let Err(failure) = tx.run(i + 1, instruction) {
+                tracing::error!(plan = %plan.name, %failure, "upgrade failed; undoing it");
+                tx.upgrade_time = tx.started.elapsed();
+                tx.account();
+                let undo = std::mem::take(&mut tx.undo);
+                let rollback = tx.undo_all(undo);
+                let report =
+                    tx.report(&plan.name, Outcome::Aborted { failure: failure.clone() }, Some(rollback));
+                return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+            }
+            tx.steps.push(StepReport {
+                instruction: i + 1,
+                step: instruction.to_string(),
+                took_us: started.elapsed().as_secs_f64() * 1e6,
+            });
+        }
+        tx.steps.sort_by_key(|s| s.instruction);
+        tx.upgrade_time = tx.started.elapsed();
+        tx.account();
+        if !options.health_window.is_zero() {
+            let health = tx.watch(options.health_window, options.max_crashes);
+            let passed = health.passed;
+            let crashes = health.crashes;
+            tx.health = Some(health);
+            if !passed {
+                let reason = format!(
+                    "{crashes} crash(es) of processes on the new code within the {:?} health window (at most {} allowed)",
+                    options.health_window, options.max_crashes
+                );
+                tracing::error!(plan = %plan.name, %reason, "rolling back");
+                let undo = std::mem::take(&mut tx.undo);
+                let rollback = tx.undo_all(undo);
+                let report =
+                    tx.report(&plan.name, Outcome::RolledBack { reason: reason.clone() }, Some(rollback));
+                return Err(UpgradeError::RolledBack { reason, report: Box::new(report) });
+            }
+        }
+        let purged = tx.commit();
+        let report = tx.report(&plan.name, Outcome::Committed, None);
+        let undo = std::mem::take(&mut tx.undo);
+        *self.last.lock() = Some(Committed { plan: plan.name.clone(), undo, purged });
+        tracing::info!(plan = %plan.name, moved = report.moved, upgrade_ms = report.upgrade_ms, "upgrade committed");
+        Ok(report)
+    }
+
+    /// Undoes the last committed upgrade: processes move back through
+    /// `downgrade`, new code is unloaded, started children stop and stopped
+    /// ones start again.
+    ///
+    /// # Errors
+    /// [`UpgradeError::NothingToRollBack`]; [`UpgradeError::Busy`];
+    /// [`UpgradeError::Aborted`] if the upgrade purged old code (it cannot
+    /// be undone: deploy the old release instead).
+    pub fn rollback(&self, options: &Options) -> Result<Report, UpgradeError> {
+        let _running = self.begin("rollback")?;
+        let last = self.last.lock().take().ok_or(UpgradeError::NothingToRollBack)?;
+        let mut tx = Transaction::new(self, options);
+        if !last.purged.is_empty() {
+            let failure = Failure {
+                instruction: 0,
+                step: "rollback".into(),
+                pid: None,
+                module: Some(last.purged.join(", ")),
+                error: format!(
+                    "upgrade {} purged the old code of {}; it cannot be rolled back live (deploy the old release)",
+                    last.plan,
+                    last.purged.join(", ")
+                ),
+            };
+            *self.last.lock() = Some(last);
+            let report = tx.report("rollback", Outcome::Aborted { failure: failure.clone() }, None);
+            return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+        }
+        let rollback = tx.undo_all(last.undo);
+        tx.upgrade_time = tx.started.elapsed();
+        let reason = format!("explicit rollback of {}", last.plan);
+        Ok(tx.report(&last.plan, Outcome::RolledBack { reason }, Some(rollback)))
+    }
+
+    /// Runs every migration the plan would run on copies of the live
+    /// states, off to the side: each process is paused only to copy its
+    /// state; the new code is opened but not installed; nothing changes.
+    ///
+    /// # Errors
+    /// [`UpgradeError::Plan`], [`UpgradeError::Busy`].
+    pub fn dry_run(&self, plan: &Plan, options: &Options) -> Result<DryRunReport, UpgradeError> {
+        plan.validate()?;
+        let _running = self.begin(&plan.name)?;
+        let mut report = DryRunReport { plan: plan.name.clone(), ..DryRunReport::default() };
+        let mut opened: Vec<(String, Arc<ModuleCode>)> = Vec::new();
+        for instruction in &plan.instructions {
+            if let Instruction::LoadModule { module, path } | Instruction::AddModule { module, path } =
+                instruction
+            {
+                match self.code.open(path) {
+                    Ok(code) if code.name() != module => report.load_errors.push(format!(
+                        "{}: the library is module {}, the plan says {module}",
+                        path.display(),
+                        code.name()
+                    )),
+                    Ok(code) => opened.push((module.clone(), code)),
+                    Err(error) => report.load_errors.push(error.to_string()),
+                }
+            }
+        }
+        for instruction in &plan.instructions {
+            let Instruction::Update { module, processes, extra, .. } = instruction else { continue };
+            let to = opened
+                .iter()
+                .find(|(m, _)| m == module)
+                .map(|(_, c)| c.clone())
+                .or_else(|| self.code.current(module));
+            let Some(to) = to else { continue };
+            let extra = match encode_extra(extra) {
+                Ok(extra) => extra,
+                Err(error) => {
+                    report.load_errors.push(format!("update {module}: {error}"));
+                    continue;
+                }
+            };
+            let candidates: Vec<Pid> = match processes {
+                Processes::All => [self.code.current(module), self.code.old(module)]
+                    .into_iter()
+                    .flatten()
+                    .filter(|code| !Arc::ptr_eq(code, &to))
+                    .flat_map(|code| code.processes())
+                    .collect(),
+                Processes::Named(names) => names.iter().filter_map(|n| self.node.whereis(n)).collect(),
+            };
+            let copies = self.copy_states(&candidates, &to, options, module, &mut report);
+            check_code_changes(&to, copies, &extra, options.code_change_timeout, module, &mut report);
+        }
+        Ok(report)
+    }
+
+    /// Copies each process's state as `to` would read it.
+    fn copy_states(
+        &self,
+        pids: &[Pid],
+        to: &Arc<ModuleCode>,
+        options: &Options,
+        module: &str,
+        report: &mut DryRunReport,
+    ) -> Vec<(Pid, semver::Version, Vec<u8>)> {
+        let target = to.version().clone();
+        let tasks: Vec<_> = pids
+            .iter()
+            .filter_map(|&pid| {
+                let target = target.clone();
+                let task = self.node.system_task(pid, move |actor, _guard| {
+                    let process = actor.as_module_process().ok_or("not a module process")?;
+                    let from = process.code().version().clone();
+                    if from == target {
+                        return Ok(None);
+                    }
+                    process
+                        .state_for(&target)
+                        .map(|bytes| Some((from, bytes)))
+                        .map_err(|e| e.to_string().into())
+                });
+                task.ok().map(|task| (pid, task))
+            })
+            .collect();
+        let mut copies = Vec::new();
+        for (pid, task) in tasks {
+            match task.wait(options.suspend_timeout, options.code_change_timeout) {
+                Ok(done) => match done.value {
+                    Ok(Some((from, bytes))) => copies.push((pid, from, bytes)),
+                    Ok(None) => {}
+                    Err::<_, Box<str>>(error) => report.failures.push(DryRunFailure {
+                        pid,
+                        module: module.into(),
+                        error: error.into(),
+                    }),
+                },
+                Err(relive_runtime::system::TaskError::Exited) => {}
+                Err(error) => report.failures.push(DryRunFailure {
+                    pid,
+                    module: module.into(),
+                    error: format!("copying its state: {error}"),
+                }),
+            }
+        }
+        copies
+    }
+}
+
+/// Runs `to`'s code_change on each copy in a thread of its own, so a
+/// code_change that never returns is reported, not waited for forever.
+fn check_code_changes(
+    to: &Arc<ModuleCode>,
+    copies: Vec<(Pid, semver::Version, Vec<u8>)>,
+    extra: &Arc<[u8]>,
+    timeout: Duration,
+    module: &str,
+    report: &mut DryRunReport,
+) {
+    let pids: Vec<Pid> = copies.iter().map(|(pid, ..)| *pid).collect();
+    let (results, received) = mpsc::channel();
+    let (to, extra) = (Arc::clone(to), Arc::clone(extra));
+    std::thread::Builder::new()
+        .name("relive-dry-run".into())
+        .spawn(move || {
+            for (pid, from, bytes) in copies {
+                let outcome = to.code_change(&from, &bytes, &extra).map(drop).map_err(|e| {
+                    format!("code_change {} {from} → {} would fail: {e}", to.name(), to.version())
+                });
+                if results.send((pid, outcome)).is_err() {
+                    return;
+                }
+            }
+        })
+        .expect("spawning the dry-run thread");
+    for pid in pids {
+        report.checked += 1;
+        match received.recv_timeout(timeout) {
+            Ok((_, Ok(()))) => {}
+            Ok((pid, Err(error))) => {
+                report.failures.push(DryRunFailure { pid, module: module.into(), error })
+            }
+            Err(_) => {
+                report.failures.push(DryRunFailure {
+                    pid,
+                    module: module.into(),
+                    error: format!("code_change did not return within {timeout:?}"),
+                });
+                return;
+            }
+        }
+    }
+}
+
+fn encode_extra(extra: &serde_json::Value) -> Result<Arc<[u8]>, String> {
+    if extra.is_null() {
+        return Ok(Arc::from(Vec::new()));
+    }
+    rmp_serde::to_vec_named(extra).map(Arc::from).map_err(|e| format!("extra does not encode: {e}"))
+}
+
+/// One upgrade (or rollback) in progress.
+struct Transaction<'a> {
+    controller: &'a Controller,
+    options: &'a Options,
+    undo: Vec<Undo>,
+    purges: Vec<(usize, String, PurgeMode)>,
+    pauses: Vec<Duration>,
+    exited: Vec<Pid>,
+    counts_before: Vec<(Pid, MailboxCounts)>,
+    moved: usize,
+    received: u64,
+    lost: u64,
+    steps: Vec<StepReport>,
+    canary: Option<CanaryReport>,
+    health: Option<HealthReport>,
+    started: Instant,
+    upgrade_time: Duration,
+}
+
+impl<'a> Transaction<'a> {
+    fn new(controller: &'a Controller, options: &'a Options) -> Transaction<'a> {
+        Transaction {
+            controller,
+            options,
+            undo: Vec::new(),
+            purges: Vec::new(),
+            pauses: Vec::new(),
+            exited: Vec::new(),
+            counts_before: Vec::new(),
+            moved: 0,
+            received: 0,
+            lost: 0,
+            steps: Vec::new(),
+            canary: None,
+            health: None,
+            started: Instant::now(),
+            upgrade_time: Duration::ZERO,
+        }
+    }
+
+    fn node(&self) -> &Node {
+        &self.controller.node
+    }
+
+    fn code(&self) -> &CodeServer {
+        &self.controller.code
+    }
+
+    fn limits(&self) -> Limits {
+        Limits { reach: self.options.suspend_timeout, code_change: self.options.code_change_timeout }
+    }
+
+    fn run(&mut self, index: usize, instruction: &Instruction) -> Result<(), Failure> {
+        let fail = |pid: Option<Pid>, error: String| Failure {
+            instruction: index,
+            step: instruction.to_string(),
+            pid,
+            module: instruction.module().map(str::to_string),
+            error,
+        };
+        let timeout = self.options.child_timeout;
+        match instruction {
+            Instruction::LoadModule { module, path } | Instruction::AddModule { module, path } => {
+                let is_add = matches!(instruction, Instruction::AddModule { .. });
+                if is_add && self.code().current(module).is_some() {
+                    return Err(fail(
+                        None,
+                        format!("{module} is already loaded: use load_module for a new version"),
+                    ));
+                }
+                if !is_add && self.code().current(module).is_none() {
+                    return Err(fail(
+                        None,
+                        format!("{module} is not loaded: use add_module for a new module"),
+                    ));
+                }
+                let loaded = self.code().load(path).map_err(|e| fail(None, e.to_string()))?;
+                let code = self.code().current(&loaded.name).expect("just loaded");
+                if loaded.name != *module {
+                    if loaded.changed {
+                        let _ = self.code().unload(&loaded.name, &loaded.version);
+                    }
+                    return Err(fail(
+                        None,
+                        format!("{} is module {}, the plan says {module}", path.display(), loaded.name),
+                    ));
+                }
+                if loaded.changed {
+                    self.undo.push(Undo::Loaded { module: module.clone(), code });
+                }
+                Ok(())
+            }
+            Instruction::Update { module, processes, extra, suspend_together } => {
+                self.update(module, processes, extra, *suspend_together).map_err(|(pid, e)| fail(pid, e))
+            }
+            Instruction::DeleteModule { module } => {
+                self.code().delete(module).map_err(|e| fail(None, e.to_string()))?;
+                self.undo.push(Undo::Deleted { module: module.clone() });
+                Ok(())
+            }
+            Instruction::StartChild { supervisor: sup, id, module, args } => {
+                let init = relive_runtime::module::json_to_payload(args).map_err(|e| fail(None, e))?.0;
+                if self.code().current(module).is_none() {
+                    return Err(fail(None, format!("{module} is not loaded")));
+                }
+                let code = Arc::clone(&self.controller.code);
+                let module_name = module.clone();
+                let spec = ChildSpec::worker(id.as_str(), move || {
+                    Box::new(
+                        code.module_process(&module_name, init.clone()).expect("checked before the start"),
+                    )
+                });
+                supervisor::start_child(self.node(), sup.as_str(), spec, timeout)
+                    .map_err(|e| fail(None, format!("starting child {id} under {sup}: {e}")))?;
+                self.undo.push(Undo::Started { supervisor: sup.clone(), id: id.clone() });
+                Ok(())
+            }
+            Instruction::StopChild { supervisor: sup, id } => {
+                supervisor::terminate_child(self.node(), sup.as_str(), id.as_str(), timeout)
+                    .map_err(|e| fail(None, format!("stopping child {id} under {sup}: {e}")))?;
+                self.undo.push(Undo::Stopped { supervisor: sup.clone(), id: id.clone() });
+                Ok(())
+            }
+            Instruction::Restart { supervisor: sup, id } => {
+                supervisor::terminate_child(self.node(), sup.as_str(), id.as_str(), timeout)
+                    .map_err(|e| fail(None, format!("stopping child {id} under {sup}: {e}")))?;
+                // Undone by restarting it again once the old code is back.
+                self.undo.push(Undo::Restarted { supervisor: sup.clone(), id: id.clone() });
+                supervisor::restart_child(self.node(), sup.as_str(), id, timeout)
+                    .map_err(|e| fail(None, format!("restarting child {id} under {sup}: {e}")))?;
+                Ok(())
+            }
+            Instruction::Purge { module, mode } => {
+                // A purge cannot be undone: it runs at commit.
+                self.purges.push((index, module.clone(), *mode));
+                Ok(())
+            }
+        }
+    }
+
+    fn update(
+        &mut self,
+        module: &str,
+        processes: &Processes,
+        extra: &serde_json::Value,
+        together: bool,
+    ) -> Result<(), (Option<Pid>, String)> {
+        let to = self.code().current(module).ok_or_else(|| (None, format!("{module} is not loaded")))?;
+        let Some(from) = self.code().old(module) else {
+            // No old version: every process already runs the current one.
+            return Ok(());
+        };
+        let extra = encode_extra(extra).map_err(|e| (None, e))?;
+        let targets: Vec<Pid> = match processes {
+            Processes::All => from.processes(),
+            Processes::Named(names) => {
+                let mut pids = Vec::with_capacity(names.len());
+                for name in names {
+                    let pid = self
+                        .node()
+                        .whereis(name)
+                        .ok_or_else(|| (None, format!("no process is registered as {name:?}")))?;
+                    pids.push(pid);
+                }
+                pids
+            }
+        };
+        let limits = self.limits();
+        let canary = self.options.canary.clone().filter(|_| !together && targets.len() >= 2);
+        let (first, rest) = match &canary {
+            Some(canary) => {
+                let share = canary.share.clamp(0.0, 1.0);
+                let count = ((targets.len() as f64 * share).ceil() as usize).clamp(1, targets.len() - 1);
+                targets.split_at(count)
+            }
+            None => (&targets[..], &[][..]),
+        };
+        let batch = if together {
+            migrate::move_group(self.node(), first, &to, &extra, limits)
+        } else {
+            migrate::move_all(self.node(), first, &to, &extra, limits)
+        };
+        self.record(module, &from, &to, batch)?;
+        if let Some(canary) = canary {
+            let report = self.watch_canary(module, &from, &to, first.len(), rest.len(), &canary);
+            let passed = report.passed;
+            let text = format!(
+                "canary of {module} failed: new version {} crash(es) and mean handler {} µs, old version {} crash(es) and {} µs",
+                report.new_crashes,
+                report.new_handler_us.map_or("?".into(), |us| format!("{us:.1}")),
+                report.old_crashes,
+                report.old_handler_us.map_or("?".into(), |us| format!("{us:.1}")),
+            );
+            self.canary = Some(report);
+            if !passed {
+                return Err((None, text));
+            }
+            let batch = migrate::move_all(self.node(), rest, &to, &extra, limits);
+            self.record(module, &from, &to, batch)?;
+        }
+        Ok(())
+    }
+
+    /// Keeps what a batch moved (to undo it) and fails on its first failure.
+    fn record(
+        &mut self,
+        module: &str,
+        from: &Arc<ModuleCode>,
+        to: &Arc<ModuleCode>,
+        batch: BatchOutcome,
+    ) -> Result<(), (Option<Pid>, String)> {
+        self.moved += batch.moved.len();
+        self.pauses.extend(batch.pauses);
+        self.exited.extend(batch.exited);
+        self.counts_before.extend(batch.counts_before);
+        self.undo.push(Undo::Moved(MovedSet {
+            module: module.to_string(),
+            from: Arc::clone(from),
+            to: Arc::clone(to),
+            processes: batch.moved,
+        }));
+        match batch.failures.into_iter().next() {
+            Some((pid, error)) => Err((Some(pid), error)),
+            None => Ok(()),
+        }
+    }
+
+    /// Watches the canaries against the processes still on `from`.
+    fn watch_canary(
+        &self,
+        module: &str,
+        from: &Arc<ModuleCode>,
+        to: &Arc<ModuleCode>,
+        canaries: usize,
+        others: usize,
+        canary: &Canary,
+    ) -> CanaryReport {
+        let (old_before, new_before) = (from.stats(), to.stats());
+        let deadline = Instant::now() + canary.window;
+        while Instant::now() < deadline {
+            if to.stats().since(&new_before).crashes > self.options.max_crashes {
+                break;
+            }
+            std::thread::sleep(
+                Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+        let (old, new) = (from.stats().since(&old_before), to.stats().since(&new_before));
+        let micros = |stats: &VersionStatsSnapshot| stats.mean_handler_time().map(|d| d.as_secs_f64() * 1e6);
+        let (old_us, new_us) = (micros(&old), micros(&new));
+        let slower =
+            matches!((old_us, new_us), (Some(old), Some(new)) if new > old * canary.max_latency_ratio);
+        CanaryReport {
+            module: module.to_string(),
+            canaries,
+            others,
+            new_crashes: new.crashes,
+            old_crashes: old.crashes,
+            new_handler_us: new_us,
+            old_handler_us: old_us,
+            passed: new.crashes <= self.options.max_crashes && !slower,
+        }
+    }
+
+    /// Counts, per moved process, messages received and any missing since
+    /// its move began.
+    fn account(&mut self) {
+        for (pid, before) in &self.counts_before {
+            if let Some(now) = self.node().mailbox_counts(*pid) {
+                self.received += now.received - before.received;
+                self.lost += now.missing_since(before);
+            }
+        }
+    }
+
+    /// Watches the new versions for `window`; fails early past
+    /// `max_crashes`.
+    fn watch(&self, window: Duration, max_crashes: u64) -> HealthReport {
+        let mut versions: Vec<Arc<ModuleCode>> = Vec::new();
+        for undo in &self.undo {
+            let code = match undo {
+                Undo::Moved(set) => &set.to,
+                Undo::Loaded { code, .. } => code,
+                _ => continue,
+            };
+            if !versions.iter().any(|v| Arc::ptr_eq(v, code)) {
+                versions.push(Arc::clone(code));
+            }
+        }
+        let before: Vec<VersionStatsSnapshot> = versions.iter().map(|v| v.stats()).collect();
+        let totals = || {
+            versions.iter().zip(&before).fold((0, 0), |(crashes, handled), (version, before)| {
+                let seen = version.stats().since(before);
+                (crashes + seen.crashes, handled + seen.handled)
+            })
+        };
+        let started = Instant::now();
+        let deadline = started + window;
+        while Instant::now() < deadline && totals().0 <= max_crashes {
+            std::thread::sleep(
+                Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now())),
+            );
+        }
+        let (crashes, handled) = totals();
+        HealthReport {
+            watched_ms: started.elapsed().as_secs_f64() * 1e3,
+            crashes,
+            handled,
+            passed: crashes <= max_crashes,
+        }
+    }
+
+    /// Runs the purges and frees the old states kept for an undo. Returns
+    /// the modules purged.
+    fn commit(&mut self) -> Vec<String> {
+        for undo in &mut self.undo {
+            if let Undo::Moved(set) = undo {
+                for process in &mut set.processes {
+                    process.old_state = None;
+                }
+            }
+        }
+        let mut purged = Vec::new();
+        for (index, module, mode) in std::mem::take(&mut self.purges) {
+            let started = Instant::now();
+            // Sets moved from the purged version let go of it first.
+            self.undo.retain(|u| !matches!(u, Undo::Moved(set) if set.module == module));
+            let step = match mode {
+                PurgeMode::Soft => match self.code().soft_purge(&module) {
+                    Ok(report) => {
+                        format!("soft_purge {module}: removed {:?}", report.version.map(|v| v.to_string()))
+                    }
+                    Err(error) => {
+                        tracing::warn!(%module, %error, "soft purge at commit refused");
+                        format!("soft_purge {module} refused: {error}")
+                    }
+                },
+                PurgeMode::Brutal => {
+                    let report = self.code().purge(&module);
+                    format!("brutal_purge {module}: killed {}", report.killed.len())
+                }
+            };
+            purged.push(module);
+            self.steps.push(StepReport {
+                instruction: index,
+                step,
+                took_us: started.elapsed().as_secs_f64() * 1e6,
+            });
+        }
+        purged
+    }
+
+    /// Undoes `undo` in reverse; children stopped or restarted are started
+    /// again last, once their old code is current again.
+    fn undo_all(&mut self, undo: Vec<Undo>) -> RollbackReport {
+        let mut report = RollbackReport::default();
+        let mut pauses = Vec::new();
+        let mut later = Vec::new();
+        let timeout = self.options.child_timeout;
+        let limits = self.limits();
+        for step in undo.into_iter().rev() {
+            match step {
+                Undo::Moved(set) => {
+                    let back = migrate::move_back(self.node(), set, limits);
+                    report.restored += back.restored;
+                    report.downgraded += back.downgraded;
+                    report.failed.extend(back.failed);
+                    pauses.extend(back.pauses);
+                }
+                Undo::Loaded { module, code } => {
+                    // Processes started on the new code since (not moved
+                    // by this upgrade) move back first.
+                    if code.process_count() > 0
+                        && let Some(previous) = self.code().old(&module)
+                    {
+                        let set = MovedSet {
+                            module: module.clone(),
+                            from: previous,
+                            to: Arc::clone(&code),
+                            processes: Vec::new(),
+                        };
+                        let back = migrate::move_back(self.node(), set, limits);
+                        report.downgraded += back.downgraded;
+                        report.failed.extend(back.failed);
+                        pauses.extend(back.pauses);
+                    }
+                    match self.code().unload(&module, code.version()) {
+                        Ok(()) => report.unloaded.push(format!("{module} {}", code.version())),
+                        Err(error) => {
+                            report.errors.push(format!("unloading {module} {}: {error}", code.version()))
+                        }
+                    }
+                }
+                Undo::Deleted { module } => {
+                    if let Err(error) = self.code().undelete(&module) {
+                        report.errors.push(format!("restoring {module}: {error}"));
+                    }
+                }
+                Undo::Started { supervisor: sup, id } => {
+                    let stopped =
+                        supervisor::terminate_child(self.node(), sup.as_str(), id.as_str(), timeout)
+                            .and_then(|()| supervisor::delete_child(self.node(), sup.as_str(), &id, timeout));
+                    if let Err(error) = stopped {
+                        report.errors.push(format!("removing child {id} under {sup}: {error}"));
+                    }
+                }
+                step @ (Undo::Stopped { .. } | Undo::Restarted { .. }) => later.push(step),
+            }
+        }
+        for step in later {
+            let (Undo::Stopped { supervisor: sup, id } | Undo::Restarted { supervisor: sup, id }) = step
+            else {
+                continue;
+            };
+            if self.restart_child(&sup, &id, timeout).is_err() {
+                let retried = supervisor::terminate_child(self.node(), sup.as_str(), id.as_str(), timeout)
+                    .and_then(|()| supervisor::restart_child(self.node(), sup.as_str(), &id, timeout));
+                if let Err(error) = retried {
+                    report.errors.push(format!("starting child {id} under {sup} again: {error}"));
+                }
+            }
+        }
+        report.pause = PauseStats::of(&pauses);
+        report
+    }
+
+    fn restart_child(
+        &self,
+        sup: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Pid, supervisor::SupervisorError> {
+        supervisor::restart_child(self.node(), sup, id, timeout)
+    }
+
+    fn report(&self, plan: &str, outcome: Outcome, rollback: Option<RollbackReport>) -> Report {
+        let exited: HashSet<Pid> = self.exited.iter().copied().collect();
+        let mut exited: Vec<Pid> = exited.into_iter().collect();
+        exited.sort();
+        Report {
+            plan: plan.to_string(),
+            outcome,
+            moved: self.moved,
+            exited,
+            upgrade_ms: self.upgrade_time.max(Duration::ZERO).as_secs_f64() * 1e3,
+            total_ms: self.started.elapsed().as_secs_f64() * 1e3,
+            pause: PauseStats::of(&self.pauses),
+            messages_received: self.received,
+            messages_lost: self.lost,
+            steps: self.steps.clone(),
+            canary: self.canary.clone(),
+            health: self.health.clone(),
+            rollback,
+        }
+    }
+}

@@ -1,0 +1,77 @@
+//! The controller end to end on the counter example: a plan moves every
+//! process from 1.0.0 to 2.0.0 while casts keep arriving, nothing is lost,
+//! and an explicit rollback brings them back.
+
+#[path = "../../runtime/tests/support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use relive_runtime::{Node, Pid};
+use relive_upgrader::{Controller, Instruction, Options, Plan, Processes};
+use serde_json::{Value, json};
+use support::{node_with_code, payload};
+
+const T: Duration = Duration::from_secs(5);
+
+fn spawn_counters(node: &Node, n: usize) -> Vec<Pid> {
+    (0..n)
+        .map(|i| node.spawn_module("counter", payload(json!({"label": format!("c{i}")})), T).unwrap())
+        .collect()
+}
+
+fn call(node: &Node, pid: Pid, request: Value) -> Value {
+    node.call_json(pid, &request, T).unwrap()
+}
+
+fn upgrade_plan(library: &str) -> Plan {
+    Plan::new(
+        format!("counter → {library}"),
+        vec![
+            Instruction::LoadModule { module: "counter".into(), path: support::library(library) },
+            Instruction::Update {
+                module: "counter".into(),
+                processes: Processes::All,
+                extra: json!({"default_label": "unnamed"}),
+                suspend_together: false,
+            },
+        ],
+    )
+}
+
+#[test]
+fn every_process_moves_to_the_new_version_with_its_state_and_back_on_rollback() {
+    let (node, _dir) = node_with_code();
+    let code = node.code_server().unwrap();
+    code.load(&support::library("counter-v1")).unwrap();
+    let pids = spawn_counters(&node, 50);
+    for (i, pid) in pids.iter().enumerate() {
+        node.cast_json(*pid, &json!({"Add": i})).unwrap();
+    }
+    let controller = Controller::new(&node).unwrap();
+    let report = controller.apply(&upgrade_plan("counter-v2"), &Options::default()).unwrap();
+    assert!(report.committed(), "{report}");
+    assert_eq!(report.moved, 50, "{report}");
+    assert_eq!(report.pause.count, 50);
+    assert_eq!(report.messages_lost, 0);
+    for (i, pid) in pids.iter().enumerate() {
+        assert_eq!(call(&node, *pid, json!("Version")), json!("2.0.0"));
+        assert_eq!(call(&node, *pid, json!("Get")), json!(i), "{pid} kept its count");
+    }
+    assert!(code.old("counter").unwrap().processes().is_empty());
+
+    for pid in &pids {
+        node.cast_json(*pid, &json!({"Add": 1})).unwrap();
+    }
+    let back = controller.rollback(&Options::default()).unwrap();
+    let rollback = back.rollback.as_ref().unwrap();
+    assert!(rollback.complete(), "{back}");
+    assert_eq!(rollback.downgraded, 50, "{back}");
+    assert_eq!(rollback.unloaded, vec!["counter 2.0.0".to_string()]);
+    for (i, pid) in pids.iter().enumerate() {
+        assert_eq!(call(&node, *pid, json!("Version")), json!("1.0.0"));
+        assert_eq!(call(&node, *pid, json!("Get")), json!(i + 1));
+    }
+    assert_eq!(code.current("counter").unwrap().version().to_string(), "1.0.0");
+    node.shutdown();
+}
