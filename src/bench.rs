@@ -46,6 +46,10 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// upgrade: casts per second kept flowing to the counters during the
+    /// upgrade (default 200,000).
+    #[arg(long)]
+    rate: Option<u64>,
     /// Run module processes (ring: a ring of `ring` module processes; call:
     /// calls to a `counter` module process, compared with a native server in
     /// the same run). Builds the example modules with cargo first.
@@ -58,6 +62,9 @@ enum Bench {
     Ring,
     Spawn,
     Call,
+    /// N counter module processes upgraded live (v1 → v2) under a steady
+    /// load of casts; fails if a cast is lost.
+    Upgrade,
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
@@ -69,17 +76,27 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         config.workers = workers;
     }
     let modules = match (args.module, args.bench) {
-        (false, _) => None,
-        (true, Bench::Spawn) => bail!("--module applies to the ring and call benchmarks, not spawn"),
-        (true, _) => {
+        (_, Bench::Upgrade) | (true, Bench::Ring | Bench::Call) => {
             let examples = Examples::build()?;
             let dir = TempDir::new("bench")?;
             config.code_dir = Some(dir.path().join("code"));
             Some((examples, dir))
         }
+        (false, _) => None,
+        (true, Bench::Spawn) => bail!("--module applies to the ring and call benchmarks, not spawn"),
     };
+    if args.rate.is_some() && !matches!(args.bench, Bench::Upgrade) {
+        bail!("--rate applies to the upgrade benchmark only");
+    }
     let node = Node::start(config);
     let result = match (args.bench, &modules) {
+        (Bench::Upgrade, Some((examples, _))) => crate::bench_upgrade::upgrade(
+            &node,
+            examples,
+            args.procs.unwrap_or(10_000),
+            args.rate.unwrap_or(200_000),
+        )
+        .map(|r| report(&r, args.json, crate::bench_upgrade::UpgradeResult::text).and_then(|()| r.check())),
         (Bench::Ring, Some((examples, _))) => {
             module_ring(&node, examples, args.procs.unwrap_or(1_000), args.rounds.unwrap_or(1_000)).map(|r| {
                 report(&r, args.json, |r| {
@@ -113,6 +130,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                     )
                 })
             }),
+        (Bench::Upgrade, None) => unreachable!("the upgrade bench always loads the examples"),
         (Bench::Ring, _) => ring(&node, args.procs.unwrap_or(1_000), args.rounds.unwrap_or(1_000)).map(|r| {
             report(&r, args.json, |r| {
                 format!(

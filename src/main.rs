@@ -2,6 +2,7 @@
 //! function; errors are printed once, prefixed `relive:`, with their chain.
 
 mod bench;
+mod bench_upgrade;
 mod examples;
 
 use std::io::Write;

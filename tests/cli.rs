@@ -96,3 +96,26 @@ fn bench_spawn_module_is_refused_before_building() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.starts_with("relive: ") && err.contains("--module applies to the ring and call"), "{err}");
 }
+
+#[test]
+fn bench_upgrade_moves_every_counter_under_load_and_loses_nothing() {
+    let v = json(&["bench", "upgrade", "--procs", "300", "--rate", "20000", "--json"]);
+    assert_eq!((v["procs"].as_u64(), v["rate"].as_u64()), (Some(300), Some(20000)), "{v}");
+    assert_eq!(v["moved"], 300, "{v}");
+    assert_eq!(v["lost"], 0, "{v}");
+    let (sent, handled) = (v["sent"].as_u64().unwrap(), v["handled"].as_u64().unwrap());
+    assert!(sent > 0 && sent == handled, "{v}");
+    assert!(v["total_ms"].as_f64().unwrap() > 0.0, "{v}");
+    let pause = &v["pause_us"];
+    let (mean, p99, max) =
+        (pause["mean"].as_f64().unwrap(), pause["p99"].as_f64().unwrap(), pause["max"].as_f64().unwrap());
+    assert!(0.0 < mean && mean <= max && p99 <= max, "{v}");
+}
+
+#[test]
+fn bench_rate_outside_the_upgrade_bench_is_refused() {
+    let out = relive(&["bench", "ring", "--rate", "10"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--rate applies to the upgrade benchmark only"), "{err}");
+}

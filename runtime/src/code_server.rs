@@ -133,7 +133,19 @@ impl CodeServer {
     /// for a library that reuses a name and version. Nothing already loaded
     /// changes on error.
     pub fn load(&self, path: &Path) -> Result<Loaded, CodeError> {
-        let code = Arc::new(loader::load_library(&self.dir, path)?);
+        self.install(Arc::new(loader::load_library(&self.dir, path)?))
+    }
+
+    /// Makes a library opened with [`CodeServer::open`] the current version
+    /// of its module: [`CodeServer::load`] without the file work (reading,
+    /// hashing, copying, `dlopen`), so an upgrade can open every library
+    /// first and then switch quickly.
+    ///
+    /// # Errors
+    /// As [`CodeServer::load`], but for the file checks, done by `open`.
+    pub fn install(&self, code: Arc<ModuleCode>) -> Result<Loaded, CodeError> {
+        let path = code.source().to_path_buf();
+        let path = path.as_path();
         let key = (code.name().to_string(), code.version().clone());
         let mut modules = self.modules.lock();
         let versions = modules.entry(code.name().to_string()).or_default();

@@ -146,7 +146,36 @@ impl Controller {
         plan.validate()?;
         let _running = self.begin(&plan.name)?;
         tracing::info!(plan = %plan.name, instructions = plan.instructions.len(), "upgrade starts");
+        // Every library is opened (read, checked, copied into the code
+        // directory, mapped) before anything changes: the node does not
+        // see them until the transaction installs them.
+        let preparing = Instant::now();
+        let mut staged = Vec::new();
+        for (i, instruction) in plan.instructions.iter().enumerate() {
+            if let Instruction::LoadModule { module, path } | Instruction::AddModule { module, path } =
+                instruction
+            {
+                match self.code.open(path) {
+                    Ok(code) => staged.push((module.clone(), code)),
+                    Err(error) => {
+                        let failure = Failure {
+                            instruction: i + 1,
+                            step: instruction.to_string(),
+                            pid: None,
+                            module: Some(module.clone()),
+                            error: error.to_string(),
+                        };
+                        let tx = Transaction::new(self, options);
+                        let report =
+                            tx.report(&plan.name, Outcome::Aborted { failure: failure.clone() }, None);
+                        return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+                    }
+                }
+            }
+        }
         let mut tx = Transaction::new(self, options);
+        tx.staged = staged;
+        tx.prepare_time = preparing.elapsed();
         // Loads first: a library that does not load aborts the upgrade
         // before any process is touched.
         let (loads, rest): (Vec<_>, Vec<_>) =
@@ -164,6 +193,11 @@ impl Controller {
                 let report =
                     tx.report(&plan.name, Outcome::Aborted { failure: failure.clone() }, Some(rollback));
                 return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+            }
+            if matches!(instruction, Instruction::Purge { .. }) {
+                // Only queued here; its step is reported when it runs, at
+                // commit.
+                continue;
             }
             tx.steps.push(StepReport {
                 instruction: i + 1,
@@ -222,6 +256,40 @@ impl Controller {
                     "upgrade {} purged the old code of {}; it cannot be rolled back live (deploy the old release)",
                     last.plan,
                     last.purged.join(", ")
+                ),
+            };
+            *self.last.lock() = Some(last);
+            let report = tx.report("rollback", Outcome::Aborted { failure: failure.clone() }, None);
+            return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+        }
+        // A later load (by an upgrade that then failed) may have dropped a
+        // version this one moved processes from (a third version drops an
+        // old one nobody runs): moving them back would put them on code the
+        // code server no longer holds.
+        let held = |module: &str, code: &Arc<ModuleCode>| {
+            [self.code.current(module), self.code.old(module)].into_iter().flatten().any(|c| Arc::ptr_eq(&c, code))
+        };
+        let mut gone: Vec<String> = last
+            .undo
+            .iter()
+            .filter_map(|undo| match undo {
+                Undo::Moved(set) if !held(&set.module, &set.from) => {
+                    Some(format!("{} {}", set.module, set.from.version()))
+                }
+                _ => None,
+            })
+            .collect();
+        gone.dedup();
+        if !gone.is_empty() {
+            let failure = Failure {
+                instruction: 0,
+                step: "rollback".into(),
+                pid: None,
+                module: Some(gone.join(", ")),
+                error: format!(
+                    "{} is no longer loaded (a later load dropped it); upgrade {} cannot be rolled back live (deploy the old release)",
+                    gone.join(", "),
+                    last.plan
                 ),
             };
             *self.last.lock() = Some(last);
@@ -398,6 +466,10 @@ fn encode_extra(extra: &serde_json::Value) -> Result<Arc<[u8]>, String> {
 struct Transaction<'a> {
     controller: &'a Controller,
     options: &'a Options,
+    /// Libraries opened before the transaction, by module.
+    staged: Vec<(String, Arc<ModuleCode>)>,
+    /// How long opening them took.
+    prepare_time: Duration,
     undo: Vec<Undo>,
     purges: Vec<(usize, String, PurgeMode)>,
     pauses: Vec<Duration>,
@@ -418,6 +490,8 @@ impl<'a> Transaction<'a> {
         Transaction {
             controller,
             options,
+            staged: Vec::new(),
+            prepare_time: Duration::ZERO,
             undo: Vec::new(),
             purges: Vec::new(),
             pauses: Vec::new(),
@@ -470,17 +544,20 @@ impl<'a> Transaction<'a> {
                         format!("{module} is not loaded: use add_module for a new module"),
                     ));
                 }
-                let loaded = self.code().load(path).map_err(|e| fail(None, e.to_string()))?;
-                let code = self.code().current(&loaded.name).expect("just loaded");
-                if loaded.name != *module {
-                    if loaded.changed {
-                        let _ = self.code().unload(&loaded.name, &loaded.version);
-                    }
+                // Opened (read, checked, copied, mapped) before the
+                // transaction began; here it only becomes current.
+                let opened = match self.staged.iter().position(|(m, _)| m == module) {
+                    Some(at) => self.staged.swap_remove(at).1,
+                    None => self.controller.code.open(path).map_err(|e| fail(None, e.to_string()))?,
+                };
+                if opened.name() != module {
                     return Err(fail(
                         None,
-                        format!("{} is module {}, the plan says {module}", path.display(), loaded.name),
+                        format!("{} is module {}, the plan says {module}", path.display(), opened.name()),
                     ));
                 }
+                let code = Arc::clone(&opened);
+                let loaded = self.code().install(opened).map_err(|e| fail(None, e.to_string()))?;
                 if loaded.changed {
                     self.undo.push(Undo::Loaded { module: module.clone(), code });
                 }
@@ -743,6 +820,7 @@ impl<'a> Transaction<'a> {
                 took_us: started.elapsed().as_secs_f64() * 1e6,
             });
         }
+        self.steps.sort_by_key(|s| s.instruction);
         purged
     }
 
@@ -838,7 +916,8 @@ impl<'a> Transaction<'a> {
             outcome,
             moved: self.moved,
             exited,
-            upgrade_ms: self.upgrade_time.max(Duration::ZERO).as_secs_f64() * 1e3,
+            prepare_ms: self.prepare_time.as_secs_f64() * 1e3,
+            upgrade_ms: self.upgrade_time.as_secs_f64() * 1e3,
             total_ms: self.started.elapsed().as_secs_f64() * 1e3,
             pause: PauseStats::of(&self.pauses),
             messages_received: self.received,

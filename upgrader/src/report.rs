@@ -173,8 +173,12 @@ pub struct Report {
     /// Processes that exited during the upgrade before they were moved
     /// (nothing to move; their supervisors restart them on current code).
     pub exited: Vec<Pid>,
-    /// From start to the last instruction done: loading code and moving
-    /// every process, ms.
+    /// Opening the new libraries before the transaction (reading,
+    /// checking, copying into the code directory, mapping them), ms. The
+    /// node sees none of it.
+    pub prepare_ms: f64,
+    /// From the first change to the last instruction done: installing the
+    /// new code and moving every process, ms.
     pub upgrade_ms: f64,
     /// Including the canary and health windows, and any rollback, ms.
     pub total_ms: f64,
