@@ -392,7 +392,13 @@ impl CodeServer {
     /// # Errors
     /// [`CodeError::UnknownModule`] if no version is current.
     pub fn module_process(&self, module: &str, init_arg: Vec<u8>) -> Result<ModuleProcess, CodeError> {
-        let code = self.current(module).ok_or_else(|| CodeError::UnknownModule(module.to_string()))?;
+        // Under the table's lock, so the new process counts as starting on
+        // its version before an `unload` or a purge can look.
+        let modules = self.modules.lock();
+        let code = modules
+            .get(module)
+            .and_then(|v| v.current.clone())
+            .ok_or_else(|| CodeError::UnknownModule(module.to_string()))?;
         Ok(ModuleProcess::new(code, init_arg))
     }
 }

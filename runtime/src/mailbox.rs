@@ -62,9 +62,11 @@ struct State<T, A> {
 pub struct MailboxCounts {
     /// Envelopes waiting now (messages and system tasks).
     pub queued: usize,
-    /// Messages ever queued (sends, casts, calls, exit signals as messages).
+    /// Messages ever queued (sends, casts, calls, exit signals as messages;
+    /// not the runtime's own envelopes such as a spawn's acknowledgement).
     pub received: u64,
-    /// System tasks ever queued.
+    /// The runtime's own envelopes ever queued (system tasks, spawn
+    /// acknowledgements).
     pub system: u64,
     /// Envelopes ever taken out to be handled.
     pub taken: u64,
@@ -74,9 +76,10 @@ impl MailboxCounts {
     /// Envelopes that arrived between `earlier` and this reading but are
     /// neither waiting nor handled: 0 unless something dropped them.
     pub fn missing_since(&self, earlier: &MailboxCounts) -> u64 {
-        let arrived =
-            earlier.queued as u64 + (self.received - earlier.received) + (self.system - earlier.system);
-        arrived.saturating_sub(self.queued as u64 + (self.taken - earlier.taken))
+        let arrived = (earlier.queued as u64)
+            .saturating_add(self.received.saturating_sub(earlier.received))
+            .saturating_add(self.system.saturating_sub(earlier.system));
+        arrived.saturating_sub((self.queued as u64).saturating_add(self.taken.saturating_sub(earlier.taken)))
     }
 }
 

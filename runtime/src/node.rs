@@ -370,16 +370,21 @@ impl Node {
         task: impl FnOnce(&mut dyn Actor, &crate::system::TaskGuard) -> R + Send + 'static,
     ) -> Result<crate::system::SystemTask<R>, SendError> {
         let (queued, waiter) = crate::system::new_task(task);
+        self.push_system(pid, queued)?;
+        Ok(waiter)
+    }
+
+    pub(crate) fn push_system(&self, pid: Pid, task: crate::system::QueuedTask) -> Result<(), SendError> {
         let proc = self.inner.table.get(pid).ok_or(SendError::NoProc(pid))?;
-        match proc.mailbox.push_system(Envelope::System(queued)) {
+        match proc.mailbox.push_system(Envelope::System(task)) {
             Push::Schedule => {
                 drop(proc);
                 self.inner.schedule(pid, Sched::Global);
+                Ok(())
             }
-            Push::Queued => {}
-            Push::Dead(_) => return Err(SendError::NoProc(pid)),
+            Push::Queued => Ok(()),
+            Push::Dead(_) => Err(SendError::NoProc(pid)),
         }
-        Ok(waiter)
     }
 
     /// What has gone through `pid`'s mailbox (see [`crate::MailboxCounts`]).
@@ -603,7 +608,8 @@ impl NodeInner {
             }
         }
         if let Some(ack) = ack {
-            let _ = proc.mailbox.push(Envelope::InitAck(ack));
+            // The runtime's own envelope: not a message the process received.
+            let _ = proc.mailbox.push_system(Envelope::InitAck(ack));
         }
         Ok(proc)
     }

@@ -15,12 +15,15 @@
 //! - A panic in a task is caught; the process lives on.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
 
+use crate::error::SendError;
+use crate::node::Node;
+use crate::pid::Pid;
 use crate::process::Actor;
 
 const PENDING: u8 = 0;
@@ -176,6 +179,22 @@ pub(crate) fn new_task<R: Send + 'static>(
     (queued, SystemTask { shared, queued_at: Instant::now() })
 }
 
+/// Dropping the handle gives the task up: it will not start, and if it
+/// runs, it cannot commit.
+impl<R> Drop for SystemTask<R> {
+    fn drop(&mut self) {
+        abandon(&self.shared.stage);
+    }
+}
+
+fn abandon(stage: &AtomicU8) {
+    for from in [PENDING, RUNNING] {
+        if stage.compare_exchange(from, ABANDONED, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            return;
+        }
+    }
+}
+
 impl<R> SystemTask<R> {
     /// Waits up to `start_timeout` (from when the task was queued) for the
     /// process to start the task, then up to `run_timeout` for it to
@@ -227,5 +246,168 @@ impl<R> SystemTask<R> {
             Outcome::Panicked(text) => Err(TaskError::Panicked(text)),
             Outcome::Dropped => Err(TaskError::Exited),
         }
+    }
+}
+
+/// Dropping a group without collecting it gives up its tasks (see
+/// [`SystemTask`]).
+impl<R> Drop for TaskGroup<R> {
+    fn drop(&mut self) {
+        for member in &self.members {
+            abandon(&member.stage);
+        }
+    }
+}
+
+/// Many tasks queued at once, one per process, collected together: the
+/// way to run a system task in thousands of processes. Results come back
+/// through one channel as processes finish them, so waiting costs nothing
+/// per task, and a process that is slow to reach its task or to finish it
+/// is found by its deadline.
+pub struct TaskGroup<R> {
+    epoch: Instant,
+    sender: mpsc::Sender<(usize, Outcome<R>)>,
+    results: mpsc::Receiver<(usize, Outcome<R>)>,
+    members: Vec<Member>,
+}
+
+struct Member {
+    pid: Pid,
+    stage: Arc<AtomicU8>,
+    /// Nanoseconds after the group's epoch when the task started; 0 while
+    /// it has not.
+    started: Arc<AtomicU64>,
+    queued: Duration,
+}
+
+impl<R: Send + 'static> Default for TaskGroup<R> {
+    fn default() -> Self {
+        TaskGroup::new()
+    }
+}
+
+impl<R: Send + 'static> TaskGroup<R> {
+    /// An empty group.
+    pub fn new() -> TaskGroup<R> {
+        let (sender, results) = mpsc::channel();
+        TaskGroup { epoch: Instant::now(), sender, results, members: Vec::new() }
+    }
+
+    /// Tasks queued so far.
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// True if none was queued.
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    /// Queues `task` in process `pid` (see [`crate::Node::system_task`]).
+    ///
+    /// # Errors
+    /// [`SendError::NoProc`] if the process is gone.
+    pub fn queue(
+        &mut self,
+        node: &Node,
+        pid: Pid,
+        task: impl FnOnce(&mut dyn Actor, &TaskGuard) -> R + Send + 'static,
+    ) -> Result<(), SendError> {
+        let index = self.members.len();
+        let stage = Arc::new(AtomicU8::new(PENDING));
+        let started = Arc::new(AtomicU64::new(0));
+        let (sender, epoch, started_at) = (self.sender.clone(), self.epoch, Arc::clone(&started));
+        let work: Work = Box::new(move |actor, guard| {
+            let start = Instant::now();
+            started_at.store(start.duration_since(epoch).as_nanos() as u64 + 1, Ordering::Release);
+            let outcome = match catch_unwind(AssertUnwindSafe(|| task(actor, guard))) {
+                Ok(value) => Outcome::Ran { value, ran_for: start.elapsed() },
+                Err(panic) => Outcome::Panicked(crate::node::panic_message(panic.as_ref())),
+            };
+            let _ = sender.send((index, outcome));
+        });
+        let sender = self.sender.clone();
+        let queued = QueuedTask {
+            work: Some(work),
+            on_drop: Some(Box::new(move || {
+                let _ = sender.send((index, Outcome::Dropped));
+            })),
+            stage: Arc::clone(&stage),
+        };
+        node.push_system(pid, queued)?;
+        self.members.push(Member { pid, stage, started, queued: self.epoch.elapsed() });
+        Ok(())
+    }
+
+    /// Waits for every task: each may take `reach` from when it was queued
+    /// to start, then `run` to finish (see [`SystemTask::wait`]). Results
+    /// in the order the tasks were queued.
+    pub fn collect(mut self, reach: Duration, run: Duration) -> Vec<(Pid, Result<TaskDone<R>, TaskError>)> {
+        let members = std::mem::take(&mut self.members);
+        let (epoch, results) = (self.epoch, &self.results);
+        // Only the tasks hold senders now.
+        self.sender = mpsc::channel().0;
+        let mut done: Vec<Option<Result<TaskDone<R>, TaskError>>> = members.iter().map(|_| None).collect();
+        let mut remaining = members.len();
+        while remaining > 0 {
+            match results.recv_timeout(Duration::from_millis(1)) {
+                Ok((index, outcome)) => {
+                    if done[index].is_some() {
+                        continue;
+                    }
+                    let member = &members[index];
+                    let started =
+                        Duration::from_nanos(member.started.load(Ordering::Acquire).saturating_sub(1));
+                    done[index] = Some(match outcome {
+                        Outcome::Ran { value, ran_for } => {
+                            Ok(TaskDone { value, ran_for, waited: started.saturating_sub(member.queued) })
+                        }
+                        Outcome::Panicked(text) => Err(TaskError::Panicked(text)),
+                        Outcome::Dropped => Err(TaskError::Exited),
+                    });
+                    remaining -= 1;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let now = epoch.elapsed();
+                    for (member, slot) in members.iter().zip(done.iter_mut()) {
+                        if slot.is_some() {
+                            continue;
+                        }
+                        let started = member.started.load(Ordering::Acquire);
+                        let expired = if started == 0 {
+                            now > member.queued + reach
+                                && member
+                                    .stage
+                                    .compare_exchange(PENDING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                                    .is_ok()
+                                && {
+                                    *slot = Some(Err(TaskError::NotStarted(reach)));
+                                    true
+                                }
+                        } else {
+                            now > Duration::from_nanos(started - 1) + run
+                                && member
+                                    .stage
+                                    .compare_exchange(RUNNING, ABANDONED, Ordering::AcqRel, Ordering::Acquire)
+                                    .is_ok()
+                                && {
+                                    *slot = Some(Err(TaskError::Overran(run)));
+                                    true
+                                }
+                        };
+                        if expired {
+                            remaining -= 1;
+                        }
+                    }
+                }
+                // Every task holds a sender until it reports.
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        members
+            .iter()
+            .zip(done)
+            .map(|(member, result)| (member.pid, result.unwrap_or(Err(TaskError::Exited))))
+            .collect()
     }
 }

@@ -267,7 +267,10 @@ impl Controller {
         // old one nobody runs): moving them back would put them on code the
         // code server no longer holds.
         let held = |module: &str, code: &Arc<ModuleCode>| {
-            [self.code.current(module), self.code.old(module)].into_iter().flatten().any(|c| Arc::ptr_eq(&c, code))
+            [self.code.current(module), self.code.old(module)]
+                .into_iter()
+                .flatten()
+                .any(|c| Arc::ptr_eq(&c, code))
         };
         let mut gone: Vec<String> = last
             .undo
@@ -796,24 +799,33 @@ impl<'a> Transaction<'a> {
         let mut purged = Vec::new();
         for (index, module, mode) in std::mem::take(&mut self.purges) {
             let started = Instant::now();
-            // Sets moved from the purged version let go of it first.
-            self.undo.retain(|u| !matches!(u, Undo::Moved(set) if set.module == module));
-            let step = match mode {
+            let (step, removed) = match mode {
                 PurgeMode::Soft => match self.code().soft_purge(&module) {
-                    Ok(report) => {
-                        format!("soft_purge {module}: removed {:?}", report.version.map(|v| v.to_string()))
-                    }
+                    Ok(report) => (
+                        format!(
+                            "soft_purge {module}: removed {:?}",
+                            report.version.as_ref().map(|v| v.to_string())
+                        ),
+                        report.version.is_some(),
+                    ),
                     Err(error) => {
                         tracing::warn!(%module, %error, "soft purge at commit refused");
-                        format!("soft_purge {module} refused: {error}")
+                        (format!("soft_purge {module} refused: {error}"), false)
                     }
                 },
                 PurgeMode::Brutal => {
                     let report = self.code().purge(&module);
-                    format!("brutal_purge {module}: killed {}", report.killed.len())
+                    (
+                        format!("brutal_purge {module}: killed {}", report.killed.len()),
+                        report.version.is_some(),
+                    )
                 }
             };
-            purged.push(module);
+            if removed {
+                // Nothing can move back to a purged version.
+                self.undo.retain(|u| !matches!(u, Undo::Moved(set) if set.module == module));
+                purged.push(module);
+            }
             self.steps.push(StepReport {
                 instruction: index,
                 step,

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use relive_runtime::system::{SystemTask, TaskError, TaskGuard};
+use relive_runtime::system::{TaskError, TaskGroup, TaskGuard};
 use relive_runtime::{Actor, MailboxCounts, ModuleCode, ModuleState, Node, Pid};
 
 /// Where a move went.
@@ -102,21 +102,21 @@ pub(crate) fn move_all(
     limits: Limits,
 ) -> BatchOutcome {
     let mut outcome = BatchOutcome::default();
-    type Queued = (Pid, MailboxCounts, SystemTask<Result<Moved, String>>);
-    let mut queued: Vec<Queued> = Vec::with_capacity(pids.len());
+    let mut group = TaskGroup::new();
+    let mut before = Vec::with_capacity(pids.len());
     for &pid in pids {
-        let Some(before) = node.mailbox_counts(pid) else {
+        let Some(counts) = node.mailbox_counts(pid) else {
             outcome.exited.push(pid);
             continue;
         };
         let (to, extra) = (Arc::clone(to), Arc::clone(extra));
-        match node.system_task(pid, move |actor, guard| migrate_in_place(actor, guard, &to, &extra)) {
-            Ok(task) => queued.push((pid, before, task)),
+        match group.queue(node, pid, move |actor, guard| migrate_in_place(actor, guard, &to, &extra)) {
+            Ok(()) => before.push(counts),
             Err(_) => outcome.exited.push(pid),
         }
     }
-    for (pid, before, task) in queued {
-        match task.wait(limits.reach, limits.code_change) {
+    for ((pid, result), before) in group.collect(limits.reach, limits.code_change).into_iter().zip(before) {
+        match result {
             Ok(done) => match done.value {
                 Ok(Moved::Switched { old_state, handled_at_switch }) => {
                     outcome.pauses.push(done.ran_for);
@@ -129,7 +129,9 @@ pub(crate) fn move_all(
             Err(TaskError::Exited) => outcome.exited.push(pid),
             Err(TaskError::NotStarted(limit)) => outcome.failures.push((
                 pid,
-                format!("it did not reach its migration within {limit:?} (busy in a handler, suspended, or a long queue)"),
+                format!(
+                    "it did not reach its migration within {limit:?} (busy in a handler, suspended, or a long queue)"
+                ),
             )),
             Err(TaskError::Overran(limit)) => {
                 outcome.failures.push((pid, format!("code_change did not return within {limit:?}")))
@@ -263,17 +265,16 @@ pub(crate) fn move_back(node: &Node, set: MovedSet, limits: Limits) -> BackOutco
         }
     }
     let mut outcome = BackOutcome::default();
-    let mut queued = Vec::with_capacity(work.len());
+    let mut group = TaskGroup::new();
     for (pid, old_state, handled) in work {
         let (from, to) = (Arc::clone(&from), Arc::clone(&to));
-        if let Ok(task) = node.system_task(pid, move |actor, guard| {
+        // A process that is gone has nothing to move back.
+        let _ = group.queue(node, pid, move |actor, guard| {
             move_back_in_place(actor, guard, &from, &to, old_state, handled)
-        }) {
-            queued.push((pid, task));
-        }
+        });
     }
-    for (pid, task) in queued {
-        match task.wait(limits.reach, limits.code_change) {
+    for (pid, result) in group.collect(limits.reach, limits.code_change) {
+        match result {
             Ok(done) => match done.value {
                 Ok(MovedBack::Restored) => {
                     outcome.restored += 1;
