@@ -375,7 +375,10 @@ impl Node {
     }
 
     pub(crate) fn push_system(&self, pid: Pid, task: crate::system::QueuedTask) -> Result<(), SendError> {
-        let proc = self.inner.table.get(pid).ok_or(SendError::NoProc(pid))?;
+        let Some(proc) = self.inner.table.get(pid) else {
+            task.disarm();
+            return Err(SendError::NoProc(pid));
+        };
         match proc.mailbox.push_system(Envelope::System(task)) {
             Push::Schedule => {
                 drop(proc);
@@ -383,7 +386,14 @@ impl Node {
                 Ok(())
             }
             Push::Queued => Ok(()),
-            Push::Dead(_) => Err(SendError::NoProc(pid)),
+            Push::Dead(envelope) => {
+                // The caller learns it from the error: the task must not
+                // report itself dropped as well.
+                if let Envelope::System(task) = envelope {
+                    task.disarm();
+                }
+                Err(SendError::NoProc(pid))
+            }
         }
     }
 

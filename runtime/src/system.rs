@@ -91,6 +91,13 @@ impl QueuedTask {
     }
 }
 
+impl QueuedTask {
+    /// Drops the task without reporting it dropped (it was never queued).
+    pub(crate) fn disarm(mut self) {
+        self.on_drop = None;
+    }
+}
+
 impl Drop for QueuedTask {
     fn drop(&mut self) {
         if self.work.is_some()

@@ -852,3 +852,24 @@ fn stats_stay_with_the_version_that_handled_the_messages() {
     assert_eq!((on_v2.handled, on_v2.crashes), (2, 1), "{on_v2:?}");
     node.shutdown();
 }
+
+#[test]
+fn a_task_group_runs_one_task_per_process_and_skips_the_dead_ones() {
+    let node = Node::start(relive_runtime::NodeConfig::default());
+    let (alive_a, _) = spawn_recorder(&node);
+    let (dead, _) = spawn_recorder(&node);
+    let (alive_b, _) = spawn_recorder(&node);
+    let waiter = node.exit_waiter(dead);
+    node.exit(dead, ExitReason::Kill);
+    assert_eq!(waiter.wait(T), Some(ExitReason::Killed));
+
+    let mut group = relive_runtime::system::TaskGroup::new();
+    group.queue(&node, alive_a, |_, _| "a").unwrap();
+    assert!(matches!(group.queue(&node, dead, |_, _| "dead"), Err(SendError::NoProc(p)) if p == dead));
+    group.queue(&node, alive_b, |_, guard| if guard.commit() { "b" } else { "late" }).unwrap();
+    assert_eq!(group.len(), 2, "a task for a dead process is not queued");
+    let results = group.collect(T, T);
+    let values: Vec<(Pid, &str)> = results.into_iter().map(|(pid, r)| (pid, r.expect("ran").value)).collect();
+    assert_eq!(values, vec![(alive_a, "a"), (alive_b, "b")]);
+    node.shutdown();
+}
