@@ -291,7 +291,7 @@ impl CodeServer {
     /// Whether `pid` runs the old version of `module` (OTP's
     /// `check_process_code`).
     pub fn check_process_code(&self, pid: Pid, module: &str) -> bool {
-        self.old(module).is_some_and(|old| old.pids.lock().contains(&pid))
+        self.old(module).is_some_and(|old| old.pids.contains(pid))
     }
 
     /// Makes the current version of `module` old (OTP's `code:delete`): no

@@ -50,7 +50,7 @@ pub struct ModuleCode {
     fingerprint: String,
     /// Processes running this version (each registers itself in init and
     /// leaves when its state is dropped or moved to another version).
-    pub(crate) pids: Mutex<HashSet<Pid>>,
+    pub(crate) pids: PidSet,
     /// Processes created to run this version whose init has not run yet.
     pub(crate) starting: std::sync::atomic::AtomicUsize,
     /// How this version's processes fare (health windows and canaries
@@ -96,6 +96,47 @@ fn status_result(status: u32, out: Vec<u8>) -> Result<Vec<u8>, ModuleError> {
         Status::Error => Err(ModuleError::Failed(text())),
         Status::Panic => Err(ModuleError::Panicked(text())),
         Status::BadInput => Err(ModuleError::BadInput(text())),
+    }
+}
+
+/// The processes running one version, in shards: thousands of processes
+/// switching version at once on every worker would otherwise queue on one
+/// lock.
+pub(crate) struct PidSet {
+    shards: [Mutex<HashSet<Pid>>; PID_SHARDS],
+}
+
+const PID_SHARDS: usize = 16;
+
+impl Default for PidSet {
+    fn default() -> PidSet {
+        PidSet { shards: std::array::from_fn(|_| Mutex::new(HashSet::new())) }
+    }
+}
+
+impl PidSet {
+    fn shard(&self, pid: Pid) -> &Mutex<HashSet<Pid>> {
+        &self.shards[pid.index() as usize % PID_SHARDS]
+    }
+
+    pub(crate) fn insert(&self, pid: Pid) {
+        self.shard(pid).lock().insert(pid);
+    }
+
+    pub(crate) fn remove(&self, pid: Pid) {
+        self.shard(pid).lock().remove(&pid);
+    }
+
+    pub(crate) fn contains(&self, pid: Pid) -> bool {
+        self.shard(pid).lock().contains(&pid)
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.shards.iter().map(|shard| shard.lock().len()).sum()
+    }
+
+    pub(crate) fn to_vec(&self) -> Vec<Pid> {
+        self.shards.iter().flat_map(|shard| shard.lock().iter().copied().collect::<Vec<_>>()).collect()
     }
 }
 
@@ -230,7 +271,7 @@ pub(crate) fn load_library(code_dir: &Path, source: &Path) -> Result<ModuleCode,
         abi_crate_version,
         types,
         fingerprint,
-        pids: Mutex::new(HashSet::new()),
+        pids: PidSet::default(),
         starting: std::sync::atomic::AtomicUsize::new(0),
         stats: VersionStats::default(),
         vtable,
@@ -287,7 +328,7 @@ impl ModuleCode {
 
     /// Processes running this version now, counting those still starting.
     pub fn process_count(&self) -> usize {
-        self.pids.lock().len() + self.starting.load(std::sync::atomic::Ordering::Acquire)
+        self.pids.len() + self.starting.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// Crashes, messages handled and sampled handler time of this
@@ -304,7 +345,7 @@ impl ModuleCode {
 
     /// Their pids, sorted.
     pub fn processes(&self) -> Vec<Pid> {
-        let mut pids: Vec<Pid> = self.pids.lock().iter().copied().collect();
+        let mut pids = self.pids.to_vec();
         pids.sort();
         pids
     }

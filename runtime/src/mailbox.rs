@@ -148,24 +148,27 @@ impl<T, A> Mailbox<T, A> {
     }
 
     pub(crate) fn push(&self, envelope: T) -> Push<T> {
-        let mut s = self.state.lock();
-        if s.dead {
-            return Push::Dead(envelope);
-        }
-        s.queue.push_back(envelope);
-        s.received += 1;
-        s.claim(false)
+        self.enqueue(envelope, false)
     }
 
-    /// Queues work of the runtime's own (a system task): like `push`, but
-    /// not counted as a received message.
+    /// Queues work of the runtime's own (a system task, a spawn's
+    /// acknowledgement): like `push`, but not counted as a received message.
     pub(crate) fn push_system(&self, envelope: T) -> Push<T> {
+        self.enqueue(envelope, true)
+    }
+
+    #[inline]
+    fn enqueue(&self, envelope: T, system: bool) -> Push<T> {
         let mut s = self.state.lock();
         if s.dead {
             return Push::Dead(envelope);
         }
         s.queue.push_back(envelope);
-        s.system += 1;
+        if system {
+            s.system += 1;
+        } else {
+            s.received += 1;
+        }
         s.claim(false)
     }
 

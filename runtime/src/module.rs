@@ -117,8 +117,8 @@ impl ModuleProcess {
     pub fn switch(&mut self, state: ModuleState) -> Option<ModuleState> {
         self.report_stats();
         if let Some(pid) = self.pid {
-            self.code().pids.lock().remove(&pid);
-            state.code().pids.lock().insert(pid);
+            self.code().pids.remove(pid);
+            state.code().pids.insert(pid);
         }
         self.code = state.code().clone();
         self.state.replace(state)
@@ -217,7 +217,7 @@ impl Actor for ModuleProcess {
         let arg = std::mem::take(&mut self.init_arg);
         let started = self.code.init(ctx, &arg);
         if started.is_ok() {
-            self.code.pids.lock().insert(ctx.pid());
+            self.code.pids.insert(ctx.pid());
         }
         self.started();
         match started {
@@ -292,7 +292,7 @@ impl Drop for ModuleProcess {
         self.started();
         self.report_stats();
         if let Some(pid) = self.pid {
-            self.code().pids.lock().remove(&pid);
+            self.code().pids.remove(pid);
         }
     }
 }
