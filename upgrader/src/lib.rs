@@ -2,7 +2,7 @@
 //! a running node, all or nothing.
 //!
 //! A [`Plan`] is an ordered list of [`Instruction`]s (relive's appup and
-//! relup). [`Controller::apply`] runs one as a transaction:
+//! relup); [`planner::plan`] makes one from two releases. [`Controller::apply`] runs one as a transaction:
 //!
 //! 1. every library is loaded first; a load error aborts with nothing
 //!    changed;
@@ -34,10 +34,12 @@
 mod controller;
 mod migrate;
 pub mod plan;
+pub mod planner;
 mod report;
 
 pub use controller::{Canary, Controller, Options};
 pub use plan::{Instruction, Plan, PlanError, Processes, PurgeMode};
+pub use planner::{ModuleView, Planned, PlannerError, ProcessView, ReleaseView};
 pub use report::{
     CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,
     RollbackReport, StepReport, UpgradeError,

@@ -1,0 +1,338 @@
+//! The planner: from the release running now and the one to go to, the
+//! plan that takes the node there live (relive's relup), or the reason only
+//! a restart can.
+//!
+//! It speaks in [`ReleaseView`]s, the part of a release it needs, so that
+//! relive-releases (plain data and files) and this crate stay apart; the
+//! CLI makes views from manifests.
+//!
+//! The generated order follows OTP's relup: new modules are added and
+//! changed ones loaded first (a load error aborts before any process is
+//! touched), then the changed modules' processes are updated, then
+//! processes that are gone stop and new ones start, then modules that are
+//! gone are deleted; purges of the replaced code come last, at commit.
+//! Explicit instructions in the new release replace all of it.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::plan::{Instruction, Plan, PlanError, Processes, PurgeMode};
+
+/// What the planner needs of a release.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReleaseView {
+    /// The application's name.
+    pub name: String,
+    /// Its version.
+    pub version: semver::Version,
+    /// The versions it upgrades from live.
+    pub upgrade_from: Option<semver::VersionReq>,
+    /// Its modules.
+    pub modules: Vec<ModuleView>,
+    /// The processes it runs under its top supervisor.
+    pub processes: Vec<ProcessView>,
+    /// Explicit instructions (each a JSON object with `op`), replacing the
+    /// generated plan.
+    pub instructions: Vec<serde_json::Value>,
+}
+
+/// A module of a release.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ModuleView {
+    /// Its name.
+    pub name: String,
+    /// sha256 of its library.
+    pub sha256: String,
+    /// Where its library is.
+    pub library: PathBuf,
+}
+
+/// A process of a release.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProcessView {
+    /// Its name (its id under the supervisor).
+    pub name: String,
+    /// The module it runs.
+    pub module: String,
+    /// Its init argument.
+    pub args: serde_json::Value,
+}
+
+/// What the planner decided.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Planned {
+    /// A live upgrade.
+    Upgrade {
+        /// The plan.
+        plan: Plan,
+        /// Whether it came from the release's own instructions.
+        explicit: bool,
+    },
+    /// Only a restart on the new release can get there.
+    Restart {
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why no plan could be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PlannerError {
+    /// The two releases are of different applications.
+    #[error(
+        "release {to} is of application {to_name}, the node runs {from_name}: deploy a release of {from_name}"
+    )]
+    OtherApplication {
+        /// The running one.
+        from_name: String,
+        /// The new one's application.
+        to_name: String,
+        /// The new one, as name-version.
+        to: String,
+    },
+    /// An explicit instruction does not read as one.
+    #[error("release {release}: instruction {index} is not a valid instruction: {error}")]
+    BadInstruction {
+        /// The release.
+        release: String,
+        /// Its number (1-based).
+        index: usize,
+        /// Why.
+        error: String,
+    },
+    /// The plan is malformed.
+    #[error("release {release}: {error}")]
+    Invalid {
+        /// The release.
+        release: String,
+        /// What is wrong.
+        error: PlanError,
+    },
+}
+
+/// The supervisor a release's processes run under: `<name>_sup`.
+pub fn supervisor_name(release: &str) -> String {
+    format!("{release}_sup")
+}
+
+/// Plans the way from `from` (running) to `to`.
+///
+/// # Errors
+/// [`PlannerError`]: another application, or explicit instructions that do
+/// not make a valid plan.
+pub fn plan(from: &ReleaseView, to: &ReleaseView) -> Result<Planned, PlannerError> {
+    let to_label = format!("{}-{}", to.name, to.version);
+    if from.name != to.name {
+        return Err(PlannerError::OtherApplication {
+            from_name: from.name.clone(),
+            to_name: to.name.clone(),
+            to: to_label,
+        });
+    }
+    let name = format!("{} {} → {}", to.name, from.version, to.version);
+    match &to.upgrade_from {
+        Some(requirement) if requirement.matches(&from.version) => {}
+        Some(requirement) => {
+            return Ok(Planned::Restart {
+                reason: format!(
+                    "{to_label} upgrades live from {requirement}, not from {}: restart the node on it",
+                    from.version
+                ),
+            });
+        }
+        None => {
+            return Ok(Planned::Restart {
+                reason: format!("{to_label} declares no upgrade_from: only a restart reaches it"),
+            });
+        }
+    }
+    let invalid = |error| PlannerError::Invalid { release: to_label.clone(), error };
+    if !to.instructions.is_empty() {
+        let instructions = to
+            .instructions
+            .iter()
+            .enumerate()
+            .map(|(i, value)| {
+                serde_json::from_value::<Instruction>(value.clone()).map_err(|e| {
+                    PlannerError::BadInstruction {
+                        release: to_label.clone(),
+                        index: i + 1,
+                        error: e.to_string(),
+                    }
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let plan = Plan::new(name, instructions);
+        plan.validate().map_err(invalid)?;
+        return Ok(Planned::Upgrade { plan, explicit: true });
+    }
+    let plan = Plan::new(name, generate(from, to));
+    plan.validate().map_err(invalid)?;
+    Ok(Planned::Upgrade { plan, explicit: false })
+}
+
+fn generate(from: &ReleaseView, to: &ReleaseView) -> Vec<Instruction> {
+    let old_module = |name: &str| from.modules.iter().find(|m| m.name == name);
+    let new_module = |name: &str| to.modules.iter().find(|m| m.name == name);
+    let supervisor = supervisor_name(&to.name);
+    let mut loads = Vec::new();
+    let mut updates = Vec::new();
+    let mut purges = Vec::new();
+    for module in &to.modules {
+        match old_module(&module.name) {
+            None => loads
+                .push(Instruction::AddModule { module: module.name.clone(), path: module.library.clone() }),
+            Some(old) if old.sha256 != module.sha256 => {
+                loads.push(Instruction::LoadModule {
+                    module: module.name.clone(),
+                    path: module.library.clone(),
+                });
+                updates.push(Instruction::Update {
+                    module: module.name.clone(),
+                    processes: Processes::All,
+                    extra: serde_json::Value::Null,
+                    suspend_together: false,
+                });
+                purges.push(Instruction::Purge { module: module.name.clone(), mode: PurgeMode::Soft });
+            }
+            Some(_) => {}
+        }
+    }
+    let mut stops = Vec::new();
+    let mut starts = Vec::new();
+    for process in &from.processes {
+        let kept = to.processes.iter().any(|p| p.name == process.name && p.module == process.module);
+        if !kept {
+            stops.push(Instruction::StopChild { supervisor: supervisor.clone(), id: process.name.clone() });
+        }
+    }
+    for process in &to.processes {
+        let existed = from.processes.iter().any(|p| p.name == process.name && p.module == process.module);
+        if !existed {
+            starts.push(Instruction::StartChild {
+                supervisor: supervisor.clone(),
+                id: process.name.clone(),
+                module: process.module.clone(),
+                args: process.args.clone(),
+            });
+        }
+    }
+    let mut deletes = Vec::new();
+    for module in &from.modules {
+        if new_module(&module.name).is_none() {
+            deletes.push(Instruction::DeleteModule { module: module.name.clone() });
+            purges.push(Instruction::Purge { module: module.name.clone(), mode: PurgeMode::Brutal });
+        }
+    }
+    loads.into_iter().chain(updates).chain(stops).chain(starts).chain(deletes).chain(purges).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn module(name: &str, sha: &str) -> ModuleView {
+        ModuleView { name: name.into(), sha256: sha.into(), library: format!("/code/{sha}.so").into() }
+    }
+
+    fn process(name: &str, module: &str) -> ProcessView {
+        ProcessView { name: name.into(), module: module.into(), args: json!({}) }
+    }
+
+    fn release(
+        version: &str,
+        upgrade_from: Option<&str>,
+        modules: Vec<ModuleView>,
+        processes: Vec<ProcessView>,
+    ) -> ReleaseView {
+        ReleaseView {
+            name: "kv".into(),
+            version: version.parse().unwrap(),
+            upgrade_from: upgrade_from.map(|r| r.parse().unwrap()),
+            modules,
+            processes,
+            instructions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn changed_added_and_removed_modules_and_processes_in_relup_order() {
+        let from = release(
+            "1.0.0",
+            None,
+            vec![module("store", "a1"), module("proto", "b1"), module("legacy", "c1")],
+            vec![process("store", "store"), process("old_worker", "legacy")],
+        );
+        let to = release(
+            "1.1.0",
+            Some(">=1.0.0, <1.1.0"),
+            vec![module("store", "a2"), module("proto", "b1"), module("stats", "d1")],
+            vec![process("store", "store"), process("stats", "stats")],
+        );
+        let Planned::Upgrade { plan, explicit: false } = plan(&from, &to).unwrap() else {
+            panic!("expected a live upgrade")
+        };
+        let text: Vec<String> = plan.instructions.iter().map(|i| i.to_string()).collect();
+        assert_eq!(
+            text,
+            vec![
+                "load_module store from /code/a2.so",
+                "add_module stats from /code/d1.so",
+                "update store: all processes",
+                "stop_child old_worker under kv_sup",
+                "start_child stats (stats with {}) under kv_sup",
+                "delete_module legacy",
+                "soft_purge store",
+                "brutal_purge legacy",
+            ]
+        );
+        assert_eq!(plan.name, "kv 1.0.0 → 1.1.0");
+    }
+
+    #[test]
+    fn outside_upgrade_from_or_without_it_only_a_restart() {
+        let from = release("1.0.0", None, vec![module("store", "a1")], vec![]);
+        let to = release("2.0.0", Some(">=1.1.0"), vec![module("store", "a2")], vec![]);
+        let Planned::Restart { reason } = plan(&from, &to).unwrap() else { panic!() };
+        assert!(reason.contains(">=1.1.0") && reason.contains("1.0.0"), "{reason}");
+        let to = release("2.0.0", None, vec![module("store", "a2")], vec![]);
+        assert!(matches!(plan(&from, &to).unwrap(), Planned::Restart { .. }));
+    }
+
+    #[test]
+    fn explicit_instructions_replace_the_generated_plan_and_are_checked() {
+        let from = release("1.0.0", None, vec![module("store", "a1")], vec![]);
+        let mut to = release("1.0.1", Some("^1"), vec![module("store", "a2")], vec![]);
+        to.instructions = vec![
+            json!({"op": "load_module", "module": "store", "path": "/code/a2.so"}),
+            json!({"op": "update", "module": "store", "extra": {"ttl": 5}}),
+        ];
+        let Planned::Upgrade { plan, explicit: true } = plan(&from, &to).unwrap() else { panic!() };
+        assert_eq!(plan.instructions.len(), 2);
+        to.instructions.push(json!({"op": "teleport"}));
+        let error = plan_error(&from, &to);
+        assert!(error.contains("instruction 3"), "{error}");
+        to.instructions = vec![
+            json!({"op": "update", "module": "store"}),
+            json!({"op": "load_module", "module": "store", "path": "/x.so"}),
+        ];
+        let error = plan_error(&from, &to);
+        assert!(error.contains("before its load"), "{error}");
+    }
+
+    fn plan_error(from: &ReleaseView, to: &ReleaseView) -> String {
+        plan(from, to).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn another_application_is_refused() {
+        let from = release("1.0.0", None, vec![], vec![]);
+        let mut to = release("1.1.0", Some("*"), vec![], vec![]);
+        to.name = "chat".into();
+        let error = plan(&from, &to).unwrap_err().to_string();
+        assert!(error.contains("chat") && error.contains("kv"), "{error}");
+    }
+}
