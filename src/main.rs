@@ -4,6 +4,7 @@
 mod bench;
 mod bench_upgrade;
 mod examples;
+mod release;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -20,8 +21,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Measure the runtime (processes, messages, calls) on this machine.
+    /// Measure the runtime (processes, messages, calls, live upgrades) on this machine.
     Bench(bench::BenchArgs),
+    /// Release archives and the release store: build, inspect, unpack, list, keygen.
+    #[command(subcommand)]
+    Release(release::ReleaseCommand),
+    /// Show the upgrade plan from a release in the store to an archive's.
+    Plan(release::PlanArgs),
 }
 
 fn main() -> ExitCode {
@@ -53,5 +59,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Release(command) => release::run(command),
+        Command::Plan(args) => release::plan(args),
     }
 }

@@ -1,0 +1,330 @@
+//! release.toml parsing: the full format, round trips, and one test per
+//! kind of error, each checking the file, line, field and hint it names.
+
+use std::path::Path;
+
+use relive_releases::manifest::{ErrorKind, Manifest, ManifestError, Restart};
+use semver::Version;
+
+const FILE: &str = "apps/kv/release.toml";
+
+const FULL: &str = r#"[release]
+name = "kv"
+version = "1.1.0"
+upgrade_from = ">=1.0.0, <1.1.0"
+
+[[module]]
+name = "kv_store"
+crate = "kv_store"
+
+[[module]]
+name = "kv-api"
+crate = "crates/kv_api"
+
+[[process]]
+name = "store"
+module = "kv_store"
+args = { shards = 4, path = "data", opts = { sync = true } }
+
+[[process]]
+name = "api"
+module = "kv-api"
+restart = "transient"
+
+[[process]]
+name = "janitor"
+module = "kv_store"
+restart = "temporary"
+args = 7
+
+[[instruction]]
+op = "update"
+module = "kv_store"
+extra = [1, 2]
+"#;
+
+fn parse(text: &str) -> Result<Manifest, ManifestError> {
+    Manifest::parse(text, Path::new(FILE))
+}
+
+/// Parses `text`, expects an error of `kind` at `line` about `field`, and
+/// checks that its message names all three and says what to do.
+#[track_caller]
+fn expect_err(text: &str, kind: ErrorKind, line: usize, field: &str) -> ManifestError {
+    let e = match parse(text) {
+        Ok(m) => panic!("expected {kind:?}, parsed {m:?}"),
+        Err(e) => e,
+    };
+    let shown = e.to_string();
+    assert_eq!(e.kind, kind, "{shown}");
+    assert_eq!(e.line, Some(line), "{shown}");
+    assert_eq!(e.field, field, "{shown}");
+    assert_eq!(e.file, Path::new(FILE));
+    assert!(shown.starts_with(&format!("{FILE}:{line}: ")), "{shown}");
+    assert!(shown.contains(&format!("`{field}`")), "{shown}");
+    assert!(shown.ends_with(kind.hint()), "{shown}");
+    e
+}
+
+/// FULL with `from` replaced by `to` (which must occur once).
+fn full_with(from: &str, to: &str) -> String {
+    assert_eq!(FULL.matches(from).count(), 1, "{from:?}");
+    FULL.replace(from, to)
+}
+
+#[test]
+fn parses_every_field() {
+    let m = parse(FULL).unwrap();
+    assert_eq!(m.release.name, "kv");
+    assert_eq!(m.release.version, Version::new(1, 1, 0));
+    assert_eq!(m.release.upgrade_from.as_ref().unwrap().to_string(), ">=1.0.0, <1.1.0");
+    assert_eq!(m.modules.len(), 2);
+    assert_eq!(m.modules[1].name, "kv-api");
+    assert_eq!(m.modules[1].krate, Path::new("crates/kv_api"));
+    assert_eq!(m.modules[0].sha256, None);
+    assert_eq!(m.modules[0].file, None);
+    assert_eq!(m.processes.len(), 3);
+    assert_eq!(m.processes[0].restart, Restart::Permanent, "the default");
+    assert_eq!(m.processes[0].args, serde_json::json!({"shards": 4, "path": "data", "opts": {"sync": true}}));
+    assert_eq!(m.processes[1].restart, Restart::Transient);
+    assert_eq!(m.processes[1].args, serde_json::Value::Null, "absent args");
+    assert_eq!(m.processes[2].restart, Restart::Temporary);
+    assert_eq!(m.processes[2].args, serde_json::json!(7));
+    assert_eq!(
+        m.instructions,
+        vec![serde_json::json!({"op": "update", "module": "kv_store", "extra": [1, 2]})]
+    );
+    assert!(m.module("kv_store").is_some());
+    assert!(m.module("nope").is_none());
+}
+
+#[test]
+fn minimal_manifest_has_empty_lists() {
+    let m = parse("[release]\nname = \"x\"\nversion = \"0.1.0\"\n").unwrap();
+    assert!(m.modules.is_empty() && m.processes.is_empty() && m.instructions.is_empty());
+    assert!(m.release.upgrade_from.is_none());
+}
+
+#[test]
+fn to_toml_string_round_trips() {
+    let mut m = parse(FULL).unwrap();
+    m.modules[0].sha256 = Some("ab".repeat(32));
+    m.modules[0].file = Some("lib/kv_store.so".into());
+    let text = m.to_toml_string().unwrap();
+    let back = parse(&text).unwrap();
+    assert_eq!(back, m, "{text}");
+    assert!(!text.contains("args = null"), "{text}");
+    m.validate(Path::new(FILE)).unwrap();
+}
+
+#[test]
+fn upgrade_from_is_a_requirement_on_the_running_version() {
+    let m = parse(FULL).unwrap();
+    assert!(m.allows_upgrade_from(&Version::new(1, 0, 0)));
+    assert!(m.allows_upgrade_from(&Version::new(1, 0, 9)));
+    assert!(!m.allows_upgrade_from(&Version::new(1, 1, 0)));
+    assert!(!m.allows_upgrade_from(&Version::new(0, 9, 0)));
+    let restart_only = full_with("upgrade_from = \">=1.0.0, <1.1.0\"\n", "");
+    let m = parse(&restart_only).unwrap();
+    assert!(!m.allows_upgrade_from(&Version::new(1, 0, 0)), "absent: restart only");
+}
+
+#[test]
+fn from_path_reads_and_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("release.toml");
+    std::fs::write(&path, FULL).unwrap();
+    assert_eq!(Manifest::from_path(&path).unwrap(), parse(FULL).unwrap());
+
+    let missing = dir.path().join("nope.toml");
+    let e = Manifest::from_path(&missing).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Io);
+    assert!(e.to_string().contains(&missing.display().to_string()), "{e}");
+    assert!(std::error::Error::source(&e).is_some());
+
+    std::fs::write(&path, full_with("version = \"1.1.0\"", "version = \"one\"")).unwrap();
+    let e = Manifest::from_path(&path).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidVersion);
+    assert!(e.to_string().starts_with(&format!("{}:3: ", path.display())), "{e}");
+}
+
+#[test]
+fn malformed_toml() {
+    let text = full_with("crate = \"kv_store\"", "crate = \"kv_store");
+    let e = expect_err_syntax(&text, 8);
+    assert!(!e.message.is_empty());
+    expect_err_syntax("[release\nname = \"x\"\n", 1);
+}
+
+#[track_caller]
+fn expect_err_syntax(text: &str, line: usize) -> ManifestError {
+    let e = parse(text).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::Syntax, "{e}");
+    assert_eq!(e.line, Some(line), "{e}");
+    assert!(e.to_string().starts_with(&format!("{FILE}:{line}: ")), "{e}");
+    e
+}
+
+#[test]
+fn missing_fields() {
+    let e =
+        expect_err(&full_with("version = \"1.1.0\"\n", ""), ErrorKind::MissingField, 1, "release.version");
+    assert!(e.message.contains("version"), "{e}");
+    expect_err(&full_with("crate = \"crates/kv_api\"\n", ""), ErrorKind::MissingField, 10, "module[1].crate");
+    expect_err(
+        &full_with("name = \"api\"\nmodule = \"kv-api\"\n", "name = \"api\"\n"),
+        ErrorKind::MissingField,
+        19,
+        "process[1].module",
+    );
+    let e = parse("[[module]]\nname = \"a\"\ncrate = \"a\"\n").unwrap_err();
+    assert_eq!(e.kind, ErrorKind::MissingField, "{e}");
+    assert_eq!(e.field, "release", "{e}");
+    assert_eq!(e.line, None, "the whole document: no one line");
+    assert!(e.to_string().starts_with(&format!("{FILE}: field `release`: missing field")), "{e}");
+}
+
+#[test]
+fn unknown_fields() {
+    expect_err(
+        &full_with("crate = \"crates/kv_api\"", "crate = \"crates/kv_api\"\ncrate_path = \"x\""),
+        ErrorKind::UnknownField,
+        13,
+        "module[1].crate_path",
+    );
+    expect_err(
+        &full_with("version = \"1.1.0\"", "version = \"1.1.0\"\nvesion = \"1\""),
+        ErrorKind::UnknownField,
+        4,
+        "release.vesion",
+    );
+    expect_err(&format!("{FULL}\n[extra]\nx = 1\n"), ErrorKind::UnknownField, 35, "extra");
+}
+
+#[test]
+fn wrong_types_and_variants() {
+    expect_err(&full_with("name = \"kv\"", "name = 12"), ErrorKind::InvalidValue, 2, "release.name");
+    let e = expect_err(
+        &full_with("restart = \"transient\"", "restart = \"sometimes\""),
+        ErrorKind::InvalidValue,
+        22,
+        "process[1].restart",
+    );
+    assert!(e.message.contains("permanent"), "{e}");
+}
+
+#[test]
+fn invalid_semver_version() {
+    let e = expect_err(
+        &full_with("version = \"1.1.0\"", "version = \"1.1\""),
+        ErrorKind::InvalidVersion,
+        3,
+        "release.version",
+    );
+    assert!(e.message.contains("\"1.1\""), "{e}");
+}
+
+#[test]
+fn invalid_semver_requirement() {
+    expect_err(
+        &full_with(">=1.0.0, <1.1.0", ">=1.0.0 <<1.1"),
+        ErrorKind::InvalidRequirement,
+        4,
+        "release.upgrade_from",
+    );
+}
+
+#[test]
+fn empty_names() {
+    expect_err(&full_with("name = \"kv\"", "name = \"\""), ErrorKind::EmptyName, 2, "release.name");
+    expect_err(&full_with("name = \"kv-api\"", "name = \"\""), ErrorKind::EmptyName, 11, "module[1].name");
+    expect_err(&full_with("name = \"store\"", "name = \"\""), ErrorKind::EmptyName, 15, "process[0].name");
+}
+
+#[test]
+fn names_with_other_characters() {
+    expect_err(&full_with("name = \"kv\"", "name = \"../kv\""), ErrorKind::InvalidName, 2, "release.name");
+    expect_err(&full_with("name = \"kv\"", "name = \"k v\""), ErrorKind::InvalidName, 2, "release.name");
+    let e = expect_err(
+        &full_with("name = \"kv_store\"", "name = \"kv/store\"")
+            .replace("module = \"kv_store\"", "module = \"kv/store\""),
+        ErrorKind::InvalidName,
+        7,
+        "module[0].name",
+    );
+    assert!(e.message.contains("'/'"), "{e}");
+    expect_err(
+        &full_with("name = \"janitor\"", "name = \"jan.itor\""),
+        ErrorKind::InvalidName,
+        25,
+        "process[2].name",
+    );
+    expect_err(
+        &full_with("name = \"janitor\"", "name = \"jänitor\""),
+        ErrorKind::InvalidName,
+        25,
+        "process[2].name",
+    );
+}
+
+#[test]
+fn duplicate_module_names() {
+    let e = expect_err(
+        &full_with("name = \"kv-api\"", "name = \"kv_store\"")
+            .replace("module = \"kv-api\"", "module = \"kv_store\""),
+        ErrorKind::DuplicateModule,
+        11,
+        "module[1].name",
+    );
+    assert!(e.message.contains("kv_store"), "{e}");
+}
+
+#[test]
+fn duplicate_process_names() {
+    expect_err(
+        &full_with("name = \"janitor\"", "name = \"store\""),
+        ErrorKind::DuplicateProcess,
+        25,
+        "process[2].name",
+    );
+}
+
+#[test]
+fn process_naming_an_unknown_module() {
+    let e = expect_err(
+        &full_with("module = \"kv-api\"", "module = \"kv_apii\""),
+        ErrorKind::UnknownModule,
+        21,
+        "process[1].module",
+    );
+    assert!(e.message.contains("kv_apii"), "{e}");
+}
+
+#[test]
+fn instruction_without_op() {
+    expect_err(&full_with("op = \"update\"\n", ""), ErrorKind::InstructionWithoutOp, 30, "instruction[0].op");
+    expect_err(
+        &full_with("op = \"update\"", "op = 3"),
+        ErrorKind::InstructionWithoutOp,
+        30,
+        "instruction[0].op",
+    );
+}
+
+#[test]
+fn invalid_sha256() {
+    expect_err(
+        &full_with("crate = \"kv_store\"", "crate = \"kv_store\"\nsha256 = \"abc\""),
+        ErrorKind::InvalidChecksum,
+        9,
+        "module[0].sha256",
+    );
+}
+
+#[test]
+fn the_first_problem_is_reported() {
+    // Two problems: the earlier one in the file wins.
+    let text =
+        full_with("version = \"1.1.0\"", "version = \"x\"").replace("name = \"janitor\"", "name = \"store\"");
+    expect_err(&text, ErrorKind::InvalidVersion, 3, "release.version");
+}

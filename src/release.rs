@@ -1,0 +1,349 @@
+//! `relive release build|inspect|unpack|list|keygen` and `relive plan`: the
+//! release files, without a running node (as OTP's release_handler does
+//! for unpack_release).
+//!
+//! - build: runs cargo on every module crate of `APP_DIR/release.toml`
+//!   (a spinner per module while cargo runs), then writes
+//!   `<name>-<version>.tar.gz` with the manifest and each library and its
+//!   sha256, signed if `--sign KEY` is given.
+//! - inspect: verifies an archive and shows it.
+//! - unpack: verifies an archive and adds it to the store under `--root`
+//!   as unpacked; `--require-signed` accepts only archives signed by a key
+//!   in `<root>/keys/*.pub`.
+//! - plan: the upgrade plan from a release in the store (the one running,
+//!   or `--from VERSION`) to an archive's release, readable or `--json`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use relive_releases::archive;
+use relive_releases::manifest::Manifest;
+use relive_releases::store::Store;
+use relive_upgrader::planner::{self, ModuleView, Planned, ProcessView, ReleaseView};
+
+#[derive(Subcommand)]
+pub enum ReleaseCommand {
+    /// Build an application's modules and package them as an archive.
+    Build {
+        /// The application's directory (holds release.toml).
+        app_dir: PathBuf,
+        /// Where to write the archive (default: the current directory).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Sign the archive with this private key (see `release keygen`).
+        #[arg(long)]
+        sign: Option<PathBuf>,
+        /// cargo's target directory for the module crates (default: each
+        /// crate's own).
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+    },
+    /// Verify an archive and show what it holds.
+    Inspect {
+        /// The archive.
+        archive: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify an archive and add it to the store, unpacked.
+    Unpack {
+        /// The archive.
+        archive: PathBuf,
+        #[command(flatten)]
+        root: RootArg,
+        /// Accept only archives signed by a key in <root>/keys/*.pub.
+        #[arg(long)]
+        require_signed: bool,
+    },
+    /// The releases in the store and their states.
+    List {
+        #[command(flatten)]
+        root: RootArg,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a signing key: PATH (private, 0600) and PATH.pub.
+    Keygen {
+        /// Where to write the private key.
+        path: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct RootArg {
+    /// The release store (default: $RELIVE_ROOT, else ./.relive).
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+impl RootArg {
+    /// Absolute, so plans name libraries wherever they are applied from.
+    fn path(&self) -> PathBuf {
+        let root = self
+            .root
+            .clone()
+            .or_else(|| std::env::var_os("RELIVE_ROOT").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from(".relive"));
+        std::path::absolute(&root).unwrap_or(root)
+    }
+}
+
+#[derive(Args)]
+pub struct PlanArgs {
+    /// The archive of the release to go to.
+    archive: PathBuf,
+    /// The release to come from: this version of the same application in
+    /// the store (default: the one running, else the permanent one).
+    #[arg(long)]
+    from: Option<semver::Version>,
+    #[command(flatten)]
+    root: RootArg,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(command: ReleaseCommand) -> anyhow::Result<()> {
+    match command {
+        ReleaseCommand::Build { app_dir, out, sign, target_dir } => {
+            let key = sign.as_deref().map(archive::load_signing_key).transpose()?;
+            let out = out.unwrap_or_else(|| PathBuf::from("."));
+            let path = build(&app_dir, &out, key.as_ref(), target_dir.as_deref())?;
+            println!("{}", path.display());
+            Ok(())
+        }
+        ReleaseCommand::Inspect { archive: path, json } => {
+            let summary = archive::inspect(&path)?;
+            if json {
+                println!("{}", serde_json::to_string(&summary)?);
+            } else {
+                println!("{}", summary.to_string().trim_end());
+            }
+            Ok(())
+        }
+        ReleaseCommand::Unpack { archive: path, root, require_signed } => {
+            let root = root.path();
+            let trusted = trusted_keys(&root)?;
+            if require_signed && trusted.is_empty() {
+                bail!(
+                    "--require-signed: no trusted key in {}: copy the signer's .pub file there",
+                    root.join("keys").display()
+                );
+            }
+            let contents = archive::read(&path, Some(&trusted), require_signed)?;
+            let mut store = Store::open(&root)?;
+            let libraries: Vec<(String, String, Vec<u8>)> = contents
+                .libraries
+                .iter()
+                .map(|l| (l.module.clone(), l.sha256.clone(), l.bytes.clone()))
+                .collect();
+            let release = &contents.manifest.release;
+            let dir =
+                store.add_unpacked(&release.name, &release.version, &contents.manifest_text, &libraries)?;
+            println!("unpacked {} {} into {}", release.name, release.version, dir.display());
+            Ok(())
+        }
+        ReleaseCommand::List { root, json } => {
+            let store = Store::open_read_only(root.path())?;
+            let releases = store.which_releases();
+            if json {
+                println!("{}", serde_json::to_string(&releases)?);
+            } else if releases.is_empty() {
+                println!("no release in {}", store.root().display());
+            } else {
+                for release in releases {
+                    println!("{release}");
+                }
+            }
+            Ok(())
+        }
+        ReleaseCommand::Keygen { path } => {
+            let key = archive::generate_key(&path)?;
+            println!(
+                "wrote {} (private) and {} (public key {})",
+                path.display(),
+                archive::public_key_path(&path).display(),
+                hex_of(key.verifying_key().as_bytes())
+            );
+            Ok(())
+        }
+    }
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The keys in `<root>/keys/*.pub`.
+fn trusted_keys(root: &Path) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
+    let dir = root.join("keys");
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
+    let mut keys = Vec::new();
+    for entry in entries {
+        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
+        if path.extension().is_some_and(|e| e == "pub") {
+            keys.push(archive::load_verifying_key(&path)?);
+        }
+    }
+    Ok(keys)
+}
+
+/// Builds every module crate of `app_dir/release.toml` and writes the
+/// archive into `out`.
+fn build(
+    app_dir: &Path,
+    out: &Path,
+    key: Option<&ed25519_dalek::SigningKey>,
+    target_dir: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    let manifest_path = app_dir.join("release.toml");
+    let manifest = Manifest::from_path(&manifest_path)?;
+    let mut libraries = Vec::new();
+    for module in &manifest.modules {
+        let crate_dir = app_dir.join(&module.krate);
+        let library = build_module(&module.name, &crate_dir, target_dir)?;
+        libraries.push((module.name.clone(), library));
+    }
+    Ok(archive::build(&manifest, app_dir, &libraries, out, key)?)
+}
+
+/// Runs `cargo build --release` on one module crate and returns its cdylib.
+fn build_module(module: &str, crate_dir: &Path, target_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let cargo_toml = crate_dir.join("Cargo.toml");
+    if !cargo_toml.is_file() {
+        bail!(
+            "module {module}: {} not found: `crate` in release.toml must be the module crate's directory, \
+             relative to release.toml",
+            cargo_toml.display()
+        );
+    }
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!("building module {module} ({})", crate_dir.display()));
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command
+        .args(["build", "--release", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .arg(&cargo_toml)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if let Some(dir) = target_dir {
+        command.env("CARGO_TARGET_DIR", dir);
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("running {} to build module {module}", cargo.to_string_lossy()))?;
+    let stderr = child.stderr.take().expect("piped");
+    let errors = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    let mut library = None;
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
+        let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
+        let is_cdylib = message["reason"] == "compiler-artifact"
+            && message["target"]["kind"].as_array().is_some_and(|kinds| kinds.iter().any(|k| k == "cdylib"));
+        if is_cdylib
+            && let Some(file) = message["filenames"].as_array().into_iter().flatten().find_map(|f| {
+                f.as_str().filter(|f| f.ends_with(std::env::consts::DLL_SUFFIX)).map(PathBuf::from)
+            })
+        {
+            library = Some(file);
+        }
+    }
+    let status = child.wait().context("waiting for cargo")?;
+    let errors = errors.join().unwrap_or_default();
+    spinner.finish_and_clear();
+    if !status.success() {
+        let _ = std::io::stderr().write_all(errors.as_bytes());
+        bail!("building module {module} failed ({status}): fix the errors above and build again");
+    }
+    library.with_context(|| {
+        format!(
+            "module {module}: cargo built no cdylib; add `[lib] crate-type = [\"cdylib\"]` to {}",
+            cargo_toml.display()
+        )
+    })
+}
+
+/// `relive plan`.
+pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
+    let root = args.root.path();
+    let store = Store::open_read_only(&root)?;
+    let contents = archive::read(&args.archive, None, false)?;
+    let to_manifest = &contents.manifest;
+    let name = &to_manifest.release.name;
+    let from = match &args.from {
+        Some(version) => store.release(name, version)?,
+        None => {
+            let running = store.running().or_else(|| store.permanent()).with_context(|| {
+                format!("no release of {name} runs in {}: say which with --from VERSION", root.display())
+            })?;
+            store.release(&running.name, &running.version)?
+        }
+    };
+    let from_manifest = Manifest::parse(&from.manifest_text, &from.dir.join("release.toml"))?;
+    let from_view = view(&from_manifest, |module| {
+        from.modules.get(module).map(|sha| (sha.clone(), store.library_path(sha)))
+    })?;
+    let to_view = view(to_manifest, |module| {
+        contents.library(module).map(|l| (l.sha256.clone(), store.library_path(&l.sha256)))
+    })?;
+    let planned = planner::plan(&from_view, &to_view)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&planned)?);
+    } else {
+        match &planned {
+            Planned::Upgrade { plan, explicit } => {
+                print!("{plan}");
+                if *explicit {
+                    println!("(the release's own instructions)");
+                }
+            }
+            Planned::Restart { reason } => println!("restart: {reason}"),
+        }
+    }
+    Ok(())
+}
+
+/// What the planner needs of a manifest; `library` gives each module's
+/// sha256 and library path.
+fn view(
+    manifest: &Manifest,
+    library: impl Fn(&str) -> Option<(String, PathBuf)>,
+) -> anyhow::Result<ReleaseView> {
+    let release = &manifest.release;
+    let modules = manifest
+        .modules
+        .iter()
+        .map(|module| {
+            let (sha256, library) = library(&module.name).with_context(|| {
+                format!("release {} {}: no library for module {}", release.name, release.version, module.name)
+            })?;
+            Ok(ModuleView { name: module.name.clone(), sha256, library })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(ReleaseView {
+        name: release.name.clone(),
+        version: release.version.clone(),
+        upgrade_from: release.upgrade_from.clone(),
+        modules,
+        processes: manifest
+            .processes
+            .iter()
+            .map(|p| ProcessView { name: p.name.clone(), module: p.module.clone(), args: p.args.clone() })
+            .collect(),
+        instructions: manifest.instructions.clone(),
+    })
+}

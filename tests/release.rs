@@ -1,0 +1,205 @@
+//! `relive release build|inspect|unpack|list` and `relive plan` on the
+//! counter application in two versions (examples/releases/), through the
+//! binary: the round trip of issue 6, and bad archives refused with the
+//! store left as it was.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn relive(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_relive")).args(args).output().expect("running relive")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = relive(args);
+    assert!(out.status.success(), "relive {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn failure(args: &[&str]) -> String {
+    let out = relive(args);
+    assert!(!out.status.success(), "relive {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.starts_with("relive: "), "{err}");
+    err
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds both counter releases once per test binary (cargo builds the
+/// module crates into target/examples, as the other tests do).
+fn archives() -> &'static (PathBuf, PathBuf) {
+    static BUILT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = repo().join("target").join("release-archives");
+        let target = repo().join("target").join("examples");
+        let build = |version: &str| {
+            let app = repo().join("examples").join("releases").join(format!("counter-{version}"));
+            let printed = ok(&[
+                "release",
+                "build",
+                app.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+                "--target-dir",
+                target.to_str().unwrap(),
+            ]);
+            let path = PathBuf::from(printed.trim());
+            assert_eq!(path, out.join(format!("counter-{version}.tar.gz")));
+            path
+        };
+        (build("1.0.0"), build("2.0.0"))
+    })
+}
+
+fn listing(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.file_name().is_some_and(|n| n != "store.lock") {
+                let bytes = std::fs::read(&path).unwrap();
+                files.push((path, bytes));
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn build_inspect_unpack_and_plan_round_trip() {
+    let (v1, v2) = archives();
+    let root = tempfile::tempdir().unwrap();
+    let root_arg = root.path().to_str().unwrap();
+
+    let summary: serde_json::Value =
+        serde_json::from_str(&ok(&["release", "inspect", v2.to_str().unwrap(), "--json"])).unwrap();
+    assert_eq!((summary["name"].as_str(), summary["version"].as_str()), (Some("counter"), Some("2.0.0")));
+    assert_eq!(summary["upgrade_from"], "^1.0.0");
+    assert_eq!(summary["modules"][0]["name"], "counter");
+    assert_eq!(summary["modules"][0]["sha256"].as_str().map(str::len), Some(64));
+    let text = ok(&["release", "inspect", v1.to_str().unwrap()]);
+    assert!(text.contains("counter") && text.contains("1.0.0"), "{text}");
+
+    for archive in [v1, v2] {
+        let said = ok(&["release", "unpack", archive.to_str().unwrap(), "--root", root_arg]);
+        assert!(said.starts_with("unpacked counter"), "{said}");
+    }
+    let releases: serde_json::Value =
+        serde_json::from_str(&ok(&["release", "list", "--root", root_arg, "--json"])).unwrap();
+    let states: Vec<(String, String)> = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["version"].as_str().unwrap().to_string(), r["state"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(states, vec![("1.0.0".into(), "unpacked".into()), ("2.0.0".into(), "unpacked".into())]);
+    let sha = summary["modules"][0]["sha256"].as_str().unwrap();
+    assert!(root.path().join("code").join(format!("{sha}.so")).is_file(), "content-addressed library");
+
+    let planned: serde_json::Value = serde_json::from_str(&ok(&[
+        "plan",
+        v2.to_str().unwrap(),
+        "--root",
+        root_arg,
+        "--from",
+        "1.0.0",
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(planned["kind"], "upgrade", "{planned}");
+    let ops: Vec<&str> = planned["plan"]["instruction"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["op"].as_str().unwrap())
+        .collect();
+    assert_eq!(ops, vec!["load_module", "update", "purge"], "{planned}");
+    let library = PathBuf::from(planned["plan"]["instruction"][0]["path"].as_str().unwrap());
+    assert!(library.is_absolute() && library.is_file(), "{}", library.display());
+    let readable = ok(&["plan", v2.to_str().unwrap(), "--root", root_arg, "--from", "1.0.0"]);
+    assert!(
+        readable.contains("1. load_module counter") && readable.contains("2. update counter"),
+        "{readable}"
+    );
+
+    // 1.0.0 declares no upgrade_from: going back is a restart, and says so.
+    let back = ok(&["plan", v1.to_str().unwrap(), "--root", root_arg, "--from", "2.0.0"]);
+    assert!(back.starts_with("restart: ") && back.contains("upgrade_from"), "{back}");
+    // Nothing runs yet: plan needs --from.
+    let error = failure(&["plan", v2.to_str().unwrap(), "--root", root_arg]);
+    assert!(error.contains("--from"), "{error}");
+    let error = failure(&["plan", v2.to_str().unwrap(), "--root", root_arg, "--from", "9.9.9"]);
+    assert!(error.contains("9.9.9"), "{error}");
+}
+
+#[test]
+fn a_bad_archive_is_refused_and_the_store_is_left_as_it_was() {
+    let (v1, v2) = archives();
+    let root = tempfile::tempdir().unwrap();
+    let root_arg = root.path().to_str().unwrap();
+    ok(&["release", "unpack", v1.to_str().unwrap(), "--root", root_arg]);
+    let before = listing(root.path());
+
+    let bytes = std::fs::read(v2).unwrap();
+    let truncated = root.path().parent().unwrap().join(format!("truncated-{}.tar.gz", std::process::id()));
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let error = failure(&["release", "unpack", truncated.to_str().unwrap(), "--root", root_arg]);
+    assert!(error.contains(truncated.file_name().unwrap().to_str().unwrap()), "{error}");
+    std::fs::remove_file(&truncated).unwrap();
+
+    let error = failure(&["release", "unpack", v1.to_str().unwrap(), "--root", root_arg]);
+    assert!(error.contains("1.0.0"), "unpacking twice: {error}");
+    let error = failure(&["release", "unpack", v2.to_str().unwrap(), "--root", root_arg, "--require-signed"]);
+    assert!(error.contains("keys"), "{error}");
+    assert_eq!(listing(root.path()), before, "a refused unpack changed the store");
+
+    let error = failure(&["release", "build", root_arg]);
+    assert!(error.contains("release.toml"), "{error}");
+}
+
+#[test]
+fn a_signed_archive_is_accepted_only_with_its_key_trusted() {
+    let (v1, _) = archives();
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signer");
+    ok(&["release", "keygen", key.to_str().unwrap()]);
+    let app = repo().join("examples").join("releases").join("counter-1.0.0");
+    let out = dir.path().join("out");
+    let target = repo().join("target").join("examples");
+    let signed = PathBuf::from(
+        ok(&[
+            "release",
+            "build",
+            app.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--sign",
+            key.to_str().unwrap(),
+            "--target-dir",
+            target.to_str().unwrap(),
+        ])
+        .trim(),
+    );
+    let root = dir.path().join("store");
+    let root_arg = root.to_str().unwrap();
+    std::fs::create_dir_all(root.join("keys")).unwrap();
+    let other = dir.path().join("other");
+    ok(&["release", "keygen", other.to_str().unwrap()]);
+    std::fs::copy(dir.path().join("other.pub"), root.join("keys").join("other.pub")).unwrap();
+    let error = failure(&["release", "unpack", v1.to_str().unwrap(), "--root", root_arg, "--require-signed"]);
+    assert!(error.contains("sign"), "an unsigned archive: {error}");
+    let error =
+        failure(&["release", "unpack", signed.to_str().unwrap(), "--root", root_arg, "--require-signed"]);
+    assert!(error.contains("trust") || error.contains("key"), "signed by an untrusted key: {error}");
+    std::fs::copy(dir.path().join("signer.pub"), root.join("keys").join("signer.pub")).unwrap();
+    let said = ok(&["release", "unpack", signed.to_str().unwrap(), "--root", root_arg, "--require-signed"]);
+    assert!(said.starts_with("unpacked counter 1.0.0"), "{said}");
+}
