@@ -136,7 +136,10 @@ pub fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                     root.join("keys").display()
                 );
             }
-            let contents = archive::read(&path, Some(&trusted), require_signed)?;
+            // With no key in the store, a signature is still checked
+            // against the key it names; with keys, it must be one of them.
+            let trusted = (!trusted.is_empty()).then_some(trusted.as_slice());
+            let contents = archive::read(&path, trusted, require_signed)?;
             let mut store = Store::open(&root)?;
             let libraries: Vec<(String, String, Vec<u8>)> = contents
                 .libraries

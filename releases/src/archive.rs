@@ -586,7 +586,7 @@ fn tar_entries(path: &Path, tar: &[u8]) -> Result<Vec<(String, Vec<u8>)>> {
         }
         let kind = entry.header().entry_type();
         match kind {
-            tar::EntryType::Regular | tar::EntryType::Symlink => {}
+            tar::EntryType::Regular => {}
             tar::EntryType::Directory if name.trim_end_matches('/') == "lib" => continue,
             other => {
                 let what = match other {

@@ -243,6 +243,7 @@ fn build_is_deterministic_and_entries_are_plain() {
     let other = app.dir.path().join("other");
     let b = fs::read(build(&app.manifest, app.dir.path(), &app.libraries, &other, None).unwrap()).unwrap();
     assert_eq!(a, b);
+    assert_eq!(&a[4..8], &[0, 0, 0, 0], "gzip header mtime 0");
     let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(a.as_slice()));
     for e in archive.entries().unwrap() {
         let e = e.unwrap();
