@@ -403,6 +403,21 @@ impl CodeServer {
     }
 }
 
+impl CodeServer {
+    /// A supervisor child that runs the current version of `module` each
+    /// time it starts (so a restart after an upgrade runs the new code).
+    /// `init_arg` is MessagePack. If the module is gone when the child
+    /// (re)starts, the start fails, as a failing init would.
+    pub fn child_spec(self: &Arc<Self>, id: &str, module: &str, init_arg: Vec<u8>) -> crate::ChildSpec {
+        let code = Arc::clone(self);
+        let module = module.to_string();
+        crate::ChildSpec::worker(id, move || match code.module_process(&module, init_arg.clone()) {
+            Ok(process) => Box::new(process),
+            Err(error) => panic!("starting a child of module {module}: {error}"),
+        })
+    }
+}
+
 /// A migration computed off to the side: the new state exists, the process
 /// still runs its old code with its old state. Commit it with
 /// [`CodeServer::commit`]; drop it to abort (the new version frees its

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use relive_runtime::supervisor::{self, Strategy};
 use relive_runtime::{
-    Actor, CallError, ChildSpec, CodeError, CodeServer, Ctx, ExitReason, JsonCallError, LoadError, Message,
+    Actor, CallError, CodeError, CodeServer, Ctx, ExitReason, JsonCallError, LoadError, Message,
     MigrateError, ModuleError, ModuleInfo, Node, Pid, ReplyTo, SpawnError, SupervisorSpec, SuspendError,
 };
 use serde_json::{Value, json};
@@ -747,11 +747,7 @@ fn a_supervisor_restarts_a_crashed_module_child_on_the_current_version() {
     let (node, _dir) = node_with_code();
     let code = node.code_server().unwrap();
     code.load(&support::library("counter-v1")).unwrap();
-    let start_code = code.clone();
-    let child = ChildSpec::worker("counter", move || {
-        let init = payload(json!({"label": "supervised"})).0;
-        Box::new(start_code.module_process("counter", init).expect("counter is loaded"))
-    });
+    let child = code.child_spec("counter", "counter", payload(json!({"label": "supervised"})).0);
     let sup = supervisor::start(&node, SupervisorSpec::new(Strategy::OneForOne, vec![child])).unwrap();
     let child_pid = || supervisor::which_children(&node, sup, T).unwrap()[0].pid;
     let first = child_pid().expect("the child runs");

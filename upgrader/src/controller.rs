@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use relive_runtime::supervisor::{self, ChildSpec};
+use relive_runtime::supervisor;
 use relive_runtime::{CodeServer, MailboxCounts, ModuleCode, Node, Pid, VersionStatsSnapshot};
 
 use crate::migrate::{self, BatchOutcome, Limits, MovedSet};
@@ -579,13 +579,7 @@ impl<'a> Transaction<'a> {
                 if self.code().current(module).is_none() {
                     return Err(fail(None, format!("{module} is not loaded")));
                 }
-                let code = Arc::clone(&self.controller.code);
-                let module_name = module.clone();
-                let spec = ChildSpec::worker(id.as_str(), move || {
-                    Box::new(
-                        code.module_process(&module_name, init.clone()).expect("checked before the start"),
-                    )
-                });
+                let spec = self.controller.code.child_spec(id, module, init);
                 supervisor::start_child(self.node(), sup.as_str(), spec, timeout)
                     .map_err(|e| fail(None, format!("starting child {id} under {sup}: {e}")))?;
                 self.undo.push(Undo::Started { supervisor: sup.clone(), id: id.clone() });

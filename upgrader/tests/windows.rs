@@ -18,7 +18,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use relive_runtime::supervisor::{self, Strategy};
-use relive_runtime::{ChildSpec, CodeServer, Node, Pid, SupervisorSpec};
+use relive_runtime::{CodeServer, Node, Pid, SupervisorSpec};
 use relive_upgrader::{
     Canary, Controller, Instruction, Options, Outcome, Plan, Processes, PurgeMode, Report, UpgradeError,
 };
@@ -204,11 +204,7 @@ fn a_rollback_moves_a_child_restarted_on_the_new_code_during_the_window_back_too
     let (node, _dir) = node_with_code();
     let code = node.code_server().unwrap();
     code.load(&support::library("counter-v1")).unwrap();
-    let start_code = code.clone();
-    let child = ChildSpec::worker("counter", move || {
-        let init = payload(json!({"label": "supervised"})).0;
-        Box::new(start_code.module_process("counter", init).expect("counter is loaded"))
-    });
+    let child = code.child_spec("counter", "counter", payload(json!({"label": "supervised"})).0);
     let sup = supervisor::start(&node, SupervisorSpec::new(Strategy::OneForOne, vec![child])).unwrap();
     let child_pid = || supervisor::which_children(&node, sup, T).unwrap()[0].pid;
     let first = child_pid().expect("the child runs");
