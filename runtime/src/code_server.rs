@@ -401,9 +401,7 @@ impl CodeServer {
             .ok_or_else(|| CodeError::UnknownModule(module.to_string()))?;
         Ok(ModuleProcess::new(code, init_arg))
     }
-}
 
-impl CodeServer {
     /// A supervisor child that runs the current version of `module` each
     /// time it starts (so a restart after an upgrade runs the new code).
     /// `init_arg` is MessagePack. If the module is gone when the child
