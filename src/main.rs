@@ -3,7 +3,9 @@
 
 mod bench;
 mod bench_upgrade;
+mod control;
 mod examples;
+mod node;
 mod release;
 
 use std::io::Write;
@@ -28,6 +30,23 @@ enum Command {
     Release(release::ReleaseCommand),
     /// Show the upgrade plan from a release in the store to an archive's.
     Plan(release::PlanArgs),
+    /// Run a node (it boots a release and takes commands on <root>/control.sock), or stop it.
+    #[command(subcommand)]
+    Node(control::NodeCommand),
+    /// Upgrade the running node to a release archive, live.
+    Deploy(control::DeployArgs),
+    /// Undo the last deploy, live.
+    Rollback(control::Plain),
+    /// Make the release the node runs permanent (a restarted node boots it).
+    MakePermanent(control::Plain),
+    /// The node's release, modules, processes and last upgrade.
+    Status(control::Plain),
+    /// The releases in the node's store and their states.
+    Releases(control::Plain),
+    /// Call a process of the running release with a JSON request; print its reply.
+    Call(control::CallArgs),
+    /// Cast a JSON message to a process of the running release.
+    Cast(control::CallArgs),
 }
 
 fn main() -> ExitCode {
@@ -61,5 +80,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => bench::run(args),
         Command::Release(command) => release::run(command),
         Command::Plan(args) => release::plan(args),
+        Command::Node(command) => control::node(command),
+        Command::Deploy(args) => control::deploy(args),
+        Command::Rollback(args) => control::rollback(args),
+        Command::MakePermanent(args) => control::make_permanent(args),
+        Command::Status(args) => control::status(args),
+        Command::Releases(args) => control::releases(args),
+        Command::Call(args) => control::call(args, false),
+        Command::Cast(args) => control::call(args, true),
     }
 }

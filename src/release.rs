@@ -84,7 +84,7 @@ pub struct RootArg {
 
 impl RootArg {
     /// Absolute, so plans name libraries wherever they are applied from.
-    fn path(&self) -> PathBuf {
+    pub(crate) fn path(&self) -> PathBuf {
         let root = self
             .root
             .clone()
@@ -184,7 +184,7 @@ fn hex_of(bytes: &[u8]) -> String {
 }
 
 /// The keys in `<root>/keys/*.pub`.
-fn trusted_keys(root: &Path) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
+pub(crate) fn trusted_keys(root: &Path) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
     let dir = root.join("keys");
     let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
     let mut keys = Vec::new();
@@ -322,7 +322,7 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
 
 /// What the planner needs of a manifest; `library` gives each module's
 /// sha256 and library path.
-fn view(
+pub(crate) fn view(
     manifest: &Manifest,
     library: impl Fn(&str) -> Option<(String, PathBuf)>,
 ) -> anyhow::Result<ReleaseView> {

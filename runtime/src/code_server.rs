@@ -128,7 +128,7 @@ impl CodeServer {
     ///
     /// # Errors
     /// [`CodeError::Load`] for a file that is not a valid module (see
-    /// [`LoadError`]); [`CodeError::OldCodeInUse`] when a third version would
+    /// [`crate::LoadError`]); [`CodeError::OldCodeInUse`] when a third version would
     /// be needed; [`CodeError::VersionClash`] and [`CodeError::LayoutChanged`]
     /// for a library that reuses a name and version. Nothing already loaded
     /// changes on error.

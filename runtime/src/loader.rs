@@ -15,6 +15,10 @@
 //!   owned by one process, and `&mut self` on every call.
 //! - Every host service runs under `catch_unwind`: no panic unwinds into
 //!   module code.
+//! - A module's ports are the runtime's ([`crate::port`]): `listen` makes
+//!   the calling process own the listener and, with no accept handler, every
+//!   connection it accepts; their events reach the module as `INFO_PORT`
+//!   (see `ModuleProcess::handle`).
 
 use std::collections::HashSet;
 use std::ffi::c_void;
@@ -512,6 +516,9 @@ pub(crate) static HOST_VTABLE: HostVtable = HostVtable {
     cancel_timer: host_cancel_timer,
     log: host_log,
     stop: host_stop,
+    listen: host_listen,
+    port_send: host_port_send,
+    port_close: host_port_close,
 };
 
 /// Runs a host service for the module callback whose `HostCall` is `host`,
@@ -704,6 +711,59 @@ unsafe extern "C" fn host_stop(host: *mut c_void, reason: RStr) {
                 "shutdown" => ExitReason::Shutdown,
                 other => ExitReason::error(other),
             });
+        })
+    }
+}
+
+unsafe extern "C" fn host_listen(host: *mut c_void, addr: RStr, port_out: *mut u64, out: *mut OutBuf) -> u32 {
+    // SAFETY: handle, string and out pointers from the module's current
+    // callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let text = text(addr);
+            let resolved = std::net::ToSocketAddrs::to_socket_addrs(text).map(|mut addrs| addrs.next());
+            let addr = match resolved {
+                Ok(Some(addr)) => addr,
+                Ok(None) => return write_error(out, &format!("{text:?} names no address")),
+                Err(error) => return write_error(out, &format!("{text:?} is not an address: {error}")),
+            };
+            match h.ctx.listen(addr, crate::port::ListenOpts::raw()) {
+                Ok(info) => {
+                    if !port_out.is_null() {
+                        *port_out = info.port.as_u64();
+                    }
+                    write_out(out, info.local_addr.to_string().as_bytes());
+                    Status::Ok as u32
+                }
+                Err(error) => write_error(out, &error.to_string()),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_port_send(host: *mut c_void, port: u64, msg: RBytes) -> u32 {
+    // SAFETY: handle and bytes from the module's current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            match h.ctx.port_send(crate::port::PortId::from_u64(port), bytes(msg)) {
+                Ok(()) => Status::Ok as u32,
+                Err(error) => {
+                    tracing::debug!(pid = %h.ctx.pid(), %error, "port_send failed");
+                    Status::Error as u32
+                }
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_port_close(host: *mut c_void, port: u64) -> u32 {
+    // SAFETY: handle from the module's current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            match h.ctx.port_close(crate::port::PortId::from_u64(port)) {
+                Ok(()) => Status::Ok as u32,
+                Err(_) => Status::Error as u32,
+            }
         })
     }
 }

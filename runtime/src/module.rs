@@ -9,17 +9,22 @@
 //! Messages to and from modules are MessagePack [`Payload`]s; a JSON value
 //! ([`serde_json::Value`]) sent to a module process is converted to
 //! MessagePack on the way in (the JSON bridge), and [`payload_to_json`]
-//! turns a reply back.
+//! turns a reply back. The runtime's own messages reach `handle_info` with
+//! their kind: a trapped [`Exit`] (`INFO_EXIT`), a monitor's [`Down`]
+//! (`INFO_DOWN`), and an event of a port the process owns
+//! ([`crate::PortEvent`], re-encoded as relive-abi's `PortEvent`:
+//! `INFO_PORT`).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use relive_abi::{INFO_DOWN, INFO_EXIT, INFO_MESSAGE};
+use relive_abi::{INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT};
 
 use crate::ctx::Ctx;
 use crate::loader::{Callback, ModuleCode, ModuleError, ModuleState};
 use crate::message::{Down, Exit, Message, ReplyTo};
 use crate::pid::{ExitReason, Pid};
+use crate::port::PortEvent;
 use crate::process::Actor;
 
 /// A MessagePack message for (or reply from) a module process.
@@ -212,6 +217,24 @@ fn pack<T: serde::Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("tuples of integers and strings always encode")
 }
 
+/// A runtime port event as a module reads it ([`relive_abi::PortEvent`],
+/// MessagePack).
+fn port_event(event: PortEvent) -> Vec<u8> {
+    use relive_abi::PortId as Id;
+    let event = match event {
+        PortEvent::Accepted { listener, port, peer } => relive_abi::PortEvent::Accepted {
+            listener: Id(listener.as_u64()),
+            port: Id(port.as_u64()),
+            peer: peer.to_string(),
+        },
+        PortEvent::Data { port, bytes } => relive_abi::PortEvent::Data { port: Id(port.as_u64()), bytes },
+        PortEvent::Closed { port, reason } => {
+            relive_abi::PortEvent::Closed { port: Id(port.as_u64()), reason: reason.to_string() }
+        }
+    };
+    rmp_serde::to_vec_named(&event).expect("port events always encode")
+}
+
 impl Actor for ModuleProcess {
     fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
         let arg = std::mem::take(&mut self.init_arg);
@@ -246,10 +269,13 @@ impl Actor for ModuleProcess {
                 Ok(exit) => (INFO_EXIT, pack(&(exit.from.as_u64(), exit.reason.to_string()))),
                 Err(message) => match message.downcast::<Down>() {
                     Ok(down) => (INFO_DOWN, pack(&(down.pid.as_u64(), down.reason.to_string()))),
-                    Err(_) => {
-                        tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message that is not MessagePack or JSON");
-                        return;
-                    }
+                    Err(message) => match message.downcast::<PortEvent>() {
+                        Ok(event) => (INFO_PORT, port_event(event)),
+                        Err(_) => {
+                            tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message that is not MessagePack or JSON");
+                            return;
+                        }
+                    },
                 },
             },
         };
@@ -294,5 +320,42 @@ impl Drop for ModuleProcess {
         if let Some(pid) = self.pid {
             self.code().pids.remove(pid);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::port::{CloseReason, PortId};
+
+    /// The bytes `INFO_PORT` carries read back as relive-abi's `PortEvent`
+    /// (what a module's glue decodes), with data as MessagePack `bin`.
+    #[test]
+    fn port_events_cross_as_relive_abi_port_events() {
+        use relive_abi::{PortEvent as Abi, PortId as Id};
+        let peer: std::net::SocketAddr = "127.0.0.1:4242".parse().unwrap();
+        let accepted = PortEvent::Accepted { listener: PortId::from_u64(1), port: PortId::from_u64(2), peer };
+        let decoded: Abi = rmp_serde::from_slice(&port_event(accepted)).unwrap();
+        assert_eq!(decoded, Abi::Accepted { listener: Id(1), port: Id(2), peer: "127.0.0.1:4242".into() });
+
+        let bytes: Vec<u8> = (0..=255).collect();
+        let encoded = port_event(PortEvent::Data { port: PortId::from_u64(2), bytes: bytes.clone() });
+        assert!(encoded.len() < 300, "bytes cross as bin, not as an array of integers");
+        let decoded: Abi = rmp_serde::from_slice(&encoded).unwrap();
+        assert_eq!(decoded, Abi::Data { port: Id(2), bytes });
+
+        let closed = PortEvent::Closed { port: PortId::from_u64(2), reason: CloseReason::PeerClosed };
+        let decoded: Abi = rmp_serde::from_slice(&port_event(closed)).unwrap();
+        assert_eq!(decoded, Abi::Closed { port: Id(2), reason: "closed by peer".into() });
+
+        // A Data event written the default serde way (array of integers)
+        // still reads.
+        #[derive(serde::Serialize)]
+        enum Plain {
+            Data { port: u64, bytes: Vec<u8> },
+        }
+        let plain = rmp_serde::to_vec_named(&Plain::Data { port: 3, bytes: vec![1, 2, 3] }).unwrap();
+        let decoded: Abi = rmp_serde::from_slice(&plain).unwrap();
+        assert_eq!(decoded, Abi::Data { port: Id(3), bytes: vec![1, 2, 3] });
     }
 }

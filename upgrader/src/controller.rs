@@ -301,6 +301,9 @@ impl Controller {
         }
         let rollback = tx.undo_all(last.undo);
         tx.upgrade_time = tx.started.elapsed();
+        // What this rollback moved: its processes and their pauses.
+        tx.moved = rollback.restored + rollback.downgraded;
+        tx.pauses = rollback.pauses.clone();
         let reason = format!("explicit rollback of {}", last.plan);
         Ok(tx.report(&last.plan, Outcome::RolledBack { reason }, Some(rollback)))
     }
@@ -901,6 +904,7 @@ impl<'a> Transaction<'a> {
             }
         }
         report.pause = PauseStats::of(&pauses);
+        report.pauses = pauses;
         report
     }
 

@@ -10,14 +10,17 @@
 //! changed ones loaded first (a load error aborts before any process is
 //! touched), then the changed modules' processes are updated, then
 //! processes that are gone stop and new ones start, then modules that are
-//! gone are deleted; purges of the replaced code come last, at commit.
-//! Explicit instructions in the new release replace all of it.
+//! gone are deleted. Generated plans purge nothing: the replaced code stays
+//! resident as the old version, so the upgrade can be rolled back live, and
+//! it goes when a later version is loaded (the code server drops an old
+//! version nobody runs). A release that must purge says so in explicit
+//! instructions, which replace all of this.
 
 use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::plan::{Instruction, Plan, PlanError, Processes, PurgeMode};
+use crate::plan::{Instruction, Plan, PlanError, Processes};
 
 /// What the planner needs of a release.
 #[derive(Clone, Debug, PartialEq)]
@@ -179,7 +182,6 @@ fn generate(from: &ReleaseView, to: &ReleaseView) -> Vec<Instruction> {
     let supervisor = supervisor_name(&to.name);
     let mut loads = Vec::new();
     let mut updates = Vec::new();
-    let mut purges = Vec::new();
     for module in &to.modules {
         match old_module(&module.name) {
             None => loads
@@ -195,7 +197,6 @@ fn generate(from: &ReleaseView, to: &ReleaseView) -> Vec<Instruction> {
                     extra: serde_json::Value::Null,
                     suspend_together: false,
                 });
-                purges.push(Instruction::Purge { module: module.name.clone(), mode: PurgeMode::Soft });
             }
             Some(_) => {}
         }
@@ -223,10 +224,9 @@ fn generate(from: &ReleaseView, to: &ReleaseView) -> Vec<Instruction> {
     for module in &from.modules {
         if new_module(&module.name).is_none() {
             deletes.push(Instruction::DeleteModule { module: module.name.clone() });
-            purges.push(Instruction::Purge { module: module.name.clone(), mode: PurgeMode::Brutal });
         }
     }
-    loads.into_iter().chain(updates).chain(stops).chain(starts).chain(deletes).chain(purges).collect()
+    loads.into_iter().chain(updates).chain(stops).chain(starts).chain(deletes).collect()
 }
 
 #[cfg(test)]
@@ -285,8 +285,6 @@ mod tests {
                 "stop_child old_worker under kv_sup",
                 "start_child stats (stats with {}) under kv_sup",
                 "delete_module legacy",
-                "soft_purge store",
-                "brutal_purge legacy",
             ]
         );
         assert_eq!(plan.name, "kv 1.0.0 → 1.1.0");

@@ -150,6 +150,9 @@ pub struct RollbackReport {
     pub errors: Vec<String>,
     /// Pause of the processes moved back.
     pub pause: PauseStats,
+    /// Each pause, for the report of an explicit rollback.
+    #[serde(skip)]
+    pub(crate) pauses: Vec<std::time::Duration>,
 }
 
 impl RollbackReport {

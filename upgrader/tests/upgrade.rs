@@ -67,6 +67,7 @@ fn every_process_moves_to_the_new_version_with_its_state_and_back_on_rollback() 
     let rollback = back.rollback.as_ref().unwrap();
     assert!(rollback.complete(), "{back}");
     assert_eq!(rollback.downgraded, 50, "{back}");
+    assert_eq!((back.moved, back.pause.count), (50, 50), "the rollback's own moves: {back}");
     assert_eq!(rollback.unloaded, vec!["counter 2.0.0".to_string()]);
     for (i, pid) in pids.iter().enumerate() {
         assert_eq!(call(&node, *pid, json!("Version")), json!("1.0.0"));

@@ -8,6 +8,92 @@ use serde::{Deserialize, Serialize};
 
 use crate::ffi::{HostCtx, OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status};
 
+/// A port (a TCP listener or connection the node holds) as a module sees it:
+/// the node's port number. The runtime owns the socket; the process that
+/// owns the port gets its events as [`Info::Port`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortId(pub u64);
+
+impl fmt::Display for PortId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#Port<0.{}>", self.0)
+    }
+}
+
+/// What a port tells its owning process ([`Info::Port`]); crosses the ABI
+/// as MessagePack ([`crate::INFO_PORT`]).
+///
+/// Events of one connection arrive in the order the bytes did: its
+/// `Accepted` (to the listener's owner, which owns the connection too),
+/// any `Data`, then one `Closed` unless the program closed it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PortEvent {
+    /// A listener accepted a connection, now owned by this process.
+    Accepted {
+        /// The listener.
+        listener: PortId,
+        /// The new connection.
+        port: PortId,
+        /// The peer's address (`ip:port`).
+        peer: String,
+    },
+    /// Bytes arrived, as one read returned them: a request may be split
+    /// across events, and one event may hold many requests.
+    Data {
+        /// The connection.
+        port: PortId,
+        /// The bytes.
+        #[serde(with = "bytes")]
+        bytes: Vec<u8>,
+    },
+    /// The connection closed by itself (the peer closed it, or an I/O
+    /// error); the port is gone.
+    Closed {
+        /// The connection.
+        port: PortId,
+        /// Why, as text.
+        reason: String,
+    },
+}
+
+/// `Vec<u8>` as MessagePack `bin` (serde's default is an array of
+/// integers, twice the size and much slower); reads either.
+mod bytes {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes)
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                Ok(v.as_bytes().to_vec())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_byte_buf(Bytes)
+    }
+}
+
 /// A process id as a module sees it (the node's 64-bit pid).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Pid(pub u64);
@@ -111,6 +197,8 @@ pub enum Info<T> {
         /// Why, as text.
         reason: String,
     },
+    /// An event of a port this process owns (see [`Ctx::listen`]).
+    Port(PortEvent),
 }
 
 /// Log levels of [`Ctx::log`].
@@ -154,7 +242,8 @@ pub trait Behaviour: Serialize + DeserializeOwned + Send + 'static {
         let _ = (message, ctx);
     }
 
-    /// Handles a plain message, a trapped exit or a monitor's down message.
+    /// Handles a plain message, a trapped exit, a monitor's down message or
+    /// an event of a port the process owns.
     fn handle_info(&mut self, info: Info<Self::Info>, ctx: &mut Ctx<'_>) {
         let _ = (info, ctx);
     }
@@ -352,6 +441,59 @@ impl<'a> Ctx<'a> {
     pub fn stop(&mut self, reason: &str) {
         // SAFETY: host function with this call's host handle.
         unsafe { (self.vtable().stop)(self.host.host, RStr::new(reason)) }
+    }
+}
+
+/// Ports: TCP listeners and connections the node owns, lent to this
+/// process.
+impl Ctx<'_> {
+    /// Listens on `addr` (`"127.0.0.1:6379"`; port 0 picks a free one).
+    /// This process owns the listener and every connection it accepts, and
+    /// gets their events as [`Info::Port`]: `Accepted`, then the bytes as
+    /// they were read (`Data`), then `Closed`. The node owns the sockets, so
+    /// connections stay open across an upgrade of this process; they close
+    /// when it exits.
+    pub fn listen(&mut self, addr: &str) -> Result<PortId, Error> {
+        self.listen_at(addr).map(|(port, _)| port)
+    }
+
+    /// As [`Ctx::listen`], and the address the listener is bound to (with
+    /// the real port when asked for port 0).
+    pub fn listen_at(&mut self, addr: &str) -> Result<(PortId, String), Error> {
+        let mut port = 0u64;
+        let mut text = Vec::new();
+        let mut out = OutBuf::for_vec(&mut text);
+        // SAFETY: host function with this call's host handle; `port` and
+        // `out` are valid for writes across the call.
+        let status = unsafe { (self.vtable().listen)(self.host.host, RStr::new(addr), &mut port, &mut out) };
+        let text = String::from_utf8_lossy(&text).into_owned();
+        match Status::from_u32(status) {
+            Status::Ok => Ok((PortId(port), text)),
+            _ => Err(Error(text)),
+        }
+    }
+
+    /// Queues `bytes` on connection `port`; they are written in order
+    /// without blocking this process.
+    pub fn port_send(&mut self, port: PortId, bytes: &[u8]) -> Result<(), Error> {
+        // SAFETY: host function with this call's host handle; `bytes` lives
+        // across the call.
+        let status = unsafe { (self.vtable().port_send)(self.host.host, port.0, RBytes::from_slice(bytes)) };
+        match Status::from_u32(status) {
+            Status::Ok => Ok(()),
+            _ => Err(Error(format!("cannot send on port {port}: it is closed, unknown or a listener"))),
+        }
+    }
+
+    /// Closes `port` (a connection first writes out what is queued); no
+    /// `Closed` event follows.
+    pub fn port_close(&mut self, port: PortId) -> Result<(), Error> {
+        // SAFETY: host function with this call's host handle.
+        let status = unsafe { (self.vtable().port_close)(self.host.host, port.0) };
+        match Status::from_u32(status) {
+            Status::Ok => Ok(()),
+            _ => Err(Error(format!("cannot close port {port}: it is closed or unknown"))),
+        }
     }
 }
 

@@ -6,8 +6,10 @@ use std::ffi::c_void;
 /// First field of every [`ModuleVtable`]: "RELIVE" and a format byte.
 pub const MAGIC: u64 = u64::from_be_bytes(*b"RELIVE\x00\x01");
 
-/// The version of the tables in this file.
-pub const ABI_VERSION: u32 = 1;
+/// The version of the tables in this file. 2 added the port services
+/// ([`HostVtable::listen`], [`HostVtable::port_send`],
+/// [`HostVtable::port_close`]) and [`INFO_PORT`].
+pub const ABI_VERSION: u32 = 2;
 
 /// The symbol a module exports: `extern "C" fn() -> *const ModuleVtable`.
 pub const EXPORT_SYMBOL: &str = "relive_module_vtable";
@@ -25,6 +27,12 @@ pub const INFO_EXIT: u32 = 1;
 /// `kind` of [`ModuleVtable::handle_info`]: a monitor's down message,
 /// MessagePack `(pid: u64, reason: String)`.
 pub const INFO_DOWN: u32 = 2;
+/// `kind` of [`ModuleVtable::handle_info`]: an event of a port the process
+/// owns, MessagePack of [`crate::PortEvent`] (an externally tagged enum:
+/// `{"Accepted": {"listener": u64, "port": u64, "peer": String}}`,
+/// `{"Data": {"port": u64, "bytes": bin}}` or
+/// `{"Closed": {"port": u64, "reason": String}}`).
+pub const INFO_PORT: u32 = 3;
 
 /// Result of every call across the boundary, as a `u32`.
 #[repr(u32)]
@@ -211,6 +219,23 @@ pub struct HostVtable {
     /// Ends the calling process with `reason` once the callback returns
     /// (`"normal"`, `"shutdown"`, or any text for an error).
     pub stop: unsafe extern "C" fn(host: *mut c_void, reason: RStr),
+    /// Since ABI 2. Opens a TCP listener on `addr` (`"host:port"`; port 0
+    /// picks a free one) owned by the calling process, which also owns every
+    /// connection it accepts; their bytes arrive unframed, as they were read
+    /// ([`INFO_PORT`] events). Writes the listener's port id to `port_out`
+    /// and the address it is bound to (text) to `out`, or the error text to
+    /// `out`. The runtime owns the sockets: they outlive any code version,
+    /// and close when the owning process exits.
+    pub listen:
+        unsafe extern "C" fn(host: *mut c_void, addr: RStr, port_out: *mut u64, out: *mut OutBuf) -> u32,
+    /// Since ABI 2. Queues `bytes` on connection `port` (they are written
+    /// in order, without blocking the caller); [`Status::Error`] if the port
+    /// is unknown, closed or a listener.
+    pub port_send: unsafe extern "C" fn(host: *mut c_void, port: u64, bytes: RBytes) -> u32,
+    /// Since ABI 2. Closes `port` (a connection writes out what is queued
+    /// first); no `Closed` event follows. [`Status::Error`] if it is unknown
+    /// or already closed.
+    pub port_close: unsafe extern "C" fn(host: *mut c_void, port: u64) -> u32,
 }
 
 /// A module: what its exported function returns. Every function pointer is
@@ -252,7 +277,7 @@ pub struct ModuleVtable {
         out: *mut OutBuf,
     ) -> u32,
     /// Handles a plain message of `kind` ([`INFO_MESSAGE`], [`INFO_EXIT`],
-    /// [`INFO_DOWN`]).
+    /// [`INFO_DOWN`], [`INFO_PORT`]).
     pub handle_info: unsafe extern "C" fn(
         state: *mut c_void,
         host: *const HostCtx,

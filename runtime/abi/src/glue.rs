@@ -14,10 +14,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::de::DeserializeOwned;
 use serde_reflection::{Samples, Tracer, TracerConfig};
 
-use crate::author::{Behaviour, Ctx, Error, Extra, Info, Pid, StateBytes};
+use crate::author::{Behaviour, Ctx, Error, Extra, Info, Pid, PortEvent, StateBytes};
 use crate::ffi::{
-    ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, MAGIC, ModuleVtable, OutBuf, RBytes, RStr,
-    Status,
+    ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC, ModuleVtable, OutBuf, RBytes,
+    RStr, Status,
 };
 
 /// Builds the vtable of module `name` at `version` around `B`.
@@ -204,6 +204,7 @@ unsafe extern "C" fn handle_info<B: Behaviour>(
                     let (pid, reason): (u64, String) = decode(bytes, "a down message")?;
                     Info::Down { pid: Pid(pid), reason }
                 }
+                INFO_PORT => Info::Port(decode::<PortEvent>(bytes, "a port event")?),
                 other => return Err((Status::BadInput, format!("unknown message kind {other}"))),
             };
             let mut ctx = Ctx::from_host(&*host);

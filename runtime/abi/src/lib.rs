@@ -23,8 +23,14 @@
 //! - Every exported function runs the author's code under `catch_unwind`: a
 //!   panic becomes [`Status::Panic`] with the message in the out buffer, never
 //!   an unwind across the boundary.
-//! - The module reaches the node (send, call, spawn, timers, log) through the
-//!   [`HostVtable`] in the [`HostCtx`] passed to each call.
+//! - The module reaches the node (send, call, spawn, timers, log, TCP ports)
+//!   through the [`HostVtable`] in the [`HostCtx`] passed to each call. A
+//!   process can listen on TCP ([`Ctx::listen`]); the node owns the sockets
+//!   and lends them to the process, whose `handle_info` gets their events
+//!   ([`Info::Port`] with a [`PortEvent`], kind [`INFO_PORT`]), so a client's
+//!   connection outlives any code version.
+//! - New host services are only ever appended to the [`HostVtable`], and
+//!   each addition bumps [`ABI_VERSION`] (2: the port services).
 //! - [`ModuleVtable::describe_types`] writes a description of the state and
 //!   message types (their serde shape, traced with serde-reflection); the node
 //!   fingerprints it so a layout change without a version bump is refused.
@@ -53,10 +59,12 @@ mod ffi;
 #[doc(hidden)]
 pub mod glue;
 
-pub use author::{Behaviour, Ctx, Error, Extra, Info, LogLevel, Pid, StateBytes, TimerRef};
+pub use author::{
+    Behaviour, Ctx, Error, Extra, Info, LogLevel, Pid, PortEvent, PortId, StateBytes, TimerRef,
+};
 pub use ffi::{
-    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, MAGIC, ModuleVtable,
-    OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status,
+    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC,
+    ModuleVtable, OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status,
 };
 pub use semver::Version;
 
@@ -65,7 +73,9 @@ pub const ABI_CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// What a module author needs in scope.
 pub mod prelude {
-    pub use crate::{Behaviour, Ctx, Error, Extra, Info, LogLevel, Pid, StateBytes, TimerRef, Version};
+    pub use crate::{
+        Behaviour, Ctx, Error, Extra, Info, LogLevel, Pid, PortEvent, PortId, StateBytes, TimerRef, Version,
+    };
     pub use serde::{Deserialize, Serialize};
 }
 

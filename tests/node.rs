@@ -1,0 +1,464 @@
+//! `relive node start|stop`, `deploy`, `rollback`, `make-permanent`,
+//! `status`, `releases`, `call` through the binary, on the counter
+//! application (examples/releases/): a node booted from an archive, a live
+//! deploy that keeps the state, rollback, heart restarting a killed node on
+//! the permanent release, and the refusals (no node, a second node, another
+//! application, a deploy during a deploy, another uid).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+fn relive(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_relive")).args(args).output().expect("running relive")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = relive(args);
+    assert!(
+        out.status.success(),
+        "relive {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+fn failure(args: &[&str]) -> String {
+    let out = relive(args);
+    assert!(!out.status.success(), "relive {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(err.contains("relive: "), "{err}");
+    err
+}
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds an application's release archive into `out` (module crates into
+/// target/examples, as the other tests do).
+fn build(app: &Path, out: &Path) -> PathBuf {
+    let target = repo().join("target").join("examples");
+    let printed = ok(&[
+        "release",
+        "build",
+        app.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--target-dir",
+        target.to_str().unwrap(),
+    ]);
+    PathBuf::from(printed.trim())
+}
+
+/// Both counter releases, built once per test binary.
+fn archives() -> &'static (PathBuf, PathBuf) {
+    static BUILT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = repo().join("target").join("release-archives");
+        let app = |version: &str| repo().join("examples").join("releases").join(format!("counter-{version}"));
+        (build(&app("1.0.0"), &out), build(&app("2.0.0"), &out))
+    })
+}
+
+/// Whether process `pid` runs (a zombie does not).
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z' | 'X'))
+        }
+        Err(_) => false,
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A node started on a root; dropping it stops the node (and kills what
+/// is left of it, heart included), even when the test failed.
+struct NodeGuard {
+    root: PathBuf,
+    pids: Vec<u32>,
+    /// How to run `relive node stop` (as the node's user).
+    stop_as: Option<u32>,
+}
+
+impl NodeGuard {
+    /// `relive node start --root ROOT ARGS...`; records the node's pid (and
+    /// heart's) from what it prints.
+    fn start(root: &Path, args: &[&str]) -> NodeGuard {
+        NodeGuard::start_as(root, args, None)
+    }
+
+    fn start_as(root: &Path, args: &[&str], uid: Option<u32>) -> NodeGuard {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relive"));
+        command.args(["node", "start", "--root", root.to_str().unwrap()]).args(args);
+        if let Some(uid) = uid {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+        }
+        let out = command.output().expect("running relive node start");
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        let mut guard = NodeGuard { root: root.to_path_buf(), pids: Vec::new(), stop_as: uid };
+        // "node started (pid N[, heart pid M]) on ROOT: ..."
+        for marker in ["(pid ", "heart pid "] {
+            if let Some(rest) = stdout.split(marker).nth(1) {
+                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                guard.pids.extend(digits.parse::<u32>().ok());
+            }
+        }
+        assert!(
+            out.status.success() && !guard.pids.is_empty(),
+            "relive node start {args:?} failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        guard
+    }
+
+    fn root(&self) -> &str {
+        self.root.to_str().unwrap()
+    }
+
+    /// The node's pid (the first one printed).
+    fn pid(&self) -> u32 {
+        self.pids[0]
+    }
+
+    fn status(&self) -> Value {
+        serde_json::from_str(&ok(&["status", "--root", self.root(), "--json"])).expect("status JSON")
+    }
+
+    fn call(&self, name: &str, json: &str) -> Value {
+        serde_json::from_str(ok(&["call", "--root", self.root(), name, json]).trim()).expect("a JSON reply")
+    }
+
+    fn releases(&self) -> Vec<(String, String, String)> {
+        let json: Value =
+            serde_json::from_str(&ok(&["releases", "--root", self.root(), "--json"])).expect("releases JSON");
+        json.as_array()
+            .expect("an array")
+            .iter()
+            .map(|r| {
+                let field = |k: &str| r[k].as_str().unwrap().to_string();
+                (field("name"), field("version"), field("state"))
+            })
+            .collect()
+    }
+}
+
+impl Drop for NodeGuard {
+    fn drop(&mut self) {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_relive"));
+        command.args(["node", "stop", "--root", self.root.to_str().unwrap()]);
+        if let Some(uid) = self.stop_as {
+            std::os::unix::process::CommandExt::uid(&mut command, uid);
+            std::os::unix::process::CommandExt::gid(&mut command, uid);
+        }
+        let _ = command.output();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while self.pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for &pid in &self.pids {
+            if alive(pid) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+            }
+        }
+    }
+}
+
+fn release_of(status: &Value) -> (String, String, String) {
+    let release = &status["release"];
+    let field = |k: &str| release[k].as_str().unwrap_or_default().to_string();
+    (field("name"), field("version"), field("state"))
+}
+
+fn rel(name: &str, version: &str, state: &str) -> (String, String, String) {
+    (name.into(), version.into(), state.into())
+}
+
+#[test]
+fn boot_deploy_live_rollback_make_permanent_and_stop() {
+    let (v1, v2) = archives();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("node");
+    let node = NodeGuard::start(&root, &["--boot", v1.to_str().unwrap()]);
+    let r = node.root();
+
+    // The socket is private.
+    let mode = std::fs::metadata(root.join("control.sock")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "control.sock mode {mode:o}");
+
+    // The release runs, its process answers under its name.
+    assert_eq!(node.call("main_counter", r#"{"Add":2}"#), 2);
+    let status = node.status();
+    assert_eq!(release_of(&status), rel("counter", "1.0.0", "permanent"));
+    assert_eq!(status["modules"][0]["name"], "counter");
+    assert_eq!(status["modules"][0]["current"]["version"], "1.0.0");
+    assert_eq!(status["modules"][0]["current"]["processes"], 1);
+    assert_eq!(status["processes"][0]["name"], "main_counter");
+
+    // A second node on the same root is refused; the first keeps running.
+    let err = failure(&["node", "start", "--root", r, "--foreground"]);
+    assert!(err.contains("already running"), "{err}");
+    assert!(err.contains(&node.pid().to_string()), "{err}");
+    assert_eq!(node.call("main_counter", r#""Get""#), 2);
+
+    // Deploy 2.0.0 live: new code, same count.
+    let out = ok(&["deploy", v2.to_str().unwrap(), "--root", r]);
+    assert!(out.contains("committed"), "{out}");
+    assert_eq!(node.call("main_counter", r#""Version""#), "2.0.0");
+    assert_eq!(node.call("main_counter", r#""Get""#), 2);
+    let status = node.status();
+    assert_eq!(release_of(&status), rel("counter", "2.0.0", "current"));
+    assert_eq!(status["modules"][0]["current"]["version"], "2.0.0");
+    assert_eq!(status["last_report"]["outcome"], "committed");
+    assert_eq!(status["last_report"]["moved"], 1);
+    assert_eq!(
+        node.releases(),
+        vec![rel("counter", "1.0.0", "permanent"), rel("counter", "2.0.0", "current")]
+    );
+
+    // Rollback: 1.0.0 again, the count kept; a second rollback has nothing to do.
+    let out = ok(&["rollback", "--root", r]);
+    assert!(out.contains("rolled back"), "{out}");
+    assert_eq!(node.call("main_counter", r#""Version""#), "1.0.0");
+    assert_eq!(node.call("main_counter", r#"{"Add":1}"#), 3);
+    assert_eq!(release_of(&node.status()), rel("counter", "1.0.0", "permanent"));
+    assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "permanent"), rel("counter", "2.0.0", "old")]);
+    let err = failure(&["rollback", "--root", r]);
+    assert!(err.contains("nothing to roll back"), "{err}");
+
+    // A deploy while a deploy runs (in its health window) is refused.
+    let slow = {
+        let (r, v2) = (r.to_string(), v2.clone());
+        std::thread::spawn(move || {
+            relive(&["deploy", v2.to_str().unwrap(), "--root", &r, "--health-window", "1500ms"])
+        })
+    };
+    wait_until("the first deploy runs", Duration::from_secs(10), || node.status()["busy"].is_string());
+    let err = failure(&["deploy", v2.to_str().unwrap(), "--root", r]);
+    assert!(err.contains("is running"), "{err}");
+    let first = slow.join().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stdout).contains("health window"));
+    assert_eq!(node.call("main_counter", r#""Version""#), "2.0.0");
+    assert_eq!(node.call("main_counter", r#""Get""#), 3);
+
+    // make-permanent: 2.0.0 is what a restart boots now.
+    let out = ok(&["make-permanent", "--root", r]);
+    assert!(out.contains("counter 2.0.0 is permanent"), "{out}");
+    assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "old"), rel("counter", "2.0.0", "permanent")]);
+    assert_eq!(release_of(&node.status()), rel("counter", "2.0.0", "permanent"));
+
+    // 1.0.0 declares no upgrade_from: only a restart reaches it.
+    let err = failure(&["deploy", v1.to_str().unwrap(), "--root", r]);
+    assert!(err.contains("cannot be deployed live"), "{err}");
+    assert_eq!(node.call("main_counter", r#""Version""#), "2.0.0");
+
+    // stop: the socket goes, the process exits, commands find no node.
+    let out = ok(&["node", "stop", "--root", r]);
+    assert!(out.contains("node stopped"), "{out}");
+    assert!(!root.join("control.sock").exists());
+    wait_until("the node process exits", Duration::from_secs(5), || !alive(node.pid()));
+    let err = failure(&["status", "--root", r]);
+    assert!(err.contains(&format!("no node is running on {r}")), "{err}");
+}
+
+#[test]
+fn commands_without_a_node_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let r = dir.path().to_str().unwrap();
+    let expected =
+        format!("relive: no node is running on {r} (start one with `relive node start --root {r}`)");
+    for args in [
+        vec!["status"],
+        vec!["releases", "--json"],
+        vec!["rollback"],
+        vec!["make-permanent"],
+        vec!["call", "main_counter", r#""Get""#],
+        vec!["cast", "main_counter", r#"{"Add":1}"#],
+        vec!["node", "stop"],
+    ] {
+        let mut args = args.clone();
+        args.extend(["--root", r]);
+        let err = failure(&args);
+        assert_eq!(err.trim(), expected, "relive {args:?}");
+    }
+    // A store without a release and no --boot: the node says what to pass.
+    let err = failure(&["node", "start", "--root", r]);
+    assert!(err.contains("pass --boot ARCHIVE"), "{err}");
+    assert!(!dir.path().join("control.sock").exists());
+}
+
+#[test]
+fn a_release_of_another_application_is_refused_and_the_node_keeps_running() {
+    let (v1, v2) = archives();
+    let dir = tempfile::tempdir().unwrap();
+    let app = dir.path().join("other-app");
+    std::fs::create_dir(&app).unwrap();
+    let crate_dir = repo().join("examples").join("counter-v1");
+    std::fs::write(
+        app.join("release.toml"),
+        format!(
+            "[release]\nname = \"other\"\nversion = \"1.1.0\"\nupgrade_from = \"^1.0.0\"\n\n\
+             [[module]]\nname = \"counter\"\ncrate = {:?}\n\n\
+             [[process]]\nname = \"main_counter\"\nmodule = \"counter\"\nrestart = \"permanent\"\n",
+            crate_dir.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let other = build(&app, dir.path());
+
+    let root = dir.path().join("node");
+    let node = NodeGuard::start(&root, &["--boot", v1.to_str().unwrap()]);
+    let r = node.root();
+    assert_eq!(node.call("main_counter", r#"{"Add":7}"#), 7);
+    for extra in [&[][..], &["--dry-run"][..]] {
+        let mut args = vec!["deploy", other.to_str().unwrap(), "--root", r];
+        args.extend(extra);
+        let err = failure(&args);
+        assert!(err.contains("another application"), "{err}");
+        assert!(err.contains("deploy a release of counter"), "{err}");
+    }
+    // Nothing changed: same release, same process, same state, and the
+    // store did not take the other release in.
+    assert_eq!(release_of(&node.status()), rel("counter", "1.0.0", "permanent"));
+    assert_eq!(node.call("main_counter", r#""Get""#), 7);
+    assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "permanent")]);
+
+    // A dry run of a good release changes nothing but the store's list.
+    let out = ok(&["deploy", v2.to_str().unwrap(), "--root", r, "--dry-run"]);
+    assert!(out.contains("1 processes checked") && out.contains("no problem"), "{out}");
+    assert_eq!(node.call("main_counter", r#""Version""#), "1.0.0");
+    assert_eq!(
+        node.releases(),
+        vec![rel("counter", "1.0.0", "permanent"), rel("counter", "2.0.0", "unpacked")]
+    );
+    // --permanent: deployed and made permanent in one go.
+    ok(&["deploy", v2.to_str().unwrap(), "--root", r, "--permanent"]);
+    assert_eq!(node.call("main_counter", r#""Get""#), 7);
+    assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "old"), rel("counter", "2.0.0", "permanent")]);
+}
+
+#[test]
+fn heart_restarts_a_killed_node_on_the_permanent_release() {
+    let (v1, v2) = archives();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("node");
+    let mut node = NodeGuard::start(&root, &["--boot", v1.to_str().unwrap(), "--heart"]);
+    assert_eq!(node.pids.len(), 2, "node and heart pids: {:?}", node.pids);
+    let (first, heart) = (node.pids[0], node.pids[1]);
+    let r = root.to_str().unwrap();
+    assert_eq!(node.status()["parent_pid"], heart);
+
+    // 2.0.0 deployed but not made permanent.
+    ok(&["deploy", v2.to_str().unwrap(), "--root", r]);
+    assert_eq!(node.call("main_counter", r#""Version""#), "2.0.0");
+    assert_eq!(
+        node.releases(),
+        vec![rel("counter", "1.0.0", "permanent"), rel("counter", "2.0.0", "current")]
+    );
+
+    let killed = Command::new("kill").args(["-9", &first.to_string()]).status().unwrap();
+    assert!(killed.success());
+    let mut restarted = None;
+    wait_until("heart starts the node again", Duration::from_secs(15), || {
+        let out = relive(&["status", "--root", r, "--json"]);
+        if !out.status.success() {
+            return false;
+        }
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let pid = status["pid"].as_u64().unwrap() as u32;
+        if pid == first {
+            return false;
+        }
+        restarted = Some((pid, status));
+        true
+    });
+    let (pid, status) = restarted.unwrap();
+    node.pids.push(pid);
+    assert!(!alive(first));
+    assert!(alive(heart));
+    assert_eq!(status["parent_pid"], heart);
+    // The crash undid the deploy that was not permanent, as in OTP; the
+    // store says so too.
+    assert_eq!(release_of(&status), rel("counter", "1.0.0", "permanent"));
+    assert_eq!(node.call("main_counter", r#""Version""#), "1.0.0");
+    assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "permanent"), rel("counter", "2.0.0", "old")]);
+
+    // kill -9 in the middle of a deploy (its health window): the deploy
+    // fails, heart boots the permanent release, the store is as before.
+    let deploy = {
+        let (r, v2) = (r.to_string(), v2.clone());
+        std::thread::spawn(move || {
+            relive(&["deploy", v2.to_str().unwrap(), "--root", &r, "--health-window", "3s"])
+        })
+    };
+    wait_until("the deploy runs", Duration::from_secs(10), || node.status()["busy"].is_string());
+    assert!(Command::new("kill").args(["-9", &pid.to_string()]).status().unwrap().success());
+    let out = deploy.join().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("closed the connection"), "{out:?}");
+    let mut third = None;
+    wait_until("heart starts the node a second time", Duration::from_secs(15), || {
+        let out = relive(&["status", "--root", r, "--json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+        third = status["pid"].as_u64().map(|p| p as u32).filter(|&p| p != pid);
+        third.is_some()
+    });
+    let pid = third.unwrap();
+    node.pids.push(pid);
+    assert_eq!(node.call("main_counter", r#""Version""#), "1.0.0");
+    assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "permanent"), rel("counter", "2.0.0", "old")]);
+
+    // A requested stop ends heart too.
+    ok(&["node", "stop", "--root", r]);
+    wait_until("the node and heart exit", Duration::from_secs(5), || !alive(pid) && !alive(heart));
+    assert!(!root.join("control.sock").exists());
+}
+
+#[test]
+fn a_connection_from_another_uid_is_refused() {
+    if own_uid() != 0 {
+        eprintln!("skipped: only root can run a node as another user");
+        return;
+    }
+    let (v1, _) = archives();
+    const NOBODY: u32 = 65534;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let root = dir.path().join("node");
+    std::fs::create_dir(&root).unwrap();
+    let archive = root.join("counter-1.0.0.tar.gz");
+    std::fs::copy(v1, &archive).unwrap();
+    for path in [&root, &archive] {
+        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    }
+    let node = NodeGuard::start_as(&root, &["--boot", archive.to_str().unwrap()], Some(NOBODY));
+    let r = node.root();
+    let meta = std::fs::metadata(root.join("control.sock")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), NOBODY);
+    // Root gets past the file mode; the node's peer check refuses it.
+    let err = failure(&["status", "--root", r]);
+    assert!(err.contains("refused") && err.contains("uid 0"), "{err}");
+    let err = failure(&["call", "--root", r, "main_counter", r#"{"Add":1}"#]);
+    assert!(err.contains("refused"), "{err}");
+}
+
+/// The test's own uid (root, in the container CI runs in).
+fn own_uid() -> u32 {
+    let out = Command::new("id").arg("-u").output().expect("running id -u");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("a uid")
+}
