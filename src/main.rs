@@ -7,6 +7,7 @@ mod control;
 mod examples;
 mod node;
 mod release;
+mod watch;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Call(control::CallArgs),
     /// Cast a JSON message to a process of the running release.
     Cast(control::CallArgs),
+    /// Rebuild and deploy an application live on every source change.
+    Watch(watch::WatchArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,6 +81,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Watch(args) => watch::run(args),
         Command::Release(command) => release::run(command),
         Command::Plan(args) => release::plan(args),
         Command::Node(command) => control::node(command),

@@ -199,7 +199,7 @@ pub(crate) fn trusted_keys(root: &Path) -> anyhow::Result<Vec<ed25519_dalek::Ver
 
 /// Builds every module crate of `app_dir/release.toml` and writes the
 /// archive into `out`.
-fn build(
+pub(crate) fn build(
     app_dir: &Path,
     out: &Path,
     key: Option<&ed25519_dalek::SigningKey>,
@@ -210,14 +210,21 @@ fn build(
     let mut libraries = Vec::new();
     for module in &manifest.modules {
         let crate_dir = app_dir.join(&module.krate);
-        let library = build_module(&module.name, &crate_dir, target_dir)?;
+        let library = build_module(&module.name, &crate_dir, target_dir, None)?;
         libraries.push((module.name.clone(), library));
     }
     Ok(archive::build(&manifest, app_dir, &libraries, out, key)?)
 }
 
 /// Runs `cargo build --release` on one module crate and returns its cdylib.
-fn build_module(module: &str, crate_dir: &Path, target_dir: Option<&Path>) -> anyhow::Result<PathBuf> {
+/// `version` overrides the module's version (relive-abi's
+/// `RELIVE_MODULE_VERSION`); without it an inherited override is removed.
+pub(crate) fn build_module(
+    module: &str,
+    crate_dir: &Path,
+    target_dir: Option<&Path>,
+    version: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     let cargo_toml = crate_dir.join("Cargo.toml");
     if !cargo_toml.is_file() {
         bail!(
@@ -240,6 +247,10 @@ fn build_module(module: &str, crate_dir: &Path, target_dir: Option<&Path>) -> an
     if let Some(dir) = target_dir {
         command.env("CARGO_TARGET_DIR", dir);
     }
+    match version {
+        Some(version) => command.env("RELIVE_MODULE_VERSION", version),
+        None => command.env_remove("RELIVE_MODULE_VERSION"),
+    };
     let mut child = command
         .spawn()
         .with_context(|| format!("running {} to build module {module}", cargo.to_string_lossy()))?;

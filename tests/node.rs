@@ -462,3 +462,99 @@ fn own_uid() -> u32 {
     let out = Command::new("id").arg("-u").output().expect("running id -u");
     String::from_utf8_lossy(&out.stdout).trim().parse().expect("a uid")
 }
+
+/// A module crate of its own (the counter's source, standalone, building
+/// against this checkout's relive-abi), in an application named "counter"
+/// like the example release, so `relive watch` can edit and redeploy it.
+fn watched_app(dir: &Path) -> PathBuf {
+    let app = dir.join("app");
+    let krate = app.join("watched");
+    std::fs::create_dir_all(krate.join("src")).unwrap();
+    let abi = repo().join("runtime").join("abi");
+    std::fs::write(
+        krate.join("Cargo.toml"),
+        format!(
+            "[package]\nname = \"watched\"\nversion = \"1.0.0\"\nedition = \"2024\"\npublish = false\n\n\
+             [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nrelive-abi = {{ path = {:?} }}\n\
+             serde = {{ version = \"1\", features = [\"derive\"] }}\n\n[workspace]\n",
+            abi.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let source = std::fs::read_to_string(repo().join("examples/counter-v1/src/lib.rs")).unwrap();
+    std::fs::write(krate.join("src/lib.rs"), source).unwrap();
+    std::fs::write(
+        app.join("release.toml"),
+        "[release]\nname = \"counter\"\nversion = \"1.0.0\"\n\n[[module]]\nname = \"counter\"\ncrate = \"watched\"\n\n\
+         [[process]]\nname = \"main_counter\"\nmodule = \"counter\"\nargs = { label = \"main\" }\n",
+    )
+    .unwrap();
+    app
+}
+
+#[test]
+fn watch_rebuilds_and_deploys_on_each_change_and_survives_a_build_error() {
+    let (v1, _) = archives();
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("node");
+    let node = NodeGuard::start(&root, &["--boot", v1.to_str().unwrap()]);
+    node.call("main_counter", r#"{"Add": 5}"#);
+    let app = watched_app(dir.path());
+    // The examples' target directory, whose dependencies are built already;
+    // the crate is "watched", so its builds replace no example library.
+    let target = repo().join("target").join("examples");
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_relive"))
+        .args([
+            "watch",
+            app.to_str().unwrap(),
+            "--root",
+            node.root(),
+            "--target-dir",
+            target.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("watch.log")).unwrap())
+        .spawn()
+        .expect("starting relive watch");
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let watch_log = || std::fs::read_to_string(dir.path().join("watch.log")).unwrap_or_default();
+    let release_version = |node: &NodeGuard| release_of(&node.status()).1;
+
+    // The first build deploys at once, above the running release.
+    wait_until("the first development build runs", Duration::from_secs(240), || {
+        release_version(&node).starts_with("1.0.1-dev.")
+    });
+    let first = release_version(&node);
+    assert_eq!(node.call("main_counter", r#""Get""#), Value::from(5), "the state moved with it");
+
+    // An edit is rebuilt and deployed live.
+    let lib = app.join("watched/src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    let edited = source.replace(
+        r#"Request::Version => Reply::Text(env!("CARGO_PKG_VERSION").to_string())"#,
+        r#"Request::Version => Reply::Text("edited".to_string())"#,
+    );
+    assert_ne!(edited, source, "the counter's Version line changed; update this test");
+    std::fs::write(&lib, &edited).unwrap();
+    wait_until("the edit runs", Duration::from_secs(240), || {
+        node.call("main_counter", r#""Version""#) == Value::from("edited")
+    });
+    assert_ne!(release_version(&node), first);
+    assert_eq!(node.call("main_counter", r#""Get""#), Value::from(5));
+
+    // A build error is shown; the node keeps what it runs.
+    let running = release_version(&node);
+    std::fs::write(&lib, format!("{edited}\nthis is not Rust\n")).unwrap();
+    wait_until("the build error is reported", Duration::from_secs(240), || {
+        watch_log().contains("the node keeps the version it runs")
+    });
+    assert_eq!(release_version(&node), running);
+    assert_eq!(node.call("main_counter", r#""Version""#), Value::from("edited"));
+    drop(Kill(watch));
+}

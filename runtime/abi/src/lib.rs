@@ -84,7 +84,9 @@ pub mod prelude {
 /// `export_module!(State)` names the module after the crate
 /// (`CARGO_PKG_NAME`); `export_module!(State, name = "counter")` names it
 /// explicitly (several crates may build versions of one module). The
-/// version is always the crate's `CARGO_PKG_VERSION`.
+/// version is the crate's `CARGO_PKG_VERSION`, unless the build sets
+/// `RELIVE_MODULE_VERSION` (as `relive watch` does, to give each
+/// development build a version of its own; cargo rebuilds when it changes).
 #[macro_export]
 macro_rules! export_module {
     ($state:ty) => {
@@ -94,8 +96,13 @@ macro_rules! export_module {
         /// The relive module entry point (see relive-abi).
         #[unsafe(no_mangle)]
         pub extern "C" fn relive_module_vtable() -> *const $crate::ModuleVtable {
-            static VTABLE: $crate::ModuleVtable =
-                $crate::glue::vtable::<$state>($name, env!("CARGO_PKG_VERSION"));
+            static VTABLE: $crate::ModuleVtable = $crate::glue::vtable::<$state>(
+                $name,
+                match option_env!("RELIVE_MODULE_VERSION") {
+                    Some(version) => version,
+                    None => env!("CARGO_PKG_VERSION"),
+                },
+            );
             &VTABLE
         }
     };
