@@ -503,7 +503,7 @@ fn watch_rebuilds_and_deploys_on_each_change_and_survives_a_build_error() {
     // The examples' target directory, whose dependencies are built already;
     // the crate is "watched", so its builds replace no example library.
     let target = repo().join("target").join("examples");
-    let mut watch = Command::new(env!("CARGO_BIN_EXE_relive"))
+    let watch = Command::new(env!("CARGO_BIN_EXE_relive"))
         .args([
             "watch",
             app.to_str().unwrap(),
