@@ -35,6 +35,16 @@ pub struct Plain {
 }
 
 #[derive(Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    plain: Plain,
+    /// Go to this release of the store instead of undoing the last deploy
+    /// (live when the newer of the two upgrades from the older one).
+    #[arg(long)]
+    to: Option<semver::Version>,
+}
+
+#[derive(Args)]
 pub struct DeployArgs {
     /// The release archive to upgrade the running node to, live.
     archive: PathBuf,
@@ -280,9 +290,14 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 }
 
 /// `relive rollback`.
-pub fn rollback(args: Plain) -> anyhow::Result<()> {
+pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
+    let RollbackArgs { plain: args, to } = args;
     let root = args.root.path();
-    let response = request(&root, &json!({"cmd": "rollback"}), |_| {})?;
+    let mut request_value = json!({"cmd": "rollback", "progress": true});
+    if let Some(to) = &to {
+        request_value["to"] = Value::String(to.to_string());
+    }
+    let response = request(&root, &request_value, |line| eprintln!("relive: {line}"))?;
     if args.json {
         print_json(&response)?;
     } else if let Some(text) = response["report_text"].as_str() {
@@ -295,7 +310,7 @@ pub fn rollback(args: Plain) -> anyhow::Result<()> {
         let release = &response["release"];
         println!(
             "rolled back from {} to {} {} ({})",
-            response["from"].as_str().unwrap_or("?"),
+            response["from"].as_str().or(response["previous"].as_str()).unwrap_or("?"),
             release["name"].as_str().unwrap_or("?"),
             release["version"].as_str().unwrap_or("?"),
             release["state"].as_str().unwrap_or("?")

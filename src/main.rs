@@ -36,8 +36,8 @@ enum Command {
     Node(control::NodeCommand),
     /// Upgrade the running node to a release archive, live.
     Deploy(control::DeployArgs),
-    /// Undo the last deploy, live.
-    Rollback(control::Plain),
+    /// Undo the last deploy, live (or go to `--to VERSION` of the store).
+    Rollback(control::RollbackArgs),
     /// Make the release the node runs permanent (a restarted node boots it).
     MakePermanent(control::Plain),
     /// The node's release, modules, processes and last upgrade.

@@ -748,7 +748,7 @@ fn handle(
         "status" => Ok(status(state)),
         "releases" => Ok(json!({"releases": lock(&state.store).which_releases()})),
         "deploy" => deploy(state, request, progress),
-        "rollback" => rollback(state),
+        "rollback" => rollback(state, request, progress),
         "make_permanent" => make_permanent(state),
         "plan" => plan(state, request),
         "call" => {
@@ -832,18 +832,56 @@ fn status(state: &State) -> Value {
 /// Reads the archive and plans the way to it from the running release.
 /// Refuses another application, the running release itself, and a
 /// release only a restart reaches.
-fn plan_to(
-    state: &State,
-    archive_path: &Path,
-) -> Result<(Contents, relive_upgrader::plan::Plan, bool), Refusal> {
-    let contents = read_archive(&state.root, archive_path)?;
+/// A release a deploy goes to: from an archive (unpacked into the store on
+/// the way), or already in the store (`rollback --to`).
+enum Target {
+    Archive(Box<Contents>),
+    Stored { manifest: Manifest, view: ReleaseView },
+}
+
+impl Target {
+    fn from_archive(state: &State, archive_path: &Path) -> Result<Target, Refusal> {
+        Ok(Target::Archive(Box::new(read_archive(&state.root, archive_path)?)))
+    }
+
+    fn from_store(state: &State, version: &semver::Version) -> Result<Target, Refusal> {
+        let running = state.running();
+        let store = lock(&state.store);
+        let (manifest, view) = stored_view(&store, &running.name, version)?;
+        Ok(Target::Stored { manifest, view })
+    }
+
+    fn release(&self) -> &manifest::Release {
+        match self {
+            Target::Archive(contents) => &contents.manifest.release,
+            Target::Stored { manifest, .. } => &manifest.release,
+        }
+    }
+
+    fn label(&self) -> String {
+        format!("{} {}", self.release().name, self.release().version)
+    }
+
+    fn view(&self, state: &State) -> Result<ReleaseView, Refusal> {
+        match self {
+            Target::Archive(contents) => release_view_of(state, contents),
+            Target::Stored { view, .. } => Ok(view.clone()),
+        }
+    }
+}
+
+/// The plan from the running release to `target`, or why there is none.
+fn plan_to(state: &State, target: &Target) -> Result<(relive_upgrader::plan::Plan, bool), Refusal> {
     let running = state.running();
-    let new = &contents.manifest.release;
-    let label = format!("{} {}", new.name, new.version);
+    let new = target.release();
+    let label = target.label();
     if new.name != running.name {
+        let origin = match target {
+            Target::Archive(_) => "the archive's release",
+            Target::Stored { .. } => "the stored release",
+        };
         return Err(Refusal::new(format!(
-            "{}: release {label} is another application; this node runs {}: deploy a release of {} (the node keeps running {})",
-            archive_path.display(),
+            "{origin} {label} is another application; this node runs {}: deploy a release of {} (the node keeps running {})",
             running.label(),
             running.name,
             running.label()
@@ -852,14 +890,9 @@ fn plan_to(
     if new.version == running.version {
         return Err(Refusal::new(format!("{label} already runs on this node: nothing to deploy")));
     }
-    let to_view = {
-        let store = lock(&state.store);
-        release::view(&contents.manifest, |module| {
-            contents.library(module).map(|l| (l.sha256.clone(), store.library_path(&l.sha256)))
-        })?
-    };
+    let to_view = target.view(state)?;
     match planner::plan(&running.view, &to_view).map_err(|e| Refusal::new(e.to_string()))? {
-        Planned::Upgrade { plan, explicit } => Ok((contents, plan, explicit)),
+        Planned::Upgrade { plan, explicit } => Ok((plan, explicit)),
         Planned::Restart { reason } => Err(Refusal::new(format!(
             "{label} cannot be deployed live: {reason}; the node keeps running {}",
             running.label()
@@ -869,25 +902,36 @@ fn plan_to(
 
 fn plan(state: &State, request: &Value) -> Result<Value, Refusal> {
     let path = PathBuf::from(str_field(request, "archive")?);
-    let (_, plan, explicit) = plan_to(state, &path)?;
+    let (plan, explicit) = plan_to(state, &Target::from_archive(state, &path)?)?;
     Ok(json!({"plan": plan, "plan_text": plan.to_string(), "explicit": explicit}))
 }
 
 fn deploy(state: &State, request: &Value, progress: &mut dyn FnMut(&str)) -> Result<Value, Refusal> {
     let path = PathBuf::from(str_field(request, "archive")?);
+    let _busy = state.begin(format!("a deploy of {}", path.display()))?;
+    progress("verifying the archive and planning");
+    let target = Target::from_archive(state, &path)?;
+    deploy_to(state, target, request, progress)
+}
+
+/// Plans and applies a deploy to `target` (the caller holds the busy mark).
+fn deploy_to(
+    state: &State,
+    target: Target,
+    request: &Value,
+    progress: &mut dyn FnMut(&str),
+) -> Result<Value, Refusal> {
     let permanent = request["permanent"].as_bool().unwrap_or(false);
     let dry_run = request["dry_run"].as_bool().unwrap_or(false);
     let health_window = Duration::from_millis(request["health_window_ms"].as_u64().unwrap_or(0));
-    let _busy = state.begin(format!("a deploy of {}", path.display()))?;
-    progress("verifying the archive and planning");
-    let (contents, plan, _explicit) = plan_to(state, &path)?;
+    let (plan, _explicit) = plan_to(state, &target)?;
     let running = state.running();
-    let new = &contents.manifest.release;
-    let label = format!("{} {}", new.name, new.version);
-    progress(&format!("unpacking {label} into the store"));
-    {
+    let new = target.release().clone();
+    let label = target.label();
+    if let Target::Archive(contents) = &target {
+        progress(&format!("unpacking {label} into the store"));
         let mut store = lock(&state.store);
-        ensure_unpacked(&mut store, &contents)?;
+        ensure_unpacked(&mut store, contents)?;
     }
     let options = Options { health_window, ..Options::default() };
     if dry_run {
@@ -940,7 +984,7 @@ fn deploy(state: &State, request: &Value, progress: &mut dyn FnMut(&str)) -> Res
                     *lock(&state.running) = Running {
                         name: new.name.clone(),
                         version: new.version.clone(),
-                        view: release_view_of(state, &contents)?,
+                        view: target.view(state)?,
                     };
                 }
                 return Err(Refusal::new(format!(
@@ -954,11 +998,8 @@ fn deploy(state: &State, request: &Value, progress: &mut dyn FnMut(&str)) -> Res
             let info = store.get(&new.name, &new.version);
             drop(store);
             *lock(&state.previous) = Some(running.clone());
-            *lock(&state.running) = Running {
-                name: new.name.clone(),
-                version: new.version.clone(),
-                view: release_view_of(state, &contents)?,
-            };
+            *lock(&state.running) =
+                Running { name: new.name.clone(), version: new.version.clone(), view: target.view(state)? };
             register_children(&state.node, &new.name);
             eprintln!("node: {label} deployed");
             if let Some(error) = permanent_error {
@@ -998,9 +1039,25 @@ fn release_view_of(state: &State, contents: &Contents) -> Result<ReleaseView, Re
     })?)
 }
 
-fn rollback(state: &State) -> Result<Value, Refusal> {
+fn rollback(state: &State, request: &Value, progress: &mut dyn FnMut(&str)) -> Result<Value, Refusal> {
     let _busy = state.begin("a rollback".into())?;
     let running = state.running();
+    if let Some(to) = request["to"].as_str() {
+        let version: semver::Version = to
+            .parse()
+            .map_err(|e| Refusal::new(format!("rollback --to {to}: not a semver version ({e})")))?;
+        let previous = lock(&state.previous).clone();
+        if previous.as_ref().is_none_or(|p| p.version != version) {
+            // Not the last deploy's: go there like a deploy of the stored
+            // release (live when the newer of the two upgrades from the
+            // older one).
+            progress(&format!("planning {} → {version} from the store", running.label()));
+            let target = Target::from_store(state, &version)?;
+            let mut response = deploy_to(state, target, request, progress)?;
+            response["from"] = Value::String(running.label());
+            return Ok(response);
+        }
+    }
     let Some(previous) = lock(&state.previous).clone() else {
         return Err(Refusal::new(format!(
             "nothing to roll back: no deploy has been applied since the node started (it runs {})",

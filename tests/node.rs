@@ -261,10 +261,24 @@ fn boot_deploy_live_rollback_make_permanent_and_stop() {
     assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "old"), rel("counter", "2.0.0", "permanent")]);
     assert_eq!(release_of(&node.status()), rel("counter", "2.0.0", "permanent"));
 
-    // 1.0.0 declares no upgrade_from: only a restart reaches it.
-    let err = failure(&["deploy", v1.to_str().unwrap(), "--root", r]);
-    assert!(err.contains("cannot be deployed live"), "{err}");
+    // Deploying the older release goes down live: 2.0.0 upgrades from ^1.0.0,
+    // so 2.0.0's downgrade and 1.0.0's code_change carry the state back.
+    ok(&["deploy", v1.to_str().unwrap(), "--root", r]);
+    assert_eq!(node.call("main_counter", r#""Version""#), "1.0.0");
+    assert_eq!(node.call("main_counter", r#""Get""#), 3);
+    assert_eq!(
+        node.releases(),
+        vec![rel("counter", "1.0.0", "current"), rel("counter", "2.0.0", "permanent")]
+    );
+    // Undo that, then go to 1.0.0 again from the store with rollback --to.
+    ok(&["rollback", "--root", r]);
     assert_eq!(node.call("main_counter", r#""Version""#), "2.0.0");
+    let out = ok(&["rollback", "--to", "1.0.0", "--root", r]);
+    assert!(out.contains("1.0.0"), "{out}");
+    assert_eq!(node.call("main_counter", r#""Version""#), "1.0.0");
+    assert_eq!(node.call("main_counter", r#""Get""#), 3);
+    let err = failure(&["rollback", "--to", "9.9.9", "--root", r]);
+    assert!(err.contains("9.9.9"), "{err}");
 
     // stop: the socket goes, the process exits, commands find no node.
     let out = ok(&["node", "stop", "--root", r]);

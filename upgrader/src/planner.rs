@@ -135,24 +135,36 @@ pub fn plan(from: &ReleaseView, to: &ReleaseView) -> Result<Planned, PlannerErro
         });
     }
     let name = format!("{} {} → {}", to.name, from.version, to.version);
-    match &to.upgrade_from {
-        Some(requirement) if requirement.matches(&from.version) => {}
+    // Going down is live when the newer release says it upgrades live from
+    // the older one (OTP's relup holds both directions): the same diff,
+    // with `code_change` of the older code reading what the newer one's
+    // `downgrade` writes.
+    let down = to.version < from.version;
+    let (newer, older) = if down { (from, to) } else { (to, from) };
+    let newer_label = format!("{}-{}", newer.name, newer.version);
+    match &newer.upgrade_from {
+        Some(requirement) if requirement.matches(&older.version) => {}
         Some(requirement) => {
             return Ok(Planned::Restart {
                 reason: format!(
-                    "{to_label} upgrades live from {requirement}, not from {}: restart the node on it",
-                    from.version
+                    "{newer_label} upgrades live from {requirement}, not from {}: restart the node on {to_label}",
+                    older.version
                 ),
             });
         }
         None => {
             return Ok(Planned::Restart {
-                reason: format!("{to_label} declares no upgrade_from: only a restart reaches it"),
+                reason: format!(
+                    "{newer_label} declares no upgrade_from: only a restart goes between it and {}",
+                    older.version
+                ),
             });
         }
     }
     let invalid = |error| PlannerError::Invalid { release: to_label.clone(), error };
-    if !to.instructions.is_empty() {
+    // A release's explicit instructions describe its way up; a way down is
+    // generated.
+    if !down && !to.instructions.is_empty() {
         let instructions = to
             .instructions
             .iter()
@@ -323,6 +335,24 @@ mod tests {
 
     fn plan_error(from: &ReleaseView, to: &ReleaseView) -> String {
         plan(from, to).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn going_down_is_live_when_the_newer_release_upgrades_from_the_older() {
+        let old = release("1.0.0", None, vec![module("store", "a1")], vec![process("store", "store")]);
+        let new =
+            release("1.1.0", Some("^1.0.0"), vec![module("store", "a2")], vec![process("store", "store")]);
+        let Planned::Upgrade { plan, .. } = plan(&new, &old).unwrap() else {
+            panic!("expected a live downgrade")
+        };
+        let text: Vec<String> = plan.instructions.iter().map(|i| i.to_string()).collect();
+        assert_eq!(text, vec!["load_module store from /code/a1.so", "update store: all processes"]);
+        assert_eq!(plan.name, "kv 1.1.0 → 1.0.0");
+        let unrelated = release("2.0.0", Some(">=1.1.0"), vec![module("store", "a3")], vec![]);
+        let Planned::Restart { reason } = super::plan(&unrelated, &old).unwrap() else {
+            panic!("expected a restart")
+        };
+        assert!(reason.contains(">=1.1.0") && reason.contains("1.0.0"), "{reason}");
     }
 
     #[test]
