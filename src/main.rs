@@ -53,6 +53,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_stdout();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -93,4 +94,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => control::call(args, false),
         Command::Cast(args) => control::call(args, true),
     }
+}
+
+/// `relive status | head`: printing to a closed pipe ends the command
+/// quietly, as other Unix tools do, instead of a panic message.
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }

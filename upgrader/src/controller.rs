@@ -75,12 +75,29 @@ impl Canary {
 
 /// What undoes one applied step.
 enum Undo {
-    Loaded { module: String, code: Arc<ModuleCode> },
+    /// `previous`: what was current before; put back if a later load
+    /// dropped it.
+    Loaded {
+        module: String,
+        code: Arc<ModuleCode>,
+        previous: Option<Arc<ModuleCode>>,
+    },
     Moved(MovedSet),
-    Deleted { module: String },
-    Started { supervisor: String, id: String },
-    Stopped { supervisor: String, id: String },
-    Restarted { supervisor: String, id: String },
+    Deleted {
+        module: String,
+    },
+    Started {
+        supervisor: String,
+        id: String,
+    },
+    Stopped {
+        supervisor: String,
+        id: String,
+    },
+    Restarted {
+        supervisor: String,
+        id: String,
+    },
 }
 
 /// The last committed upgrade, kept for an explicit rollback.
@@ -276,7 +293,10 @@ impl Controller {
             .undo
             .iter()
             .filter_map(|undo| match undo {
-                Undo::Moved(set) if !held(&set.module, &set.from) => {
+                Undo::Moved(set)
+                    if !held(&set.module, &set.from)
+                        && !last.undo.iter().any(|u| matches!(u, Undo::Loaded { module, previous: Some(p), .. } if *module == set.module && Arc::ptr_eq(p, &set.from))) =>
+                {
                     Some(format!("{} {}", set.module, set.from.version()))
                 }
                 _ => None,
@@ -563,9 +583,10 @@ impl<'a> Transaction<'a> {
                     ));
                 }
                 let code = Arc::clone(&opened);
+                let previous = self.code().current(module);
                 let loaded = self.code().install(opened).map_err(|e| fail(None, e.to_string()))?;
                 if loaded.changed {
-                    self.undo.push(Undo::Loaded { module: module.clone(), code });
+                    self.undo.push(Undo::Loaded { module: module.clone(), code, previous });
                 }
                 Ok(())
             }
@@ -850,11 +871,11 @@ impl<'a> Transaction<'a> {
                     report.failed.extend(back.failed);
                     pauses.extend(back.pauses);
                 }
-                Undo::Loaded { module, code } => {
+                Undo::Loaded { module, code, previous } => {
                     // Processes started on the new code since (not moved
                     // by this upgrade) move back first.
                     if code.process_count() > 0
-                        && let Some(previous) = self.code().old(&module)
+                        && let Some(previous) = previous.clone()
                     {
                         let set = MovedSet {
                             module: module.clone(),
@@ -868,7 +889,22 @@ impl<'a> Transaction<'a> {
                         pauses.extend(back.pauses);
                     }
                     match self.code().unload(&module, code.version()) {
-                        Ok(()) => report.unloaded.push(format!("{module} {}", code.version())),
+                        Ok(()) => {
+                            report.unloaded.push(format!("{module} {}", code.version()));
+                            // A later load may have dropped the version this
+                            // load replaced (a third version drops an old one
+                            // nobody runs); its library is still mapped (held
+                            // here), so it is made current again.
+                            if let Some(previous) = previous
+                                && self.code().current(&module).is_none()
+                                && let Err(error) = self.code().install(Arc::clone(&previous))
+                            {
+                                report.errors.push(format!(
+                                    "making {module} {} current again: {error}",
+                                    previous.version()
+                                ));
+                            }
+                        }
                         Err(error) => {
                             report.errors.push(format!("unloading {module} {}: {error}", code.version()))
                         }

@@ -11,7 +11,9 @@
 //! request never notices.
 //!
 //! Expiry is lazy, as in Redis's first half: a key past its deadline is
-//! removed when a command touches it, and not counted by DBSIZE.
+//! removed when a command touches it, and not counted by DBSIZE. The
+//! release also runs the sweeper (examples/kv-sweeper), which casts
+//! [`Cast::Sweep`] every second: kv then drops every expired key.
 
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -86,6 +88,13 @@ pub enum Request {
     /// A key's remaining time to live in milliseconds: -1 without expiry,
     /// -2 if missing.
     Ttl(String),
+}
+
+/// Casts: what the sweeper sends.
+#[derive(Deserialize)]
+pub enum Cast {
+    /// Drop every key that has expired.
+    Sweep,
 }
 
 /// Replies.
@@ -342,7 +351,7 @@ impl Behaviour for Kv {
     type Init = Start;
     type Call = Request;
     type Reply = Reply;
-    type Cast = ();
+    type Cast = Cast;
     type Info = ();
 
     fn init(start: Start, ctx: &mut Ctx<'_>) -> Result<Self, Error> {
@@ -363,6 +372,15 @@ impl Behaviour for Kv {
             Request::Version => Reply::Text(env!("CARGO_PKG_VERSION").to_string()),
             Request::Requests => Reply::Number(self.requests),
             Request::Ttl(k) => Reply::Int(self.ttl_ms(&k, now)),
+        }
+    }
+
+    fn handle_cast(&mut self, cast: Cast, _ctx: &mut Ctx<'_>) {
+        match cast {
+            Cast::Sweep => {
+                let now = now_ms();
+                self.values.retain(|_, e| e.live(now));
+            }
         }
     }
 
