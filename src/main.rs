@@ -4,6 +4,7 @@
 mod bench;
 mod bench_upgrade;
 mod control;
+mod demo;
 mod examples;
 mod node;
 mod release;
@@ -24,6 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build the kv example, run it on a temporary node under load, upgrade it live, and report.
+    Demo(demo::DemoArgs),
     /// Measure the runtime (processes, messages, calls, live upgrades) on this machine.
     Bench(bench::BenchArgs),
     /// Release archives and the release store: build, inspect, unpack, list, keygen.
@@ -81,6 +84,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Watch(args) => watch::run(args),
         Command::Release(command) => release::run(command),

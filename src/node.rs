@@ -836,7 +836,7 @@ fn status(state: &State) -> Value {
 /// the way), or already in the store (`rollback --to`).
 enum Target {
     Archive(Box<Contents>),
-    Stored { manifest: Manifest, view: ReleaseView },
+    Stored(Box<(Manifest, ReleaseView)>),
 }
 
 impl Target {
@@ -848,13 +848,13 @@ impl Target {
         let running = state.running();
         let store = lock(&state.store);
         let (manifest, view) = stored_view(&store, &running.name, version)?;
-        Ok(Target::Stored { manifest, view })
+        Ok(Target::Stored(Box::new((manifest, view))))
     }
 
     fn release(&self) -> &manifest::Release {
         match self {
             Target::Archive(contents) => &contents.manifest.release,
-            Target::Stored { manifest, .. } => &manifest.release,
+            Target::Stored(stored) => &stored.0.release,
         }
     }
 
@@ -865,7 +865,7 @@ impl Target {
     fn view(&self, state: &State) -> Result<ReleaseView, Refusal> {
         match self {
             Target::Archive(contents) => release_view_of(state, contents),
-            Target::Stored { view, .. } => Ok(view.clone()),
+            Target::Stored(stored) => Ok(stored.1.clone()),
         }
     }
 }
@@ -878,7 +878,7 @@ fn plan_to(state: &State, target: &Target) -> Result<(relive_upgrader::plan::Pla
     if new.name != running.name {
         let origin = match target {
             Target::Archive(_) => "the archive's release",
-            Target::Stored { .. } => "the stored release",
+            Target::Stored(_) => "the stored release",
         };
         return Err(Refusal::new(format!(
             "{origin} {label} is another application; this node runs {}: deploy a release of {} (the node keeps running {})",
