@@ -902,8 +902,15 @@ fn plan_to(state: &State, target: &Target) -> Result<(relive_upgrader::plan::Pla
 
 fn plan(state: &State, request: &Value) -> Result<Value, Refusal> {
     let path = PathBuf::from(str_field(request, "archive")?);
-    let (plan, explicit) = plan_to(state, &Target::from_archive(state, &path)?)?;
-    Ok(json!({"plan": plan, "plan_text": plan.to_string(), "explicit": explicit}))
+    let target = Target::from_archive(state, &path)?;
+    let running = state.running();
+    let planned =
+        planner::plan(&running.view, &target.view(state)?).map_err(|e| Refusal::new(e.to_string()))?;
+    let text = match &planned {
+        Planned::Upgrade { plan, .. } => plan.to_string(),
+        Planned::Restart { reason } => format!("restart: {reason}\n"),
+    };
+    Ok(json!({"planned": planned, "plan_text": text}))
 }
 
 fn deploy(state: &State, request: &Value, progress: &mut dyn FnMut(&str)) -> Result<Value, Refusal> {

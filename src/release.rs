@@ -294,6 +294,16 @@ pub(crate) fn build_module(
 /// `relive plan`.
 pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let root = args.root.path();
+    // A running node plans from what it runs.
+    if args.from.is_none() && root.join(crate::node::SOCKET).exists() {
+        let archive = std::path::absolute(&args.archive).unwrap_or_else(|_| args.archive.clone());
+        let asked =
+            crate::control::request(&root, &serde_json::json!({"cmd": "plan", "archive": archive}), |_| {});
+        // A socket left by a node that died: plan from the store instead.
+        if let Ok(response) = asked {
+            return print_planned(&response, args.json);
+        }
+    }
     let store = Store::open_read_only(&root)?;
     let contents = archive::read(&args.archive, None, false)?;
     let to_manifest = &contents.manifest;
@@ -327,6 +337,19 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
             }
             Planned::Restart { reason } => println!("restart: {reason}"),
         }
+    }
+    Ok(())
+}
+
+/// Prints the node's answer to a `plan` request.
+fn print_planned(response: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if response["ok"] != serde_json::Value::Bool(true) {
+        bail!("{}", response["error"].as_str().unwrap_or("the node refused to plan"));
+    }
+    if json {
+        println!("{}", serde_json::to_string(&response["planned"])?);
+    } else {
+        print!("{}", response["plan_text"].as_str().unwrap_or_default());
     }
     Ok(())
 }

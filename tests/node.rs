@@ -333,6 +333,19 @@ fn a_release_of_another_application_is_refused_and_the_node_keeps_running() {
     )
     .unwrap();
     let other = build(&app, dir.path());
+    // The same application, but a release that upgrades only from 2.x.
+    let later = dir.path().join("later-app");
+    std::fs::create_dir(&later).unwrap();
+    std::fs::write(
+        later.join("release.toml"),
+        format!(
+            "[release]\nname = \"counter\"\nversion = \"3.0.0\"\nupgrade_from = \">=2.0.0, <3.0.0\"\n\n\
+             [[module]]\nname = \"counter\"\ncrate = {:?}\n",
+            repo().join("examples").join("counter-v2").to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    let later = build(&later, dir.path());
 
     let root = dir.path().join("node");
     let node = NodeGuard::start(&root, &["--boot", v1.to_str().unwrap()]);
@@ -345,6 +358,11 @@ fn a_release_of_another_application_is_refused_and_the_node_keeps_running() {
         assert!(err.contains("another application"), "{err}");
         assert!(err.contains("deploy a release of counter"), "{err}");
     }
+    // Outside upgrade_from: only a restart could reach it.
+    let err = failure(&["deploy", later.to_str().unwrap(), "--root", r]);
+    assert!(err.contains("cannot be deployed live") && err.contains(">=2.0.0, <3.0.0"), "{err}");
+    let planned = ok(&["plan", later.to_str().unwrap(), "--root", r]);
+    assert!(planned.starts_with("restart: "), "relive plan asks the running node: {planned}");
     // Nothing changed: same release, same process, same state, and the
     // store did not take the other release in.
     assert_eq!(release_of(&node.status()), rel("counter", "1.0.0", "permanent"));
