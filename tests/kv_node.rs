@@ -11,10 +11,12 @@
 //! Each test builds its own copies of the release manifests with a free
 //! port in place of 6380 (the examples' port) and absolute crate paths.
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -22,30 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn relive(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relive")).args(args).output().expect("running relive")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = relive(args);
-    assert!(
-        out.status.success(),
-        "relive {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
-fn failure(args: &[&str]) -> String {
-    let out = relive(args);
-    assert!(!out.status.success(), "relive {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    String::from_utf8_lossy(&out.stderr).to_string()
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
+use common::{failure, ok, relive, repo};
 
 /// A port nobody listens on now.
 fn free_port() -> u16 {

@@ -5,65 +5,16 @@
 //! the permanent release, and the refusals (no node, a second node, another
 //! application, a deploy during a deploy, another uid).
 
+mod common;
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-fn relive(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relive")).args(args).output().expect("running relive")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = relive(args);
-    assert!(
-        out.status.success(),
-        "relive {args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
-fn failure(args: &[&str]) -> String {
-    let out = relive(args);
-    assert!(!out.status.success(), "relive {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(err.contains("relive: "), "{err}");
-    err
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Builds an application's release archive into `out` (module crates into
-/// target/examples, as the other tests do).
-fn build(app: &Path, out: &Path) -> PathBuf {
-    let target = repo().join("target").join("examples");
-    let printed = ok(&[
-        "release",
-        "build",
-        app.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--target-dir",
-        target.to_str().unwrap(),
-    ]);
-    PathBuf::from(printed.trim())
-}
-
-/// Both counter releases, built once per test binary.
-fn archives() -> &'static (PathBuf, PathBuf) {
-    static BUILT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = repo().join("target").join("release-archives");
-        let app = |version: &str| repo().join("examples").join("releases").join(format!("counter-{version}"));
-        (build(&app("1.0.0"), &out), build(&app("2.0.0"), &out))
-    })
-}
+use common::{build, counter_archives as archives, failure, ok, relive, repo};
 
 /// Whether process `pid` runs (a zombie does not).
 fn alive(pid: u32) -> bool {

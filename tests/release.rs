@@ -3,56 +3,11 @@
 //! binary: the round trip of issue 6, and bad archives refused with the
 //! store left as it was.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn relive(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_relive")).args(args).output().expect("running relive")
-}
-
-fn ok(args: &[&str]) -> String {
-    let out = relive(args);
-    assert!(out.status.success(), "relive {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).expect("UTF-8 output")
-}
-
-fn failure(args: &[&str]) -> String {
-    let out = relive(args);
-    assert!(!out.status.success(), "relive {args:?} succeeded: {}", String::from_utf8_lossy(&out.stdout));
-    let err = String::from_utf8_lossy(&out.stderr).to_string();
-    assert!(err.starts_with("relive: "), "{err}");
-    err
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Builds both counter releases once per test binary (cargo builds the
-/// module crates into target/examples, as the other tests do).
-fn archives() -> &'static (PathBuf, PathBuf) {
-    static BUILT: std::sync::OnceLock<(PathBuf, PathBuf)> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let out = repo().join("target").join("release-archives");
-        let target = repo().join("target").join("examples");
-        let build = |version: &str| {
-            let app = repo().join("examples").join("releases").join(format!("counter-{version}"));
-            let printed = ok(&[
-                "release",
-                "build",
-                app.to_str().unwrap(),
-                "--out",
-                out.to_str().unwrap(),
-                "--target-dir",
-                target.to_str().unwrap(),
-            ]);
-            let path = PathBuf::from(printed.trim());
-            assert_eq!(path, out.join(format!("counter-{version}.tar.gz")));
-            path
-        };
-        (build("1.0.0"), build("2.0.0"))
-    })
-}
+use common::{counter_archives as archives, failure, ok, repo};
 
 fn listing(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
     let mut files = Vec::new();
@@ -76,6 +31,7 @@ fn listing(root: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 #[test]
 fn build_inspect_unpack_and_plan_round_trip() {
     let (v1, v2) = archives();
+    assert_eq!(v1.file_name().unwrap(), "counter-1.0.0.tar.gz", "release build prints the archive's path");
     let root = tempfile::tempdir().unwrap();
     let root_arg = root.path().to_str().unwrap();
 
