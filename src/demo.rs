@@ -78,7 +78,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     // 1. build
     let addr = free_addr()?;
     let built = Instant::now();
-    let archives = build_releases(tmp.path(), &addr)?;
+    let archives = build_releases(tmp.path(), "kv", &RELEASES, &addr)?;
     let build_time = built.elapsed();
     say(&format!(
         "[1/7] build     kv {} built in {:.1} s (kv will listen on {addr})",
@@ -164,7 +164,7 @@ fn say(line: &str) {
 // -------------------------------------------------------------- building
 
 /// A free port on 127.0.0.1: bound, read, released.
-fn free_addr() -> anyhow::Result<String> {
+pub(crate) fn free_addr() -> anyhow::Result<String> {
     let listener = TcpListener::bind("127.0.0.1:0").context("finding a free port on 127.0.0.1")?;
     let addr: SocketAddr = listener.local_addr().context("finding a free port on 127.0.0.1")?;
     Ok(addr.to_string())
@@ -173,18 +173,23 @@ fn free_addr() -> anyhow::Result<String> {
 /// Builds each of [`RELEASES`] from a copy of its `release.toml` (crates
 /// absolute, kv listening on `addr`) into `<tmp>/dist`; returns the
 /// archives in order.
-fn build_releases(tmp: &Path, addr: &str) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn build_releases(
+    tmp: &Path,
+    app_name: &str,
+    versions: &[&str],
+    addr: &str,
+) -> anyhow::Result<Vec<PathBuf>> {
     let repo = examples::repo();
     let target = repo.join("target").join("examples");
     let dist = tmp.join("dist");
     fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
     let mut archives = Vec::new();
-    for version in RELEASES {
-        let source = repo.join("examples").join("releases").join(format!("kv-{version}"));
+    for &version in versions {
+        let source = repo.join("examples").join("releases").join(format!("{app_name}-{version}"));
         let manifest_path = source.join("release.toml");
         if !manifest_path.is_file() {
             bail!(
-                "{} not found: `relive demo` builds the kv releases from the relive source tree this \
+                "{} not found: relive builds the example releases from the relive source tree this \
                  binary was built from; run a relive built from a checkout that still has it",
                 manifest_path.display()
             );
@@ -216,18 +221,19 @@ fn build_releases(tmp: &Path, addr: &str) -> anyhow::Result<Vec<PathBuf>> {
                 manifest_path.display()
             );
         }
-        let app = tmp.join("apps").join(format!("kv-{version}"));
+        let app = tmp.join("apps").join(format!("{app_name}-{version}"));
         fs::create_dir_all(&app).with_context(|| format!("creating {}", app.display()))?;
         let copy = app.join("release.toml");
         fs::write(&copy, manifest.to_toml_string()?)
             .with_context(|| format!("writing {}", copy.display()))?;
         eprintln!(
-            "relive: building kv {version} (cargo build --release: {}; into {})",
+            "relive: building {app_name} {version} (cargo build --release: {}; into {})",
             crates.join(", "),
             target.display()
         );
-        let archive = release::build(&app, &dist, None, Some(&target))
-            .with_context(|| format!("building release kv {version} ({})", manifest_path.display()))?;
+        let archive = release::build(&app, &dist, None, Some(&target)).with_context(|| {
+            format!("building release {app_name} {version} ({})", manifest_path.display())
+        })?;
         archives.push(archive);
     }
     Ok(archives)
@@ -236,18 +242,18 @@ fn build_releases(tmp: &Path, addr: &str) -> anyhow::Result<Vec<PathBuf>> {
 // ------------------------------------------------------------------ node
 
 /// The node, a child process of this one; stopped when dropped.
-struct NodeProcess {
-    child: Child,
-    root: PathBuf,
-    log: PathBuf,
-    pid: u32,
-    stopped: bool,
+pub(crate) struct NodeProcess {
+    pub(crate) child: Child,
+    pub(crate) root: PathBuf,
+    pub(crate) log: PathBuf,
+    pub(crate) pid: u32,
+    pub(crate) stopped: bool,
 }
 
 impl NodeProcess {
     /// `relive node start --foreground --root ROOT --boot ARCHIVE`, output
     /// to `log`; returns once its control socket answers.
-    fn start(root: &Path, boot: &Path, log: &Path) -> anyhow::Result<NodeProcess> {
+    pub(crate) fn start(root: &Path, boot: &Path, log: &Path) -> anyhow::Result<NodeProcess> {
         let exe = std::env::current_exe().context("finding the relive executable to start the node")?;
         let log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(exe)
@@ -266,7 +272,7 @@ impl NodeProcess {
         node.wait_until_up()
     }
 
-    fn wait_until_up(mut self) -> anyhow::Result<NodeProcess> {
+    pub(crate) fn wait_until_up(mut self) -> anyhow::Result<NodeProcess> {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = self.child.try_wait().context("waiting for the node process")? {
@@ -294,12 +300,12 @@ impl NodeProcess {
     }
 
     /// One request over the control socket; the response, `ok` or not.
-    fn request(&self, request: Value) -> anyhow::Result<Value> {
+    pub(crate) fn request(&self, request: Value) -> anyhow::Result<Value> {
         control::request(&self.root, &request, |_| {})
     }
 
     /// A request whose `ok: false` is an error.
-    fn checked(&self, request: Value) -> anyhow::Result<Value> {
+    pub(crate) fn checked(&self, request: Value) -> anyhow::Result<Value> {
         let response = self.request(request)?;
         if response["ok"] != Value::Bool(true) {
             bail!("{}", response["error"].as_str().unwrap_or("the node refused without saying why"));
@@ -309,7 +315,7 @@ impl NodeProcess {
 
     /// Stops the node gracefully (`stop`), killing it if it does not exit
     /// within 20 s.
-    fn stop(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn stop(&mut self) -> anyhow::Result<()> {
         if self.stopped {
             return Ok(());
         }
@@ -342,7 +348,7 @@ impl Drop for NodeProcess {
 }
 
 /// The last `lines` lines of a file.
-fn tail(path: &Path, lines: usize) -> String {
+pub(crate) fn tail(path: &Path, lines: usize) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
     let all: Vec<&str> = text.lines().collect();
     let shown = all[all.len().saturating_sub(lines)..].join("\n");
@@ -350,7 +356,7 @@ fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// "kv 1.1.0" from a status response.
-fn release_of(status: &Value) -> String {
+pub(crate) fn release_of(status: &Value) -> String {
     let release = &status["release"];
     format!("{} {}", release["name"].as_str().unwrap_or("?"), release["version"].as_str().unwrap_or("?"))
 }
@@ -359,7 +365,7 @@ fn release_of(status: &Value) -> String {
 
 /// A RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Reply {
+pub(crate) enum Reply {
     Simple(String),
     Error(String),
     Int(i64),
@@ -381,7 +387,7 @@ impl fmt::Display for Reply {
 }
 
 /// One persistent connection to kv.
-struct Resp {
+pub(crate) struct Resp {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
 }
@@ -391,7 +397,7 @@ fn invalid(what: String) -> std::io::Error {
 }
 
 impl Resp {
-    fn connect(addr: &str) -> std::io::Result<Resp> {
+    pub(crate) fn connect(addr: &str) -> std::io::Result<Resp> {
         let addr: SocketAddr = addr.parse().map_err(|e| invalid(format!("{addr}: {e}")))?;
         let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
@@ -401,7 +407,7 @@ impl Resp {
     }
 
     /// Sends one request (an array of bulk strings) and reads its reply.
-    fn request(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
+    pub(crate) fn request(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
         let mut out = format!("*{}\r\n", args.len()).into_bytes();
         for arg in args {
             out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
@@ -444,37 +450,37 @@ impl Resp {
 // --------------------------------------------------------------- clients
 
 /// What the clients share with the demo: switches and counters.
-struct Load {
-    started: Instant,
-    stop: AtomicBool,
+pub(crate) struct Load {
+    pub(crate) started: Instant,
+    pub(crate) stop: AtomicBool,
     /// Whether the clients send INCR (while 1.1.0 runs).
-    incr: AtomicBool,
-    connected: AtomicUsize,
+    pub(crate) incr: AtomicBool,
+    pub(crate) connected: AtomicUsize,
     /// Clients whose thread has ended.
-    done: AtomicUsize,
-    requests: AtomicU64,
-    sets: AtomicU64,
-    gets: AtomicU64,
-    incrs: AtomicU64,
-    failures: AtomicU64,
-    dropped: AtomicU64,
+    pub(crate) done: AtomicUsize,
+    pub(crate) requests: AtomicU64,
+    pub(crate) sets: AtomicU64,
+    pub(crate) gets: AtomicU64,
+    pub(crate) incrs: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) dropped: AtomicU64,
     /// The slowest reply since the last [`Load::window`], µs.
-    slowest_us: AtomicU64,
+    pub(crate) slowest_us: AtomicU64,
     /// Each client's completed loop iterations.
-    iterations: Vec<AtomicU64>,
+    pub(crate) iterations: Vec<AtomicU64>,
     /// The first problems the clients saw.
-    errors: Mutex<Vec<String>>,
+    pub(crate) errors: Mutex<Vec<String>>,
 }
 
 /// A snapshot of the counters.
 #[derive(Clone, Copy, Default)]
-struct Counts {
-    requests: u64,
-    sets: u64,
-    gets: u64,
-    incrs: u64,
-    failures: u64,
-    dropped: u64,
+pub(crate) struct Counts {
+    pub(crate) requests: u64,
+    pub(crate) sets: u64,
+    pub(crate) gets: u64,
+    pub(crate) incrs: u64,
+    pub(crate) failures: u64,
+    pub(crate) dropped: u64,
 }
 
 impl std::ops::Sub for Counts {
@@ -492,7 +498,7 @@ impl std::ops::Sub for Counts {
 }
 
 impl Load {
-    fn new(clients: usize) -> Load {
+    pub(crate) fn new(clients: usize) -> Load {
         Load {
             started: Instant::now(),
             stop: AtomicBool::new(false),
@@ -511,7 +517,7 @@ impl Load {
         }
     }
 
-    fn counts(&self) -> Counts {
+    pub(crate) fn counts(&self) -> Counts {
         Counts {
             requests: self.requests.load(Ordering::SeqCst),
             sets: self.sets.load(Ordering::SeqCst),
@@ -564,7 +570,7 @@ struct Window {
 
 /// Client `i`: SET, GET (and INCR while asked) on its own keys, every
 /// reply checked, until told to stop or its connection drops.
-fn client(i: usize, addr: &str, load: &Load) {
+pub(crate) fn client(i: usize, addr: &str, load: &Load) {
     struct Done<'a>(&'a Load);
     impl Drop for Done<'_> {
         fn drop(&mut self) {
@@ -1033,7 +1039,7 @@ fn short(reply: &Reply) -> String {
 }
 
 /// 1234567 → "1,234,567".
-fn thousands(n: u64) -> String {
+pub(crate) fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {

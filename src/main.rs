@@ -8,6 +8,7 @@ mod demo;
 mod examples;
 mod node;
 mod release;
+mod scenario;
 mod watch;
 
 use std::io::Write;
@@ -53,6 +54,9 @@ enum Command {
     Cast(control::CallArgs),
     /// Rebuild and deploy an application live on every source change.
     Watch(watch::WatchArgs),
+    /// Upgrade scenarios in TOML (boot, load, deploy, rollback, kill, restart, assertions) on a real node.
+    #[command(subcommand)]
+    Scenario(scenario::ScenarioCommand),
 }
 
 fn main() -> ExitCode {
@@ -97,6 +101,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Releases(args) => control::releases(args),
         Command::Call(args) => control::call(args, false),
         Command::Cast(args) => control::call(args, true),
+        Command::Scenario(command) => scenario::run(command),
     }
 }
 

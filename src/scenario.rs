@@ -1,0 +1,1144 @@
+//! `relive scenario run FILE... [--json]`: upgrade scenarios (DESIGN.md
+//! §7) written in TOML, run against a real node.
+//!
+//! A scenario names an example application (`app = "kv"`: its releases
+//! are examples/releases/<app>-<version>) and lists steps, each a table
+//! `[[step]]` with exactly one action:
+//!
+//! | step | what it does |
+//! |---|---|
+//! | `boot = "1.0.0"` | starts a node on a temporary root booting that release |
+//! | `load = { clients = 4 }` | starts RESP clients (SET/GET of their own key, every reply checked) that run until `stop_load` or the end |
+//! | `stop_load = true` | stops the clients (their figures are kept) |
+//! | `deploy = "1.1.0"` | deploys that release live; with `health_window = "300ms"`, `permanent = true`, `expect = "ok" \| "refused" \| "rolled_back"` (default ok), `error_contains = "..."` |
+//! | `rollback = true` / `rollback = "1.0.0"` | undoes the last deploy / goes to that release of the store; with `expect`, `error_contains` |
+//! | `make_permanent = true` | makes the running release permanent |
+//! | `kill = "-9"` / `kill = "graceful"` | SIGKILLs the node / stops it through its control socket |
+//! | `restart = true` | starts the node again on the same root (it boots the permanent release) |
+//! | `wait = "200ms"` | sleeps |
+//! | `call = { name = "kv", message = "Version", equals = "1.1.0", pointer = "/a/b" }` | calls a process with a JSON message (written as TOML); `equals` compares the reply (or the part `pointer` selects) |
+//! | `resp = { command = ["SET", "k", "v"], reply = "+OK", reply_contains = "..." }` | sends one RESP command on a probe connection and checks the reply |
+//! | `assert = { release = "1.1.0", state = "current", failed_requests = 0, dropped_connections = 0, lost_messages = 0, min_requests = 1, pause_p99_us_below = 50000, modules = { kv = "1.1.0" }, releases = { "1.0.0" = "permanent" } }` | checks the node and the figures so far |
+//!
+//! Unknown steps and fields are errors naming the file, the line and the
+//! field. The releases the steps name are built first (as `relive demo`
+//! does: copies of the manifests with absolute crate paths and a free
+//! port, modules into `target/examples`). Failed checks are recorded and
+//! the scenario goes on; an error (the node does not answer) ends it. The
+//! node is stopped (or killed) at the end whatever happens.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Write as _;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Subcommand};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use toml::Spanned;
+
+use crate::control;
+use crate::demo::{self, Counts, Load, NodeProcess, Reply, Resp};
+use crate::examples::{self, TempDir};
+
+#[derive(Subcommand)]
+pub enum ScenarioCommand {
+    /// Run scenario files: a progress line per step, a summary table; exit non-zero if a check fails.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// Scenario files (TOML).
+    #[arg(required = true)]
+    files: Vec<PathBuf>,
+    /// Print the results as one JSON document on stdout (progress goes to stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `relive scenario ...`.
+pub fn run(command: ScenarioCommand) -> anyhow::Result<()> {
+    match command {
+        ScenarioCommand::Run(args) => run_files(&args),
+    }
+}
+
+// ------------------------------------------------------------- the schema
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    scenario: Meta,
+    #[serde(default)]
+    step: Vec<Spanned<RawStep>>,
+}
+
+#[derive(Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+struct Meta {
+    name: String,
+    app: String,
+    /// What the scenario must show, in words.
+    #[serde(default)]
+    outcome: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawStep {
+    boot: Option<Spanned<String>>,
+    load: Option<LoadSpec>,
+    stop_load: Option<bool>,
+    deploy: Option<Spanned<String>>,
+    rollback: Option<RollbackSpec>,
+    make_permanent: Option<bool>,
+    kill: Option<Spanned<String>>,
+    restart: Option<bool>,
+    wait: Option<Spanned<String>>,
+    call: Option<CallSpec>,
+    resp: Option<RespSpec>,
+    assert: Option<AssertSpec>,
+    // modifiers
+    health_window: Option<Spanned<String>>,
+    permanent: Option<bool>,
+    expect: Option<Expect>,
+    error_contains: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct LoadSpec {
+    clients: u16,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(untagged)]
+enum RollbackSpec {
+    Last(bool),
+    To(String),
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum Expect {
+    Ok,
+    Refused,
+    RolledBack,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct CallSpec {
+    name: String,
+    message: toml::Value,
+    equals: Option<toml::Value>,
+    pointer: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
+struct RespSpec {
+    command: Vec<String>,
+    reply: Option<String>,
+    reply_contains: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Debug, Default)]
+#[serde(deny_unknown_fields)]
+struct AssertSpec {
+    release: Option<String>,
+    state: Option<String>,
+    failed_requests: Option<u64>,
+    dropped_connections: Option<u64>,
+    lost_messages: Option<u64>,
+    min_requests: Option<u64>,
+    pause_p99_us_below: Option<f64>,
+    modules: Option<BTreeMap<String, String>>,
+    releases: Option<BTreeMap<String, String>>,
+}
+
+/// One checked step.
+#[derive(Clone, Debug)]
+enum Action {
+    Boot(String),
+    Load(LoadSpec),
+    StopLoad,
+    Deploy {
+        version: String,
+        health_window: Duration,
+        permanent: bool,
+        expect: Expect,
+        error_contains: Option<String>,
+    },
+    Rollback {
+        to: Option<String>,
+        expect: Expect,
+        error_contains: Option<String>,
+    },
+    MakePermanent,
+    Kill {
+        hard: bool,
+    },
+    Restart,
+    Wait(Duration),
+    Call(CallSpec),
+    Resp(RespSpec),
+    Assert(AssertSpec),
+}
+
+impl Expect {
+    fn as_str(self) -> &'static str {
+        match self {
+            Expect::Ok => "ok",
+            Expect::Refused => "refused",
+            Expect::RolledBack => "rolled_back",
+        }
+    }
+}
+
+impl Action {
+    fn describe(&self) -> String {
+        match self {
+            Action::Boot(v) => format!("boot {v}"),
+            Action::Load(l) => format!("load {} clients", l.clients),
+            Action::StopLoad => "stop load".into(),
+            Action::Deploy { version, expect: Expect::Ok, .. } => format!("deploy {version}"),
+            Action::Deploy { version, expect, .. } => {
+                format!("deploy {version} (expect {})", expect.as_str())
+            }
+            Action::Rollback { to: None, .. } => "rollback".into(),
+            Action::Rollback { to: Some(to), .. } => format!("rollback to {to}"),
+            Action::MakePermanent => "make permanent".into(),
+            Action::Kill { hard: true } => "kill -9".into(),
+            Action::Kill { hard: false } => "stop (graceful)".into(),
+            Action::Restart => "restart".into(),
+            Action::Wait(d) => format!("wait {d:?}"),
+            Action::Call(c) => format!("call {} {}", c.name, toml_json(&c.message)),
+            Action::Resp(r) => format!("resp {}", r.command.join(" ")),
+            Action::Assert(_) => "assert".into(),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Action::Boot(_) => "boot",
+            Action::Load(_) => "load",
+            Action::StopLoad => "stop_load",
+            Action::Deploy { .. } => "deploy",
+            Action::Rollback { .. } => "rollback",
+            Action::MakePermanent => "make_permanent",
+            Action::Kill { .. } => "kill",
+            Action::Restart => "restart",
+            Action::Wait(_) => "wait",
+            Action::Call(_) => "call",
+            Action::Resp(_) => "resp",
+            Action::Assert(_) => "assert",
+        }
+    }
+}
+
+const MODIFIERS: &str = "health_window, permanent (deploy); expect, error_contains (deploy, rollback)";
+
+const STEPS: &str =
+    "boot, load, stop_load, deploy, rollback, make_permanent, kill, restart, wait, call, resp, assert";
+
+struct Step {
+    line: usize,
+    action: Action,
+}
+
+struct Scenario {
+    file: PathBuf,
+    meta: Meta,
+    steps: Vec<Step>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    let offset = offset.min(text.len());
+    text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+/// The table holding byte `offset`: `Some(n)` for the n-th `[[step]]`
+/// (from 1), `None` for anything else.
+fn step_at(text: &str, offset: usize) -> Option<usize> {
+    let mut pos = 0;
+    let mut step = None;
+    let mut count = 0;
+    for line in text.split_inclusive('\n') {
+        if pos > offset {
+            break;
+        }
+        pos += line.len();
+        let t = line.split('#').next().unwrap_or("").trim();
+        if t.starts_with("[[") && t.trim_start_matches('[').trim_end_matches(']').trim() == "step" {
+            count += 1;
+            step = Some(count);
+        } else if t.starts_with('[') {
+            step = None;
+        }
+    }
+    step
+}
+
+/// Whether the table holding byte `offset` has a key naming an action
+/// (then an unknown key in it is a misspelled field, not a step).
+fn step_has_action(text: &str, offset: usize) -> bool {
+    let start = text[..offset.min(text.len())].rfind("[[").unwrap_or(0);
+    let actions: Vec<&str> = STEPS.split(", ").collect();
+    text[start..]
+        .lines()
+        .skip(1)
+        .take_while(|line| !line.trim_start().starts_with('['))
+        .filter_map(|line| line.split_once('='))
+        .any(|(key, _)| actions.contains(&key.trim()))
+}
+
+fn toml_json(value: &toml::Value) -> Value {
+    serde_json::to_value(value).unwrap_or(Value::Null)
+}
+
+/// Reads and checks a scenario file.
+fn parse(file: &Path) -> anyhow::Result<Scenario> {
+    let text = fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
+    parse_text(file, &text)
+}
+
+fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
+    let shown = file.display();
+    let raw: RawFile = match toml::from_str(text) {
+        Ok(raw) => raw,
+        Err(error) => {
+            let message = error.message().trim().to_string();
+            let Some(span) = error.span() else { bail!("{shown}: {message}") };
+            let line = line_of(text, span.start);
+            let message = match first_quoted(&message) {
+                Some(name) if message.starts_with("unknown field") && message.contains("`boot`") => {
+                    if step_has_action(text, span.start) {
+                        format!("unknown field `{name}` (a step's fields besides its action: {MODIFIERS})")
+                    } else {
+                        format!("unknown step `{name}` (a step is one of {STEPS})")
+                    }
+                }
+                _ => message,
+            };
+            match step_at(text, span.start) {
+                Some(n) => bail!("{shown}:{line}: step {n}: {message}"),
+                None => bail!("{shown}:{line}: {message}"),
+            }
+        }
+    };
+    let app = &raw.scenario.app;
+    let releases = examples::repo().join("examples").join("releases");
+    let mut steps = Vec::new();
+    for (index, spanned) in raw.step.iter().enumerate() {
+        let n = index + 1;
+        let line = line_of(text, spanned.span().start);
+        let at = |span: Option<Range<usize>>| span.map_or(line, |s| line_of(text, s.start));
+        let err = |span: Option<Range<usize>>, message: String| -> anyhow::Error {
+            anyhow::anyhow!("{shown}:{}: step {n}: {message}", at(span))
+        };
+        let raw = spanned.get_ref();
+        let release = |version: &Spanned<String>| -> anyhow::Result<String> {
+            let dir = releases.join(format!("{app}-{}", version.get_ref()));
+            if !dir.join("release.toml").is_file() {
+                return Err(err(
+                    Some(version.span()),
+                    format!("no release {app} {} ({} not found)", version.get_ref(), dir.display()),
+                ));
+            }
+            Ok(version.get_ref().clone())
+        };
+        let duration = |d: &Spanned<String>, field: &str| -> anyhow::Result<Duration> {
+            control::parse_duration(d.get_ref()).map_err(|e| err(Some(d.span()), format!("{field}: {e}")))
+        };
+        let mut actions = Vec::new();
+        if let Some(v) = &raw.boot {
+            actions.push(Action::Boot(release(v)?));
+        }
+        if let Some(l) = &raw.load {
+            if l.clients == 0 || l.clients > 256 {
+                return Err(err(None, format!("load: clients = {} (1 to 256)", l.clients)));
+            }
+            actions.push(Action::Load(l.clone()));
+        }
+        if raw.stop_load == Some(true) {
+            actions.push(Action::StopLoad);
+        }
+        if let Some(v) = &raw.deploy {
+            actions.push(Action::Deploy {
+                version: release(v)?,
+                health_window: match &raw.health_window {
+                    Some(d) => duration(d, "health_window")?,
+                    None => Duration::ZERO,
+                },
+                permanent: raw.permanent.unwrap_or(false),
+                expect: raw.expect.unwrap_or(Expect::Ok),
+                error_contains: raw.error_contains.clone(),
+            });
+        }
+        if let Some(r) = &raw.rollback {
+            let to = match r {
+                RollbackSpec::Last(true) => None,
+                RollbackSpec::Last(false) => {
+                    return Err(err(None, "rollback = false: write `rollback = true` or a version".into()));
+                }
+                RollbackSpec::To(v) => Some(v.clone()),
+            };
+            actions.push(Action::Rollback {
+                to,
+                expect: raw.expect.unwrap_or(Expect::Ok),
+                error_contains: raw.error_contains.clone(),
+            });
+        }
+        if raw.make_permanent == Some(true) {
+            actions.push(Action::MakePermanent);
+        }
+        if let Some(k) = &raw.kill {
+            let hard = match k.get_ref().as_str() {
+                "-9" | "9" | "SIGKILL" => true,
+                "graceful" => false,
+                other => {
+                    return Err(err(
+                        Some(k.span()),
+                        format!("kill = {other:?}: write \"-9\" or \"graceful\""),
+                    ));
+                }
+            };
+            actions.push(Action::Kill { hard });
+        }
+        if raw.restart == Some(true) {
+            actions.push(Action::Restart);
+        }
+        if let Some(d) = &raw.wait {
+            actions.push(Action::Wait(duration(d, "wait")?));
+        }
+        if let Some(c) = &raw.call {
+            actions.push(Action::Call(c.clone()));
+        }
+        if let Some(r) = &raw.resp {
+            if r.command.is_empty() {
+                return Err(err(None, "resp: command is empty".into()));
+            }
+            actions.push(Action::Resp(r.clone()));
+        }
+        if let Some(a) = &raw.assert {
+            actions.push(Action::Assert(a.clone()));
+        }
+        let action = match actions.len() {
+            0 => return Err(err(None, format!("no action: a step is one of {STEPS}"))),
+            1 => actions.remove(0),
+            _ => {
+                let names: Vec<&str> = actions.iter().map(Action::name).collect();
+                return Err(err(None, format!("one action per step, this one has {}", names.join(", "))));
+            }
+        };
+        let is = |names: &[&str]| names.contains(&action.name());
+        let misplaced = [
+            ("health_window", raw.health_window.is_some(), &["deploy"][..]),
+            ("permanent", raw.permanent.is_some(), &["deploy"][..]),
+            ("expect", raw.expect.is_some(), &["deploy", "rollback"][..]),
+            ("error_contains", raw.error_contains.is_some(), &["deploy", "rollback"][..]),
+        ];
+        for (field, present, owners) in misplaced {
+            if present && !is(owners) {
+                return Err(err(
+                    None,
+                    format!("`{field}` belongs to a {} step, not `{}`", owners.join(" or "), action.name()),
+                ));
+            }
+        }
+        steps.push(Step { line, action });
+    }
+    if !matches!(steps.first().map(|s| &s.action), Some(Action::Boot(_))) {
+        bail!("{shown}: the first step must be `boot = \"VERSION\"`");
+    }
+    Ok(Scenario { file: file.to_path_buf(), meta: raw.scenario, steps })
+}
+
+/// The text between the first pair of backticks.
+fn first_quoted(message: &str) -> Option<&str> {
+    let start = message.find('`')? + 1;
+    let end = start + message[start..].find('`')?;
+    Some(&message[start..end])
+}
+
+// ------------------------------------------------------------- the runner
+
+#[derive(Clone)]
+struct StepResult {
+    index: usize,
+    line: usize,
+    step: String,
+    ok: bool,
+    detail: String,
+    failures: Vec<String>,
+    took: Duration,
+}
+
+struct Outcome {
+    scenario: String,
+    file: PathBuf,
+    app: String,
+    outcome: String,
+    steps: Vec<StepResult>,
+    /// "file:line: step n (what): message" for every failed check or error.
+    failures: Vec<String>,
+    totals: Counts,
+    lost: u64,
+    pause_p99_max_us: f64,
+    took: Duration,
+}
+
+impl Outcome {
+    fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "scenario": self.scenario,
+            "file": self.file,
+            "app": self.app,
+            "expected_outcome": self.outcome,
+            "ok": self.ok(),
+            "seconds": self.took.as_secs_f64(),
+            "steps": self.steps.iter().map(|s| json!({
+                "index": s.index, "line": s.line, "step": s.step, "ok": s.ok,
+                "detail": s.detail, "failures": s.failures, "ms": s.took.as_secs_f64() * 1e3,
+            })).collect::<Vec<_>>(),
+            "failures": self.failures,
+            "totals": {
+                "requests": self.totals.requests,
+                "failed_requests": self.totals.failures,
+                "dropped_connections": self.totals.dropped,
+                "lost_messages": self.lost,
+                "pause_p99_us_max": self.pause_p99_max_us,
+            },
+        })
+    }
+}
+
+/// A running load: the clients' shared counters and threads.
+struct Running {
+    load: Arc<Load>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+struct Runner<'a> {
+    scenario: &'a Scenario,
+    tmp: TempDir,
+    addr: String,
+    archives: BTreeMap<String, PathBuf>,
+    root: PathBuf,
+    log: PathBuf,
+    node: Option<NodeProcess>,
+    load: Option<Running>,
+    /// Figures of loads already stopped.
+    finished: Counts,
+    probe: Option<Resp>,
+    lost: u64,
+    pause_p99_max_us: f64,
+    errors: Vec<String>,
+    json: bool,
+}
+
+impl Runner<'_> {
+    fn say(&self, line: &str) {
+        if self.json {
+            eprintln!("{line}");
+        } else {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+    }
+
+    fn node(&self) -> anyhow::Result<&NodeProcess> {
+        self.node.as_ref().context("no node runs (it was killed or stopped; add a `restart` step)")
+    }
+
+    fn counts(&self) -> Counts {
+        let mut counts = self.finished;
+        if let Some(running) = &self.load {
+            let now = running.load.counts();
+            counts.requests += now.requests;
+            counts.failures += now.failures;
+            counts.dropped += now.dropped;
+        }
+        counts
+    }
+
+    fn stop_load(&mut self) -> Option<(Counts, Vec<String>)> {
+        let running = self.load.take()?;
+        running.load.stop.store(true, Ordering::SeqCst);
+        for thread in running.threads {
+            let _ = thread.join();
+        }
+        let counts = running.load.counts();
+        self.finished.requests += counts.requests;
+        self.finished.failures += counts.failures;
+        self.finished.dropped += counts.dropped;
+        let errors = running.load.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        self.errors.extend(errors.iter().cloned());
+        Some((counts, errors))
+    }
+
+    fn record_report(&mut self, response: &Value) -> String {
+        let report = &response["report"];
+        if !report.is_object() {
+            return String::new();
+        }
+        let lost = report["messages_lost"].as_u64().unwrap_or(0);
+        let p99 = report["pause"]["p99_us"].as_f64().unwrap_or(0.0);
+        self.lost += lost;
+        self.pause_p99_max_us = self.pause_p99_max_us.max(p99);
+        format!(
+            "{}, {} moved, pause p99 {p99:.1} µs, {lost} lost",
+            report["outcome"].as_str().unwrap_or("?"),
+            report["moved"].as_u64().unwrap_or(0)
+        )
+    }
+
+    /// Checks a deploy's or rollback's response against `expect`.
+    fn expect_outcome(
+        response: &Value,
+        expect: Expect,
+        error_contains: Option<&str>,
+        failures: &mut Vec<String>,
+    ) {
+        let ok = response["ok"] == Value::Bool(true);
+        let error = response["error"].as_str().unwrap_or("");
+        let outcome = response["report"]["outcome"].as_str().unwrap_or("none");
+        let observed =
+            if ok { "ok".to_string() } else { format!("refused (report outcome {outcome}): {error}") };
+        let matched = match expect {
+            Expect::Ok => ok,
+            Expect::Refused => !ok,
+            Expect::RolledBack => !ok && outcome == "rolled_back",
+        };
+        if !matched {
+            failures.push(format!("expected {}, observed {observed}", expect.as_str()));
+        }
+        if let Some(text) = error_contains
+            && !error.contains(text)
+        {
+            failures.push(format!("the error does not contain {text:?}; observed {error:?}"));
+        }
+    }
+
+    fn start_node(&mut self, boot: Option<&Path>) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding the relive executable to start the node")?;
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut command = Command::new(exe);
+        command.args(["node", "start", "--foreground", "--root"]).arg(&self.root);
+        if let Some(boot) = boot {
+            command.arg("--boot").arg(boot);
+        }
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().context("opening the node's log")?)
+            .stderr(log_file)
+            .spawn()
+            .context("starting the node process")?;
+        let pid = child.id();
+        let node = NodeProcess { child, root: self.root.clone(), log: self.log.clone(), pid, stopped: false };
+        self.node = Some(node.wait_until_up()?);
+        Ok(())
+    }
+
+    fn status(&self) -> anyhow::Result<Value> {
+        self.node()?.checked(json!({"cmd": "status"}))
+    }
+
+    /// Runs one step: Ok((detail, failed checks)), or Err when the scenario
+    /// cannot go on.
+    fn step(&mut self, action: &Action) -> anyhow::Result<(String, Vec<String>)> {
+        let mut failures = Vec::new();
+        let detail = match action {
+            Action::Boot(version) => {
+                if self.node.is_some() {
+                    bail!("a node already runs: `boot` starts the first one (use `restart` after a kill)");
+                }
+                let archive = self.archives[version].clone();
+                self.start_node(Some(&archive))?;
+                let status = self.status()?;
+                let running = demo::release_of(&status);
+                if running != format!("{} {version}", self.scenario.meta.app) {
+                    failures.push(format!("booted {running}, expected {} {version}", self.scenario.meta.app));
+                }
+                format!("node pid {} runs {running}", self.node()?.pid)
+            }
+            Action::Load(spec) => {
+                if self.load.is_some() {
+                    bail!("a load already runs: add `stop_load = true` before starting another");
+                }
+                let clients = usize::from(spec.clients);
+                let load = Arc::new(Load::new(clients));
+                let threads = (0..clients)
+                    .map(|i| {
+                        let load = Arc::clone(&load);
+                        let addr = self.addr.clone();
+                        std::thread::Builder::new()
+                            .name(format!("scenario-client-{i}"))
+                            .spawn(move || demo::client(i, &addr, &load))
+                            .context("starting a client thread")
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while load.connected.load(Ordering::SeqCst) + load.done.load(Ordering::SeqCst) < clients
+                    && Instant::now() < deadline
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let connected = load.connected.load(Ordering::SeqCst);
+                self.load = Some(Running { load, threads });
+                if connected < clients {
+                    failures
+                        .push(format!("only {connected} of {clients} clients connected to {}", self.addr));
+                }
+                format!("{connected} clients connected to {}", self.addr)
+            }
+            Action::StopLoad => match self.stop_load() {
+                Some((counts, errors)) => {
+                    for error in errors.iter().take(3) {
+                        failures.push(format!("client: {error}"));
+                    }
+                    format!(
+                        "{} requests, {} failed, {} dropped",
+                        demo::thousands(counts.requests),
+                        counts.failures,
+                        counts.dropped
+                    )
+                }
+                None => "no load was running".into(),
+            },
+            Action::Deploy { version, health_window, permanent, expect, error_contains } => {
+                let archive = &self.archives[version];
+                let response = self.node()?.request(json!({
+                    "cmd": "deploy",
+                    "archive": archive,
+                    "permanent": permanent,
+                    "health_window_ms": health_window.as_millis() as u64,
+                }))?;
+                let report = self.record_report(&response);
+                Self::expect_outcome(&response, *expect, error_contains.as_deref(), &mut failures);
+                if response["ok"] == Value::Bool(true) {
+                    format!("{} runs ({report})", release_label(&response["release"]))
+                } else {
+                    format!("refused ({report}): {}", response["error"].as_str().unwrap_or("?"))
+                }
+            }
+            Action::Rollback { to, expect, error_contains } => {
+                let mut request = json!({"cmd": "rollback"});
+                if let Some(to) = to {
+                    request["to"] = Value::String(to.clone());
+                }
+                let response = self.node()?.request(request)?;
+                let report = self.record_report(&response);
+                Self::expect_outcome(&response, *expect, error_contains.as_deref(), &mut failures);
+                if response["ok"] == Value::Bool(true) {
+                    format!("{} runs ({report})", release_label(&response["release"]))
+                } else {
+                    format!("refused: {}", response["error"].as_str().unwrap_or("?"))
+                }
+            }
+            Action::MakePermanent => {
+                let response = self.node()?.request(json!({"cmd": "make_permanent"}))?;
+                if response["ok"] != Value::Bool(true) {
+                    failures.push(format!("refused: {}", response["error"].as_str().unwrap_or("?")));
+                }
+                format!("{} is permanent", release_label(&response["release"]))
+            }
+            Action::Kill { hard } => {
+                self.probe = None;
+                let Some(mut node) = self.node.take() else { bail!("no node runs to kill") };
+                if *hard {
+                    node.stopped = true;
+                    node.child.kill().context("sending SIGKILL to the node")?;
+                    let status = node.child.wait().context("waiting for the killed node")?;
+                    format!("node pid {} killed ({status})", node.pid)
+                } else {
+                    node.stop()?;
+                    format!("node pid {} stopped", node.pid)
+                }
+            }
+            Action::Restart => {
+                if self.node.is_some() {
+                    bail!("the node still runs: `restart` follows a `kill`");
+                }
+                self.start_node(None)?;
+                let status = self.status()?;
+                format!(
+                    "node pid {} runs {} ({})",
+                    self.node()?.pid,
+                    demo::release_of(&status),
+                    status["release"]["state"].as_str().unwrap_or("?")
+                )
+            }
+            Action::Wait(duration) => {
+                std::thread::sleep(*duration);
+                format!("{} ms", duration.as_millis())
+            }
+            Action::Call(spec) => {
+                let response = self.node()?.checked(json!({
+                    "cmd": "call", "name": spec.name, "json": toml_json(&spec.message),
+                }))?;
+                let reply = &response["reply"];
+                let observed = match &spec.pointer {
+                    Some(pointer) => reply.pointer(pointer).cloned().unwrap_or(Value::Null),
+                    None => reply.clone(),
+                };
+                if let Some(equals) = &spec.equals {
+                    let expected = toml_json(equals);
+                    if observed != expected {
+                        failures.push(format!(
+                            "{}{} is {observed}, expected {expected}",
+                            spec.name,
+                            spec.pointer.as_deref().unwrap_or("")
+                        ));
+                    }
+                }
+                format!("reply {reply}")
+            }
+            Action::Resp(spec) => {
+                let reply = self.resp(&spec.command)?;
+                let text = reply.to_string();
+                if let Some(expected) = &spec.reply
+                    && &text != expected
+                {
+                    failures.push(format!("{} answered {text}, expected {expected}", spec.command.join(" ")));
+                }
+                if let Some(part) = &spec.reply_contains
+                    && !text.contains(part.as_str())
+                {
+                    failures.push(format!(
+                        "{} answered {text}, expected it to contain {part:?}",
+                        spec.command.join(" ")
+                    ));
+                }
+                format!("reply {text}")
+            }
+            Action::Assert(spec) => self.assert(spec, &mut failures)?,
+        };
+        Ok((detail, failures))
+    }
+
+    /// One RESP command on the probe connection (connected on first use,
+    /// and again after a restart).
+    fn resp(&mut self, command: &[String]) -> anyhow::Result<Reply> {
+        if self.probe.is_none() {
+            self.probe = Some(
+                Resp::connect(&self.addr)
+                    .with_context(|| format!("connecting the probe to {}", self.addr))?,
+            );
+        }
+        let args: Vec<&[u8]> = command.iter().map(|a| a.as_bytes()).collect();
+        let probe = self.probe.as_mut().expect("connected above");
+        match probe.request(&args) {
+            Ok(reply) => Ok(reply),
+            Err(error) => {
+                self.probe = None;
+                Err(error).context("the probe's connection failed")
+            }
+        }
+    }
+
+    fn assert(&mut self, spec: &AssertSpec, failures: &mut Vec<String>) -> anyhow::Result<String> {
+        let mut seen = Vec::new();
+        let mut check = |what: &str, ok: bool, observed: String, expected: String| {
+            seen.push(format!("{what} {observed}"));
+            if !ok {
+                failures.push(format!("{what} is {observed}, expected {expected}"));
+            }
+        };
+        if spec.release.is_some() || spec.state.is_some() || spec.modules.is_some() {
+            let status = self.status()?;
+            let release = &status["release"];
+            if let Some(version) = &spec.release {
+                let observed = release["version"].as_str().unwrap_or("?").to_string();
+                check("release", &observed == version, observed, version.clone());
+            }
+            if let Some(state) = &spec.state {
+                let observed = release["state"].as_str().unwrap_or("?").to_string();
+                check("state", &observed == state, observed, state.clone());
+            }
+            for (name, version) in spec.modules.iter().flatten() {
+                let observed = status["modules"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|m| m["name"] == name.as_str())
+                    .map_or("absent".to_string(), |m| {
+                        m["current"]["version"].as_str().unwrap_or("none").to_string()
+                    });
+                check(&format!("module {name}"), &observed == version, observed, version.clone());
+            }
+        }
+        if let Some(expected) = &spec.releases {
+            let response = self.node()?.checked(json!({"cmd": "releases"}))?;
+            let observed: BTreeMap<String, String> = response["releases"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|r| r["name"] == self.scenario.meta.app.as_str())
+                .map(|r| {
+                    (
+                        r["version"].as_str().unwrap_or("?").to_string(),
+                        r["state"].as_str().unwrap_or("?").to_string(),
+                    )
+                })
+                .collect();
+            let show = |m: &BTreeMap<String, String>| {
+                m.iter().map(|(v, s)| format!("{v} {s}")).collect::<Vec<_>>().join(", ")
+            };
+            check(
+                "releases",
+                &observed == expected,
+                format!("[{}]", show(&observed)),
+                format!("[{}]", show(expected)),
+            );
+        }
+        let counts = self.counts();
+        if let Some(n) = spec.failed_requests {
+            check("failed_requests", counts.failures == n, counts.failures.to_string(), n.to_string());
+        }
+        if let Some(n) = spec.dropped_connections {
+            check("dropped_connections", counts.dropped == n, counts.dropped.to_string(), n.to_string());
+        }
+        if let Some(n) = spec.min_requests {
+            check("requests", counts.requests >= n, counts.requests.to_string(), format!("at least {n}"));
+        }
+        if let Some(n) = spec.lost_messages {
+            check("lost_messages", self.lost == n, self.lost.to_string(), n.to_string());
+        }
+        if let Some(bound) = spec.pause_p99_us_below {
+            let p99 = self.pause_p99_max_us;
+            check("pause_p99_us", p99 < bound, format!("{p99:.1}"), format!("below {bound}"));
+        }
+        Ok(seen.join(", "))
+    }
+}
+
+fn release_label(release: &Value) -> String {
+    format!(
+        "{} {} ({})",
+        release["name"].as_str().unwrap_or("?"),
+        release["version"].as_str().unwrap_or("?"),
+        release["state"].as_str().unwrap_or("?")
+    )
+}
+
+/// Builds the releases a scenario names, runs its steps, stops everything.
+fn execute(scenario: &Scenario, json: bool) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
+    let meta = &scenario.meta;
+    let mut versions: Vec<&str> = Vec::new();
+    for step in &scenario.steps {
+        if let Action::Boot(v) | Action::Deploy { version: v, .. } = &step.action
+            && !versions.contains(&v.as_str())
+        {
+            versions.push(v);
+        }
+    }
+    let tmp = TempDir::new("scenario")?;
+    let addr = demo::free_addr()?;
+    let built = demo::build_releases(tmp.path(), &meta.app, &versions, &addr)?;
+    let archives = versions.iter().map(|v| v.to_string()).zip(built).collect();
+    let root = tmp.path().join("root");
+    let log = tmp.path().join("node.log");
+    let mut runner = Runner {
+        scenario,
+        tmp,
+        addr,
+        archives,
+        root,
+        log,
+        node: None,
+        load: None,
+        finished: Counts::default(),
+        probe: None,
+        lost: 0,
+        pause_p99_max_us: 0.0,
+        errors: Vec::new(),
+        json,
+    };
+    runner.say(&format!(
+        "scenario {} ({}): {} {}, {} steps, node root {}",
+        meta.name,
+        scenario.file.display(),
+        meta.app,
+        versions.join(", "),
+        scenario.steps.len(),
+        runner.tmp.path().display()
+    ));
+    let total = scenario.steps.len();
+    let mut results = Vec::new();
+    let mut failures = Vec::new();
+    for (i, step) in scenario.steps.iter().enumerate() {
+        let index = i + 1;
+        let what = step.action.describe();
+        let t = Instant::now();
+        let outcome = runner.step(&step.action);
+        let took = t.elapsed();
+        let where_ = format!("{}:{}: step {index} ({what})", scenario.file.display(), step.line);
+        let (ok, detail, step_failures, fatal) = match outcome {
+            Ok((detail, fails)) => (fails.is_empty(), detail, fails, false),
+            Err(error) => {
+                let mut message = format!("{error:#}");
+                if runner.log.is_file() {
+                    message
+                        .push_str(&format!("; the node's log ends with:\n{}", demo::tail(&runner.log, 10)));
+                }
+                (false, String::from("error"), vec![message], true)
+            }
+        };
+        runner.say(&format!(
+            "  {:>7} {:<4} {what:<28} {detail}{} ({:.0} ms)",
+            format!("[{index}/{total}]"),
+            if ok { "ok" } else { "FAIL" },
+            if step_failures.is_empty() {
+                String::new()
+            } else {
+                format!(" — {}", step_failures.join("; "))
+            },
+            took.as_secs_f64() * 1e3
+        ));
+        for failure in &step_failures {
+            failures.push(format!("{where_}: {failure}"));
+        }
+        results.push(StepResult {
+            index,
+            line: step.line,
+            step: what,
+            ok,
+            detail,
+            failures: step_failures,
+            took,
+        });
+        if fatal {
+            runner.say(&format!("  the scenario stops at step {index}"));
+            break;
+        }
+    }
+    runner.stop_load();
+    runner.probe = None;
+    if let Some(mut node) = runner.node.take()
+        && let Err(error) = node.stop()
+    {
+        failures.push(format!("{}: stopping the node at the end: {error:#}", scenario.file.display()));
+    }
+    Ok(Outcome {
+        scenario: meta.name.clone(),
+        file: scenario.file.clone(),
+        app: meta.app.clone(),
+        outcome: meta.outcome.clone(),
+        steps: results,
+        failures,
+        totals: runner.counts(),
+        lost: runner.lost,
+        pause_p99_max_us: runner.pause_p99_max_us,
+        took: started.elapsed(),
+    })
+}
+
+fn run_files(args: &RunArgs) -> anyhow::Result<()> {
+    // Every file is checked before anything runs.
+    let scenarios = args.files.iter().map(|f| parse(f)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut outcomes = Vec::new();
+    for scenario in &scenarios {
+        outcomes.push(execute(scenario, args.json)?);
+    }
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|o| !o.ok()).collect();
+    if args.json {
+        let doc = json!({
+            "ok": failed.is_empty(),
+            "scenarios": outcomes.iter().map(Outcome::json).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let mut out = String::from("\nsummary\n");
+        let _ = writeln!(
+            out,
+            "  {:<40} {:>7} {:>10} {:>7} {:>8} {:>5} {:>9}  result",
+            "scenario", "steps", "requests", "failed", "dropped", "lost", "seconds"
+        );
+        for o in &outcomes {
+            let passed = o.steps.iter().filter(|s| s.ok).count();
+            let _ = writeln!(
+                out,
+                "  {:<40} {:>7} {:>10} {:>7} {:>8} {:>5} {:>9.1}  {}",
+                o.scenario,
+                format!("{passed}/{}", o.steps.len()),
+                demo::thousands(o.totals.requests),
+                o.totals.failures,
+                o.totals.dropped,
+                o.lost,
+                o.took.as_secs_f64(),
+                if o.ok() { "ok" } else { "FAILED" }
+            );
+        }
+        for o in &failed {
+            for failure in &o.failures {
+                let _ = writeln!(out, "  - {failure}");
+            }
+        }
+        print!("{out}");
+    }
+    if !failed.is_empty() {
+        let first = failed[0].failures.first().map(String::as_str).unwrap_or("");
+        bail!(
+            "{} of {} scenario(s) failed; first: {}",
+            failed.len(),
+            outcomes.len(),
+            first.lines().next().unwrap_or(first)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        format!("{:#}", parse_text(Path::new("x.toml"), text).err().expect("an error"))
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let head = "[scenario]\nname = \"t\"\napp = \"kv\"\n[[step]]\nboot = \"1.0.0\"\n";
+        assert!(
+            err(&format!("{head}[[step]]\ndeplo = \"1.1.0\"\n"))
+                .starts_with("x.toml:7: step 2: unknown step `deplo`")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\nload = {{ clients = 2, pipeline = 1 }}\n"))
+                .starts_with("x.toml:7: step 2: unknown field `pipeline`")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\nwait = \"3 parsecs\"\n")).starts_with("x.toml:7: step 2: wait:")
+        );
+        assert!(err(&format!("{head}[[step]]\ndeploy = \"9.9.9\"\n")).contains("no release kv 9.9.9"));
+        assert!(
+            err(&format!("{head}[[step]]\nwait = \"1s\"\nexpect = \"ok\"\n"))
+                .contains("step 2: `expect` belongs to a deploy or rollback step")
+        );
+        assert!(
+            err("[scenario]\nname = \"t\"\napp = \"kv\"\nnope = 1\n")
+                .starts_with("x.toml:4: unknown field `nope`")
+        );
+    }
+}
