@@ -10,7 +10,8 @@
 //! | `boot = "1.0.0"` | starts a node on a temporary root booting that release |
 //! | `load = { clients = 4 }` | starts RESP clients (SET/GET of their own key, every reply checked) that run until `stop_load` or the end |
 //! | `stop_load = true` | stops the clients (their figures are kept) |
-//! | `deploy = "1.1.0"` | deploys that release live; with `health_window = "300ms"`, `permanent = true`, `expect = "ok" \| "refused" \| "rolled_back"` (default ok), `error_contains = "..."` |
+//! | `deploy = "1.1.0"` | deploys that release live; with `health_window = "300ms"`, `permanent = true`, `expect = "ok" \| "refused" \| "rolled_back"` (default ok), `error_contains = "..."`; and the options below |
+//! | `await = true` | waits for the `background` deploy and checks its result against that step's `expect` and `error_contains` |
 //! | `rollback = true` / `rollback = "1.0.0"` | undoes the last deploy / goes to that release of the store; with `expect`, `error_contains` |
 //! | `make_permanent = true` | makes the running release permanent |
 //! | `kill = "-9"` / `kill = "graceful"` | SIGKILLs the node / stops it through its control socket |
@@ -19,6 +20,15 @@
 //! | `call = { name = "kv", message = "Version", equals = "1.1.0", pointer = "/a/b" }` | calls a process with a JSON message (written as TOML); `equals` compares the reply (or the part `pointer` selects) |
 //! | `resp = { command = ["SET", "k", "v"], reply = "+OK", reply_contains = "..." }` | sends one RESP command on a probe connection and checks the reply |
 //! | `assert = { release = "1.1.0", state = "current", failed_requests = 0, dropped_connections = 0, lost_messages = 0, min_requests = 1, pause_p99_us_below = 50000, modules = { kv = "1.1.0" }, releases = { "1.0.0" = "permanent" } }` | checks the node and the figures so far |
+//!
+//! A deploy's options for faults (DESIGN.md §7), at most one per step:
+//!
+//! | option | what it does |
+//! |---|---|
+//! | `background = true` | the deploy runs in a thread and the scenario goes on; a later `await = true` step checks its result (one at a time) |
+//! | `library = "truncated" \| "not-elf" \| "garbage-elf"` | deploys a well-formed archive of the release whose kv module library (the module named like the app) is half its bytes / a text file / an ELF header followed by random bytes |
+//! | `archive = "checksum-mismatch" \| "truncated"` | deploys the release's archive with one byte of that library flipped inside the tar (its manifest sha256 no longer matches) / cut to half its size |
+//! | `manifest = "bad-version" \| "duplicate-module"` | deploys the release's archive whose `release.toml` has `version = "not-semver"` / its first `[[module]]` twice |
 //!
 //! Unknown steps and fields are errors naming the file, the line and the
 //! field. The releases the steps name are built first (as `relive demo`
@@ -30,7 +40,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs;
-use std::io::Write as _;
+use std::io::{Read as _, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -41,6 +51,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use relive_releases::archive;
+use relive_releases::manifest::Manifest;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use toml::Spanned;
@@ -107,11 +119,56 @@ struct RawStep {
     call: Option<CallSpec>,
     resp: Option<RespSpec>,
     assert: Option<AssertSpec>,
+    #[serde(rename = "await")]
+    await_deploy: Option<bool>,
     // modifiers
     health_window: Option<Spanned<String>>,
     permanent: Option<bool>,
     expect: Option<Expect>,
     error_contains: Option<String>,
+    background: Option<bool>,
+    library: Option<Spanned<String>>,
+    archive: Option<Spanned<String>>,
+    manifest: Option<Spanned<String>>,
+}
+
+/// What a deploy step breaks in the release's archive before deploying it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    LibraryTruncated,
+    LibraryNotElf,
+    LibraryGarbageElf,
+    ArchiveChecksumMismatch,
+    ArchiveTruncated,
+    ManifestBadVersion,
+    ManifestDuplicateModule,
+}
+
+impl Fault {
+    const ALL: [(Fault, &'static str, &'static str); 7] = [
+        (Fault::LibraryTruncated, "library", "truncated"),
+        (Fault::LibraryNotElf, "library", "not-elf"),
+        (Fault::LibraryGarbageElf, "library", "garbage-elf"),
+        (Fault::ArchiveChecksumMismatch, "archive", "checksum-mismatch"),
+        (Fault::ArchiveTruncated, "archive", "truncated"),
+        (Fault::ManifestBadVersion, "manifest", "bad-version"),
+        (Fault::ManifestDuplicateModule, "manifest", "duplicate-module"),
+    ];
+
+    fn parse(option: &str, value: &str) -> Result<Fault, String> {
+        let known: Vec<&str> =
+            Fault::ALL.iter().filter(|(_, o, _)| *o == option).map(|(_, _, v)| *v).collect();
+        Fault::ALL
+            .iter()
+            .find(|(_, o, v)| *o == option && *v == value)
+            .map(|(f, _, _)| *f)
+            .ok_or_else(|| format!("{option} = {value:?}: write one of {}", known.join(", ")))
+    }
+
+    fn label(self) -> String {
+        let (_, option, value) = Fault::ALL.iter().find(|(f, _, _)| *f == self).expect("listed");
+        format!("{option} {value}")
+    }
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -178,7 +235,10 @@ enum Action {
         permanent: bool,
         expect: Expect,
         error_contains: Option<String>,
+        background: bool,
+        fault: Option<Fault>,
     },
+    Await,
     Rollback {
         to: Option<String>,
         expect: Expect,
@@ -211,10 +271,20 @@ impl Action {
             Action::Boot(v) => format!("boot {v}"),
             Action::Load(l) => format!("load {} clients", l.clients),
             Action::StopLoad => "stop load".into(),
-            Action::Deploy { version, expect: Expect::Ok, .. } => format!("deploy {version}"),
-            Action::Deploy { version, expect, .. } => {
-                format!("deploy {version} (expect {})", expect.as_str())
+            Action::Deploy { version, expect, background, fault, .. } => {
+                let mut text = format!("deploy {version}");
+                if let Some(fault) = fault {
+                    text.push_str(&format!(" [{}]", fault.label()));
+                }
+                if *background {
+                    text.push_str(" in the background");
+                }
+                if *expect != Expect::Ok {
+                    text.push_str(&format!(" (expect {})", expect.as_str()));
+                }
+                text
             }
+            Action::Await => "await the background deploy".into(),
             Action::Rollback { to: None, .. } => "rollback".into(),
             Action::Rollback { to: Some(to), .. } => format!("rollback to {to}"),
             Action::MakePermanent => "make permanent".into(),
@@ -234,6 +304,7 @@ impl Action {
             Action::Load(_) => "load",
             Action::StopLoad => "stop_load",
             Action::Deploy { .. } => "deploy",
+            Action::Await => "await",
             Action::Rollback { .. } => "rollback",
             Action::MakePermanent => "make_permanent",
             Action::Kill { .. } => "kill",
@@ -246,10 +317,11 @@ impl Action {
     }
 }
 
-const MODIFIERS: &str = "health_window, permanent (deploy); expect, error_contains (deploy, rollback)";
+const MODIFIERS: &str = "health_window, permanent, background, library, archive, manifest (deploy); \
+                         expect, error_contains (deploy, rollback)";
 
-const STEPS: &str =
-    "boot, load, stop_load, deploy, rollback, make_permanent, kill, restart, wait, call, resp, assert";
+const STEPS: &str = "boot, load, stop_load, deploy, await, rollback, make_permanent, kill, restart, wait, \
+                     call, resp, assert";
 
 struct Step {
     line: usize,
@@ -374,6 +446,18 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
             actions.push(Action::StopLoad);
         }
         if let Some(v) = &raw.deploy {
+            let mut faults = Vec::new();
+            for (option, value) in
+                [("library", &raw.library), ("archive", &raw.archive), ("manifest", &raw.manifest)]
+            {
+                if let Some(value) = value {
+                    faults
+                        .push(Fault::parse(option, value.get_ref()).map_err(|e| err(Some(value.span()), e))?);
+                }
+            }
+            if faults.len() > 1 {
+                return Err(err(None, "one of library, archive, manifest per deploy step".into()));
+            }
             actions.push(Action::Deploy {
                 version: release(v)?,
                 health_window: match &raw.health_window {
@@ -383,7 +467,12 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
                 permanent: raw.permanent.unwrap_or(false),
                 expect: raw.expect.unwrap_or(Expect::Ok),
                 error_contains: raw.error_contains.clone(),
+                background: raw.background.unwrap_or(false),
+                fault: faults.first().copied(),
             });
+        }
+        if raw.await_deploy == Some(true) {
+            actions.push(Action::Await);
         }
         if let Some(r) = &raw.rollback {
             let to = match r {
@@ -445,6 +534,10 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
         let misplaced = [
             ("health_window", raw.health_window.is_some(), &["deploy"][..]),
             ("permanent", raw.permanent.is_some(), &["deploy"][..]),
+            ("background", raw.background.is_some(), &["deploy"][..]),
+            ("library", raw.library.is_some(), &["deploy"][..]),
+            ("archive", raw.archive.is_some(), &["deploy"][..]),
+            ("manifest", raw.manifest.is_some(), &["deploy"][..]),
             ("expect", raw.expect.is_some(), &["deploy", "rollback"][..]),
             ("error_contains", raw.error_contains.is_some(), &["deploy", "rollback"][..]),
         ];
@@ -533,8 +626,17 @@ struct Running {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// A deploy running in a thread (`background = true`), awaited later.
+struct Background {
+    version: String,
+    expect: Expect,
+    error_contains: Option<String>,
+    thread: JoinHandle<anyhow::Result<Value>>,
+}
+
 struct Runner<'a> {
     scenario: &'a Scenario,
+    background: Option<Background>,
     tmp: TempDir,
     addr: String,
     archives: BTreeMap<String, PathBuf>,
@@ -725,16 +827,70 @@ impl Runner<'_> {
                 }
                 None => "no load was running".into(),
             },
-            Action::Deploy { version, health_window, permanent, expect, error_contains } => {
-                let archive = &self.archives[version];
-                let response = self.node()?.request(json!({
+            Action::Deploy {
+                version,
+                health_window,
+                permanent,
+                expect,
+                error_contains,
+                background,
+                fault,
+            } => {
+                let archive = match fault {
+                    Some(fault) => self.faulty_archive(version, *fault)?,
+                    None => self.archives[version].clone(),
+                };
+                let request = json!({
                     "cmd": "deploy",
                     "archive": archive,
                     "permanent": permanent,
                     "health_window_ms": health_window.as_millis() as u64,
-                }))?;
+                });
+                if *background {
+                    if self.background.is_some() {
+                        bail!("a background deploy is pending: add `await = true` before starting another");
+                    }
+                    let root = self.node()?.root.clone();
+                    let thread = std::thread::Builder::new()
+                        .name("scenario-deploy".into())
+                        .spawn(move || control::request(&root, &request, |_| {}))
+                        .context("starting the background deploy's thread")?;
+                    self.background = Some(Background {
+                        version: version.clone(),
+                        expect: *expect,
+                        error_contains: error_contains.clone(),
+                        thread,
+                    });
+                    // Let the node take the request before the next step.
+                    std::thread::sleep(Duration::from_millis(100));
+                    return Ok((format!("started in the background ({})", archive.display()), failures));
+                }
+                let response = self.node()?.request(request)?;
                 let report = self.record_report(&response);
                 Self::expect_outcome(&response, *expect, error_contains.as_deref(), &mut failures);
+                if response["ok"] == Value::Bool(true) {
+                    format!("{} runs ({report})", release_label(&response["release"]))
+                } else {
+                    format!("refused ({report}): {}", response["error"].as_str().unwrap_or("?"))
+                }
+            }
+            Action::Await => {
+                let Some(background) = self.background.take() else {
+                    bail!(
+                        "no background deploy to await (a deploy step with `background = true` comes first)"
+                    );
+                };
+                let response = background
+                    .thread
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the background deploy's thread panicked"))??;
+                let report = self.record_report(&response);
+                Self::expect_outcome(
+                    &response,
+                    background.expect,
+                    background.error_contains.as_deref(),
+                    &mut failures,
+                );
                 if response["ok"] == Value::Bool(true) {
                     format!("{} runs ({report})", release_label(&response["release"]))
                 } else {
@@ -836,6 +992,105 @@ impl Runner<'_> {
         Ok((detail, failures))
     }
 
+    /// The release `version`'s archive with `fault` in it, under
+    /// `<tmp>/faults/` (made once per version and fault).
+    fn faulty_archive(&self, version: &str, fault: Fault) -> anyhow::Result<PathBuf> {
+        let app = &self.scenario.meta.app;
+        let good = &self.archives[version];
+        let dir =
+            self.tmp.path().join("faults").join(format!("{version}-{}", fault.label().replace(' ', "-")));
+        let done = dir.join("archive.tar.gz");
+        if done.is_file() {
+            return Ok(done);
+        }
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let contents = archive::read(good, None, false)
+            .with_context(|| format!("reading the built archive {}", good.display()))?;
+        let module = contents
+            .library(app)
+            .or(contents.libraries.first())
+            .map(|l| l.module.clone())
+            .context("the release has no module library to break")?;
+        match fault {
+            Fault::LibraryTruncated | Fault::LibraryNotElf | Fault::LibraryGarbageElf => {
+                let manifest_path =
+                    self.tmp.path().join("apps").join(format!("{app}-{version}")).join("release.toml");
+                let mut manifest = Manifest::from_path(&manifest_path)?;
+                // A version of its own (1.1.0-truncated): the store keeps
+                // what it unpacked, so each broken build is a new release.
+                let (_, _, value) = Fault::ALL.iter().find(|(f, _, _)| *f == fault).expect("listed");
+                manifest.release.version = format!("{version}-{value}")
+                    .parse()
+                    .with_context(|| format!("{version}-{value} is not a semver version"))?;
+                let mut libraries = Vec::new();
+                for library in &contents.libraries {
+                    let mut bytes = library.bytes.clone();
+                    if library.module == module {
+                        bytes = match fault {
+                            Fault::LibraryTruncated => bytes[..bytes.len() / 2].to_vec(),
+                            Fault::LibraryNotElf => b"this is a text file, not a shared library\n".to_vec(),
+                            _ => {
+                                let mut garbage = bytes[..64.min(bytes.len())].to_vec();
+                                garbage.extend(random_bytes(64 * 1024));
+                                garbage
+                            }
+                        };
+                    }
+                    let path = dir.join(format!("lib{}.so", library.module));
+                    fs::write(&path, &bytes).with_context(|| format!("writing {}", path.display()))?;
+                    libraries.push((library.module.clone(), path));
+                }
+                let out = dir.join("dist");
+                let built = archive::build(&manifest, &dir, &libraries, &out, None)
+                    .with_context(|| format!("building the {} archive of {app} {version}", fault.label()))?;
+                fs::rename(&built, &done).with_context(|| format!("moving {}", built.display()))?;
+            }
+            Fault::ArchiveTruncated => {
+                let bytes = fs::read(good).with_context(|| format!("reading {}", good.display()))?;
+                fs::write(&done, &bytes[..bytes.len() / 2])
+                    .with_context(|| format!("writing {}", done.display()))?;
+            }
+            Fault::ArchiveChecksumMismatch => {
+                let entry = archive::library_entry(&module);
+                rewrite_archive(good, &done, |name, data| {
+                    if name == entry && !data.is_empty() {
+                        let middle = data.len() / 2;
+                        data[middle] ^= 0xff;
+                    }
+                })?;
+            }
+            Fault::ManifestBadVersion | Fault::ManifestDuplicateModule => {
+                rewrite_archive(good, &done, |name, data| {
+                    if name != "release.toml" {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(data).to_string();
+                    let changed = if fault == Fault::ManifestBadVersion {
+                        let mut done = false;
+                        text.lines()
+                            .map(|line| {
+                                if !done && line.trim_start().starts_with("version") {
+                                    done = true;
+                                    "version = \"not-semver\"".to_string()
+                                } else {
+                                    line.to_string()
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n")
+                            + "\n"
+                    } else {
+                        let start = text.find("[[module]]").unwrap_or(text.len());
+                        let end = text[start + 1..].find("[[").map_or(text.len(), |i| start + 1 + i);
+                        format!("{}\n{}", text.trim_end(), &text[start..end])
+                    };
+                    *data = changed.into_bytes();
+                })?;
+            }
+        }
+        Ok(done)
+    }
+
     /// One RESP command on the probe connection (connected on first use,
     /// and again after a restart).
     fn resp(&mut self, command: &[String]) -> anyhow::Result<Reply> {
@@ -932,6 +1187,51 @@ impl Runner<'_> {
     }
 }
 
+/// `src` (a .tar.gz) written to `dst` with each entry's data passed
+/// through `edit` (headers kept, sizes and checksums fixed).
+fn rewrite_archive(src: &Path, dst: &Path, mut edit: impl FnMut(&str, &mut Vec<u8>)) -> anyhow::Result<()> {
+    let compressed = fs::read(src).with_context(|| format!("reading {}", src.display()))?;
+    let mut tar_bytes = Vec::new();
+    flate2::read::GzDecoder::new(&compressed[..])
+        .read_to_end(&mut tar_bytes)
+        .with_context(|| format!("gunzipping {}", src.display()))?;
+    let mut input = tar::Archive::new(&tar_bytes[..]);
+    let mut output = tar::Builder::new(Vec::new());
+    for entry in input.entries().context("reading the tar")? {
+        let mut entry = entry.context("reading the tar")?;
+        let name = entry.path().context("reading the tar")?.to_string_lossy().into_owned();
+        let mut data = Vec::new();
+        entry.read_to_end(&mut data).context("reading the tar")?;
+        edit(&name, &mut data);
+        let mut header = entry.header().clone();
+        header.set_size(data.len() as u64);
+        header.set_cksum();
+        output.append(&header, &data[..]).context("writing the tar")?;
+    }
+    let tar_out = output.into_inner().context("writing the tar")?;
+    let file = fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let mut gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
+    gz.write_all(&tar_out).context("writing the archive")?;
+    gz.finish().context("writing the archive")?;
+    Ok(())
+}
+
+/// `n` pseudo-random bytes (xorshift seeded from the clock).
+fn random_bytes(n: usize) -> Vec<u8> {
+    let mut x = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0x9e37_79b9_7f4a_7c15, |d| d.as_nanos() as u64)
+        | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
 fn release_label(release: &Value) -> String {
     format!(
         "{} {} ({})",
@@ -961,6 +1261,7 @@ fn execute(scenario: &Scenario, json: bool) -> anyhow::Result<Outcome> {
     let log = tmp.path().join("node.log");
     let mut runner = Runner {
         scenario,
+        background: None,
         tmp,
         addr,
         archives,
@@ -1032,6 +1333,14 @@ fn execute(scenario: &Scenario, json: bool) -> anyhow::Result<Outcome> {
             runner.say(&format!("  the scenario stops at step {index}"));
             break;
         }
+    }
+    if let Some(background) = runner.background.take() {
+        let _ = background.thread.join();
+        failures.push(format!(
+            "{}: the background deploy of {} was never awaited (add `await = true`)",
+            scenario.file.display(),
+            background.version
+        ));
     }
     runner.stop_load();
     runner.probe = None;
@@ -1135,6 +1444,14 @@ mod tests {
         assert!(
             err(&format!("{head}[[step]]\nwait = \"1s\"\nexpect = \"ok\"\n"))
                 .contains("step 2: `expect` belongs to a deploy or rollback step")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\ndeploy = \"1.1.0\"\nlibrary = \"bogus\"\n"))
+                .starts_with("x.toml:8: step 2: library = \"bogus\": write one of truncated, not-elf")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\nwait = \"1s\"\nbackground = true\n"))
+                .contains("step 2: `background` belongs to a deploy step")
         );
         assert!(
             err("[scenario]\nname = \"t\"\napp = \"kv\"\nnope = 1\n")
