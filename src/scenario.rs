@@ -710,6 +710,24 @@ impl Runner<'_> {
         )
     }
 
+    /// Records a deploy's or rollback's report, checks its outcome, and
+    /// says what happened.
+    fn settle(
+        &mut self,
+        response: &Value,
+        expect: Expect,
+        error_contains: Option<&str>,
+        failures: &mut Vec<String>,
+    ) -> String {
+        let report = self.record_report(response);
+        Self::expect_outcome(response, expect, error_contains, failures);
+        if response["ok"] == Value::Bool(true) {
+            format!("{} runs ({report})", release_label(&response["release"]))
+        } else {
+            format!("refused ({report}): {}", response["error"].as_str().unwrap_or("?"))
+        }
+    }
+
     /// Checks a deploy's or rollback's response against `expect`.
     fn expect_outcome(
         response: &Value,
@@ -866,13 +884,7 @@ impl Runner<'_> {
                     return Ok((format!("started in the background ({})", archive.display()), failures));
                 }
                 let response = self.node()?.request(request)?;
-                let report = self.record_report(&response);
-                Self::expect_outcome(&response, *expect, error_contains.as_deref(), &mut failures);
-                if response["ok"] == Value::Bool(true) {
-                    format!("{} runs ({report})", release_label(&response["release"]))
-                } else {
-                    format!("refused ({report}): {}", response["error"].as_str().unwrap_or("?"))
-                }
+                self.settle(&response, *expect, error_contains.as_deref(), &mut failures)
             }
             Action::Await => {
                 let Some(background) = self.background.take() else {
@@ -884,18 +896,7 @@ impl Runner<'_> {
                     .thread
                     .join()
                     .map_err(|_| anyhow::anyhow!("the background deploy's thread panicked"))??;
-                let report = self.record_report(&response);
-                Self::expect_outcome(
-                    &response,
-                    background.expect,
-                    background.error_contains.as_deref(),
-                    &mut failures,
-                );
-                if response["ok"] == Value::Bool(true) {
-                    format!("{} runs ({report})", release_label(&response["release"]))
-                } else {
-                    format!("refused ({report}): {}", response["error"].as_str().unwrap_or("?"))
-                }
+                self.settle(&response, background.expect, background.error_contains.as_deref(), &mut failures)
             }
             Action::Rollback { to, expect, error_contains } => {
                 let mut request = json!({"cmd": "rollback"});
@@ -903,13 +904,7 @@ impl Runner<'_> {
                     request["to"] = Value::String(to.clone());
                 }
                 let response = self.node()?.request(request)?;
-                let report = self.record_report(&response);
-                Self::expect_outcome(&response, *expect, error_contains.as_deref(), &mut failures);
-                if response["ok"] == Value::Bool(true) {
-                    format!("{} runs ({report})", release_label(&response["release"]))
-                } else {
-                    format!("refused: {}", response["error"].as_str().unwrap_or("?"))
-                }
+                self.settle(&response, *expect, error_contains.as_deref(), &mut failures)
             }
             Action::MakePermanent => {
                 let response = self.node()?.request(json!({"cmd": "make_permanent"}))?;
