@@ -90,7 +90,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let booted = Instant::now();
     let root = tmp.path().join("root");
     let log = tmp.path().join("node.log");
-    let mut node = NodeProcess::start(&root, &archives[0], &log)?;
+    let mut node = NodeProcess::start(&root, Some(&archives[0]), &log)?;
     let status = node.checked(json!({"cmd": "status"}))?;
     let boot_time = booted.elapsed();
     let mut demo = Demo::new(clients, addr.clone());
@@ -251,16 +251,22 @@ pub(crate) struct NodeProcess {
 }
 
 impl NodeProcess {
-    /// `relive node start --foreground --root ROOT --boot ARCHIVE`, output
-    /// to `log`; returns once its control socket answers.
-    pub(crate) fn start(root: &Path, boot: &Path, log: &Path) -> anyhow::Result<NodeProcess> {
+    /// `relive node start --foreground --root ROOT [--boot ARCHIVE]`, output
+    /// appended to `log` (a restarted node adds to its first log); returns
+    /// once its control socket answers.
+    pub(crate) fn start(root: &Path, boot: Option<&Path>, log: &Path) -> anyhow::Result<NodeProcess> {
         let exe = std::env::current_exe().context("finding the relive executable to start the node")?;
-        let log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = Command::new(exe)
-            .args(["node", "start", "--foreground", "--root"])
-            .arg(root)
-            .arg("--boot")
-            .arg(boot)
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .with_context(|| format!("opening {}", log.display()))?;
+        let mut command = Command::new(exe);
+        command.args(["node", "start", "--foreground", "--root"]).arg(root);
+        if let Some(boot) = boot {
+            command.arg("--boot").arg(boot);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().context("opening the node's log")?)
             .stderr(log_file)

@@ -120,17 +120,23 @@ fn child_command(root: &Path, boot: Option<&Path>, heart: bool) -> anyhow::Resul
     Ok(command)
 }
 
+/// The error for starting a node where one answers already.
+fn already_running(root: &Path) -> Option<anyhow::Error> {
+    let status = control::request(root, &json!({"cmd": "status"}), |_| {}).ok()?;
+    Some(anyhow::anyhow!(
+        "a node is already running on {} (pid {}): stop it first with `relive node stop --root {}`, \
+         or pass another --root",
+        root.display(),
+        status["pid"],
+        root.display()
+    ))
+}
+
 /// Starts the node (or its heart) detached, waits until the control socket
 /// answers, prints its pid.
 fn daemonize(root: &Path, boot: Option<&Path>, heart: bool) -> anyhow::Result<()> {
-    if let Ok(status) = control::request(root, &json!({"cmd": "status"}), |_| {}) {
-        bail!(
-            "a node is already running on {} (pid {}): stop it first with `relive node stop --root {}`, \
-             or pass another --root",
-            root.display(),
-            status["pid"],
-            root.display()
-        );
+    if let Some(running) = already_running(root) {
+        return Err(running);
     }
     fs::create_dir_all(root).with_context(|| format!("creating the node's root {}", root.display()))?;
     let log_path = root.join(LOG);
@@ -514,14 +520,8 @@ fn run(root: &Path, boot_archive: Option<&Path>) -> anyhow::Result<()> {
     let mut store = match Store::open(root) {
         Ok(store) => store,
         Err(error @ StoreError::Locked { .. }) => {
-            if let Ok(status) = control::request(root, &json!({"cmd": "status"}), |_| {}) {
-                bail!(
-                    "a node is already running on {} (pid {}): stop it first with `relive node stop --root {}`, \
-                     or pass another --root",
-                    root.display(),
-                    status["pid"],
-                    root.display()
-                );
+            if let Some(running) = already_running(root) {
+                return Err(running);
             }
             return Err(error).context("cannot start a node");
         }

@@ -43,7 +43,6 @@ use std::fs;
 use std::io::{Read as _, Write as _};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
@@ -756,26 +755,7 @@ impl Runner<'_> {
     }
 
     fn start_node(&mut self, boot: Option<&Path>) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("finding the relive executable to start the node")?;
-        let log_file = fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .with_context(|| format!("opening {}", self.log.display()))?;
-        let mut command = Command::new(exe);
-        command.args(["node", "start", "--foreground", "--root"]).arg(&self.root);
-        if let Some(boot) = boot {
-            command.arg("--boot").arg(boot);
-        }
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(log_file.try_clone().context("opening the node's log")?)
-            .stderr(log_file)
-            .spawn()
-            .context("starting the node process")?;
-        let pid = child.id();
-        let node = NodeProcess { child, root: self.root.clone(), log: self.log.clone(), pid, stopped: false };
-        self.node = Some(node.wait_until_up()?);
+        self.node = Some(NodeProcess::start(&self.root, boot, &self.log)?);
         Ok(())
     }
 

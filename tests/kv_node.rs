@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{failure, ok, relive, repo};
+use common::{alive, build, failure, ok, relive, repo};
 
 /// A port nobody listens on now.
 fn free_port() -> u16 {
@@ -46,28 +46,7 @@ fn kv_archive(version: &str, port: u16, dir: &Path) -> PathBuf {
     let app = dir.join(format!("kv-{version}"));
     std::fs::create_dir_all(&app).unwrap();
     std::fs::write(app.join("release.toml"), text).unwrap();
-    let target = repo().join("target").join("examples");
-    let printed = ok(&[
-        "release",
-        "build",
-        app.to_str().unwrap(),
-        "--out",
-        dir.join("archives").to_str().unwrap(),
-        "--target-dir",
-        target.to_str().unwrap(),
-    ]);
-    PathBuf::from(printed.trim())
-}
-
-/// Whether process `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z' | 'X'))
-        }
-        Err(_) => false,
-    }
+    build(&app, &dir.join("archives"))
 }
 
 /// A node started on a root; dropping it stops the node (and kills it if

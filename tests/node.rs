@@ -14,18 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{build, counter_archives as archives, failure, ok, relive, repo};
-
-/// Whether process `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => {
-            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
-            !matches!(state, Some('Z' | 'X'))
-        }
-        Err(_) => false,
-    }
-}
+use common::{alive, build, counter_archives as archives, failure, ok, relive, repo};
 
 fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;

@@ -61,3 +61,14 @@ pub fn counter_archives() -> &'static (PathBuf, PathBuf) {
         (build(&app("1.0.0"), &out), build(&app("2.0.0"), &out))
     })
 }
+
+/// Whether process `pid` runs (a zombie does not).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+            !matches!(state, Some('Z' | 'X'))
+        }
+        Err(_) => false,
+    }
+}
