@@ -394,27 +394,22 @@ impl Controller {
         report: &mut DryRunReport,
     ) -> Vec<(Pid, semver::Version, Vec<u8>)> {
         let target = to.version().clone();
-        let tasks: Vec<_> = pids
-            .iter()
-            .filter_map(|&pid| {
-                let target = target.clone();
-                let task = self.node.system_task(pid, move |actor, _guard| {
-                    let process = actor.as_module_process().ok_or("not a module process")?;
-                    let from = process.code().version().clone();
-                    if from == target {
-                        return Ok(None);
-                    }
-                    process
-                        .state_for(&target)
-                        .map(|bytes| Some((from, bytes)))
-                        .map_err(|e| e.to_string().into())
-                });
-                task.ok().map(|task| (pid, task))
-            })
-            .collect();
+        let mut group = relive_runtime::system::TaskGroup::new();
+        for &pid in pids {
+            let target = target.clone();
+            // A process that is gone has no state to copy.
+            let _ = group.queue(&self.node, pid, move |actor, _guard| {
+                let process = actor.as_module_process().ok_or("not a module process")?;
+                let from = process.code().version().clone();
+                if from == target {
+                    return Ok(None);
+                }
+                process.state_for(&target).map(|bytes| Some((from, bytes))).map_err(|e| e.to_string().into())
+            });
+        }
         let mut copies = Vec::new();
-        for (pid, task) in tasks {
-            match task.wait(options.suspend_timeout, options.code_change_timeout) {
+        for (pid, result) in group.collect(options.suspend_timeout, options.code_change_timeout) {
+            match result {
                 Ok(done) => match done.value {
                     Ok(Some((from, bytes))) => copies.push((pid, from, bytes)),
                     Ok(None) => {}
