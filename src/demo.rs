@@ -90,7 +90,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let booted = Instant::now();
     let root = tmp.path().join("root");
     let log = tmp.path().join("node.log");
-    let mut node = NodeProcess::start(&root, Some(&archives[0]), &log)?;
+    let mut node = NodeProcess::start(&root, Some(&archives[0]), &log, None)?;
     let status = node.checked(json!({"cmd": "status"}))?;
     let boot_time = booted.elapsed();
     let mut demo = Demo::new(clients, addr.clone());
@@ -170,9 +170,10 @@ pub(crate) fn free_addr() -> anyhow::Result<String> {
     Ok(addr.to_string())
 }
 
-/// Builds each of [`RELEASES`] from a copy of its `release.toml` (crates
-/// absolute, kv listening on `addr`) into `<tmp>/dist`; returns the
-/// archives in order.
+/// Builds `versions` of the example application `app_name` (the demo:
+/// [`RELEASES`] of kv) from copies of their `release.toml` (crates
+/// absolute, every process with a `listen` argument, such as kv, listening
+/// on `addr`) into `<tmp>/dist`; returns the archives in order.
 pub(crate) fn build_releases(
     tmp: &Path,
     app_name: &str,
@@ -208,18 +209,12 @@ pub(crate) fn build_releases(
             })?;
             crates.push(module.krate.strip_prefix(repo).unwrap_or(&module.krate).display().to_string());
         }
-        let mut listening = 0;
+        // An application without a listening process (the swarm) is built
+        // as it is.
         for process in &mut manifest.processes {
             if let Some(listen) = process.args.get_mut("listen") {
                 *listen = Value::String(addr.to_string());
-                listening += 1;
             }
-        }
-        if listening == 0 {
-            bail!(
-                "{}: no process has a \"listen\" argument to point at a free port",
-                manifest_path.display()
-            );
         }
         let app = tmp.join("apps").join(format!("{app_name}-{version}"));
         fs::create_dir_all(&app).with_context(|| format!("creating {}", app.display()))?;
@@ -252,9 +247,15 @@ pub(crate) struct NodeProcess {
 
 impl NodeProcess {
     /// `relive node start --foreground --root ROOT [--boot ARCHIVE]`, output
-    /// appended to `log` (a restarted node adds to its first log); returns
-    /// once its control socket answers.
-    pub(crate) fn start(root: &Path, boot: Option<&Path>, log: &Path) -> anyhow::Result<NodeProcess> {
+    /// appended to `log` (a restarted node adds to its first log), with
+    /// crash points read from `crash_file` when given (see crash.rs);
+    /// returns once its control socket answers.
+    pub(crate) fn start(
+        root: &Path,
+        boot: Option<&Path>,
+        log: &Path,
+        crash_file: Option<&Path>,
+    ) -> anyhow::Result<NodeProcess> {
         let exe = std::env::current_exe().context("finding the relive executable to start the node")?;
         let log_file = fs::OpenOptions::new()
             .create(true)
@@ -265,6 +266,9 @@ impl NodeProcess {
         command.args(["node", "start", "--foreground", "--root"]).arg(root);
         if let Some(boot) = boot {
             command.arg("--boot").arg(boot);
+        }
+        if let Some(file) = crash_file {
+            command.env(crate::crash::ENV, file);
         }
         let child = command
             .stdin(Stdio::null())
@@ -402,6 +406,16 @@ fn invalid(what: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, what)
 }
 
+/// Appends a RESP request (an array of bulk strings) to `out`.
+fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
+    out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
+    for arg in args {
+        out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+        out.extend_from_slice(arg);
+        out.extend_from_slice(b"\r\n");
+    }
+}
+
 impl Resp {
     pub(crate) fn connect(addr: &str) -> std::io::Result<Resp> {
         let addr: SocketAddr = addr.parse().map_err(|e| invalid(format!("{addr}: {e}")))?;
@@ -414,14 +428,20 @@ impl Resp {
 
     /// Sends one request (an array of bulk strings) and reads its reply.
     pub(crate) fn request(&mut self, args: &[&[u8]]) -> std::io::Result<Reply> {
-        let mut out = format!("*{}\r\n", args.len()).into_bytes();
-        for arg in args {
-            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
-            out.extend_from_slice(arg);
-            out.extend_from_slice(b"\r\n");
-        }
+        let mut out = Vec::new();
+        encode(&mut out, args);
         self.writer.write_all(&out)?;
         self.read()
+    }
+
+    /// Sends requests in one write, then reads their replies in order.
+    pub(crate) fn pipeline(&mut self, requests: &[Vec<&[u8]>]) -> std::io::Result<Vec<Reply>> {
+        let mut out = Vec::new();
+        for args in requests {
+            encode(&mut out, args);
+        }
+        self.writer.write_all(&out)?;
+        requests.iter().map(|_| self.read()).collect()
     }
 
     fn read(&mut self) -> std::io::Result<Reply> {
@@ -476,6 +496,21 @@ pub(crate) struct Load {
     pub(crate) iterations: Vec<AtomicU64>,
     /// The first problems the clients saw.
     pub(crate) errors: Mutex<Vec<String>>,
+    pub(crate) shape: Shape,
+}
+
+/// How hard the clients push: the demo's clients send one request at a
+/// time as fast as replies come, until told to stop.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Shape {
+    /// Requests per second, all clients together; `None`: as fast as
+    /// replies come.
+    pub(crate) rate: Option<f64>,
+    /// The clients stop by themselves this long after they start.
+    pub(crate) duration: Option<Duration>,
+    /// SET/GET pairs written at once before reading their replies (at
+    /// least 1).
+    pub(crate) pipeline: usize,
 }
 
 /// A snapshot of the counters.
@@ -505,7 +540,12 @@ impl std::ops::Sub for Counts {
 
 impl Load {
     pub(crate) fn new(clients: usize) -> Load {
+        Load::shaped(clients, Shape { pipeline: 1, ..Shape::default() })
+    }
+
+    pub(crate) fn shaped(clients: usize, shape: Shape) -> Load {
         Load {
+            shape: Shape { pipeline: shape.pipeline.max(1), ..shape },
             started: Instant::now(),
             stop: AtomicBool::new(false),
             incr: AtomicBool::new(false),
@@ -593,47 +633,56 @@ pub(crate) fn client(i: usize, addr: &str, load: &Load) {
         }
     };
     load.connected.fetch_add(1, Ordering::SeqCst);
+    let shape = load.shape;
+    let until = shape.duration.map(|d| Instant::now() + d);
+    // Each client sends its share of the rate: one request every `gap`.
+    let gap = shape.rate.map(|rate| Duration::from_secs_f64(load.iterations.len() as f64 / rate));
+    let paced_from = Instant::now();
+    let mut sent: u32 = 0;
     let key = format!("demo:client:{i}");
     let counter = format!("demo:counter:{i}");
     let mut last_incr: Option<i64> = None;
     let mut n: u64 = 0;
-    while !load.stop.load(Ordering::SeqCst) {
+    while !load.stop.load(Ordering::SeqCst) && until.is_none_or(|until| Instant::now() < until) {
         n += 1;
-        let value = format!("value {n} of client {i}");
-        let mut steps: Vec<(&AtomicU64, Vec<&[u8]>)> = vec![
-            (&load.sets, vec![&b"SET"[..], key.as_bytes(), value.as_bytes()]),
-            (&load.gets, vec![&b"GET"[..], key.as_bytes()]),
-        ];
-        if load.incr.load(Ordering::SeqCst) {
-            steps.push((&load.incrs, vec![&b"INCR"[..], counter.as_bytes()]));
+        let incr = load.incr.load(Ordering::SeqCst);
+        let values: Vec<String> =
+            (0..shape.pipeline).map(|j| format!("value {n}.{j} of client {i}")).collect();
+        let mut batch: Vec<(&AtomicU64, Vec<&[u8]>, Option<&str>)> = Vec::new();
+        for value in &values {
+            batch.push((&load.sets, vec![&b"SET"[..], key.as_bytes(), value.as_bytes()], None));
+            batch.push((&load.gets, vec![&b"GET"[..], key.as_bytes()], Some(value.as_str())));
+            if incr {
+                batch.push((&load.incrs, vec![&b"INCR"[..], counter.as_bytes()], None));
+            }
         }
-        for (kind, args) in steps {
-            let sent = Instant::now();
-            let reply = match conn.request(&args) {
-                Ok(reply) => reply,
-                Err(error) => {
-                    load.dropped.fetch_add(1, Ordering::SeqCst);
-                    load.error(format!(
-                        "client {i}: connection lost during {}: {error}",
-                        String::from_utf8_lossy(args[0])
-                    ));
-                    return;
-                }
-            };
-            let took = sent.elapsed().as_micros() as u64;
-            load.slowest_us.fetch_max(took, Ordering::SeqCst);
+        let requests: Vec<Vec<&[u8]>> = batch.iter().map(|(_, args, _)| args.clone()).collect();
+        let started = Instant::now();
+        let replies = match conn.pipeline(&requests) {
+            Ok(replies) => replies,
+            Err(error) => {
+                load.dropped.fetch_add(1, Ordering::SeqCst);
+                let commands: Vec<String> =
+                    requests.iter().map(|args| String::from_utf8_lossy(args[0]).into_owned()).collect();
+                load.error(format!("client {i}: connection lost during {}: {error}", commands.join(" ")));
+                return;
+            }
+        };
+        let took = started.elapsed().as_micros() as u64;
+        load.slowest_us.fetch_max(took, Ordering::SeqCst);
+        for ((kind, args, value), reply) in batch.iter().zip(&replies) {
             load.requests.fetch_add(1, Ordering::SeqCst);
             kind.fetch_add(1, Ordering::SeqCst);
-            match (args[0], &reply) {
-                (b"SET", Reply::Simple(ok)) if ok == "OK" => {}
-                (b"GET", Reply::Bulk(Some(got))) if got == value.as_bytes() => {}
-                (b"INCR", Reply::Int(got)) if last_incr.is_none_or(|last| *got == last + 1) => {
+            match (args[0], reply, value) {
+                (b"SET", Reply::Simple(ok), _) if ok == "OK" => {}
+                (b"GET", Reply::Bulk(Some(got)), Some(value)) if got == value.as_bytes() => {}
+                (b"INCR", Reply::Int(got), _) if last_incr.is_none_or(|last| *got == last + 1) => {
                     last_incr = Some(*got);
                 }
-                (command, _) => {
+                (command, _, _) => {
                     let expected = match command {
                         b"SET" => "+OK".to_string(),
-                        b"GET" => format!("{value:?}"),
+                        b"GET" => format!("{:?}", value.unwrap_or("")),
                         _ => last_incr.map_or("an integer".into(), |last| format!(":{}", last + 1)),
                     };
                     load.fail(format!(
@@ -645,6 +694,17 @@ pub(crate) fn client(i: usize, addr: &str, load: &Load) {
             }
         }
         load.iterations[i].fetch_add(1, Ordering::SeqCst);
+        if let Some(gap) = gap {
+            sent = sent.saturating_add(batch.len() as u32);
+            let next = paced_from + gap * sent;
+            while !load.stop.load(Ordering::SeqCst) {
+                let now = Instant::now();
+                if next <= now {
+                    break;
+                }
+                std::thread::sleep((next - now).min(Duration::from_millis(50)));
+            }
+        }
     }
 }
 

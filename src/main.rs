@@ -4,6 +4,7 @@
 mod bench;
 mod bench_upgrade;
 mod control;
+mod crash;
 mod demo;
 mod examples;
 mod node;

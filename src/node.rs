@@ -48,7 +48,7 @@ use relive_upgrader::planner::{self, Planned, ReleaseView};
 use relive_upgrader::{Controller, Options, UpgradeError};
 use serde_json::{Value, json};
 
-use crate::control;
+use crate::{control, crash};
 use crate::release::{self, RootArg};
 
 /// The control socket's name in the root.
@@ -363,17 +363,20 @@ fn boot(store: &Store, name: &str, version: &semver::Version) -> anyhow::Result<
                 );
             }
         }
-        let mut children = Vec::new();
+        // A process with `instances` is N children sharing one encoded init
+        // argument.
+        let mut children = Vec::with_capacity(manifest.child_count());
         for process in &manifest.processes {
             let init = relive_runtime::module::json_to_payload(&process.args)
                 .map_err(|e| anyhow::anyhow!("process {}: args: {e}", process.name))?
                 .0;
-            let module = process.module.clone();
-            let code = Arc::clone(&code);
-            let spec = ChildSpec::worker(process.name.as_str(), move || {
-                Box::new(code.module_process(&module, init.clone()).expect("the module is loaded"))
-            });
-            children.push(ChildSpec { restart: restart_of(process.restart), ..spec });
+            for name in process.names() {
+                let (module, code, init) = (process.module.clone(), Arc::clone(&code), init.clone());
+                let spec = ChildSpec::worker(name, move || {
+                    Box::new(code.module_process(&module, init.clone()).expect("the module is loaded"))
+                });
+                children.push(ChildSpec { restart: restart_of(process.restart), ..spec });
+            }
         }
         let sup_name = planner::supervisor_name(name);
         let spec = SupervisorSpec {
@@ -483,9 +486,18 @@ impl State {
         let release = self.running().name;
         register_children(&self.node, &release);
         self.node.whereis(name).ok_or_else(|| {
-            let names: Vec<String> = self.running().view.processes.iter().map(|p| p.name.clone()).collect();
+            // A release may run thousands (`instances`): name a few.
+            const SHOWN: usize = 8;
+            let processes = self.running().view.processes;
+            let mut names: Vec<&str> = processes.iter().take(SHOWN).map(|p| p.name.as_str()).collect();
+            let more = processes.len().saturating_sub(SHOWN);
+            let more = if more > 0 { format!(" … and {more} more") } else { String::new() };
+            if names.is_empty() {
+                names.push("none");
+            }
             Refusal::new(format!(
-                "no process named {name:?} runs on this node (the release's processes: {})",
+                "no process named {name:?} runs on this node (the release's processes: {}{more}; \
+                 `relive status` lists them with their pids)",
                 names.join(", ")
             ))
         })
@@ -935,12 +947,20 @@ fn deploy_to(
     let running = state.running();
     let new = target.release().clone();
     let label = target.label();
+    let crash = crash::armed();
+    let crash_at = |point: &str| {
+        if let Some(armed) = &crash {
+            armed.at(point);
+        }
+    };
     if let Target::Archive(contents) = &target {
         progress(&format!("unpacking {label} into the store"));
         let mut store = lock(&state.store);
         ensure_unpacked(&mut store, contents)?;
     }
-    let options = Options { health_window, ..Options::default() };
+    crash_at("unpacked");
+    let on_phase = crash.as_ref().map(crash::Armed::hook);
+    let options = Options { health_window, on_phase, ..Options::default() };
     if dry_run {
         progress(&format!("dry run of {}: migrating copies of every state", plan.name));
         let report = state.controller.dry_run(&plan, &options).map_err(|e| Refusal::new(e.to_string()))?;
@@ -998,6 +1018,7 @@ fn deploy_to(
                     "{label} was applied but the store could not record it: {error}; {undone}"
                 )));
             }
+            crash_at("installed");
             let mut permanent_error = None;
             if permanent && let Err(error) = store.make_permanent(&new.name, &new.version) {
                 permanent_error = Some(error.to_string());

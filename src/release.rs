@@ -376,10 +376,15 @@ pub(crate) fn view(
         version: release.version.clone(),
         upgrade_from: release.upgrade_from.clone(),
         modules,
+        // One view per child: a process with `instances` is N processes to
+        // the planner.
         processes: manifest
-            .processes
-            .iter()
-            .map(|p| ProcessView { name: p.name.clone(), module: p.module.clone(), args: p.args.clone() })
+            .children()
+            .map(|c| ProcessView {
+                name: c.name,
+                module: c.process.module.clone(),
+                args: c.process.args.clone(),
+            })
             .collect(),
         instructions: manifest.instructions.clone(),
     })

@@ -8,7 +8,7 @@
 //! | step | what it does |
 //! |---|---|
 //! | `boot = "1.0.0"` | starts a node on a temporary root booting that release |
-//! | `load = { clients = 4 }` | starts RESP clients (SET/GET of their own key, every reply checked) that run until `stop_load` or the end |
+//! | `load = { clients = 4, rate = 2000, duration = "3s", pipeline = 8 }` | starts RESP clients (SET/GET of their own key, every reply checked) that run until `stop_load`, the end or `duration`; `rate` caps the requests per second of all clients together, `pipeline` writes that many SET/GET pairs before reading the replies (all but `clients` optional) |
 //! | `stop_load = true` | stops the clients (their figures are kept) |
 //! | `deploy = "1.1.0"` | deploys that release live; with `health_window = "300ms"`, `permanent = true`, `expect = "ok" \| "refused" \| "rolled_back"` (default ok), `error_contains = "..."`; and the options below |
 //! | `await = true` | waits for the `background` deploy and checks its result against that step's `expect` and `error_contains` |
@@ -17,7 +17,7 @@
 //! | `kill = "-9"` / `kill = "graceful"` | SIGKILLs the node / stops it through its control socket |
 //! | `restart = true` | starts the node again on the same root (it boots the permanent release) |
 //! | `wait = "200ms"` | sleeps |
-//! | `call = { name = "kv", message = "Version", equals = "1.1.0", pointer = "/a/b" }` | calls a process with a JSON message (written as TOML); `equals` compares the reply (or the part `pointer` selects) |
+//! | `call = { name = "kv", message = "Version", equals = "1.1.0", pointer = "/a/b", within = "5s" }` | calls a process with a JSON message (written as TOML); `equals` compares the reply (or the part `pointer` selects), asking again until it holds for up to `within`; `name = "counter-{0..9999}"` calls each of those processes; `error_contains = "..."` instead expects the call to fail with that text |
 //! | `resp = { command = ["SET", "k", "v"], reply = "+OK", reply_contains = "..." }` | sends one RESP command on a probe connection and checks the reply |
 //! | `assert = { release = "1.1.0", state = "current", failed_requests = 0, dropped_connections = 0, lost_messages = 0, min_requests = 1, pause_p99_us_below = 50000, modules = { kv = "1.1.0" }, releases = { "1.0.0" = "permanent" } }` | checks the node and the figures so far |
 //!
@@ -26,9 +26,10 @@
 //! | option | what it does |
 //! |---|---|
 //! | `background = true` | the deploy runs in a thread and the scenario goes on; a later `await = true` step checks its result (one at a time) |
-//! | `library = "truncated" \| "not-elf" \| "garbage-elf"` | deploys a well-formed archive of the release whose kv module library (the module named like the app) is half its bytes / a text file / an ELF header followed by random bytes |
-//! | `archive = "checksum-mismatch" \| "truncated"` | deploys the release's archive with one byte of that library flipped inside the tar (its manifest sha256 no longer matches) / cut to half its size |
+//! | `library = "truncated" \| "not-elf" \| "garbage-elf" \| "wrong-abi" \| "no-export"` | deploys a well-formed archive of the release whose module library (the module named like the app) is half its bytes / a text file / an ELF header followed by random bytes / a real module built for another ABI version (examples/bad-abi) / a real library that exports no module (examples/no-export) |
+//! | `archive = "checksum-mismatch" \| "truncated" \| "path-traversal" \| "symlink"` | deploys the release's archive with one byte of that library flipped inside the tar (its manifest sha256 no longer matches) / cut to half its size / with an extra entry `lib/../../escaped.txt` / with that library replaced by a symbolic link to /etc/passwd |
 //! | `manifest = "bad-version" \| "duplicate-module"` | deploys the release's archive whose `release.toml` has `version = "not-semver"` / its first `[[module]]` twice |
+//! | `kill_at = "unpacked" \| "prepared" \| "suspended" \| "migrated" \| "switched" \| "committed" \| "installed"` | the node SIGKILLs itself when the deploy reaches that point (src/crash.rs lists what each means); the step checks that it died of SIGKILL before answering; `restart` follows |
 //!
 //! Unknown steps and fields are errors naming the file, the line and the
 //! field. The releases the steps name are built first (as `relive demo`
@@ -57,7 +58,8 @@ use serde_json::{Value, json};
 use toml::Spanned;
 
 use crate::control;
-use crate::demo::{self, Counts, Load, NodeProcess, Reply, Resp};
+use crate::crash;
+use crate::demo::{self, Counts, Load, NodeProcess, Reply, Resp, Shape};
 use crate::examples::{self, TempDir};
 
 #[derive(Subcommand)]
@@ -129,6 +131,7 @@ struct RawStep {
     library: Option<Spanned<String>>,
     archive: Option<Spanned<String>>,
     manifest: Option<Spanned<String>>,
+    kill_at: Option<Spanned<String>>,
 }
 
 /// What a deploy step breaks in the release's archive before deploying it.
@@ -137,19 +140,27 @@ enum Fault {
     LibraryTruncated,
     LibraryNotElf,
     LibraryGarbageElf,
+    LibraryWrongAbi,
+    LibraryNoExport,
     ArchiveChecksumMismatch,
     ArchiveTruncated,
+    ArchivePathTraversal,
+    ArchiveSymlink,
     ManifestBadVersion,
     ManifestDuplicateModule,
 }
 
 impl Fault {
-    const ALL: [(Fault, &'static str, &'static str); 7] = [
+    const ALL: [(Fault, &'static str, &'static str); 11] = [
         (Fault::LibraryTruncated, "library", "truncated"),
         (Fault::LibraryNotElf, "library", "not-elf"),
         (Fault::LibraryGarbageElf, "library", "garbage-elf"),
+        (Fault::LibraryWrongAbi, "library", "wrong-abi"),
+        (Fault::LibraryNoExport, "library", "no-export"),
         (Fault::ArchiveChecksumMismatch, "archive", "checksum-mismatch"),
         (Fault::ArchiveTruncated, "archive", "truncated"),
+        (Fault::ArchivePathTraversal, "archive", "path-traversal"),
+        (Fault::ArchiveSymlink, "archive", "symlink"),
         (Fault::ManifestBadVersion, "manifest", "bad-version"),
         (Fault::ManifestDuplicateModule, "manifest", "duplicate-module"),
     ];
@@ -174,6 +185,14 @@ impl Fault {
 #[serde(deny_unknown_fields)]
 struct LoadSpec {
     clients: u16,
+    /// Requests per second, all clients together (default: as fast as
+    /// replies come).
+    rate: Option<f64>,
+    /// The clients stop by themselves after this long (default: at
+    /// `stop_load` or the end).
+    duration: Option<Spanned<String>>,
+    /// SET/GET pairs each client writes before reading the replies.
+    pipeline: Option<u16>,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -198,6 +217,10 @@ struct CallSpec {
     message: toml::Value,
     equals: Option<toml::Value>,
     pointer: Option<String>,
+    /// Ask again until `equals` holds, for at most this long.
+    within: Option<String>,
+    /// The call must fail with an error containing this text.
+    error_contains: Option<String>,
 }
 
 #[derive(Deserialize, Clone, Debug)]
@@ -226,7 +249,10 @@ struct AssertSpec {
 #[derive(Clone, Debug)]
 enum Action {
     Boot(String),
-    Load(LoadSpec),
+    Load {
+        clients: u16,
+        shape: Shape,
+    },
     StopLoad,
     Deploy {
         version: String,
@@ -236,6 +262,7 @@ enum Action {
         error_contains: Option<String>,
         background: bool,
         fault: Option<Fault>,
+        kill_at: Option<String>,
     },
     Await,
     Rollback {
@@ -249,7 +276,11 @@ enum Action {
     },
     Restart,
     Wait(Duration),
-    Call(CallSpec),
+    Call {
+        spec: CallSpec,
+        names: Vec<String>,
+        within: Option<Duration>,
+    },
     Resp(RespSpec),
     Assert(AssertSpec),
 }
@@ -268,12 +299,27 @@ impl Action {
     fn describe(&self) -> String {
         match self {
             Action::Boot(v) => format!("boot {v}"),
-            Action::Load(l) => format!("load {} clients", l.clients),
+            Action::Load { clients, shape } => {
+                let mut text = format!("load {clients} clients");
+                if let Some(rate) = shape.rate {
+                    text.push_str(&format!(" at {rate} req/s"));
+                }
+                if shape.pipeline > 1 {
+                    text.push_str(&format!(", pipeline {}", shape.pipeline));
+                }
+                if let Some(duration) = shape.duration {
+                    text.push_str(&format!(" for {duration:?}"));
+                }
+                text
+            }
             Action::StopLoad => "stop load".into(),
-            Action::Deploy { version, expect, background, fault, .. } => {
+            Action::Deploy { version, expect, background, fault, kill_at, .. } => {
                 let mut text = format!("deploy {version}");
                 if let Some(fault) = fault {
                     text.push_str(&format!(" [{}]", fault.label()));
+                }
+                if let Some(point) = kill_at {
+                    text.push_str(&format!(" [kill -9 at {point}]"));
                 }
                 if *background {
                     text.push_str(" in the background");
@@ -291,7 +337,10 @@ impl Action {
             Action::Kill { hard: false } => "stop (graceful)".into(),
             Action::Restart => "restart".into(),
             Action::Wait(d) => format!("wait {d:?}"),
-            Action::Call(c) => format!("call {} {}", c.name, toml_json(&c.message)),
+            Action::Call { spec, names, .. } if names.len() > 1 => {
+                format!("call {} ({} processes) {}", spec.name, names.len(), toml_json(&spec.message))
+            }
+            Action::Call { spec, .. } => format!("call {} {}", spec.name, toml_json(&spec.message)),
             Action::Resp(r) => format!("resp {}", r.command.join(" ")),
             Action::Assert(_) => "assert".into(),
         }
@@ -300,7 +349,7 @@ impl Action {
     fn name(&self) -> &'static str {
         match self {
             Action::Boot(_) => "boot",
-            Action::Load(_) => "load",
+            Action::Load { .. } => "load",
             Action::StopLoad => "stop_load",
             Action::Deploy { .. } => "deploy",
             Action::Await => "await",
@@ -309,14 +358,14 @@ impl Action {
             Action::Kill { .. } => "kill",
             Action::Restart => "restart",
             Action::Wait(_) => "wait",
-            Action::Call(_) => "call",
+            Action::Call { .. } => "call",
             Action::Resp(_) => "resp",
             Action::Assert(_) => "assert",
         }
     }
 }
 
-const MODIFIERS: &str = "health_window, permanent, background, library, archive, manifest (deploy); \
+const MODIFIERS: &str = "health_window, permanent, background, library, archive, manifest, kill_at (deploy); \
                          expect, error_contains (deploy, rollback)";
 
 const STEPS: &str = "boot, load, stop_load, deploy, await, rollback, make_permanent, kill, restart, wait, \
@@ -439,7 +488,20 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
             if l.clients == 0 || l.clients > 256 {
                 return Err(err(None, format!("load: clients = {} (1 to 256)", l.clients)));
             }
-            actions.push(Action::Load(l.clone()));
+            if let Some(rate) = l.rate
+                && !(rate.is_finite() && rate > 0.0)
+            {
+                return Err(err(None, format!("load: rate = {rate} (requests per second, above 0)")));
+            }
+            if l.pipeline == Some(0) || l.pipeline.is_some_and(|p| p > 1000) {
+                return Err(err(None, "load: pipeline is 1 to 1000 SET/GET pairs".into()));
+            }
+            let shape = Shape {
+                rate: l.rate,
+                duration: l.duration.as_ref().map(|d| duration(d, "load: duration")).transpose()?,
+                pipeline: usize::from(l.pipeline.unwrap_or(1)),
+            };
+            actions.push(Action::Load { clients: l.clients, shape });
         }
         if raw.stop_load == Some(true) {
             actions.push(Action::StopLoad);
@@ -457,6 +519,24 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
             if faults.len() > 1 {
                 return Err(err(None, "one of library, archive, manifest per deploy step".into()));
             }
+            let kill_at = match &raw.kill_at {
+                Some(point) if !crash::POINTS.iter().any(|(name, _)| name == point.get_ref()) => {
+                    let known: Vec<&str> = crash::POINTS.iter().map(|(name, _)| *name).collect();
+                    return Err(err(
+                        Some(point.span()),
+                        format!("kill_at = {:?}: write one of {}", point.get_ref(), known.join(", ")),
+                    ));
+                }
+                Some(_) if raw.background == Some(true) || raw.expect.is_some() || !faults.is_empty() => {
+                    return Err(err(
+                        None,
+                        "kill_at: the deploy ends with the node killed; it takes no background, expect or fault"
+                            .into(),
+                    ));
+                }
+                Some(point) => Some(point.get_ref().clone()),
+                None => None,
+            };
             actions.push(Action::Deploy {
                 version: release(v)?,
                 health_window: match &raw.health_window {
@@ -468,6 +548,7 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
                 error_contains: raw.error_contains.clone(),
                 background: raw.background.unwrap_or(false),
                 fault: faults.first().copied(),
+                kill_at,
             });
         }
         if raw.await_deploy == Some(true) {
@@ -510,7 +591,23 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
             actions.push(Action::Wait(duration(d, "wait")?));
         }
         if let Some(c) = &raw.call {
-            actions.push(Action::Call(c.clone()));
+            let names = expand_names(&c.name).map_err(|e| err(None, format!("call: name: {e}")))?;
+            let within = match &c.within {
+                Some(text) => {
+                    Some(control::parse_duration(text).map_err(|e| err(None, format!("call: within: {e}")))?)
+                }
+                None => None,
+            };
+            if within.is_some() && c.equals.is_none() {
+                return Err(err(None, "call: `within` asks again until `equals` holds: add `equals`".into()));
+            }
+            if c.error_contains.is_some() && (c.equals.is_some() || names.len() > 1) {
+                return Err(err(
+                    None,
+                    "call: `error_contains` expects one call to fail: no `equals`, one name".into(),
+                ));
+            }
+            actions.push(Action::Call { spec: c.clone(), names, within });
         }
         if let Some(r) = &raw.resp {
             if r.command.is_empty() {
@@ -537,6 +634,7 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
             ("library", raw.library.is_some(), &["deploy"][..]),
             ("archive", raw.archive.is_some(), &["deploy"][..]),
             ("manifest", raw.manifest.is_some(), &["deploy"][..]),
+            ("kill_at", raw.kill_at.is_some(), &["deploy"][..]),
             ("expect", raw.expect.is_some(), &["deploy", "rollback"][..]),
             ("error_contains", raw.error_contains.is_some(), &["deploy", "rollback"][..]),
         ];
@@ -554,6 +652,25 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
         bail!("{shown}: the first step must be `boot = \"VERSION\"`");
     }
     Ok(Scenario { file: file.to_path_buf(), meta: raw.scenario, steps })
+}
+
+/// `name`, or the names `{a..b}` in it stands for: `counter-{0..2}` is
+/// counter-0, counter-1, counter-2.
+fn expand_names(name: &str) -> Result<Vec<String>, String> {
+    let Some(open) = name.find('{') else { return Ok(vec![name.to_string()]) };
+    let close = open + name[open..].find('}').ok_or_else(|| format!("{name:?}: `{{` without `}}`"))?;
+    let range = &name[open + 1..close];
+    let parsed = range
+        .split_once("..")
+        .and_then(|(a, b)| Some((a.trim().parse::<u64>().ok()?, b.trim().parse::<u64>().ok()?)));
+    let Some((first, last)) = parsed.filter(|(a, b)| a <= b) else {
+        return Err(format!("{name:?}: write a range as {{FIRST..LAST}}, e.g. counter-{{0..9999}}"));
+    };
+    if last - first >= 1_000_000 {
+        return Err(format!("{name:?}: at most 1,000,000 names"));
+    }
+    let (head, tail) = (&name[..open], &name[close + 1..]);
+    Ok((first..=last).map(|i| format!("{head}{i}{tail}")).collect())
 }
 
 /// The text between the first pair of backticks.
@@ -720,10 +837,11 @@ impl Runner<'_> {
     ) -> String {
         let report = self.record_report(response);
         Self::expect_outcome(response, expect, error_contains, failures);
+        let report = if report.is_empty() { String::new() } else { format!(" ({report})") };
         if response["ok"] == Value::Bool(true) {
-            format!("{} runs ({report})", release_label(&response["release"]))
+            format!("{} runs{report}", release_label(&response["release"]))
         } else {
-            format!("refused ({report}): {}", response["error"].as_str().unwrap_or("?"))
+            format!("refused{report}: {}", response["error"].as_str().unwrap_or("?"))
         }
     }
 
@@ -755,8 +873,128 @@ impl Runner<'_> {
     }
 
     fn start_node(&mut self, boot: Option<&Path>) -> anyhow::Result<()> {
-        self.node = Some(NodeProcess::start(&self.root, boot, &self.log)?);
+        let crash_file = self.crash_file();
+        self.node = Some(NodeProcess::start(&self.root, boot, &self.log, Some(&crash_file))?);
         Ok(())
+    }
+
+    /// Where a `kill_at` deploy names its crash point for the node.
+    fn crash_file(&self) -> PathBuf {
+        self.tmp.path().join("crash-at")
+    }
+
+    /// A deploy that must kill the node at `point`: arms the point, sends
+    /// the deploy, and checks that the node dies of SIGKILL before it
+    /// answers.
+    fn deploy_killed_at(
+        &mut self,
+        request: Value,
+        point: &str,
+        failures: &mut Vec<String>,
+    ) -> anyhow::Result<String> {
+        let file = self.crash_file();
+        fs::write(&file, point).with_context(|| format!("writing {}", file.display()))?;
+        let response = self.node()?.request(request);
+        self.probe = None;
+        let mut node = self.node.take().expect("checked by node() above");
+        node.stopped = true;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = node.child.try_wait().context("waiting for the node")? {
+                break Some(status);
+            }
+            if Instant::now() > deadline {
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let _ = fs::remove_file(&file);
+        let Some(status) = status else {
+            let _ = node.child.kill();
+            let _ = node.child.wait();
+            failures.push(format!(
+                "the node still ran 30 s after the deploy (crash point {point} never reached); killed it"
+            ));
+            return Ok(format!("node pid {} did not die at {point}", node.pid));
+        };
+        use std::os::unix::process::ExitStatusExt as _;
+        if status.signal() != Some(9) {
+            failures.push(format!("the node exited with {status}, not SIGKILL at {point}"));
+        }
+        if let Ok(response) = response
+            && response["ok"] == Value::Bool(true)
+        {
+            failures.push(format!("the deploy answered before the node died at {point}: {response}"));
+        }
+        Ok(format!("node pid {} killed at {point} ({status})", node.pid))
+    }
+
+    /// Calls `spec.message` on each of `names` (asking again until `equals`
+    /// holds when `within` is given); returns the step's detail.
+    fn call(
+        &mut self,
+        spec: &CallSpec,
+        names: &[String],
+        within: Option<Duration>,
+        failures: &mut Vec<String>,
+    ) -> anyhow::Result<String> {
+        let deadline = within.map(|w| Instant::now() + w);
+        let message = toml_json(&spec.message);
+        let expected = spec.equals.as_ref().map(toml_json);
+        let pointer = spec.pointer.as_deref().unwrap_or("");
+        let mut wrong = Vec::new();
+        let mut last = Value::Null;
+        for name in names {
+            loop {
+                let response = self.node()?.request(json!({"cmd": "call", "name": name, "json": message}))?;
+                let retry = deadline.is_some_and(|d| Instant::now() < d);
+                let reply = response["reply"].clone();
+                if let Some(text) = &spec.error_contains {
+                    let error = response["error"].as_str().unwrap_or("");
+                    if response["ok"] == Value::Bool(true) {
+                        wrong.push(format!("{name} answered {reply}, expected an error containing {text:?}"));
+                    } else if !error.contains(text.as_str()) {
+                        wrong.push(format!("{name} failed with {error:?}, expected {text:?} in it"));
+                    }
+                    last = Value::String(error.to_string());
+                    break;
+                }
+                if response["ok"] != Value::Bool(true) {
+                    if retry {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    wrong.push(format!("{name}: {}", response["error"].as_str().unwrap_or("?")));
+                    break;
+                }
+                let observed = if pointer.is_empty() {
+                    reply.clone()
+                } else {
+                    reply.pointer(pointer).cloned().unwrap_or(Value::Null)
+                };
+                if let Some(expected) = &expected
+                    && observed != *expected
+                {
+                    if retry {
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                    wrong.push(format!("{name}{pointer} is {observed}, expected {expected}"));
+                }
+                last = reply;
+                break;
+            }
+        }
+        const SHOWN: usize = 3;
+        failures.extend(wrong.iter().take(SHOWN).cloned());
+        if wrong.len() > SHOWN {
+            failures.push(format!("… and {} more of the {} calls", wrong.len() - SHOWN, names.len()));
+        }
+        Ok(if names.len() == 1 {
+            if spec.error_contains.is_some() { format!("error {last}") } else { format!("reply {last}") }
+        } else {
+            format!("{} of {} as expected", names.len() - wrong.len(), names.len())
+        })
     }
 
     fn status(&self) -> anyhow::Result<Value> {
@@ -781,12 +1019,12 @@ impl Runner<'_> {
                 }
                 format!("node pid {} runs {running}", self.node()?.pid)
             }
-            Action::Load(spec) => {
+            Action::Load { clients, shape } => {
                 if self.load.is_some() {
                     bail!("a load already runs: add `stop_load = true` before starting another");
                 }
-                let clients = usize::from(spec.clients);
-                let load = Arc::new(Load::new(clients));
+                let clients = usize::from(*clients);
+                let load = Arc::new(Load::shaped(clients, *shape));
                 let threads = (0..clients)
                     .map(|i| {
                         let load = Arc::clone(&load);
@@ -833,6 +1071,7 @@ impl Runner<'_> {
                 error_contains,
                 background,
                 fault,
+                kill_at,
             } => {
                 let archive = match fault {
                     Some(fault) => self.faulty_archive(version, *fault)?,
@@ -844,6 +1083,9 @@ impl Runner<'_> {
                     "permanent": permanent,
                     "health_window_ms": health_window.as_millis() as u64,
                 });
+                if let Some(point) = kill_at {
+                    return Ok((self.deploy_killed_at(request, point, &mut failures)?, failures));
+                }
                 if *background {
                     if self.background.is_some() {
                         bail!("a background deploy is pending: add `await = true` before starting another");
@@ -923,27 +1165,7 @@ impl Runner<'_> {
                 std::thread::sleep(*duration);
                 format!("{} ms", duration.as_millis())
             }
-            Action::Call(spec) => {
-                let response = self.node()?.checked(json!({
-                    "cmd": "call", "name": spec.name, "json": toml_json(&spec.message),
-                }))?;
-                let reply = &response["reply"];
-                let observed = match &spec.pointer {
-                    Some(pointer) => reply.pointer(pointer).cloned().unwrap_or(Value::Null),
-                    None => reply.clone(),
-                };
-                if let Some(equals) = &spec.equals {
-                    let expected = toml_json(equals);
-                    if observed != expected {
-                        failures.push(format!(
-                            "{}{} is {observed}, expected {expected}",
-                            spec.name,
-                            spec.pointer.as_deref().unwrap_or("")
-                        ));
-                    }
-                }
-                format!("reply {reply}")
-            }
+            Action::Call { spec, names, within } => self.call(spec, names, *within, &mut failures)?,
             Action::Resp(spec) => {
                 let reply = self.resp(&spec.command)?;
                 let text = reply.to_string();
@@ -987,7 +1209,11 @@ impl Runner<'_> {
             .map(|l| l.module.clone())
             .context("the release has no module library to break")?;
         match fault {
-            Fault::LibraryTruncated | Fault::LibraryNotElf | Fault::LibraryGarbageElf => {
+            Fault::LibraryTruncated
+            | Fault::LibraryNotElf
+            | Fault::LibraryGarbageElf
+            | Fault::LibraryWrongAbi
+            | Fault::LibraryNoExport => {
                 let manifest_path =
                     self.tmp.path().join("apps").join(format!("{app}-{version}")).join("release.toml");
                 let mut manifest = Manifest::from_path(&manifest_path)?;
@@ -1004,6 +1230,15 @@ impl Runner<'_> {
                         bytes = match fault {
                             Fault::LibraryTruncated => bytes[..bytes.len() / 2].to_vec(),
                             Fault::LibraryNotElf => b"this is a text file, not a shared library\n".to_vec(),
+                            // Real modules, built by the examples' build:
+                            // one of another ABI version, one that
+                            // exports no module at all.
+                            Fault::LibraryWrongAbi | Fault::LibraryNoExport => {
+                                let krate =
+                                    if fault == Fault::LibraryWrongAbi { "bad-abi" } else { "no-export" };
+                                let path = examples::Examples::build()?.library(krate)?;
+                                fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                            }
                             _ => {
                                 let mut garbage = bytes[..64.min(bytes.len())].to_vec();
                                 garbage.extend(random_bytes(64 * 1024));
@@ -1027,40 +1262,75 @@ impl Runner<'_> {
             }
             Fault::ArchiveChecksumMismatch => {
                 let entry = archive::library_entry(&module);
-                rewrite_archive(good, &done, |name, data| {
-                    if name == entry && !data.is_empty() {
-                        let middle = data.len() / 2;
-                        data[middle] ^= 0xff;
-                    }
-                })?;
+                rewrite_archive(
+                    good,
+                    &done,
+                    |name, data| {
+                        if name == entry && !data.is_empty() {
+                            let middle = data.len() / 2;
+                            data[middle] ^= 0xff;
+                        }
+                        true
+                    },
+                    None,
+                )?;
+            }
+            Fault::ArchivePathTraversal => {
+                // An extra file that would land two directories above the
+                // release's own.
+                let extra = RawEntry {
+                    path: "lib/../../escaped.txt".into(),
+                    kind: tar::EntryType::Regular,
+                    link: None,
+                    data: b"written outside the release directory\n".to_vec(),
+                };
+                rewrite_archive(good, &done, |_, _| true, Some(extra))?;
+            }
+            Fault::ArchiveSymlink => {
+                // The module's library replaced by a link to a file
+                // outside the archive.
+                let entry = archive::library_entry(&module);
+                let link = RawEntry {
+                    path: entry.clone(),
+                    kind: tar::EntryType::Symlink,
+                    link: Some("/etc/passwd".into()),
+                    data: Vec::new(),
+                };
+                rewrite_archive(good, &done, |name, _| name != entry, Some(link))?;
             }
             Fault::ManifestBadVersion | Fault::ManifestDuplicateModule => {
-                rewrite_archive(good, &done, |name, data| {
-                    if name != "release.toml" {
-                        return;
-                    }
-                    let text = String::from_utf8_lossy(data).to_string();
-                    let changed = if fault == Fault::ManifestBadVersion {
-                        let mut done = false;
-                        text.lines()
-                            .map(|line| {
-                                if !done && line.trim_start().starts_with("version") {
-                                    done = true;
-                                    "version = \"not-semver\"".to_string()
-                                } else {
-                                    line.to_string()
-                                }
-                            })
-                            .collect::<Vec<_>>()
-                            .join("\n")
-                            + "\n"
-                    } else {
-                        let start = text.find("[[module]]").unwrap_or(text.len());
-                        let end = text[start + 1..].find("[[").map_or(text.len(), |i| start + 1 + i);
-                        format!("{}\n{}", text.trim_end(), &text[start..end])
-                    };
-                    *data = changed.into_bytes();
-                })?;
+                rewrite_archive(
+                    good,
+                    &done,
+                    |name, data| {
+                        if name != "release.toml" {
+                            return true;
+                        }
+                        let text = String::from_utf8_lossy(data).to_string();
+                        let changed = if fault == Fault::ManifestBadVersion {
+                            let mut done = false;
+                            text.lines()
+                                .map(|line| {
+                                    if !done && line.trim_start().starts_with("version") {
+                                        done = true;
+                                        "version = \"not-semver\"".to_string()
+                                    } else {
+                                        line.to_string()
+                                    }
+                                })
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                                + "\n"
+                        } else {
+                            let start = text.find("[[module]]").unwrap_or(text.len());
+                            let end = text[start + 1..].find("[[").map_or(text.len(), |i| start + 1 + i);
+                            format!("{}\n{}", text.trim_end(), &text[start..end])
+                        };
+                        *data = changed.into_bytes();
+                        true
+                    },
+                    None,
+                )?;
             }
         }
         Ok(done)
@@ -1162,9 +1432,24 @@ impl Runner<'_> {
     }
 }
 
+/// A tar entry written byte for byte: the `tar` crate's safe setters
+/// refuse the `..` paths and links that fault archives need.
+struct RawEntry {
+    path: String,
+    kind: tar::EntryType,
+    link: Option<String>,
+    data: Vec<u8>,
+}
+
 /// `src` (a .tar.gz) written to `dst` with each entry's data passed
-/// through `edit` (headers kept, sizes and checksums fixed).
-fn rewrite_archive(src: &Path, dst: &Path, mut edit: impl FnMut(&str, &mut Vec<u8>)) -> anyhow::Result<()> {
+/// through `edit`, which returns whether to keep the entry (headers kept,
+/// sizes and checksums fixed), then `extra` appended.
+fn rewrite_archive(
+    src: &Path,
+    dst: &Path,
+    mut edit: impl FnMut(&str, &mut Vec<u8>) -> bool,
+    extra: Option<RawEntry>,
+) -> anyhow::Result<()> {
     let compressed = fs::read(src).with_context(|| format!("reading {}", src.display()))?;
     let mut tar_bytes = Vec::new();
     flate2::read::GzDecoder::new(&compressed[..])
@@ -1177,11 +1462,31 @@ fn rewrite_archive(src: &Path, dst: &Path, mut edit: impl FnMut(&str, &mut Vec<u
         let name = entry.path().context("reading the tar")?.to_string_lossy().into_owned();
         let mut data = Vec::new();
         entry.read_to_end(&mut data).context("reading the tar")?;
-        edit(&name, &mut data);
+        if !edit(&name, &mut data) {
+            continue;
+        }
         let mut header = entry.header().clone();
         header.set_size(data.len() as u64);
         header.set_cksum();
         output.append(&header, &data[..]).context("writing the tar")?;
+    }
+    if let Some(raw) = extra {
+        let mut header = tar::Header::new_gnu();
+        let old = header.as_old_mut();
+        if raw.path.len() > old.name.len() || raw.link.as_ref().is_some_and(|l| l.len() > old.linkname.len())
+        {
+            bail!("the raw entry {:?} does not fit a tar header", raw.path);
+        }
+        old.name = [0; 100];
+        old.name[..raw.path.len()].copy_from_slice(raw.path.as_bytes());
+        if let Some(link) = &raw.link {
+            old.linkname[..link.len()].copy_from_slice(link.as_bytes());
+        }
+        header.set_entry_type(raw.kind);
+        header.set_size(raw.data.len() as u64);
+        header.set_mode(0o644);
+        header.set_cksum();
+        output.append(&header, &raw.data[..]).context("writing the tar")?;
     }
     let tar_out = output.into_inner().context("writing the tar")?;
     let file = fs::File::create(dst).with_context(|| format!("creating {}", dst.display()))?;

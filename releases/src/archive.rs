@@ -733,7 +733,19 @@ impl fmt::Display for Summary {
             writeln!(f, "  (none)")?;
         }
         for p in &self.processes {
-            write!(f, "  {:<20} module {}, {}", p.name, p.module, p.restart)?;
+            // A process with instances is shown once, as its template.
+            match p.instances {
+                None => write!(f, "  {:<20} module {}, {}", p.name, p.module, p.restart)?,
+                Some(n) => write!(
+                    f,
+                    "  {:<20} module {}, {}, children {name}-0 … {name}-{last}",
+                    format!("{} ×{n}", p.name),
+                    p.module,
+                    p.restart,
+                    name = p.name,
+                    last = n - 1
+                )?,
+            }
             if !p.args.is_null() {
                 write!(f, ", args {}", p.args)?;
             }

@@ -18,6 +18,10 @@
 //! module = "kv_store"
 //! restart = "permanent"             # permanent | transient | temporary
 //! args = {}                         # the init argument, any TOML value
+//! [[process]]
+//! name = "shard"
+//! module = "kv_store"
+//! instances = 4                     # optional, 1..=100000: children shard-0 … shard-3
 //! [[instruction]]                   # optional, opaque here; needs a string "op"
 //! op = "update"
 //! ```
@@ -27,8 +31,11 @@
 //! - the release, every module and every process has a non-empty name made
 //!   only of `[A-Za-z0-9_-]` (names become file names: `lib/<module>.so`,
 //!   `releases/<name>/<version>/`, `<name>-<version>.tar.gz`);
-//! - module names are unique, process names are unique, and every process
-//!   names a declared module;
+//! - module names are unique, the names of the children the processes
+//!   stand for are unique (see [`Manifest::children`]: a process with
+//!   `instances = N` stands for `{name}-0` … `{name}-{N-1}`), and every
+//!   process names a declared module;
+//! - `instances`, when present, is in `1..=`[`MAX_INSTANCES`];
 //! - a module's `sha256`, when present, is 64 hex digits;
 //! - every instruction is a table with a string field `op`;
 //! - no unknown field anywhere (a misspelt key is an error, not ignored).
@@ -37,12 +44,18 @@
 //! place in the text), the field as a path such as `module[1].name`, what is
 //! wrong and what to do about it.
 //!
+//! A process with `instances` stays one [`Process`] (one table in an
+//! archive's copy, however many children it stands for); whatever makes
+//! the release's processes real (the node's boot, the planner's view, a
+//! listing) goes through [`Manifest::children`], which expands it.
+//!
 //! A process's `args` is kept as a [`serde_json::Value`]; an absent `args`
 //! is `null` and is left out again when the manifest is written (TOML has
 //! no null). Instructions are kept as opaque JSON values: the planner, in
 //! relive-upgrader, interprets them.
 
-use std::collections::HashSet;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
@@ -100,15 +113,24 @@ pub struct Module {
     pub file: Option<PathBuf>,
 }
 
-/// A `[[process]]` table: one child of the release's supervision tree.
+/// The largest `instances` a `[[process]]` may have.
+pub const MAX_INSTANCES: u32 = 100_000;
+
+/// A `[[process]]` table: one child of the release's supervision tree, or
+/// with `instances` the template of several (see [`Process::names`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Process {
-    /// The process's name: `[A-Za-z0-9_-]+`, unique in the release.
+    /// The process's name: `[A-Za-z0-9_-]+`; with `instances`, the prefix
+    /// of its children's names.
     pub name: String,
     /// The module it runs: one of the release's modules.
     pub module: String,
     /// When its supervisor restarts it.
     pub restart: Restart,
+    /// How many children it stands for (`1..=`[`MAX_INSTANCES`]), named
+    /// `{name}-{i}`; `None`: one child named `name`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instances: Option<u32>,
     /// Its init argument; `null` when the manifest has no `args`.
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub args: serde_json::Value,
@@ -125,6 +147,30 @@ pub enum Restart {
     Transient,
     /// Never restarted.
     Temporary,
+}
+
+impl Process {
+    /// How many children it stands for: `instances`, else 1.
+    pub fn count(&self) -> usize {
+        self.instances.map_or(1, |n| n as usize)
+    }
+
+    /// The names of the children it stands for, in start order: `name`, or
+    /// with `instances = N` `{name}-0` … `{name}-{N-1}`.
+    pub fn names(&self) -> impl ExactSizeIterator<Item = String> + '_ {
+        let indexed = self.instances.is_some();
+        (0..self.count()).map(move |i| if indexed { format!("{}-{i}", self.name) } else { self.name.clone() })
+    }
+}
+
+/// One child a release runs: a `[[process]]`, or one of the instances it
+/// stands for; see [`Manifest::children`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Child<'a> {
+    /// Its name (its id under the release's supervisor).
+    pub name: String,
+    /// The `[[process]]` it comes from (module, restart, args).
+    pub process: &'a Process,
 }
 
 impl fmt::Display for Restart {
@@ -160,8 +206,11 @@ pub enum ErrorKind {
     InvalidName,
     /// Two modules have the same name.
     DuplicateModule,
-    /// Two processes have the same name.
+    /// Two processes have the same name, or stand for (with `instances`)
+    /// a child of the same name.
     DuplicateProcess,
+    /// `instances` is not in `1..=`[`MAX_INSTANCES`].
+    InvalidInstances,
     /// A process names a module the release does not declare.
     UnknownModule,
     /// A module's `sha256` is not 64 hex digits.
@@ -189,7 +238,13 @@ impl ErrorKind {
             ErrorKind::EmptyName => "give it a name",
             ErrorKind::InvalidName => "use only letters, digits, '_' and '-': names become file names",
             ErrorKind::DuplicateModule => "give each [[module]] its own name",
-            ErrorKind::DuplicateProcess => "give each [[process]] its own name",
+            ErrorKind::DuplicateProcess => {
+                "give each [[process]] its own name (one with instances = N stands for \
+                 <name>-0 … <name>-<N-1>)"
+            }
+            ErrorKind::InvalidInstances => {
+                "write instances = N with 1 <= N <= 100000, or remove it for a single process"
+            }
             ErrorKind::UnknownModule => "name a module declared in a [[module]] table, or declare it",
             ErrorKind::InvalidChecksum => {
                 "remove sha256 (`relive release build` fills it in) or write the 64 hex \
@@ -275,6 +330,7 @@ struct RawProcess {
     module: Spanned<String>,
     #[serde(default)]
     restart: Restart,
+    instances: Option<Spanned<i64>>,
     #[serde(default)]
     args: serde_json::Value,
 }
@@ -521,19 +577,18 @@ impl Manifest {
         }
 
         // [[process]]
-        let mut process_names = HashSet::new();
-        let mut processes = Vec::with_capacity(raw.process.len());
+        // The name of every child the processes stand for (expanded), and
+        // the index of the process that declares it.
+        let mut child_names: HashMap<String, usize> = HashMap::new();
+        let mut processes: Vec<Process> = Vec::with_capacity(raw.process.len());
         for (i, p) in raw.process.into_iter().enumerate() {
-            if let Err(e) = name_check(&p.name, format!("process[{i}].name")) {
-                fail(e);
-            } else if !process_names.insert(p.name.get_ref().clone()) {
-                fail(cx.err(
-                    Some(p.name.span()),
-                    format!("process[{i}].name"),
-                    ErrorKind::DuplicateProcess,
-                    format!("a process named {:?} is already declared", p.name.get_ref()),
-                ));
-            }
+            let name_ok = match name_check(&p.name, format!("process[{i}].name")) {
+                Ok(()) => true,
+                Err(e) => {
+                    fail(e);
+                    false
+                }
+            };
             if !module_names.contains(p.module.get_ref()) {
                 fail(cx.err(
                     Some(p.module.span()),
@@ -546,12 +601,68 @@ impl Manifest {
                     ),
                 ));
             }
-            processes.push(Process {
+            let instances = match &p.instances {
+                None => Some(None),
+                Some(n) => match u32::try_from(*n.get_ref()) {
+                    Ok(count) if (1..=MAX_INSTANCES).contains(&count) => Some(Some(count)),
+                    _ => {
+                        fail(cx.err(
+                            Some(n.span()),
+                            format!("process[{i}].instances"),
+                            ErrorKind::InvalidInstances,
+                            format!(
+                                "process {:?} has instances = {}, outside 1..={MAX_INSTANCES}",
+                                p.name.get_ref(),
+                                n.get_ref()
+                            ),
+                        ));
+                        None
+                    }
+                },
+            };
+            let name_span = p.name.span();
+            let process = Process {
                 name: p.name.into_inner(),
                 module: p.module.into_inner(),
                 restart: p.restart,
+                instances: instances.flatten(),
                 args: p.args,
-            });
+            };
+            if name_ok && instances.is_some() {
+                let clash = process.names().find_map(|child| match child_names.entry(child) {
+                    Entry::Occupied(taken) => Some((taken.key().clone(), *taken.get())),
+                    Entry::Vacant(free) => {
+                        free.insert(i);
+                        None
+                    }
+                });
+                if let Some((child, first)) = clash {
+                    let earlier = &processes[first];
+                    let declared_by = match earlier.instances {
+                        None => format!("process[{first}]"),
+                        Some(n) => format!(
+                            "process[{first}] ({:?} with instances = {n}: {0}-0 … {0}-{})",
+                            earlier.name,
+                            n - 1
+                        ),
+                    };
+                    let message = match process.instances {
+                        None => format!("a process named {child:?} is already declared by {declared_by}"),
+                        Some(n) => format!(
+                            "process {:?} with instances = {n} stands for a child named {child:?}, \
+                             already declared by {declared_by}",
+                            process.name
+                        ),
+                    };
+                    fail(cx.err(
+                        Some(name_span),
+                        format!("process[{i}].name"),
+                        ErrorKind::DuplicateProcess,
+                        message,
+                    ));
+                }
+            }
+            processes.push(process);
         }
 
         // [[instruction]]
@@ -619,5 +730,18 @@ impl Manifest {
     /// The module named `name`.
     pub fn module(&self, name: &str) -> Option<&Module> {
         self.modules.iter().find(|m| m.name == name)
+    }
+
+    /// Every child the release runs, in start order: each process, with
+    /// one that has `instances = N` expanded to its N children
+    /// ([`Process::names`]). Their names are unique (checked by
+    /// [`Manifest::parse`]).
+    pub fn children(&self) -> impl Iterator<Item = Child<'_>> {
+        self.processes.iter().flat_map(|process| process.names().map(move |name| Child { name, process }))
+    }
+
+    /// How many children [`Manifest::children`] yields.
+    pub fn child_count(&self) -> usize {
+        self.processes.iter().map(Process::count).sum()
     }
 }

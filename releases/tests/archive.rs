@@ -237,6 +237,28 @@ fn build_read_inspect_round_trip() {
 }
 
 #[test]
+fn a_process_with_instances_stays_one_table_in_the_archive() {
+    let app = App::new();
+    let mut manifest = app.manifest.clone();
+    manifest.processes[0].instances = Some(10_000);
+    let path = build(&manifest, app.dir.path(), &app.libraries, &app.out(), None).unwrap();
+    let c = read(&path, None, false).unwrap();
+    assert_eq!(c.manifest.processes, manifest.processes);
+    assert_eq!(c.manifest.child_count(), 10_001);
+    assert_eq!(c.manifest_text.matches("[[process]]").count(), 2, "{}", c.manifest_text);
+    assert!(c.manifest_text.contains("instances = 10000"), "{}", c.manifest_text);
+
+    let s = inspect(&path).unwrap();
+    let text = s.to_string();
+    assert!(text.contains("store ×10000"), "{text}");
+    assert!(text.contains("children store-0 … store-9999"), "{text}");
+    assert_eq!(text.lines().filter(|l| l.contains("store")).count(), 2, "module and template:\n{text}");
+    let json = serde_json::to_value(&s).unwrap();
+    assert_eq!(json["processes"][0]["instances"], 10_000);
+    assert!(json["processes"][1].get("instances").is_none(), "only when given");
+}
+
+#[test]
 fn build_is_deterministic_and_entries_are_plain() {
     let app = App::new();
     let a = fs::read(app.build(None)).unwrap();

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use relive_releases::manifest::{ErrorKind, Manifest, ManifestError, Restart};
+use relive_releases::manifest::{ErrorKind, MAX_INSTANCES, Manifest, ManifestError, Restart};
 use semver::Version;
 
 const FILE: &str = "apps/kv/release.toml";
@@ -327,4 +327,100 @@ fn the_first_problem_is_reported() {
     let text =
         full_with("version = \"1.1.0\"", "version = \"x\"").replace("name = \"janitor\"", "name = \"store\"");
     expect_err(&text, ErrorKind::InvalidVersion, 3, "release.version");
+}
+
+// ------------------------------------------------------------- instances
+
+/// FULL with `instances = {value}` added to process[0] ("store", line 15),
+/// on line 17.
+fn store_with_instances(value: &str) -> String {
+    full_with("module = \"kv_store\"\nargs", &format!("module = \"kv_store\"\ninstances = {value}\nargs"))
+}
+
+#[test]
+fn instances_parse_and_expand_to_numbered_children() {
+    let m = parse(&store_with_instances("3")).unwrap();
+    assert_eq!(m.processes.len(), 3, "still one [[process]] per table");
+    assert_eq!(m.processes[0].instances, Some(3));
+    assert_eq!(m.processes[1].instances, None, "absent");
+    assert_eq!(m.processes[0].count(), 3);
+    assert_eq!(m.processes[1].count(), 1);
+    assert_eq!(m.processes[0].names().collect::<Vec<_>>(), ["store-0", "store-1", "store-2"]);
+    assert_eq!(m.processes[1].names().collect::<Vec<_>>(), ["api"]);
+    let children: Vec<(String, &str, Restart)> =
+        m.children().map(|c| (c.name, c.process.module.as_str(), c.process.restart)).collect();
+    assert_eq!(
+        children,
+        [
+            ("store-0".to_string(), "kv_store", Restart::Permanent),
+            ("store-1".to_string(), "kv_store", Restart::Permanent),
+            ("store-2".to_string(), "kv_store", Restart::Permanent),
+            ("api".to_string(), "kv-api", Restart::Transient),
+            ("janitor".to_string(), "kv_store", Restart::Temporary),
+        ]
+    );
+    assert_eq!(m.child_count(), 5);
+    assert!(m.children().take(3).all(|c| c.process.args["shards"] == 4), "the same args for each");
+
+    let one = parse(&store_with_instances("1")).unwrap();
+    assert_eq!(one.processes[0].names().collect::<Vec<_>>(), ["store-0"], "instances = 1 still numbers");
+    let most = parse(&store_with_instances(&MAX_INSTANCES.to_string())).unwrap();
+    assert_eq!(most.child_count(), MAX_INSTANCES as usize + 2);
+    assert_eq!(most.children().nth(99_999).unwrap().name, "store-99999");
+}
+
+#[test]
+fn instances_round_trip_and_stay_compact() {
+    let m = parse(&store_with_instances("10000")).unwrap();
+    let text = m.to_toml_string().unwrap();
+    assert_eq!(text.matches("[[process]]").count(), 3, "{text}");
+    assert_eq!(text.matches("instances").count(), 1, "written only when given:\n{text}");
+    assert!(text.len() < 1000, "{text}");
+    assert_eq!(parse(&text).unwrap(), m, "{text}");
+    m.validate(Path::new(FILE)).unwrap();
+    assert!(!parse(FULL).unwrap().to_toml_string().unwrap().contains("instances"));
+}
+
+#[test]
+fn instances_out_of_bounds() {
+    for bad in ["0", "-1", "100001", "4294967297"] {
+        let e =
+            expect_err(&store_with_instances(bad), ErrorKind::InvalidInstances, 17, "process[0].instances");
+        assert!(e.message.contains(&format!("instances = {bad}")), "{e}");
+        assert!(e.message.contains("1..=100000"), "{e}");
+        assert!(e.message.contains("\"store\""), "{e}");
+    }
+    let e = expect_err(&store_with_instances("\"3\""), ErrorKind::InvalidValue, 17, "process[0].instances");
+    assert!(e.message.contains("string"), "{e}");
+    expect_err(&store_with_instances("2.5"), ErrorKind::InvalidValue, 17, "process[0].instances");
+}
+
+#[test]
+fn duplicate_names_after_expansion() {
+    // "store" × 3 stands for store-0 … store-2; a later "store-1" clashes.
+    let text = store_with_instances("3").replace("name = \"janitor\"", "name = \"store-1\"");
+    let e = expect_err(&text, ErrorKind::DuplicateProcess, 26, "process[2].name");
+    assert!(e.message.contains("\"store-1\""), "{e}");
+    assert!(e.message.contains("process[0] (\"store\" with instances = 3: store-0 … store-2)"), "{e}");
+
+    // And the other way round: the template comes after the plain name.
+    let text = full_with("name = \"store\"", "name = \"c-2\"")
+        .replace("restart = \"temporary\"", "restart = \"temporary\"\ninstances = 5")
+        .replace("name = \"janitor\"", "name = \"c\"");
+    let e = expect_err(&text, ErrorKind::DuplicateProcess, 25, "process[2].name");
+    assert!(e.message.contains("process \"c\" with instances = 5 stands for a child named \"c-2\""), "{e}");
+    assert!(e.message.contains("already declared by process[0]"), "{e}");
+
+    // Two templates whose children overlap.
+    let text = store_with_instances("3").replace(
+        "name = \"janitor\"\nmodule = \"kv_store\"",
+        "name = \"store\"\nmodule = \"kv_store\"\ninstances = 2",
+    );
+    let e = expect_err(&text, ErrorKind::DuplicateProcess, 26, "process[2].name");
+    assert!(e.message.contains("\"store-0\""), "{e}");
+
+    // The template's own name is not a child's: "c" × 2 and "c" do not clash.
+    let text = store_with_instances("2").replace("name = \"janitor\"", "name = \"store\"");
+    let m = parse(&text).unwrap();
+    assert_eq!(m.children().map(|c| c.name).collect::<Vec<_>>(), ["store-0", "store-1", "api", "store"]);
 }

@@ -33,6 +33,9 @@ use crate::pid::{ExitReason, Pid};
 /// How long a purge waits for each killed process to be gone.
 const PURGE_WAIT: Duration = Duration::from_secs(5);
 
+/// How many of the processes still on old code an error names.
+const NAMED_PIDS: usize = 5;
+
 /// The code server of a node. Get it with `Node::code_server`.
 pub struct CodeServer {
     dir: PathBuf,
@@ -188,6 +191,7 @@ impl CodeServer {
                     module: key.0,
                     version: old.version().clone(),
                     processes: running,
+                    first: old.processes().into_iter().take(NAMED_PIDS).collect(),
                 });
             }
         }
@@ -311,6 +315,7 @@ impl CodeServer {
                 module: module.to_string(),
                 version: old.version().clone(),
                 processes: old.process_count(),
+                first: old.processes().into_iter().take(NAMED_PIDS).collect(),
             };
             versions.current = Some(current);
             return Err(error);

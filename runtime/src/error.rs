@@ -219,7 +219,8 @@ pub enum CodeError {
     Load(#[from] LoadError),
     /// A third version would be needed while processes still run the old one.
     #[error(
-        "cannot load a new version of {module}: {processes} process(es) still run old version {version} — upgrade or purge them first"
+        "cannot load a new version of {module}: {processes} process(es) still run old version {version} ({}) — upgrade or purge them first",
+        pid_list(.first, *.processes)
     )]
     OldCodeInUse {
         /// The module.
@@ -228,6 +229,8 @@ pub enum CodeError {
         version: semver::Version,
         /// Processes on it.
         processes: usize,
+        /// The first few of them, to name in the message.
+        first: Vec<Pid>,
     },
     /// Another library with the same name and version is loaded.
     #[error(
@@ -344,4 +347,13 @@ pub enum JsonCallError {
     /// The reply could not be read as JSON.
     #[error("{0}")]
     Decode(String),
+}
+
+/// `<0.5.1>, <0.9.1> and 3 more`.
+fn pid_list(first: &[Pid], total: usize) -> String {
+    let mut text = first.iter().map(Pid::to_string).collect::<Vec<_>>().join(", ");
+    if total > first.len() {
+        text.push_str(&format!(" and {} more", total - first.len()));
+    }
+    text
 }

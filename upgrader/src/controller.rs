@@ -37,6 +37,65 @@ pub struct Options {
     pub canary: Option<Canary>,
     /// Timeout of each supervisor request (start, stop, restart a child).
     pub child_timeout: Duration,
+    /// Told of each [`Phase`] as the upgrade reaches it (progress, and the
+    /// node's crash points for kill -9 tests).
+    pub on_phase: Option<PhaseHook>,
+}
+
+/// A point of an upgrade that [`Options::on_phase`] is told about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    /// Every library is opened; nothing has changed yet.
+    Prepared,
+    /// A process is paused at its migration, before its `code_change`
+    /// (told once per process).
+    Suspended,
+    /// A process's `code_change` returned its new state, before the switch
+    /// (told once per process).
+    Migrated,
+    /// Every instruction ran: the processes run the new code; the health
+    /// window, if any, comes next.
+    Switched,
+    /// The upgrade is committed.
+    Committed,
+}
+
+impl Phase {
+    /// The phase's name: `prepared`, `suspended`, `migrated`, `switched`,
+    /// `committed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Prepared => "prepared",
+            Phase::Suspended => "suspended",
+            Phase::Migrated => "migrated",
+            Phase::Switched => "switched",
+            Phase::Committed => "committed",
+        }
+    }
+}
+
+/// A function told of each [`Phase`]; it runs on the thread that reached
+/// the phase (for `Suspended` and `Migrated`, inside the process's
+/// migration), so it must be quick.
+#[derive(Clone)]
+pub struct PhaseHook(Arc<dyn Fn(Phase) + Send + Sync>);
+
+impl PhaseHook {
+    pub fn new(hook: impl Fn(Phase) + Send + Sync + 'static) -> PhaseHook {
+        PhaseHook(Arc::new(hook))
+    }
+
+    pub(crate) fn call(hook: &Option<PhaseHook>, phase: Phase) {
+        if let Some(hook) = hook {
+            (hook.0)(phase);
+        }
+    }
+}
+
+impl std::fmt::Debug for PhaseHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PhaseHook")
+    }
 }
 
 impl Default for Options {
@@ -48,6 +107,7 @@ impl Default for Options {
             max_crashes: 0,
             canary: None,
             child_timeout: Duration::from_secs(10),
+            on_phase: None,
         }
     }
 }
@@ -193,6 +253,7 @@ impl Controller {
         let mut tx = Transaction::new(self, options);
         tx.staged = staged;
         tx.prepare_time = preparing.elapsed();
+        PhaseHook::call(&options.on_phase, Phase::Prepared);
         // Loads first: a library that does not load aborts the upgrade
         // before any process is touched.
         let (loads, rest): (Vec<_>, Vec<_>) =
@@ -225,6 +286,7 @@ impl Controller {
         tx.steps.sort_by_key(|s| s.instruction);
         tx.upgrade_time = tx.started.elapsed();
         tx.account();
+        PhaseHook::call(&options.on_phase, Phase::Switched);
         if !options.health_window.is_zero() {
             let health = tx.watch(options.health_window, options.max_crashes);
             let passed = health.passed;
@@ -244,6 +306,7 @@ impl Controller {
             }
         }
         let purged = tx.commit();
+        PhaseHook::call(&options.on_phase, Phase::Committed);
         let report = tx.report(&plan.name, Outcome::Committed, None);
         let undo = std::mem::take(&mut tx.undo);
         *self.last.lock() = Some(Committed { plan: plan.name.clone(), undo, purged });
@@ -538,7 +601,11 @@ impl<'a> Transaction<'a> {
     }
 
     fn limits(&self) -> Limits {
-        Limits { reach: self.options.suspend_timeout, code_change: self.options.code_change_timeout }
+        Limits {
+            reach: self.options.suspend_timeout,
+            code_change: self.options.code_change_timeout,
+            on_phase: self.options.on_phase.clone(),
+        }
     }
 
     fn run(&mut self, index: usize, instruction: &Instruction) -> Result<(), Failure> {
@@ -665,9 +732,9 @@ impl<'a> Transaction<'a> {
             None => (&targets[..], &[][..]),
         };
         let batch = if together {
-            migrate::move_group(self.node(), first, &to, &extra, limits)
+            migrate::move_group(self.node(), first, &to, &extra, &limits)
         } else {
-            migrate::move_all(self.node(), first, &to, &extra, limits)
+            migrate::move_all(self.node(), first, &to, &extra, &limits)
         };
         self.record(module, &from, &to, batch)?;
         if let Some(canary) = canary {
@@ -684,7 +751,7 @@ impl<'a> Transaction<'a> {
             if !passed {
                 return Err((None, text));
             }
-            let batch = migrate::move_all(self.node(), rest, &to, &extra, limits);
+            let batch = migrate::move_all(self.node(), rest, &to, &extra, &limits);
             self.record(module, &from, &to, batch)?;
         }
         Ok(())
@@ -860,7 +927,7 @@ impl<'a> Transaction<'a> {
         for step in undo.into_iter().rev() {
             match step {
                 Undo::Moved(set) => {
-                    let back = migrate::move_back(self.node(), set, limits);
+                    let back = migrate::move_back(self.node(), set, &limits);
                     report.restored += back.restored;
                     report.downgraded += back.downgraded;
                     report.failed.extend(back.failed);
@@ -878,7 +945,7 @@ impl<'a> Transaction<'a> {
                             to: Arc::clone(&code),
                             processes: Vec::new(),
                         };
-                        let back = migrate::move_back(self.node(), set, limits);
+                        let back = migrate::move_back(self.node(), set, &limits);
                         report.downgraded += back.downgraded;
                         report.failed.extend(back.failed);
                         pauses.extend(back.pauses);

@@ -37,7 +37,7 @@ pub mod plan;
 pub mod planner;
 mod report;
 
-pub use controller::{Canary, Controller, Options};
+pub use controller::{Canary, Controller, Options, Phase, PhaseHook};
 pub use plan::{Instruction, Plan, PlanError, Processes, PurgeMode};
 pub use planner::{ModuleView, Planned, PlannerError, ProcessView, ReleaseView};
 pub use report::{

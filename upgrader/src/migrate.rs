@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 use relive_runtime::system::{TaskError, TaskGroup, TaskGuard};
 use relive_runtime::{Actor, MailboxCounts, ModuleCode, ModuleState, Node, Pid};
 
+use crate::controller::{Phase, PhaseHook};
+
 /// Where a move went.
 pub(crate) enum Moved {
     /// Switched; the old state is kept until the upgrade commits, to give
@@ -45,11 +47,12 @@ pub(crate) struct MovedSet {
     pub(crate) processes: Vec<MovedProcess>,
 }
 
-/// Timeouts of one process's move.
-#[derive(Clone, Copy)]
+/// Timeouts of one process's move, and who is told of its phases.
+#[derive(Clone)]
 pub(crate) struct Limits {
     pub(crate) reach: Duration,
     pub(crate) code_change: Duration,
+    pub(crate) on_phase: Option<PhaseHook>,
 }
 
 /// What a batch of moves did.
@@ -69,11 +72,13 @@ fn migrate_in_place(
     guard: &TaskGuard,
     to: &Arc<ModuleCode>,
     extra: &[u8],
+    on_phase: &Option<PhaseHook>,
 ) -> Result<Moved, String> {
     let process = actor.as_module_process().ok_or("not a module process")?;
     if Arc::ptr_eq(process.code(), to) {
         return Ok(Moved::AlreadyThere);
     }
+    PhaseHook::call(on_phase, Phase::Suspended);
     if process.code().name() != to.name() {
         return Err(format!("it runs module {}, not {}", process.code().name(), to.name()));
     }
@@ -81,6 +86,7 @@ fn migrate_in_place(
     let state = process
         .migrated_state(to, extra)
         .map_err(|e| format!("moving {} {from} → {} failed: {e}", to.name(), to.version()))?;
+    PhaseHook::call(on_phase, Phase::Migrated);
     if !guard.commit() {
         // Too late: the controller gave up on this process; the new state
         // is freed by its version and the process stays as it was.
@@ -99,7 +105,7 @@ pub(crate) fn move_all(
     pids: &[Pid],
     to: &Arc<ModuleCode>,
     extra: &Arc<[u8]>,
-    limits: Limits,
+    limits: &Limits,
 ) -> BatchOutcome {
     let mut outcome = BatchOutcome::default();
     let mut group = TaskGroup::new();
@@ -109,8 +115,10 @@ pub(crate) fn move_all(
             outcome.exited.push(pid);
             continue;
         };
-        let (to, extra) = (Arc::clone(to), Arc::clone(extra));
-        match group.queue(node, pid, move |actor, guard| migrate_in_place(actor, guard, &to, &extra)) {
+        let (to, extra, on_phase) = (Arc::clone(to), Arc::clone(extra), limits.on_phase.clone());
+        match group.queue(node, pid, move |actor, guard| {
+            migrate_in_place(actor, guard, &to, &extra, &on_phase)
+        }) {
             Ok(()) => before.push(counts),
             Err(_) => outcome.exited.push(pid),
         }
@@ -150,7 +158,7 @@ pub(crate) fn move_group(
     pids: &[Pid],
     to: &Arc<ModuleCode>,
     extra: &[u8],
-    limits: Limits,
+    limits: &Limits,
 ) -> BatchOutcome {
     let mut outcome = BatchOutcome::default();
     let started = Instant::now();
@@ -179,7 +187,10 @@ pub(crate) fn move_group(
             if Arc::ptr_eq(process.code(), to) {
                 return Ok(None);
             }
-            process.migrated_state(to, extra).map(Some).map_err(|e| e.to_string())
+            PhaseHook::call(&limits.on_phase, Phase::Suspended);
+            let state = process.migrated_state(to, extra).map_err(|e| e.to_string())?;
+            PhaseHook::call(&limits.on_phase, Phase::Migrated);
+            Ok(Some(state))
         });
         match built {
             Ok(Ok(Some(state))) => prepared.push((*pid, state)),
@@ -254,7 +265,7 @@ pub(crate) struct BackOutcome {
 
 /// Moves every process that runs `set.to` back to `set.from`: those the
 /// set moved (with their kept old state) and any started on `set.to` since.
-pub(crate) fn move_back(node: &Node, set: MovedSet, limits: Limits) -> BackOutcome {
+pub(crate) fn move_back(node: &Node, set: MovedSet, limits: &Limits) -> BackOutcome {
     let MovedSet { from, to, processes, .. } = set;
     let mut known: std::collections::HashSet<Pid> = processes.iter().map(|p| p.pid).collect();
     let mut work: Vec<(Pid, Option<ModuleState>, Option<u64>)> =

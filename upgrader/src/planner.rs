@@ -16,6 +16,7 @@
 //! version nobody runs). A release that must purge says so in explicit
 //! instructions, which replace all of this.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 
 use serde::Serialize;
@@ -170,7 +171,17 @@ pub fn plan(from: &ReleaseView, to: &ReleaseView) -> Result<Planned, PlannerErro
             .iter()
             .enumerate()
             .map(|(i, value)| {
-                serde_json::from_value::<Instruction>(value.clone()).map_err(|e| {
+                let mut value = value.clone();
+                // A release's author cannot know where the node keeps its
+                // libraries: a load without `path` loads the release's own.
+                if matches!(value["op"].as_str(), Some("load_module" | "add_module"))
+                    && value.get("path").is_none()
+                    && let Some(module) =
+                        to.modules.iter().find(|m| Some(m.name.as_str()) == value["module"].as_str())
+                {
+                    value["path"] = serde_json::Value::String(module.library.display().to_string());
+                }
+                serde_json::from_value::<Instruction>(value).map_err(|e| {
                     PlannerError::BadInstruction {
                         release: to_label.clone(),
                         index: i + 1,
@@ -215,14 +226,19 @@ fn generate(from: &ReleaseView, to: &ReleaseView) -> Vec<Instruction> {
     }
     let mut stops = Vec::new();
     let mut starts = Vec::new();
+    // Sets, not scans: a release may run tens of thousands of processes.
+    let old_processes: HashSet<(&str, &str)> =
+        from.processes.iter().map(|p| (p.name.as_str(), p.module.as_str())).collect();
+    let new_processes: HashSet<(&str, &str)> =
+        to.processes.iter().map(|p| (p.name.as_str(), p.module.as_str())).collect();
     for process in &from.processes {
-        let kept = to.processes.iter().any(|p| p.name == process.name && p.module == process.module);
+        let kept = new_processes.contains(&(process.name.as_str(), process.module.as_str()));
         if !kept {
             stops.push(Instruction::StopChild { supervisor: supervisor.clone(), id: process.name.clone() });
         }
     }
     for process in &to.processes {
-        let existed = from.processes.iter().any(|p| p.name == process.name && p.module == process.module);
+        let existed = old_processes.contains(&(process.name.as_str(), process.module.as_str()));
         if !existed {
             starts.push(Instruction::StartChild {
                 supervisor: supervisor.clone(),
@@ -331,6 +347,16 @@ mod tests {
         ];
         let error = plan_error(&from, &to);
         assert!(error.contains("before its load"), "{error}");
+        // Without a path, a load takes the release's own library.
+        to.instructions = vec![
+            json!({"op": "load_module", "module": "store"}),
+            json!({"op": "update", "module": "store", "processes": ["a"]}),
+        ];
+        let Planned::Upgrade { plan: filled, .. } = super::plan(&from, &to).unwrap() else { panic!() };
+        assert!(
+            matches!(&filled.instructions[0], Instruction::LoadModule { path, .. } if *path == to.modules[0].library),
+            "{filled}"
+        );
     }
 
     fn plan_error(from: &ReleaseView, to: &ReleaseView) -> String {
