@@ -3,7 +3,8 @@
 //!
 //! - [`manifest`]: `release.toml` (name, semver version, `upgrade_from`,
 //!   modules, processes, explicit instructions), parsed with errors that
-//!   name the file, line and field.
+//!   name the file, line and field; a process with `instances = N` is one
+//!   table standing for N children.
 //! - [`archive`]: `<name>-<version>.tar.gz` holding the manifest and each
 //!   module's library with its sha256; reading one verifies every entry
 //!   before anything is written.

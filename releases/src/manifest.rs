@@ -1,8 +1,9 @@
 //! `release.toml`: what a release is made of and how it boots.
 //!
 //! This module owns the manifest's data types ([`Manifest`], [`Release`],
-//! [`Module`], [`Process`], [`Restart`]), parsing it from TOML with errors
-//! that a person can act on, and writing it back ([`Manifest::to_toml_string`]).
+//! [`Module`], [`Process`], [`Child`], [`Restart`]), parsing it from TOML
+//! with errors that a person can act on, and writing it back
+//! ([`Manifest::to_toml_string`]).
 //!
 //! ```toml
 //! [release]
@@ -21,7 +22,8 @@
 //! [[process]]
 //! name = "shard"
 //! module = "kv_store"
-//! instances = 4                     # optional, 1..=100000: children shard-0 … shard-3
+//! instances = 4                     # optional, 1..=100000: 4 children, shard-0 … shard-3,
+//!                                   # each with this module, restart and args
 //! [[instruction]]                   # optional, opaque here; needs a string "op"
 //! op = "update"
 //! ```
