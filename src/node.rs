@@ -48,8 +48,8 @@ use relive_upgrader::planner::{self, Planned, ReleaseView};
 use relive_upgrader::{Controller, Options, UpgradeError};
 use serde_json::{Value, json};
 
-use crate::{control, crash};
 use crate::release::{self, RootArg};
+use crate::{control, crash};
 
 /// The control socket's name in the root.
 pub const SOCKET: &str = "control.sock";

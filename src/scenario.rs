@@ -1703,7 +1703,10 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        format!("{:#}", parse_text(Path::new("x.toml"), text).err().expect("an error"))
+        format!(
+            "{:#}",
+            parse_text(Path::new("x.toml"), text).err().unwrap_or_else(|| panic!("no error for {text}"))
+        )
     }
 
     #[test]
@@ -1714,8 +1717,8 @@ mod tests {
                 .starts_with("x.toml:7: step 2: unknown step `deplo`")
         );
         assert!(
-            err(&format!("{head}[[step]]\nload = {{ clients = 2, pipeline = 1 }}\n"))
-                .starts_with("x.toml:7: step 2: unknown field `pipeline`")
+            err(&format!("{head}[[step]]\nload = {{ clients = 2, burst = 1 }}\n"))
+                .starts_with("x.toml:7: step 2: unknown field `burst`")
         );
         assert!(
             err(&format!("{head}[[step]]\nwait = \"3 parsecs\"\n")).starts_with("x.toml:7: step 2: wait:")
@@ -1736,6 +1739,56 @@ mod tests {
         assert!(
             err("[scenario]\nname = \"t\"\napp = \"kv\"\nnope = 1\n")
                 .starts_with("x.toml:4: unknown field `nope`")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\ndeploy = \"1.1.0\"\nkill_at = \"lunch\"\n"))
+                .starts_with("x.toml:8: step 2: kill_at = \"lunch\": write one of unpacked, prepared")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\ndeploy = \"1.1.0\"\nkill_at = \"migrated\"\nbackground = true\n"))
+                .contains("kill_at: the deploy ends with the node killed")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\nload = {{ clients = 2, rate = 0 }}\n"))
+                .contains("step 2: load: rate = 0")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\nload = {{ clients = 2, duration = \"soon\" }}\n"))
+                .contains("step 2: load: duration:")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\ncall = {{ name = \"c-{{1..}}\", message = \"Get\" }}\n"))
+                .contains("step 2: call: name: \"c-{1..}\": write a range as {FIRST..LAST}")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\ncall = {{ name = \"c\", message = \"Get\", within = \"1s\" }}\n"))
+                .contains("`within` asks again until `equals` holds")
+        );
+    }
+
+    #[test]
+    fn names_expand_ranges() {
+        assert_eq!(expand_names("kv").unwrap(), ["kv"]);
+        assert_eq!(expand_names("c-{0..2}").unwrap(), ["c-0", "c-1", "c-2"]);
+        assert_eq!(expand_names("w{7..7}x").unwrap(), ["w7x"]);
+        assert!(expand_names("c-{2..1}").is_err());
+        assert!(expand_names("c-{0..").is_err());
+        assert!(expand_names("c-{0..9999999}").is_err());
+    }
+
+    #[test]
+    fn a_load_and_a_killed_deploy_parse() {
+        let text = "[scenario]\nname = \"t\"\napp = \"kv\"\n[[step]]\nboot = \"1.0.0\"\n\
+                    [[step]]\nload = { clients = 3, rate = 500.0, duration = \"2s\", pipeline = 4 }\n\
+                    [[step]]\ndeploy = \"1.1.0\"\nkill_at = \"switched\"\n";
+        let scenario = parse_text(Path::new("x.toml"), text).unwrap();
+        let Action::Load { clients: 3, shape } = &scenario.steps[1].action else { panic!() };
+        assert_eq!(
+            (shape.rate, shape.duration, shape.pipeline),
+            (Some(500.0), Some(Duration::from_secs(2)), 4)
+        );
+        assert!(
+            matches!(&scenario.steps[2].action, Action::Deploy { kill_at: Some(p), .. } if p == "switched")
         );
     }
 }

@@ -116,9 +116,9 @@ pub(crate) fn move_all(
             continue;
         };
         let (to, extra, on_phase) = (Arc::clone(to), Arc::clone(extra), limits.on_phase.clone());
-        match group.queue(node, pid, move |actor, guard| {
-            migrate_in_place(actor, guard, &to, &extra, &on_phase)
-        }) {
+        match group
+            .queue(node, pid, move |actor, guard| migrate_in_place(actor, guard, &to, &extra, &on_phase))
+        {
             Ok(()) => before.push(counts),
             Err(_) => outcome.exited.push(pid),
         }

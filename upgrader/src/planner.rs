@@ -181,12 +181,10 @@ pub fn plan(from: &ReleaseView, to: &ReleaseView) -> Result<Planned, PlannerErro
                 {
                     value["path"] = serde_json::Value::String(module.library.display().to_string());
                 }
-                serde_json::from_value::<Instruction>(value).map_err(|e| {
-                    PlannerError::BadInstruction {
-                        release: to_label.clone(),
-                        index: i + 1,
-                        error: e.to_string(),
-                    }
+                serde_json::from_value::<Instruction>(value).map_err(|e| PlannerError::BadInstruction {
+                    release: to_label.clone(),
+                    index: i + 1,
+                    error: e.to_string(),
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;

@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use relive_runtime::{Node, Pid};
-use relive_upgrader::{Controller, Instruction, Options, Plan, Processes};
+use relive_upgrader::{Controller, Instruction, Options, Phase, PhaseHook, Plan, Processes};
 use serde_json::{Value, json};
 use support::{node_with_code, payload};
 
@@ -74,5 +74,30 @@ fn every_process_moves_to_the_new_version_with_its_state_and_back_on_rollback() 
         assert_eq!(call(&node, *pid, json!("Get")), json!(i + 1));
     }
     assert_eq!(code.current("counter").unwrap().version().to_string(), "1.0.0");
+    node.shutdown();
+}
+
+#[test]
+fn the_phase_hook_sees_each_phase_in_order_and_each_process_move() {
+    let (node, _dir) = node_with_code();
+    node.code_server().unwrap().load(&support::library("counter-v1")).unwrap();
+    let pids = spawn_counters(&node, 4);
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let hook = {
+        let seen = std::sync::Arc::clone(&seen);
+        PhaseHook::new(move |phase| seen.lock().push(phase))
+    };
+    let options = Options { on_phase: Some(hook), ..Options::default() };
+    let controller = Controller::new(&node).unwrap();
+    let report = controller.apply(&upgrade_plan("counter-v2"), &options).unwrap();
+    assert!(report.committed(), "{report}");
+    let seen = seen.lock().clone();
+    let count = |phase| seen.iter().filter(|p| **p == phase).count();
+    assert_eq!((count(Phase::Suspended), count(Phase::Migrated)), (pids.len(), pids.len()), "{seen:?}");
+    assert_eq!(seen.first(), Some(&Phase::Prepared), "{seen:?}");
+    assert_eq!(&seen[seen.len() - 2..], &[Phase::Switched, Phase::Committed], "{seen:?}");
+    // Each process's migration ran after its suspension.
+    let first_migrated = seen.iter().position(|p| *p == Phase::Migrated).unwrap();
+    assert!(seen[..first_migrated].contains(&Phase::Suspended), "{seen:?}");
     node.shutdown();
 }
