@@ -648,15 +648,20 @@ pub(crate) fn client(i: usize, addr: &str, load: &Load) {
         let incr = load.incr.load(Ordering::SeqCst);
         let values: Vec<String> =
             (0..shape.pipeline).map(|j| format!("value {n}.{j} of client {i}")).collect();
-        let mut batch: Vec<(&AtomicU64, Vec<&[u8]>, Option<&str>)> = Vec::new();
+        // Each request with the counter it counts in and, for a GET, the
+        // value it must read.
+        let mut batch = Vec::new();
+        let mut requests: Vec<Vec<&[u8]>> = Vec::new();
         for value in &values {
-            batch.push((&load.sets, vec![&b"SET"[..], key.as_bytes(), value.as_bytes()], None));
-            batch.push((&load.gets, vec![&b"GET"[..], key.as_bytes()], Some(value.as_str())));
+            batch.push((&load.sets, None));
+            requests.push(vec![&b"SET"[..], key.as_bytes(), value.as_bytes()]);
+            batch.push((&load.gets, Some(value.as_str())));
+            requests.push(vec![&b"GET"[..], key.as_bytes()]);
             if incr {
-                batch.push((&load.incrs, vec![&b"INCR"[..], counter.as_bytes()], None));
+                batch.push((&load.incrs, None));
+                requests.push(vec![&b"INCR"[..], counter.as_bytes()]);
             }
         }
-        let requests: Vec<Vec<&[u8]>> = batch.iter().map(|(_, args, _)| args.clone()).collect();
         let started = Instant::now();
         let replies = match conn.pipeline(&requests) {
             Ok(replies) => replies,
@@ -670,7 +675,7 @@ pub(crate) fn client(i: usize, addr: &str, load: &Load) {
         };
         let took = started.elapsed().as_micros() as u64;
         load.slowest_us.fetch_max(took, Ordering::SeqCst);
-        for ((kind, args, value), reply) in batch.iter().zip(&replies) {
+        for (((kind, value), args), reply) in batch.iter().zip(&requests).zip(&replies) {
             load.requests.fetch_add(1, Ordering::SeqCst);
             kind.fetch_add(1, Ordering::SeqCst);
             match (args[0], reply, value) {

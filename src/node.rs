@@ -372,9 +372,12 @@ fn boot(store: &Store, name: &str, version: &semver::Version) -> anyhow::Result<
                 .0;
             for name in process.names() {
                 let (module, code, init) = (process.module.clone(), Arc::clone(&code), init.clone());
-                let spec = ChildSpec::worker(name, move || {
+                // Registered by the supervisor at every start, so a child
+                // restarted after a crash answers to its name at once.
+                let spec = ChildSpec::worker(name.as_str(), move || {
                     Box::new(code.module_process(&module, init.clone()).expect("the module is loaded"))
-                });
+                })
+                .registered(name.as_str());
                 children.push(ChildSpec { restart: restart_of(process.restart), ..spec });
             }
         }

@@ -173,6 +173,10 @@ pub struct ChildSpec {
     /// (and the process is killed). Default: 5 s for a worker; for a
     /// supervisor, the sum of its children's.
     pub start_timeout: Duration,
+    /// The name the child is registered under on every start, restarts
+    /// included (OTP's `{local, Name}`); a start fails while another
+    /// process holds the name. Default: none.
+    pub name: Option<Arc<str>>,
 }
 
 impl ChildSpec {
@@ -199,7 +203,13 @@ impl ChildSpec {
             shutdown: Shutdown::Timeout(DEFAULT_WORKER_SHUTDOWN),
             child_type: ChildType::Worker,
             start_timeout: DEFAULT_START_TIMEOUT,
+            name: None,
         }
+    }
+
+    /// This spec, with its child registered as `name` on every start.
+    pub fn registered(self, name: impl Into<Arc<str>>) -> ChildSpec {
+        ChildSpec { name: Some(name.into()), ..self }
     }
 
     /// A permanent child that is itself a supervisor, built from `spec` on
@@ -224,6 +234,7 @@ impl fmt::Debug for ChildSpec {
             .field("shutdown", &self.shutdown)
             .field("child_type", &self.child_type)
             .field("start_timeout", &self.start_timeout)
+            .field("name", &self.name)
             .finish_non_exhaustive()
     }
 }
@@ -971,7 +982,18 @@ fn start_process(ctx: &Ctx<'_>, spec: &ChildSpec, args: &Message) -> Result<Pid,
     let actor = catch_unwind(AssertUnwindSafe(|| (spec.start)(args)))
         .map_err(|panic| ExitReason::Panic(panic_message(panic.as_ref()).into()))?;
     match ctx.spawn_link_sync(actor, spec.start_timeout) {
-        Ok(pid) => Ok(pid),
+        Ok(pid) => match &spec.name {
+            None => Ok(pid),
+            Some(name) => match ctx.node().register(name, pid) {
+                Ok(()) => Ok(pid),
+                Err(error) => {
+                    // As OTP's already_started: the new process must not
+                    // run unnamed; its Exit matches no child.
+                    ctx.exit(pid, ExitReason::Kill);
+                    Err(ExitReason::error(format!("registering the child as {name:?}: {error}")))
+                }
+            },
+        },
         Err(SpawnError::InitFailed(_, reason)) => Err(reason),
         Err(SpawnError::Timeout(pid, timeout)) => {
             // It is linked to us and still in init: make sure it is gone (its

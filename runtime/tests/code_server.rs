@@ -282,7 +282,7 @@ fn a_third_version_is_refused_while_old_code_runs_and_accepted_after_a_purge() {
 
     let error = code.load(&support::library("counter-v3")).unwrap_err();
     match &error {
-        CodeError::OldCodeInUse { module, version: v, processes } => {
+        CodeError::OldCodeInUse { module, version: v, processes, .. } => {
             assert_eq!((module.as_str(), v, *processes), ("counter", &version("1.0.0"), 1));
         }
         other => panic!("expected OldCodeInUse, got {other:?}"),

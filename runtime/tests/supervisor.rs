@@ -112,6 +112,30 @@ fn one_for_one_restarts_only_the_crashed_child() {
 }
 
 #[test]
+fn a_registered_child_is_registered_again_at_each_restart() {
+    let node = node();
+    let spec = SupervisorSpec {
+        intensity: 5,
+        ..SupervisorSpec::new(Strategy::OneForOne, vec![worker("a").registered("alpha"), worker("b")])
+    };
+    let sup = supervisor::start(&node, spec).unwrap();
+    let first = pid_of(&node, sup, "a").unwrap();
+    assert_eq!(node.whereis("alpha"), Some(first));
+    crash(&node, first);
+    let second = restarted(&node, sup, "a", first);
+    assert_eq!(node.whereis("alpha"), Some(second), "the restarted child answers to its name");
+
+    // A start whose name another process holds fails, as OTP's
+    // already_started; the supervisor gives up within its intensity.
+    let squatter = node.spawn(Worker { arg: 7 }).unwrap();
+    node.register("taken", squatter).unwrap();
+    let error = supervisor::start_child(&node, sup, worker("c").registered("taken"), T).unwrap_err();
+    assert!(error.to_string().contains("registering the child as \"taken\""), "{error}");
+    assert_eq!(node.whereis("taken"), Some(squatter));
+    node.shutdown();
+}
+
+#[test]
 fn one_for_all_restarts_every_child() {
     let node = node();
     let (sup, before) = three_children(&node, Strategy::OneForAll);

@@ -665,7 +665,7 @@ impl<'a> Transaction<'a> {
                 if self.code().current(module).is_none() {
                     return Err(fail(None, format!("{module} is not loaded")));
                 }
-                let spec = self.controller.code.child_spec(id, module, init);
+                let spec = self.controller.code.child_spec(id, module, init).registered(id.as_str());
                 supervisor::start_child(self.node(), sup.as_str(), spec, timeout)
                     .map_err(|e| fail(None, format!("starting child {id} under {sup}: {e}")))?;
                 self.undo.push(Undo::Started { supervisor: sup.clone(), id: id.clone() });

@@ -66,7 +66,8 @@ pub enum Instruction {
         /// The module.
         module: String,
     },
-    /// Starts a new module process under a supervisor.
+    /// Starts a new module process under a supervisor, registered under
+    /// its `id` on every start (as a release's processes are).
     StartChild {
         /// The supervisor's registered name.
         supervisor: String,
