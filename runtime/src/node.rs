@@ -291,6 +291,13 @@ impl Node {
         self.inner.registry.read().get(name).copied()
     }
 
+    /// The name `pid` is registered under, if any.
+    pub fn name_of(&self, pid: Pid) -> Option<Arc<str>> {
+        let proc = self.inner.table.get(pid)?;
+        let cell = proc.relations.lock();
+        cell.relations.as_ref()?.name.clone()
+    }
+
     /// All registered names, sorted.
     pub fn registered(&self) -> Vec<(Arc<str>, Pid)> {
         let mut names: Vec<_> = self.inner.registry.read().iter().map(|(n, p)| (n.clone(), *p)).collect();

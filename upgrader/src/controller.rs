@@ -239,6 +239,7 @@ impl Controller {
                             instruction: i + 1,
                             step: instruction.to_string(),
                             pid: None,
+                            name: None,
                             module: Some(module.clone()),
                             error: error.to_string(),
                         };
@@ -262,7 +263,8 @@ impl Controller {
             });
         for (i, instruction) in loads.into_iter().chain(rest) {
             let started = Instant::now();
-            if let Err(failure) = tx.run(i + 1, instruction) {
+            if let Err(mut failure) = tx.run(i + 1, instruction) {
+                failure.name = failure.pid.and_then(|pid| self.node.name_of(pid)).map(|n| n.to_string());
                 tracing::error!(plan = %plan.name, %failure, "upgrade failed; undoing it");
                 tx.upgrade_time = tx.started.elapsed();
                 tx.account();
@@ -331,6 +333,7 @@ impl Controller {
                 instruction: 0,
                 step: "rollback".into(),
                 pid: None,
+                name: None,
                 module: Some(last.purged.join(", ")),
                 error: format!(
                     "upgrade {} purged the old code of {}; it cannot be rolled back live (deploy the old release)",
@@ -371,6 +374,7 @@ impl Controller {
                 instruction: 0,
                 step: "rollback".into(),
                 pid: None,
+                name: None,
                 module: Some(gone.join(", ")),
                 error: format!(
                     "{} is no longer loaded (a later load dropped it); upgrade {} cannot be rolled back live (deploy the old release)",
@@ -613,6 +617,7 @@ impl<'a> Transaction<'a> {
             instruction: index,
             step: instruction.to_string(),
             pid,
+            name: None,
             module: instruction.module().map(str::to_string),
             error,
         };

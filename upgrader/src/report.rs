@@ -68,6 +68,9 @@ pub struct Failure {
     pub step: String,
     /// The process, when one process failed it.
     pub pid: Option<Pid>,
+    /// That process's registered name, if it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     /// The module concerned.
     pub module: Option<String>,
     /// Why.
@@ -77,10 +80,14 @@ pub struct Failure {
 impl fmt::Display for Failure {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "instruction {} ({})", self.instruction, self.step)?;
+        let named = |pid: &Pid| match &self.name {
+            Some(name) => format!("{pid} ({name})"),
+            None => pid.to_string(),
+        };
         match (&self.pid, &self.module) {
-            (Some(pid), Some(module)) => write!(f, ": process {pid} of {module}")?,
+            (Some(pid), Some(module)) => write!(f, ": process {} of {module}", named(pid))?,
             (None, Some(module)) => write!(f, ": module {module}")?,
-            (Some(pid), None) => write!(f, ": process {pid}")?,
+            (Some(pid), None) => write!(f, ": process {}", named(pid))?,
             (None, None) => {}
         }
         write!(f, ": {}", self.error)
