@@ -376,13 +376,27 @@ pub fn status(args: Plain) -> anyhow::Result<()> {
             version(&module["old"])
         );
     }
-    println!("processes (under {}):", status["supervisor"].as_str().unwrap_or("?"));
-    for process in status["processes"].as_array().into_iter().flatten() {
+    // A release may run thousands of processes (`instances`): beyond a
+    // screenful, list only those not running.
+    const LISTED: usize = 30;
+    let processes: Vec<&Value> = status["processes"].as_array().into_iter().flatten().collect();
+    let stopped: Vec<&Value> = processes.iter().copied().filter(|p| p["pid"].as_str().is_none()).collect();
+    println!(
+        "processes (under {}): {} running, {} not running",
+        status["supervisor"].as_str().unwrap_or("?"),
+        processes.len() - stopped.len(),
+        stopped.len()
+    );
+    let listed = if processes.len() <= LISTED { &processes } else { &stopped };
+    for process in listed.iter().take(LISTED) {
         println!(
             "  {:<20} {}",
             process["name"].as_str().unwrap_or("?"),
             process["pid"].as_str().unwrap_or("not running")
         );
+    }
+    if listed.len() > LISTED || processes.len() > LISTED {
+        println!("  (`relive status --json` lists every process with its pid)");
     }
     match status["last_report_text"].as_str() {
         Some(text) => println!("last upgrade:\n  {}", text.trim_end().replace('\n', "\n  ")),
