@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use relive_runtime::supervisor;
-use relive_runtime::{CodeServer, MailboxCounts, ModuleCode, Node, Pid, VersionStatsSnapshot};
+use relive_runtime::{
+    CodeServer, MailboxCounts, ModuleCode, Node, Pid, SupervisorError, VersionStatsSnapshot,
+};
 
 use crate::migrate::{self, BatchOutcome, Limits, MovedSet};
 use crate::plan::{Instruction, Plan, Processes, PurgeMode};
@@ -671,8 +673,18 @@ impl<'a> Transaction<'a> {
                     return Err(fail(None, format!("{module} is not loaded")));
                 }
                 let spec = self.controller.code.child_spec(id, module, init).registered(id.as_str());
-                supervisor::start_child(self.node(), sup.as_str(), spec, timeout)
-                    .map_err(|e| fail(None, format!("starting child {id} under {sup}: {e}")))?;
+                let started = match supervisor::start_child(self.node(), sup.as_str(), spec.clone(), timeout)
+                {
+                    // The spec an earlier stop_child left (a release that
+                    // went down and comes back up): it does not run, and
+                    // this one replaces it.
+                    Err(SupervisorError::AlreadyPresent(_)) => {
+                        supervisor::delete_child(self.node(), sup.as_str(), id, timeout)
+                            .and_then(|()| supervisor::start_child(self.node(), sup.as_str(), spec, timeout))
+                    }
+                    other => other,
+                };
+                started.map_err(|e| fail(None, format!("starting child {id} under {sup}: {e}")))?;
                 self.undo.push(Undo::Started { supervisor: sup.clone(), id: id.clone() });
                 Ok(())
             }

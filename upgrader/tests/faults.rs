@@ -264,6 +264,29 @@ fn a_child_that_does_not_start_undoes_the_loads_updates_and_children_before_it()
     let good = children.iter().find(|c| &*c.id == "good").and_then(|c| c.pid).expect("good runs");
     assert_eq!(version_of(&node, good), "2.0.0");
     assert_eq!(count_of(&node, good), 5);
+    assert_eq!(node.whereis("good"), Some(good), "a started child is registered under its id");
+
+    // Down again (the child stops; its spec stays, so an explicit rollback
+    // could restart it), then up again: the start replaces the stopped spec.
+    let stop = Plan::new(
+        "without the child",
+        vec![Instruction::StopChild { supervisor: "counters".into(), id: "good".into() }],
+    );
+    assert!(controller.apply(&stop, &Options::default()).unwrap().committed());
+    assert!(node.whereis("good").is_none());
+    let start = Plan::new(
+        "with the child again",
+        vec![Instruction::StartChild {
+            supervisor: "counters".into(),
+            id: "good".into(),
+            module: "counter".into(),
+            args: json!({"label": "good", "count": 9}),
+        }],
+    );
+    let report = controller.apply(&start, &Options::default()).unwrap();
+    assert!(report.committed(), "{report}");
+    let again = node.whereis("good").expect("the child runs again, under its name");
+    assert_eq!(count_of(&node, again), 9, "with the new spec's args");
     node.shutdown();
 }
 
