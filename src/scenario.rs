@@ -19,7 +19,7 @@
 //! | `wait = "200ms"` | sleeps |
 //! | `call = { name = "kv", message = "Version", equals = "1.1.0", pointer = "/a/b", within = "5s" }` | calls a process with a JSON message (written as TOML); `equals` compares the reply (or the part `pointer` selects), asking again until it holds for up to `within`; `name = "counter-{0..9999}"` calls each of those processes; `error_contains = "..."` instead expects the call to fail with that text |
 //! | `resp = { command = ["SET", "k", "v"], reply = "+OK", reply_contains = "..." }` | sends one RESP command on a probe connection and checks the reply |
-//! | `assert = { release = "1.1.0", state = "current", failed_requests = 0, dropped_connections = 0, lost_messages = 0, min_requests = 1, pause_p99_us_below = 50000, modules = { kv = "1.1.0" }, releases = { "1.0.0" = "permanent" } }` | checks the node and the figures so far |
+//! | `assert = { release = "1.1.0", state = "current", failed_requests = 0, dropped_connections = 0, lost_messages = 0, min_requests = 1, pause_p99_us_below = 50000, modules = { kv = "1.1.0" }, releases = { "1.0.0" = "permanent" }, absent_files = ["escaped.txt"] }` | checks the node and the figures so far; `absent_files`: no file of that name anywhere under the scenario's directory (node root and archives) |
 //!
 //! A deploy's options for faults (DESIGN.md §7), at most one per step:
 //!
@@ -241,6 +241,10 @@ struct AssertSpec {
     lost_messages: Option<u64>,
     min_requests: Option<u64>,
     pause_p99_us_below: Option<f64>,
+    /// File names that must not exist anywhere under the scenario's
+    /// directory (the node's root, the archives): what a hostile archive
+    /// tried to write.
+    absent_files: Option<Vec<String>>,
     modules: Option<BTreeMap<String, String>>,
     releases: Option<BTreeMap<String, String>>,
 }
@@ -1428,6 +1432,14 @@ impl Runner<'_> {
             let p99 = self.pause_p99_max_us;
             check("pause_p99_us", p99 < bound, format!("{p99:.1}"), format!("below {bound}"));
         }
+        for name in spec.absent_files.iter().flatten() {
+            let found = find_files(self.tmp.path(), name);
+            let observed = match found.first() {
+                Some(path) => format!("present at {}", path.display()),
+                None => "absent".to_string(),
+            };
+            check(&format!("file {name}"), found.is_empty(), observed, "absent".into());
+        }
         Ok(seen.join(", "))
     }
 }
@@ -1494,6 +1506,24 @@ fn rewrite_archive(
     gz.write_all(&tar_out).context("writing the archive")?;
     gz.finish().context("writing the archive")?;
     Ok(())
+}
+
+/// Every file named `name` under `dir` (symbolic links not followed).
+fn find_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(kind) if kind.is_dir() => pending.push(path),
+                _ if entry.file_name() == name => found.push(path),
+                _ => {}
+            }
+        }
+    }
+    found
 }
 
 /// `n` pseudo-random bytes (xorshift seeded from the clock).
@@ -1764,6 +1794,16 @@ mod tests {
             err(&format!("{head}[[step]]\ncall = {{ name = \"c\", message = \"Get\", within = \"1s\" }}\n"))
                 .contains("`within` asks again until `equals` holds")
         );
+    }
+
+    #[test]
+    fn find_files_looks_in_every_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("root").join("releases");
+        fs::create_dir_all(&deep).unwrap();
+        assert!(find_files(dir.path(), "escaped.txt").is_empty());
+        fs::write(deep.join("escaped.txt"), "x").unwrap();
+        assert_eq!(find_files(dir.path(), "escaped.txt"), [deep.join("escaped.txt")]);
     }
 
     #[test]
