@@ -248,7 +248,10 @@ impl Controller {
                         let tx = Transaction::new(self, options);
                         let report =
                             tx.report(&plan.name, Outcome::Aborted { failure: failure.clone() }, None);
-                        return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+                        return Err(UpgradeError::Aborted {
+                            failure: Box::new(failure),
+                            report: Box::new(report),
+                        });
                     }
                 }
             }
@@ -274,7 +277,7 @@ impl Controller {
                 let rollback = tx.undo_all(undo);
                 let report =
                     tx.report(&plan.name, Outcome::Aborted { failure: failure.clone() }, Some(rollback));
-                return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+                return Err(UpgradeError::Aborted { failure: Box::new(failure), report: Box::new(report) });
             }
             if matches!(instruction, Instruction::Purge { .. }) {
                 // Only queued here; its step is reported when it runs, at
@@ -345,7 +348,7 @@ impl Controller {
             };
             *self.last.lock() = Some(last);
             let report = tx.report("rollback", Outcome::Aborted { failure: failure.clone() }, None);
-            return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+            return Err(UpgradeError::Aborted { failure: Box::new(failure), report: Box::new(report) });
         }
         // A later load (by an upgrade that then failed) may have dropped a
         // version this one moved processes from (a third version drops an
@@ -386,7 +389,7 @@ impl Controller {
             };
             *self.last.lock() = Some(last);
             let report = tx.report("rollback", Outcome::Aborted { failure: failure.clone() }, None);
-            return Err(UpgradeError::Aborted { failure, report: Box::new(report) });
+            return Err(UpgradeError::Aborted { failure: Box::new(failure), report: Box::new(report) });
         }
         let rollback = tx.undo_all(last.undo);
         tx.upgrade_time = tx.started.elapsed();

@@ -338,7 +338,7 @@ pub enum UpgradeError {
     #[error("upgrade aborted at {failure}; the node is back as it was{}", incomplete(report))]
     Aborted {
         /// What failed.
-        failure: Failure,
+        failure: Box<Failure>,
         /// The full report.
         report: Box<Report>,
     },

@@ -115,7 +115,7 @@ fn to_v3() -> Plan {
 
 fn aborted(result: Result<Report, UpgradeError>) -> (relive_upgrader::Failure, Box<Report>) {
     match result {
-        Err(UpgradeError::Aborted { failure, report }) => (failure, report),
+        Err(UpgradeError::Aborted { failure, report }) => (*failure, report),
         Err(other) => panic!("expected an aborted upgrade, got {other}"),
         Ok(report) => panic!("expected an aborted upgrade, it committed:\n{report}"),
     }

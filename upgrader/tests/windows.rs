@@ -103,7 +103,7 @@ fn rolled_back(result: Result<Report, UpgradeError>) -> (String, Report) {
 
 fn aborted(result: Result<Report, UpgradeError>) -> (relive_upgrader::Failure, Report) {
     match result {
-        Err(UpgradeError::Aborted { failure, report }) => (failure, *report),
+        Err(UpgradeError::Aborted { failure, report }) => (*failure, *report),
         Err(other) => panic!("expected Aborted, got {other}"),
         Ok(report) => panic!("expected Aborted, got a commit:\n{report}"),
     }
