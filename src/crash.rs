@@ -63,16 +63,9 @@ impl Armed {
         }
         let _ = std::fs::remove_file(&self.file);
         eprintln!("node: crash point {point:?} reached: kill -9 (pid {})", std::process::id());
-        // SIGKILL from another process: what `kill -9` does. Should `kill`
-        // be missing, abort() is the nearest thing (no cleanup either).
-        let killed =
-            std::process::Command::new("kill").arg("-KILL").arg(std::process::id().to_string()).status();
-        if killed.is_ok() {
-            // The signal is on its way; never go on with the deploy.
-            loop {
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-        }
+        // SIGKILL: what `kill -9` does. Should it fail, abort() is the
+        // nearest thing (no cleanup either).
+        let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
         std::process::abort();
     }
 
