@@ -390,7 +390,6 @@ fn boot(store: &Store, name: &str, version: &semver::Version) -> anyhow::Result<
         };
         let supervisor = supervisor::start(&node, spec)
             .map_err(|e| anyhow::anyhow!("starting the supervisor {sup_name} of {name} {version}: {e}"))?;
-        register_children(&node, name);
         Ok(Booted {
             node: node.clone(),
             code,
@@ -402,21 +401,6 @@ fn boot(store: &Store, name: &str, version: &semver::Version) -> anyhow::Result<
         node.shutdown();
     }
     started
-}
-
-/// Registers every running child of the release's supervisor under its id
-/// (children the supervisor restarted, or an upgrade started, included).
-fn register_children(node: &Node, release: &str) {
-    let sup = planner::supervisor_name(release);
-    let Ok(children) = supervisor::which_children(node, sup.as_str(), CALL_TIMEOUT) else { return };
-    for child in children {
-        if let Some(pid) = child.pid
-            && node.whereis(&child.id) != Some(pid)
-            && let Err(e) = node.register(&child.id, pid)
-        {
-            tracing::warn!(name = %child.id, %pid, error = %e, "could not register a process under its name");
-        }
-    }
 }
 
 // ------------------------------------------------------------- the node
@@ -480,14 +464,9 @@ impl State {
         lock(&self.running).clone()
     }
 
-    /// The pid of the process named `name`: registered, else a child of
-    /// the release's supervisor (which is then registered).
+    /// The pid of the process registered as `name` (the supervisor
+    /// registers every release process under its name at each start).
     fn resolve(&self, name: &str) -> Result<Pid, Refusal> {
-        if let Some(pid) = self.node.whereis(name) {
-            return Ok(pid);
-        }
-        let release = self.running().name;
-        register_children(&self.node, &release);
         self.node.whereis(name).ok_or_else(|| {
             // A release may run thousands (`instances`): name a few.
             const SHOWN: usize = 8;
@@ -1031,7 +1010,6 @@ fn deploy_to(
             *lock(&state.previous) = Some(running.clone());
             *lock(&state.running) =
                 Running { name: new.name.clone(), version: new.version.clone(), view: target.view(state)? };
-            register_children(&state.node, &new.name);
             eprintln!("node: {label} deployed");
             if let Some(error) = permanent_error {
                 return Err(Refusal::new(format!(
@@ -1120,7 +1098,6 @@ fn rollback(state: &State, request: &Value, progress: &mut dyn FnMut(&str)) -> R
     *lock(&state.last_report) = Some((report_json.clone(), report_text.clone()));
     *lock(&state.running) = previous.clone();
     *lock(&state.previous) = None;
-    register_children(&state.node, &previous.name);
     let mut store = lock(&state.store);
     if let Err(error) = store.install(&previous.name, &previous.version) {
         return Err(Refusal::new(format!(
