@@ -30,7 +30,7 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -331,18 +331,27 @@ impl NodeProcess {
         }
         self.stopped = true;
         let answer = self.checked(json!({"cmd": "stop"}));
-        let deadline = Instant::now() + Duration::from_secs(20);
+        match self.exit_within(Duration::from_secs(20))? {
+            Some(status) if status.success() => answer.map(|_| ()),
+            Some(status) => bail!("the node exited with {status} when asked to stop"),
+            None => bail!("the node did not stop within 20 s of `stop`; it was killed"),
+        }
+    }
+
+    /// Waits up to `limit` for the node process to exit: its status, or
+    /// `None` after killing it when it was still running.
+    pub(crate) fn exit_within(&mut self, limit: Duration) -> anyhow::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
         loop {
-            match self.child.try_wait().context("waiting for the node to stop")? {
-                Some(status) if status.success() => return answer.map(|_| ()),
-                Some(status) => bail!("the node exited with {status} when asked to stop"),
-                None if Instant::now() > deadline => {
-                    let _ = self.child.kill();
-                    let _ = self.child.wait();
-                    bail!("the node did not stop within 20 s of `stop`; it was killed");
-                }
-                None => std::thread::sleep(Duration::from_millis(10)),
+            if let Some(status) = self.child.try_wait().context("waiting for the node process to exit")? {
+                return Ok(Some(status));
             }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
 }

@@ -902,20 +902,9 @@ impl Runner<'_> {
         self.probe = None;
         let mut node = self.node.take().expect("checked by node() above");
         node.stopped = true;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = node.child.try_wait().context("waiting for the node")? {
-                break Some(status);
-            }
-            if Instant::now() > deadline {
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
+        let status = node.exit_within(Duration::from_secs(30))?;
         let _ = fs::remove_file(&file);
         let Some(status) = status else {
-            let _ = node.child.kill();
-            let _ = node.child.wait();
             failures.push(format!(
                 "the node still ran 30 s after the deploy (crash point {point} never reached); killed it"
             ));
