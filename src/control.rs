@@ -1,19 +1,18 @@
-//! The client side of a node's control socket, and the commands that use
-//! it: `relive node start|stop`, `deploy`, `rollback`, `make-permanent`,
-//! `status`, `releases`, `call`, `cast`. Each connects to
-//! `<root>/control.sock`, sends one request, prints the response readably
-//! (or as JSON with `--json`) and exits non-zero if the node refused it.
+//! The commands that talk to a node through [`relive_node::client::Client`]:
+//! `relive node start|stop`, `deploy`, `rollback`, `make-permanent`,
+//! `status`, `releases`, `call`, `cast`. Each sends one request, prints the
+//! response readably (or as JSON with `--json`) and exits non-zero if the
+//! node refused it.
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use serde_json::{Value, json};
+use relive_node::client::{Client, ClientError};
+use relive_node::protocol::{DeployRequest, Progress, Request, Response, Status};
 
-use crate::node::{self, SOCKET};
+use crate::node;
 use crate::release::RootArg;
 
 #[derive(Subcommand)]
@@ -28,10 +27,10 @@ pub enum NodeCommand {
 #[derive(Args)]
 pub struct Plain {
     #[command(flatten)]
-    root: RootArg,
+    pub root: RootArg,
     /// Print the node's JSON response.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
 #[derive(Args)]
@@ -56,7 +55,7 @@ pub struct DeployArgs {
     #[arg(long, value_parser = parse_duration)]
     health_window: Option<Duration>,
     /// Run every migration on copies of the states and report; change
-    /// nothing.
+    /// nothing (the store stays byte-identical).
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
@@ -97,89 +96,36 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
 }
 
-fn no_node(root: &Path) -> anyhow::Error {
-    anyhow::anyhow!(
-        "no node is running on {} (start one with `relive node start --root {}`)",
-        root.display(),
-        root.display()
-    )
+/// The JSON of a response without its kind: `relive status --json`
+/// prints the status object itself (`{"pid": ..., "release": ...}`).
+pub fn payload(response: &Response) -> serde_json::Value {
+    match serde_json::to_value(response).expect("responses serialize") {
+        serde_json::Value::Object(map) if map.len() == 1 => map.into_iter().next().expect("one entry").1,
+        // A response without data (`cast`).
+        _ => serde_json::json!({}),
+    }
 }
 
-/// Sends one request to the node on `root` and returns its response (`ok`
-/// true or false). `progress` gets each progress line the node sends
-/// first.
-pub fn request(root: &Path, request: &Value, mut progress: impl FnMut(&str)) -> anyhow::Result<Value> {
-    let path = root.join(SOCKET);
-    let mut stream = match UnixStream::connect(&path) {
-        Ok(stream) => stream,
-        Err(error)
-            if matches!(
-                error.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(no_node(root));
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => {
-            bail!(
-                "cannot connect to {}: permission denied: the node runs as another user; run the command as that user",
-                path.display()
-            );
-        }
-        Err(error) => return Err(error).with_context(|| format!("connecting to {}", path.display())),
+/// Prints what the node answered, as one JSON line: the response's data,
+/// or the failure (`{"error": ..., "report": ...}`; the exit code is then
+/// non-zero). Nothing when the node could not be reached.
+fn print_json(answer: &Result<Response, ClientError>) -> anyhow::Result<()> {
+    let line = match answer {
+        Ok(response) => serde_json::to_string(&payload(response))?,
+        Err(ClientError::Refused(failure)) => serde_json::to_string(failure)?,
+        Err(_) => return Ok(()),
     };
-    let mut line = serde_json::to_string(request)?;
-    line.push('\n');
-    // A node that refuses the connection (another uid) answers and closes
-    // at once: the write may fail while its answer waits to be read. I/O
-    // errors are made text here, so that a broken pipe is not taken for a
-    // closed stdout.
-    let sent = stream.write_all(line.as_bytes());
-    let reader = BufReader::new(stream);
-    for line in reader.lines() {
-        let line = match line {
-            Ok(line) => line,
-            Err(error) => {
-                let error = sent.err().unwrap_or(error);
-                bail!("talking to the node on {}: {error}", path.display());
-            }
-        };
-        let value: Value = serde_json::from_str(&line).with_context(|| {
-            format!("the node on {} answered something that is not JSON: {line}", path.display())
-        })?;
-        if let Some(text) = value.get("progress").and_then(Value::as_str) {
-            progress(text);
-            continue;
-        }
-        return Ok(value);
-    }
-    match sent {
-        Err(error) => bail!("sending a request to the node on {}: {error}", path.display()),
-        Ok(()) => {
-            bail!("the node on {} closed the connection without answering (did it stop?)", path.display())
-        }
-    }
-}
-
-/// A request whose `ok: false` becomes an error.
-fn checked(root: &Path, request_value: &Value, progress: impl FnMut(&str)) -> anyhow::Result<Value> {
-    let response = request(root, request_value, progress)?;
-    if response["ok"] == Value::Bool(true) {
-        return Ok(response);
-    }
-    Err(refused(&response))
-}
-
-fn refused(response: &Value) -> anyhow::Error {
-    anyhow::anyhow!(
-        "{}",
-        response["error"].as_str().unwrap_or("the node refused the request without saying why")
-    )
-}
-
-fn print_json(value: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string(value)?);
+    println!("{line}");
     Ok(())
+}
+
+/// Sends `request` to the node on `root`.
+fn ask(root: &std::path::Path, request: &Request) -> Result<Response, ClientError> {
+    Client::connect(root)?.request(request, None)
+}
+
+fn unexpected(response: Response) -> anyhow::Error {
+    anyhow::anyhow!("the node answered with an unexpected response: {}", relive_node::protocol::encode(&response))
 }
 
 /// `relive node start|stop`.
@@ -192,23 +138,24 @@ pub fn node(command: NodeCommand) -> anyhow::Result<()> {
 
 fn stop(args: Plain) -> anyhow::Result<()> {
     let root = args.root.path();
-    let response = checked(&root, &json!({"cmd": "stop"}), |_| {})?;
-    // The node exits right after it answers: wait for it to be gone.
-    if let Some(pid) = response["stopped"].as_u64() {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while alive(pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    let answer = ask(&root, &Request::Stop);
     if args.json {
-        return print_json(&response);
+        print_json(&answer)?;
     }
-    println!("node stopped (pid {}) on {}", response["stopped"], root.display());
+    let Response::Stopped(pid) = answer? else { bail!("the node did not say it stops") };
+    // The node exits right after it answers: wait for it to be gone.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if !args.json {
+        println!("node stopped (pid {pid}) on {}", root.display());
+    }
     Ok(())
 }
 
 /// Whether process `pid` still runs (a zombie does not).
-fn alive(pid: u64) -> bool {
+fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
@@ -218,73 +165,112 @@ fn alive(pid: u64) -> bool {
     }
 }
 
+/// Shows each progress step as a spinner line (or a plain stderr line
+/// without a terminal) with how long it took.
+struct Steps {
+    spinner: indicatif::ProgressBar,
+    current: Option<(String, Instant)>,
+}
+
+impl Steps {
+    fn new() -> Steps {
+        let spinner = indicatif::ProgressBar::new_spinner();
+        spinner.enable_steady_tick(Duration::from_millis(120));
+        Steps { spinner, current: None }
+    }
+
+    fn finish_step(&mut self) {
+        if let Some((done, since)) = self.current.take() {
+            let line = format!("  {done} ({:.0} ms)", since.elapsed().as_secs_f64() * 1e3);
+            // Without a terminal the spinner draws nothing.
+            if self.spinner.is_hidden() { eprintln!("{line}") } else { self.spinner.println(line) }
+        }
+    }
+
+    fn step(&mut self, progress: &Progress) {
+        self.finish_step();
+        self.spinner.set_message(progress.phase.clone());
+        self.current = Some((progress.phase.clone(), Instant::now()));
+    }
+
+    fn finish(mut self) {
+        self.finish_step();
+        self.spinner.finish_and_clear();
+    }
+}
+
+/// Runs a request with progress steps shown unless `quiet`.
+fn with_steps(root: &std::path::Path, request: &Request, quiet: bool) -> Result<Response, ClientError> {
+    let mut client = Client::connect(root)?;
+    if quiet {
+        return client.request(request, None);
+    }
+    let mut steps = Steps::new();
+    let answer = client.request(request, Some(&mut |p: &Progress| steps.step(p)));
+    steps.finish();
+    answer
+}
+
+/// Prints a failed upgrade's report before the error.
+fn print_failure_report(answer: &Result<Response, ClientError>) {
+    if let Err(ClientError::Refused(failure)) = answer {
+        if let Some(report) = &failure.report {
+            println!("{}", report.to_string().trim_end());
+        }
+        if let Some(dry_run) = &failure.dry_run {
+            println!("dry run of {}: {} processes checked", dry_run.plan, dry_run.checked);
+            for error in &dry_run.load_errors {
+                println!("  load error: {error}");
+            }
+            for failure in &dry_run.failures {
+                println!("  {} ({}): {}", failure.pid, failure.module, failure.error);
+            }
+        }
+    }
+}
+
 /// `relive deploy`.
 pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let root = args.root.path();
     let archive = std::path::absolute(&args.archive).unwrap_or(args.archive.clone());
-    if !archive.is_file() {
-        bail!("{}: no such archive (build one with `relive release build APP_DIR`)", archive.display());
-    }
-    let request_value = json!({
-        "cmd": "deploy",
-        "archive": archive,
-        "permanent": args.permanent,
-        "dry_run": args.dry_run,
-        "health_window_ms": args.health_window.map_or(0, |d| d.as_millis() as u64),
-        "progress": !args.json,
+    let request = Request::Deploy(DeployRequest {
+        archive,
+        permanent: args.permanent,
+        dry_run: args.dry_run,
+        health_window_ms: args.health_window.map_or(0, |d| d.as_millis() as u64),
     });
-    let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.enable_steady_tick(Duration::from_millis(120));
     let started = Instant::now();
-    let mut phase_started = Instant::now();
-    let mut phase: Option<String> = None;
-    // Without a terminal the spinner draws nothing: the phases go to stderr
-    // as plain lines instead.
-    let plain = spinner.is_hidden();
-    let finish = |done: &str, took: Duration| {
-        let line = format!("  {done} ({:.0} ms)", took.as_secs_f64() * 1e3);
-        if plain { eprintln!("{line}") } else { spinner.println(line) }
-    };
-    let response = request(&root, &request_value, |text| {
-        if let Some(done) = phase.take() {
-            finish(&done, phase_started.elapsed());
-        }
-        phase_started = Instant::now();
-        spinner.set_message(text.to_string());
-        phase = Some(text.to_string());
-    });
-    if let Some(done) = phase.take() {
-        finish(&done, phase_started.elapsed());
-    }
-    spinner.finish_and_clear();
-    let response = response?;
+    let answer = with_steps(&root, &request, args.json);
     if args.json {
-        print_json(&response)?;
-    } else {
-        if let Some(text) = response["report_text"].as_str() {
-            println!("{}", text.trim_end());
-        }
-        if response["ok"] == Value::Bool(true) && !args.dry_run {
-            let release = &response["release"];
-            let state = release["state"].as_str().unwrap_or("?");
+        print_json(&answer)?;
+        return answer.map(|_| ()).map_err(Into::into);
+    }
+    print_failure_report(&answer);
+    match answer? {
+        Response::Deployed(deployed) => {
+            println!("{}", deployed.report.to_string().trim_end());
+            let release = &deployed.release;
+            let permanent = release.state == relive_releases::store::ReleaseState::Permanent;
             println!(
-                "{} {} runs now ({state}, was {}) after {:.1} s{}",
-                release["name"].as_str().unwrap_or("?"),
-                release["version"].as_str().unwrap_or("?"),
-                response["previous"].as_str().unwrap_or("?"),
+                "{} {} runs now ({}, was {} {}) after {:.1} s{}",
+                release.name,
+                release.version,
+                release.state,
+                deployed.from.name,
+                deployed.from.version,
                 started.elapsed().as_secs_f64(),
-                if state == "permanent" {
+                if permanent {
                     ""
                 } else {
                     "; `relive make-permanent` keeps it across a restart, `relive rollback` undoes it"
                 }
             );
-        } else if response["ok"] == Value::Bool(true) {
+        }
+        Response::DryRun(dry_run) => {
+            println!("dry run of {}: {} processes checked", dry_run.report.plan, dry_run.report.checked);
             println!("the dry run found no problem; nothing was changed");
         }
-    }
-    if response["ok"] != Value::Bool(true) {
-        return Err(refused(&response));
+        other => return Err(unexpected(other)),
     }
     Ok(())
 }
@@ -293,43 +279,32 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let RollbackArgs { plain: args, to } = args;
     let root = args.root.path();
-    let mut request_value = json!({"cmd": "rollback", "progress": true});
-    if let Some(to) = &to {
-        request_value["to"] = Value::String(to.to_string());
-    }
-    let response = request(&root, &request_value, |line| eprintln!("relive: {line}"))?;
+    let answer = with_steps(&root, &Request::Rollback(relive_node::protocol::RollbackRequest { to }), args.json);
     if args.json {
-        print_json(&response)?;
-    } else if let Some(text) = response["report_text"].as_str() {
-        println!("{}", text.trim_end());
+        print_json(&answer)?;
+        return answer.map(|_| ()).map_err(Into::into);
     }
-    if response["ok"] != Value::Bool(true) {
-        return Err(refused(&response));
-    }
-    if !args.json {
-        let release = &response["release"];
-        println!(
-            "rolled back from {} to {} {} ({})",
-            response["from"].as_str().or(response["previous"].as_str()).unwrap_or("?"),
-            release["name"].as_str().unwrap_or("?"),
-            release["version"].as_str().unwrap_or("?"),
-            release["state"].as_str().unwrap_or("?")
-        );
-    }
+    print_failure_report(&answer);
+    let Response::RolledBack(done) = answer? else { bail!("the node did not say it rolled back") };
+    println!("{}", done.report.to_string().trim_end());
+    println!(
+        "rolled back from {} {} to {} {} ({})",
+        done.from.name, done.from.version, done.release.name, done.release.version, done.release.state
+    );
     Ok(())
 }
 
 /// `relive make-permanent`.
 pub fn make_permanent(args: Plain) -> anyhow::Result<()> {
     let root = args.root.path();
-    let response = checked(&root, &json!({"cmd": "make_permanent"}), |_| {})?;
+    let answer = ask(&root, &Request::MakePermanent);
     if args.json {
-        return print_json(&response);
+        print_json(&answer)?;
+        return answer.map(|_| ()).map_err(Into::into);
     }
-    let release = &response["release"];
-    let label =
-        format!("{} {}", release["name"].as_str().unwrap_or("?"), release["version"].as_str().unwrap_or("?"));
-    if response["already"] == Value::Bool(true) {
+    let Response::Permanent(done) = answer? else { bail!("the node did not say it made the release permanent") };
+    let label = format!("{} {}", done.release.name, done.release.version);
+    if done.already {
         println!("{label} is already permanent");
     } else {
         println!("{label} is permanent: a restarted node boots it");
@@ -337,92 +312,117 @@ pub fn make_permanent(args: Plain) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `relive status`.
-pub fn status(args: Plain) -> anyhow::Result<()> {
-    let root = args.root.path();
-    let status = checked(&root, &json!({"cmd": "status"}), |_| {})?;
-    if args.json {
-        return print_json(&status);
-    }
-    let release = &status["release"];
+/// Prints a status for people.
+pub fn print_status(status: &Status) {
     println!(
         "node pid {} on {} (up {:.1} s)",
-        status["pid"],
-        root.display(),
-        status["uptime_ms"].as_u64().unwrap_or(0) as f64 / 1e3
+        status.pid,
+        status.root.display(),
+        status.uptime_ms as f64 / 1e3
     );
-    println!(
-        "release {} {} ({})",
-        release["name"].as_str().unwrap_or("?"),
-        release["version"].as_str().unwrap_or("?"),
-        release["state"].as_str().unwrap_or("?")
-    );
-    if let Some(busy) = status["busy"].as_str() {
+    println!("release {} {} ({})", status.release.name, status.release.version, status.release.state);
+    if let Some(permanent) = &status.permanent {
+        println!(
+            "permanent release {} {}: a restarted node boots it, not {}",
+            permanent.name, permanent.version, status.release.version
+        );
+    }
+    if let Some(back) = &status.rollback_to {
+        println!("`relive rollback` returns to {back}");
+    }
+    if let Some(busy) = &status.busy {
         println!("busy: {busy}");
     }
     println!("modules:");
-    for module in status["modules"].as_array().into_iter().flatten() {
-        let version = |v: &Value| {
-            if v.is_null() {
-                "-".to_string()
-            } else {
-                format!("{} ({} processes)", v["version"].as_str().unwrap_or("?"), v["processes"])
-            }
+    for module in &status.modules {
+        let version = |v: &Option<relive_node::protocol::ModuleVersion>| match v {
+            None => "-".to_string(),
+            Some(v) => format!("{} ({} processes)", v.version, v.processes),
         };
-        println!(
-            "  {:<20} current {}, old {}",
-            module["name"].as_str().unwrap_or("?"),
-            version(&module["current"]),
-            version(&module["old"])
-        );
+        println!("  {:<20} current {}, old {}", module.name, version(&module.current), version(&module.old));
     }
-    // A release may run thousands of processes (`instances`): beyond a
-    // screenful, list only those not running.
-    const LISTED: usize = 30;
-    let processes: Vec<&Value> = status["processes"].as_array().into_iter().flatten().collect();
-    let stopped: Vec<&Value> = processes.iter().copied().filter(|p| p["pid"].as_str().is_none()).collect();
+    let total: usize = status.processes.iter().map(|g| g.children.len()).sum();
+    let running: usize = status.processes.iter().map(|g| g.running).sum();
     println!(
-        "processes (under {}): {} running, {} not running",
-        status["supervisor"].as_str().unwrap_or("?"),
-        processes.len() - stopped.len(),
-        stopped.len()
+        "processes (under {}): {running} running, {} not running",
+        status.supervisor,
+        total - running
     );
-    let listed = if processes.len() <= LISTED { &processes } else { &stopped };
-    for process in listed.iter().take(LISTED) {
-        println!(
-            "  {:<20} {}",
-            process["name"].as_str().unwrap_or("?"),
-            process["pid"].as_str().unwrap_or("not running")
-        );
+    // A group of thousands (`instances`) is one line; beyond a few, only
+    // the ones not running are named.
+    const NAMED: usize = 10;
+    for group in &status.processes {
+        let restarts = if group.restarts > 0 { format!(", {} restarts", group.restarts) } else { String::new() };
+        match group.instances {
+            Some(n) => {
+                println!("  {} ×{n} ({}): {} running{restarts}", group.name, group.module, group.running);
+                let down: Vec<&str> =
+                    group.children.iter().filter(|c| c.pid.is_none()).map(|c| c.name.as_str()).collect();
+                if !down.is_empty() {
+                    let more = down.len().saturating_sub(NAMED);
+                    let more = if more > 0 { format!(" … and {more} more") } else { String::new() };
+                    println!("    not running: {}{more}", down[..down.len().min(NAMED)].join(", "));
+                }
+            }
+            None => {
+                for child in &group.children {
+                    let restarts =
+                        if child.restarts > 0 { format!(", {} restarts", child.restarts) } else { String::new() };
+                    println!(
+                        "  {:<20} {} ({}){restarts}{}",
+                        child.name,
+                        child.pid.as_deref().unwrap_or("not running"),
+                        group.module,
+                        if child.restarting { ", restarting" } else { "" }
+                    );
+                }
+            }
+        }
     }
-    if listed.len() > LISTED || processes.len() > LISTED {
-        println!("  (`relive status --json` lists every process with its pid)");
+    if !status.listening.is_empty() {
+        println!("listening:");
+        for listening in &status.listening {
+            println!(
+                "  {:<22} {} {}",
+                listening.addr,
+                listening.process.as_deref().unwrap_or("-"),
+                listening.pid
+            );
+        }
     }
-    match status["last_report_text"].as_str() {
-        Some(text) => println!("last upgrade:\n  {}", text.trim_end().replace('\n', "\n  ")),
+    match &status.last_report {
+        Some(report) => println!("last upgrade:\n  {}", report.to_string().trim_end().replace('\n', "\n  ")),
         None => println!("last upgrade: none since the node started"),
     }
+}
+
+/// `relive status`.
+pub fn status(args: Plain) -> anyhow::Result<()> {
+    let root = args.root.path();
+    let answer = ask(&root, &Request::Status);
+    if args.json {
+        print_json(&answer)?;
+        return answer.map(|_| ()).map_err(Into::into);
+    }
+    let Response::Status(status) = answer? else { bail!("the node did not answer with its status") };
+    print_status(&status);
     Ok(())
 }
 
 /// `relive releases`.
 pub fn releases(args: Plain) -> anyhow::Result<()> {
     let root = args.root.path();
-    let response = checked(&root, &json!({"cmd": "releases"}), |_| {})?;
+    let answer = ask(&root, &Request::Releases);
     if args.json {
-        return print_json(&response["releases"]);
+        print_json(&answer)?;
+        return answer.map(|_| ()).map_err(Into::into);
     }
-    let releases = response["releases"].as_array().cloned().unwrap_or_default();
+    let Response::Releases(releases) = answer? else { bail!("the node did not list its releases") };
     if releases.is_empty() {
         println!("no release in {}", root.display());
     }
     for release in releases {
-        println!(
-            "{} {} ({})",
-            release["name"].as_str().unwrap_or("?"),
-            release["version"].as_str().unwrap_or("?"),
-            release["state"].as_str().unwrap_or("?")
-        );
+        println!("{release}");
     }
     Ok(())
 }
@@ -430,16 +430,20 @@ pub fn releases(args: Plain) -> anyhow::Result<()> {
 /// `relive call` (`cast` false) and `relive cast`.
 pub fn call(args: CallArgs, cast: bool) -> anyhow::Result<()> {
     let root = args.root.path();
-    let message: Value = serde_json::from_str(&args.message).with_context(|| {
+    let message: serde_json::Value = serde_json::from_str(&args.message).with_context(|| {
         format!("the message {:?} is not JSON (a string needs its quotes: '\"Get\"')", args.message)
     })?;
-    let cmd = if cast { "cast" } else { "call" };
-    let response = checked(&root, &json!({"cmd": cmd, "name": args.name, "json": message}), |_| {})?;
+    let request = relive_node::protocol::MessageRequest { name: args.name, message };
+    let request = if cast { Request::Cast(request) } else { Request::Call(request) };
+    let answer = ask(&root, &request);
     if args.json {
-        return print_json(&response);
+        print_json(&answer)?;
+        return answer.map(|_| ()).map_err(Into::into);
     }
-    if !cast {
-        print_json(&response["reply"])?;
+    match answer? {
+        Response::Reply(reply) => println!("{}", serde_json::to_string(&reply)?),
+        Response::Cast => {}
+        other => return Err(unexpected(other)),
     }
     Ok(())
 }

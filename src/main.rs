@@ -4,7 +4,6 @@
 mod bench;
 mod bench_upgrade;
 mod control;
-mod crash;
 mod demo;
 mod examples;
 mod node;

@@ -1,29 +1,27 @@
-//! `relive node start`: a node process that boots a release from the store
-//! and takes commands on its control socket (DESIGN.md §6).
+//! `relive node start`: the node daemon, a thin socket adapter over
+//! [`relive_node::ReleaseHandler`], plus the process management around it
+//! (detaching, heart, signals).
 //!
-//! - The node holds the store open for writing (its flock) for its whole
-//!   life, so a second node on the same root is refused.
-//! - Booting: `--boot ARCHIVE` unpacks (if needed), installs and makes that
-//!   release permanent first; otherwise the store's boot release (the
-//!   permanent one) boots. A release that was current but not permanent
-//!   when the node died is undone (it becomes old), as OTP does after a
-//!   crash. The node loads each module's library from `<root>/code`, starts
-//!   the top supervisor `<release>_sup` with one module child per
-//!   `[[process]]`, and registers each child under its process name.
 //! - The control socket `<root>/control.sock` is created 0600; the peer's
-//!   uid is checked on every connection. One JSON request per line, one
-//!   JSON response per line (`{"ok": true, ...}` or `{"ok": false,
-//!   "error": "..."}`); a request with `"progress": true` also gets
-//!   `{"progress": "..."}` lines before its response.
-//! - Exit codes: 0 after `stop` (heart does not restart it),
+//!   uid is checked on every connection. Each request line is decoded by
+//!   [`relive_node::protocol::decode_request`] and answered by the
+//!   handler; lines are capped at [`protocol::MAX_LINE_BYTES`], live
+//!   connections at [`MAX_CONNECTIONS`], an idle connection is closed
+//!   after [`IDLE_TIMEOUT`], and a request that panics is answered with an
+//!   error (the node keeps running).
+//! - SIGTERM and SIGINT stop the node as `node stop` does: supervisors
+//!   shut down in order, the socket is removed, a log line says so, exit 0.
+//! - Exit codes: 0 after a stop (heart does not restart it),
 //!   [`EXIT_BOOT_FAILED`] when the node could not start at all (heart gives
 //!   up), [`EXIT_SUPERVISOR_DIED`] when the release's top supervisor gave up
 //!   (heart restarts it).
 //! - Without `--foreground`, `node start` re-executes itself detached with
 //!   `--foreground` (output to `<root>/node.log`) and waits until the
 //!   socket answers. With `--heart`, the process started is a monitor that
-//!   runs the node and starts it again whenever it dies without being
-//!   asked to stop.
+//!   runs the node, pings it every [`HEART_INTERVAL`], kills it when it has
+//!   not answered for `--heart-timeout` (OTP heart's `-ht`), and starts it
+//!   again whenever it dies without being asked to stop. SIGTERM to the
+//!   heart stops the node gracefully, then the heart.
 
 use std::collections::VecDeque;
 use std::fs::{self, OpenOptions};
@@ -32,27 +30,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-use relive_releases::archive::{self, Contents};
-use relive_releases::manifest::{self, Manifest};
-use relive_releases::store::{ReleaseInfo, Store, StoreError};
-use relive_runtime::supervisor::{self, ChildSpec, Restart, Strategy, SupervisorSpec};
-use relive_runtime::{CodeServer, ExitReason, Node, NodeConfig, Pid};
-use relive_upgrader::planner::{self, Planned, ReleaseView};
-use relive_upgrader::{Controller, Options, UpgradeError};
-use serde_json::{Value, json};
+use relive_node::client::{Client, SOCKET};
+use relive_node::protocol::{self, Failure, Progress, Reply, Request, Response};
+use relive_node::{BootError, Config, ReleaseHandler};
+use relive_releases::archive::DEFAULT_MAX_ARCHIVE_BYTES;
 
-use crate::release::{self, RootArg};
-use crate::{control, crash};
+use crate::release::RootArg;
 
-/// The control socket's name in the root.
-pub const SOCKET: &str = "control.sock";
 /// The log of a daemonized node (and its heart), in the root.
 pub const LOG: &str = "node.log";
 /// Exit code of a node that could not start (bad archive, no release,
@@ -61,10 +52,14 @@ pub const EXIT_BOOT_FAILED: i32 = 3;
 /// Exit code of a node whose release's top supervisor gave up: heart
 /// restarts it.
 pub const EXIT_SUPERVISOR_DIED: i32 = 2;
-/// How long a request to a process or a supervisor may take.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a daemonized start waits for the socket to answer.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// Control connections served at once; more are answered with an error.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A control connection with no request for this long is closed.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often heart pings the node.
+const HEART_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Args)]
 pub struct StartArgs {
@@ -75,66 +70,101 @@ pub struct StartArgs {
     #[arg(long)]
     boot: Option<PathBuf>,
     /// Keep a small monitor process that starts the node again when it
-    /// dies without being asked to stop (it then boots the permanent
-    /// release).
+    /// dies or stops answering without being asked to stop (it then boots
+    /// the permanent release).
     #[arg(long)]
     heart: bool,
+    /// With --heart: kill and restart a node that has not answered a ping
+    /// for this long (e.g. 30s).
+    #[arg(long, value_parser = crate::control::parse_duration, default_value = "60s")]
+    heart_timeout: Duration,
+    /// Refuse unsigned archives and releases, even when the store trusts
+    /// no key (<root>/keys/*.pub); with trusted keys they are refused anyway.
+    #[arg(long)]
+    require_signed: bool,
+    /// The largest archive a deploy reads (e.g. 512M, 2G; bytes without a unit).
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_MAX_ARCHIVE_BYTES)]
+    max_archive_size: u64,
     /// Run in this process instead of detaching (output to stderr rather
     /// than <root>/node.log).
     #[arg(long)]
     foreground: bool,
 }
 
+/// Parses `512M`, `2G`, `100K` or a number of bytes.
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().map_err(|_| format!("{text:?} is not a size: write e.g. 512M or 2G"))?;
+    let scale: u64 = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 1,
+        "K" => 1 << 10,
+        "M" => 1 << 20,
+        "G" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?} in {text:?}: use K, M or G")),
+    };
+    number.checked_mul(scale).ok_or_else(|| format!("{text:?} is too large"))
+}
+
 /// `relive node start`.
 pub fn start(args: StartArgs) -> anyhow::Result<()> {
     let root = args.root.path();
-    let boot = args.boot.map(|b| std::path::absolute(&b).unwrap_or(b));
+    let boot = args.boot.as_ref().map(|b| std::path::absolute(b).unwrap_or(b.clone()));
     if !args.foreground {
-        return daemonize(&root, boot.as_deref(), args.heart);
+        return daemonize(&root, &args, boot.as_deref());
     }
     if args.heart {
-        return heart(&root, boot.as_deref());
+        return heart(&root, &args, boot.as_deref());
     }
-    let result = run(&root, boot.as_deref());
-    if let Err(error) = &result {
+    let config = Config {
+        boot,
+        require_signed: args.require_signed,
+        max_archive_bytes: args.max_archive_size,
+        ..Config::new(&root)
+    };
+    if let Err(error) = run(&config) {
         // The node never served: not something a restart fixes.
         eprintln!("relive: {error:#}");
         std::process::exit(EXIT_BOOT_FAILED);
     }
-    result
+    Ok(())
 }
 
 // ------------------------------------------------------------ daemon, heart
 
-/// The `node start` arguments of a foreground child.
-fn child_command(root: &Path, boot: Option<&Path>, heart: bool) -> anyhow::Result<Command> {
+/// The `node start --foreground` command of a child (the node, or its heart).
+fn child_command(root: &Path, args: &StartArgs, boot: Option<&Path>, heart: bool) -> anyhow::Result<Command> {
     let exe = std::env::current_exe().context("finding the relive executable to start the node")?;
     let mut command = Command::new(exe);
     command.args(["node", "start", "--foreground", "--root"]).arg(root);
+    command.arg("--max-archive-size").arg(args.max_archive_size.to_string());
     if let Some(boot) = boot {
         command.arg("--boot").arg(boot);
     }
+    if args.require_signed {
+        command.arg("--require-signed");
+    }
     if heart {
-        command.arg("--heart");
+        command.arg("--heart").arg("--heart-timeout").arg(format!("{}ms", args.heart_timeout.as_millis()));
     }
     Ok(command)
 }
 
 /// The error for starting a node where one answers already.
 fn already_running(root: &Path) -> Option<anyhow::Error> {
-    let status = control::request(root, &json!({"cmd": "status"}), |_| {}).ok()?;
+    let pid = Client::connect(root).ok()?.ping().ok()?;
     Some(anyhow::anyhow!(
-        "a node is already running on {} (pid {}): stop it first with `relive node stop --root {}`, \
+        "a node is already running on {} (pid {pid}): stop it first with `relive node stop --root {}`, \
          or pass another --root",
         root.display(),
-        status["pid"],
         root.display()
     ))
 }
 
 /// Starts the node (or its heart) detached, waits until the control socket
 /// answers, prints its pid.
-fn daemonize(root: &Path, boot: Option<&Path>, heart: bool) -> anyhow::Result<()> {
+fn daemonize(root: &Path, args: &StartArgs, boot: Option<&Path>) -> anyhow::Result<()> {
     if let Some(running) = already_running(root) {
         return Err(running);
     }
@@ -146,7 +176,7 @@ fn daemonize(root: &Path, boot: Option<&Path>, heart: bool) -> anyhow::Result<()
         .open(&log_path)
         .with_context(|| format!("opening the node's log {}", log_path.display()))?;
     let offset = log.metadata().map(|m| m.len()).unwrap_or(0);
-    let mut command = child_command(root, boot, heart)?;
+    let mut command = child_command(root, args, boot, args.heart)?;
     command
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("opening the node's log")?)
@@ -173,30 +203,19 @@ fn daemonize(root: &Path, boot: Option<&Path>, heart: bool) -> anyhow::Result<()
         if let Some(status) = child.try_wait().context("waiting for the node process")? {
             return Err(failed(format!("it exited ({status})")));
         }
-        if let Ok(status) = control::request(root, &json!({"cmd": "status"}), |_| {}) {
-            let answered =
-                [&status["pid"], &status["parent_pid"]].iter().any(|p| p.as_u64() == Some(pid.into()));
-            if answered {
-                spinner.finish_and_clear();
-                let release = &status["release"];
-                let node_pid = &status["pid"];
-                if heart {
-                    println!(
-                        "node started (pid {node_pid}, heart pid {pid}) on {}: {} {}",
-                        root.display(),
-                        release["name"].as_str().unwrap_or("?"),
-                        release["version"].as_str().unwrap_or("?")
-                    );
-                } else {
-                    println!(
-                        "node started (pid {node_pid}) on {}: {} {}",
-                        root.display(),
-                        release["name"].as_str().unwrap_or("?"),
-                        release["version"].as_str().unwrap_or("?")
-                    );
-                }
-                return Ok(());
-            }
+        if let Ok(status) = Client::connect(root).and_then(|mut c| c.status())
+            && (status.pid == pid || status.parent_pid == Some(pid))
+        {
+            spinner.finish_and_clear();
+            let heart = if args.heart { format!(", heart pid {pid}") } else { String::new() };
+            println!(
+                "node started (pid {}{heart}) on {}: {} {}",
+                status.pid,
+                root.display(),
+                status.release.name,
+                status.release.version
+            );
+            return Ok(());
         }
         if started.elapsed() > START_TIMEOUT {
             let _ = child.kill();
@@ -220,24 +239,85 @@ fn tail(path: &Path, offset: u64) -> String {
     if shown.trim().is_empty() { "(nothing)".to_string() } else { shown }
 }
 
-/// The heart: runs the node in the foreground and starts it again when it
-/// dies without having been asked to stop.
-fn heart(root: &Path, boot: Option<&Path>) -> anyhow::Result<()> {
+/// SIGTERM and SIGINT, as a flag a loop can poll.
+fn termination_flag() -> anyhow::Result<Arc<AtomicBool>> {
+    let flag = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(signal, Arc::clone(&flag)).context("installing the signal handlers")?;
+    }
+    Ok(flag)
+}
+
+fn send_signal(child: &Child, signal: rustix::process::Signal) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, signal);
+    }
+}
+
+/// The heart: runs the node in the foreground, pings it, and starts it
+/// again when it dies or stops answering without having been asked to stop.
+fn heart(root: &Path, args: &StartArgs, boot: Option<&Path>) -> anyhow::Result<()> {
     /// More deaths than this within [`WINDOW`] and heart gives up.
     const MAX_RESTARTS: usize = 5;
     const WINDOW: Duration = Duration::from_secs(60);
+    let terminate = termination_flag()?;
     let mut boot = boot.map(Path::to_path_buf);
     let mut deaths: VecDeque<Instant> = VecDeque::new();
-    eprintln!("heart: pid {}, watching the node on {}", std::process::id(), root.display());
+    eprintln!(
+        "heart: pid {}, watching the node on {} (ping every {HEART_INTERVAL:?}, timeout {:?})",
+        std::process::id(),
+        root.display(),
+        args.heart_timeout
+    );
     loop {
-        let mut command = child_command(root, boot.as_deref(), false)?;
+        let mut command = child_command(root, args, boot.as_deref(), false)?;
         command.stdin(Stdio::null());
         let mut child = command.spawn().context("heart: starting the node")?;
-        eprintln!("heart: node started (pid {})", child.id());
-        let status = child.wait().context("heart: waiting for the node")?;
+        let node_pid = child.id();
+        eprintln!("heart: node started (pid {node_pid})");
         // Only the first start installs the archive; a restart boots the
         // permanent release.
         boot = None;
+        let started = Instant::now();
+        let mut answered: Option<Instant> = None;
+        let mut next_ping = Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().context("heart: waiting for the node")? {
+                break status;
+            }
+            if terminate.load(Ordering::SeqCst) {
+                eprintln!("heart: SIGTERM or SIGINT: stopping the node (pid {node_pid}), then heart");
+                send_signal(&child, rustix::process::Signal::TERM);
+                let status = child.wait().context("heart: waiting for the node to stop")?;
+                eprintln!("heart: the node stopped ({status}); heart exits");
+                return Ok(());
+            }
+            if Instant::now() >= next_ping {
+                next_ping = Instant::now() + HEART_INTERVAL;
+                let pong = Client::connect(root).and_then(|mut client| {
+                    client.set_timeout(Some(args.heart_timeout))?;
+                    client.ping()
+                });
+                match pong {
+                    Ok(pid) if pid == node_pid => answered = Some(Instant::now()),
+                    _ => {}
+                }
+                // Before its first answer the node may still be booting
+                // (loading thousands of processes): it gets the start
+                // timeout as well.
+                let silent = answered.map_or(started.elapsed(), |t| t.elapsed());
+                let limit = if answered.is_some() { args.heart_timeout } else { args.heart_timeout.max(START_TIMEOUT) };
+                if silent > limit {
+                    eprintln!(
+                        "heart: the node (pid {node_pid}) has not answered for {:.1} s: kill -9 and restart",
+                        silent.as_secs_f64()
+                    );
+                    send_signal(&child, rustix::process::Signal::KILL);
+                    break child.wait().context("heart: waiting for the killed node")?;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
         match status.code() {
             Some(0) => {
                 eprintln!("heart: the node stopped on request; heart exits");
@@ -265,347 +345,63 @@ fn heart(root: &Path, boot: Option<&Path>) -> anyhow::Result<()> {
     }
 }
 
-// ------------------------------------------------------------------- boot
-
-/// The release the node runs.
-#[derive(Clone)]
-struct Running {
-    name: String,
-    version: semver::Version,
-    view: ReleaseView,
-}
-
-impl Running {
-    fn label(&self) -> String {
-        format!("{} {}", self.name, self.version)
-    }
-}
-
-/// The planner's view of a release in the store.
-fn stored_view(
-    store: &Store,
-    name: &str,
-    version: &semver::Version,
-) -> anyhow::Result<(Manifest, ReleaseView)> {
-    let stored = store.release(name, version)?;
-    let manifest =
-        Manifest::parse(&stored.manifest_text, &stored.dir.join(relive_releases::store::MANIFEST_FILE))?;
-    let view = release::view(&manifest, |module| {
-        stored.modules.get(module).map(|sha| (sha.clone(), store.library_path(sha)))
-    })?;
-    Ok((manifest, view))
-}
-
-/// Reads and verifies an archive (with the store's trusted keys, if any).
-fn read_archive(root: &Path, path: &Path) -> anyhow::Result<Contents> {
-    let trusted = release::trusted_keys(root)?;
-    let trusted = (!trusted.is_empty()).then_some(trusted.as_slice());
-    Ok(archive::read(path, trusted, false)?)
-}
-
-/// Adds the archive's release to the store unless it is there; one that is
-/// there must have the same libraries.
-fn ensure_unpacked(store: &mut Store, contents: &Contents) -> anyhow::Result<()> {
-    let release = &contents.manifest.release;
-    if store.get(&release.name, &release.version).is_some() {
-        let stored = store.release(&release.name, &release.version)?;
-        let same = contents.libraries.len() == stored.modules.len()
-            && contents.libraries.iter().all(|l| stored.modules.get(&l.module) == Some(&l.sha256));
-        if !same {
-            bail!(
-                "release {} {} is already in the store {} with other libraries: build it as a new version",
-                release.name,
-                release.version,
-                store.root().display()
-            );
-        }
-        return Ok(());
-    }
-    let libraries: Vec<(String, String, Vec<u8>)> =
-        contents.libraries.iter().map(|l| (l.module.clone(), l.sha256.clone(), l.bytes.clone())).collect();
-    store.add_unpacked(&release.name, &release.version, &contents.manifest_text, &libraries)?;
-    Ok(())
-}
-
-fn restart_of(restart: manifest::Restart) -> Restart {
-    match restart {
-        manifest::Restart::Permanent => Restart::Permanent,
-        manifest::Restart::Transient => Restart::Transient,
-        manifest::Restart::Temporary => Restart::Temporary,
-    }
-}
-
-/// A started node running a release.
-struct Booted {
-    node: Node,
-    code: Arc<CodeServer>,
-    supervisor: Pid,
-    running: Running,
-}
-
-/// Starts a node on `name version` from the store: loads its libraries,
-/// starts its top supervisor, registers its processes.
-fn boot(store: &Store, name: &str, version: &semver::Version) -> anyhow::Result<Booted> {
-    let (manifest, view) = stored_view(store, name, version)?;
-    let node = Node::start(NodeConfig { code_dir: Some(store.code_dir()), ..NodeConfig::default() });
-    let started = (|| {
-        let code = node.code_server().context("the node has no code server")?;
-        for module in &view.modules {
-            let loaded = code.load(&module.library).with_context(|| {
-                format!("loading module {} from {}", module.name, module.library.display())
-            })?;
-            if loaded.name != module.name {
-                bail!(
-                    "{}: the library is module {}, release.toml says {}",
-                    module.library.display(),
-                    loaded.name,
-                    module.name
-                );
-            }
-        }
-        // A process with `instances` is N children sharing one encoded init
-        // argument.
-        let mut children = Vec::with_capacity(manifest.child_count());
-        for process in &manifest.processes {
-            let init = relive_runtime::module::json_to_payload(&process.args)
-                .map_err(|e| anyhow::anyhow!("process {}: args: {e}", process.name))?
-                .0;
-            for name in process.names() {
-                let (module, code, init) = (process.module.clone(), Arc::clone(&code), init.clone());
-                // Registered by the supervisor at every start, so a child
-                // restarted after a crash answers to its name at once.
-                let spec = ChildSpec::worker(name.as_str(), move || {
-                    Box::new(code.module_process(&module, init.clone()).expect("the module is loaded"))
-                })
-                .registered(name.as_str());
-                children.push(ChildSpec { restart: restart_of(process.restart), ..spec });
-            }
-        }
-        let sup_name = planner::supervisor_name(name);
-        let spec = SupervisorSpec {
-            intensity: 5,
-            period: Duration::from_secs(10),
-            name: Some(sup_name.as_str().into()),
-            ..SupervisorSpec::new(Strategy::OneForOne, children)
-        };
-        let supervisor = supervisor::start(&node, spec)
-            .map_err(|e| anyhow::anyhow!("starting the supervisor {sup_name} of {name} {version}: {e}"))?;
-        Ok(Booted {
-            node: node.clone(),
-            code,
-            supervisor,
-            running: Running { name: name.to_string(), version: version.clone(), view },
-        })
-    })();
-    if started.is_err() {
-        node.shutdown();
-    }
-    started
-}
-
 // ------------------------------------------------------------- the node
 
 /// What the control connections share.
-struct State {
-    root: PathBuf,
-    node: Node,
-    code: Arc<CodeServer>,
-    controller: Controller,
-    supervisor: Pid,
-    store: Mutex<Store>,
-    running: Mutex<Running>,
-    /// The release that ran before the last deploy, for `rollback`.
-    previous: Mutex<Option<Running>>,
-    /// The last upgrade's report (and its text).
-    last_report: Mutex<Option<(Value, String)>>,
-    /// The change running now (deploy, rollback, make-permanent).
-    busy: Mutex<Option<String>>,
-    /// Held for the whole of a change; `stop` waits for it.
-    change: Mutex<()>,
-    stopping: AtomicBool,
-    started: Instant,
+struct Daemon {
+    handler: ReleaseHandler,
     uid: u32,
+    connections: AtomicUsize,
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Marks a change as running until dropped.
-struct Busy<'a> {
-    state: &'a State,
-    _change: MutexGuard<'a, ()>,
-}
-
-impl Drop for Busy<'_> {
-    fn drop(&mut self) {
-        *lock(&self.state.busy) = None;
-    }
-}
-
-impl State {
-    /// Starts a change, or refuses while another runs or the node stops.
-    fn begin(&self, what: String) -> Result<Busy<'_>, Refusal> {
-        let mut busy = lock(&self.busy);
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(Refusal::new("the node is stopping"));
-        }
-        if let Some(other) = busy.as_ref() {
-            return Err(Refusal::new(format!(
-                "{other} is running: wait for it to finish and try again (changes never interleave)"
-            )));
-        }
-        *busy = Some(what);
-        drop(busy);
-        Ok(Busy { state: self, _change: lock(&self.change) })
-    }
-
-    fn running(&self) -> Running {
-        lock(&self.running).clone()
-    }
-
-    /// The pid of the process registered as `name` (the supervisor
-    /// registers every release process under its name at each start).
-    fn resolve(&self, name: &str) -> Result<Pid, Refusal> {
-        self.node.whereis(name).ok_or_else(|| {
-            // A release may run thousands (`instances`): name a few.
-            const SHOWN: usize = 8;
-            let processes = self.running().view.processes;
-            let mut names: Vec<&str> = processes.iter().take(SHOWN).map(|p| p.name.as_str()).collect();
-            let more = processes.len().saturating_sub(SHOWN);
-            let more = if more > 0 { format!(" … and {more} more") } else { String::new() };
-            if names.is_empty() {
-                names.push("none");
-            }
-            Refusal::new(format!(
-                "no process named {name:?} runs on this node (the release's processes: {}{more}; \
-                 `relive status` lists them with their pids)",
-                names.join(", ")
-            ))
-        })
-    }
-}
-
-/// A refused or failed request: its error text and any details (a report).
-struct Refusal {
-    error: String,
-    details: serde_json::Map<String, Value>,
-}
-
-impl Refusal {
-    fn new(error: impl Into<String>) -> Refusal {
-        Refusal { error: error.into(), details: serde_json::Map::new() }
-    }
-
-    fn with(mut self, key: &str, value: Value) -> Refusal {
-        self.details.insert(key.to_string(), value);
-        self
-    }
-}
-
-impl From<anyhow::Error> for Refusal {
-    fn from(error: anyhow::Error) -> Refusal {
-        Refusal::new(format!("{error:#}"))
-    }
-}
-
-/// Runs a node in this process until `stop`.
-fn run(root: &Path, boot_archive: Option<&Path>) -> anyhow::Result<()> {
-    let mut store = match Store::open(root) {
-        Ok(store) => store,
-        Err(error @ StoreError::Locked { .. }) => {
+/// Runs a node in this process until it is stopped.
+fn run(config: &Config) -> anyhow::Result<()> {
+    let root = &config.root;
+    // Installed before boot, so a signal during a long boot is not lost.
+    let terminate = termination_flag()?;
+    let handler = match ReleaseHandler::boot(config) {
+        Ok(handler) => handler,
+        Err(error @ BootError::StoreInUse(_)) => {
             if let Some(running) = already_running(root) {
                 return Err(running);
             }
-            return Err(error).context("cannot start a node");
+            return Err(error.into());
         }
-        Err(error) => return Err(error).context("cannot start a node"),
+        Err(error) => return Err(error.into()),
     };
-    if let Some(path) = boot_archive {
-        let contents = read_archive(root, path)?;
-        ensure_unpacked(&mut store, &contents)?;
-        let release = &contents.manifest.release;
-        match store.install(&release.name, &release.version) {
-            Ok(()) | Err(StoreError::AlreadyInstalled { .. }) => {}
-            Err(error) => return Err(error.into()),
-        }
-        store.make_permanent(&release.name, &release.version)?;
-        eprintln!(
-            "node: {} {} from {} is installed and permanent",
-            release.name,
-            release.version,
-            path.display()
-        );
-    }
-    let info = store.boot_release().with_context(|| {
-        format!(
-            "the store {} has no release to boot: pass --boot ARCHIVE (a release archive, see `relive release build`)",
-            root.display()
-        )
-    })?;
-    let booted = boot(&store, &info.name, &info.version)?;
-    // A release installed but not made permanent does not survive a
-    // restart (OTP's rule): the permanent one runs again, the other is old.
-    if let Some(current) = store.current()
-        && current != info
-    {
-        eprintln!(
-            "node: {} {} was current but not permanent; booted the permanent {} {} instead",
-            current.name, current.version, info.name, info.version
-        );
-        if let Err(error) = store.install(&info.name, &info.version) {
-            booted.node.shutdown();
-            return Err(error).context("recording the permanent release as the one that runs");
-        }
-    }
-    eprintln!(
-        "node: pid {}, booted {} {} from {}",
-        std::process::id(),
-        info.name,
-        info.version,
-        root.display()
-    );
-
-    let controller = Controller::new(&booted.node)?;
-    let state = Arc::new(State {
-        root: root.to_path_buf(),
-        node: booted.node.clone(),
-        code: booted.code,
-        controller,
-        supervisor: booted.supervisor,
-        store: Mutex::new(store),
-        running: Mutex::new(booted.running),
-        previous: Mutex::new(None),
-        last_report: Mutex::new(None),
-        busy: Mutex::new(None),
-        change: Mutex::new(()),
-        stopping: AtomicBool::new(false),
-        started: Instant::now(),
-        uid: rustix::process::getuid().as_raw(),
-    });
     let listener = match bind(root) {
         Ok(listener) => listener,
         Err(error) => {
-            booted.node.shutdown();
+            handler.stop();
             return Err(error);
         }
     };
-    watch_supervisor(&state);
+    let daemon =
+        Arc::new(Daemon { handler, uid: rustix::process::getuid().as_raw(), connections: AtomicUsize::new(0) });
+    watch_supervisor(&daemon);
+    watch_signals(&daemon, terminate);
     eprintln!("node: control socket {} (mode 0600)", root.join(SOCKET).display());
+    let mut failures = 0u32;
     for connection in listener.incoming() {
         match connection {
             Ok(stream) => {
-                let state = Arc::clone(&state);
+                failures = 0;
+                let daemon = Arc::clone(&daemon);
                 let spawned = std::thread::Builder::new()
                     .name("relive-control".into())
-                    .spawn(move || serve(&state, stream));
+                    .spawn(move || serve(&daemon, stream));
                 if let Err(error) = spawned {
                     eprintln!("node: could not start a thread for a control connection: {error}");
                 }
             }
             Err(error) => {
-                eprintln!("node: accepting a control connection failed: {error}");
-                std::thread::sleep(Duration::from_millis(50));
+                // Out of file descriptors, typically: one line, then back
+                // off, so the log does not fill.
+                if failures == 0 {
+                    eprintln!("node: accepting a control connection failed: {error}");
+                }
+                failures = failures.saturating_add(1);
+                std::thread::sleep(Duration::from_millis(50).saturating_mul(failures.min(20)));
             }
         }
     }
@@ -630,99 +426,150 @@ fn bind(root: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
+/// Stops the node (supervisors in order), removes the socket, exits 0.
+fn stop_and_exit(daemon: &Daemon, why: &str) -> ! {
+    eprintln!("node: stopping ({why})");
+    let _ = fs::remove_file(daemon.handler.root().join(SOCKET));
+    daemon.handler.stop();
+    eprintln!("node: stopped ({why})");
+    std::process::exit(0);
+}
+
+/// SIGTERM and SIGINT stop the node as `node stop` does.
+fn watch_signals(daemon: &Arc<Daemon>, terminate: Arc<AtomicBool>) {
+    let daemon = Arc::clone(daemon);
+    let _ = std::thread::Builder::new().name("relive-signals".into()).spawn(move || {
+        while !terminate.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stop_and_exit(&daemon, "SIGTERM or SIGINT");
+    });
+}
+
 /// If the release's top supervisor gives up, the node exits so that heart
 /// (if any) starts it again.
-fn watch_supervisor(state: &Arc<State>) {
-    let state = Arc::clone(state);
+fn watch_supervisor(daemon: &Arc<Daemon>) {
+    let daemon = Arc::clone(daemon);
     let _ = std::thread::Builder::new().name("relive-sup-watch".into()).spawn(move || {
-        let waiter = state.node.exit_waiter(state.supervisor);
+        let handler = &daemon.handler;
+        let waiter = handler.node().exit_waiter(handler.supervisor());
         let Some(reason) = waiter.wait(Duration::from_secs(10 * 365 * 24 * 3600)) else { return };
-        if state.stopping.load(Ordering::SeqCst) {
+        if handler.is_stopping() {
             return;
         }
         eprintln!(
-            "node: the top supervisor of {} exited ({reason}); the node exits (heart, if any, starts it again)",
-            state.running().label()
+            "node: the release's top supervisor exited ({reason}); the node exits (heart, if any, starts it again)"
         );
-        let _ = fs::remove_file(state.root.join(SOCKET));
+        let _ = fs::remove_file(handler.root().join(SOCKET));
         std::process::exit(EXIT_SUPERVISOR_DIED);
     });
 }
 
-fn write_line(stream: &mut UnixStream, value: &Value) -> std::io::Result<()> {
-    let mut line = serde_json::to_string(value).expect("JSON values serialize");
+fn write_reply(stream: &mut UnixStream, reply: &Reply) -> std::io::Result<()> {
+    let mut line = protocol::encode(reply);
     line.push('\n');
     stream.write_all(line.as_bytes())?;
     stream.flush()
 }
 
+fn refuse(stream: &mut UnixStream, error: String) {
+    let _ = write_reply(stream, &Reply::Error(Failure::new(error)));
+}
+
+/// Counts a connection while it lives.
+struct Slot<'a>(&'a AtomicUsize);
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// One control connection: checks the peer, then answers requests until
 /// it closes.
-fn serve(state: &State, mut stream: UnixStream) {
+fn serve(daemon: &Daemon, mut stream: UnixStream) {
+    let _slot = Slot(&daemon.connections);
+    if daemon.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        refuse(
+            &mut stream,
+            format!("refused: the node already serves {MAX_CONNECTIONS} control connections; try again when one closes"),
+        );
+        return;
+    }
     match rustix::net::sockopt::socket_peercred(&stream) {
-        Ok(peer) if peer.uid.as_raw() == state.uid => {}
+        Ok(peer) if peer.uid.as_raw() == daemon.uid => {}
         Ok(peer) => {
-            eprintln!(
-                "node: refused a control connection from uid {} (pid {:?})",
-                peer.uid.as_raw(),
-                peer.pid
-            );
-            let _ = write_line(
+            eprintln!("node: refused a control connection from uid {} (pid {:?})", peer.uid.as_raw(), peer.pid);
+            refuse(
                 &mut stream,
-                &json!({"ok": false, "error": format!(
+                format!(
                     "refused: the node runs as uid {}, this connection comes from uid {}; run the command as the node's user",
-                    state.uid, peer.uid.as_raw()
-                )}),
+                    daemon.uid,
+                    peer.uid.as_raw()
+                ),
             );
             return;
         }
         Err(error) => {
-            let _ = write_line(
-                &mut stream,
-                &json!({"ok": false, "error": format!("refused: the peer's credentials are unknown ({error})")}),
-            );
+            refuse(&mut stream, format!("refused: the peer's credentials are unknown ({error})"));
             return;
         }
     }
+    let _ = stream.set_read_timeout(Some(IDLE_TIMEOUT));
     let Ok(reader) = stream.try_clone() else { return };
-    for line in BufReader::new(reader).lines() {
-        let Ok(line) = line else { return };
-        if line.trim().is_empty() {
+    let mut reader = BufReader::new(reader);
+    loop {
+        let mut line = Vec::new();
+        match (&mut reader).take(protocol::MAX_LINE_BYTES as u64 + 1).read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.last() != Some(&b'\n') {
+            if line.len() > protocol::MAX_LINE_BYTES {
+                refuse(
+                    &mut stream,
+                    format!("bad request: the line is longer than {} bytes; the connection is closed", protocol::MAX_LINE_BYTES),
+                );
+            }
+            // A line cut by the peer's close: nothing to answer.
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(&line) else {
+            refuse(&mut stream, "bad request: the line is not UTF-8 text; the connection is closed".into());
+            return;
+        };
+        if text.trim().is_empty() {
             continue;
         }
-        let request: Value = match serde_json::from_str(&line) {
-            Ok(request) => request,
+        let envelope = match protocol::decode_request(text) {
+            Ok(envelope) => envelope,
             Err(error) => {
-                let _ = write_line(
-                    &mut stream,
-                    &json!({"ok": false, "error": format!("the request is not JSON: {error}")}),
-                );
+                refuse(&mut stream, error);
                 continue;
             }
         };
-        let wants_progress = request["progress"].as_bool() == Some(true);
-        let mut progress_stream = stream.try_clone().ok().filter(|_| wants_progress);
-        let mut progress = |text: &str| {
+        let is_stop = envelope.request == Request::Stop;
+        let mut progress_stream = stream.try_clone().ok().filter(|_| envelope.progress);
+        let mut progress = |step: Progress| {
             if let Some(stream) = progress_stream.as_mut() {
-                let _ = write_line(stream, &json!({"progress": text}));
+                let _ = write_reply(stream, &Reply::Progress(step));
             }
         };
-        let cmd = request["cmd"].as_str().unwrap_or_default().to_string();
-        let response = match handle(state, &cmd, &request, &mut progress) {
-            Ok(Value::Object(mut map)) => {
-                map.insert("ok".into(), Value::Bool(true));
-                Value::Object(map)
-            }
-            Ok(other) => json!({"ok": true, "result": other}),
-            Err(refusal) => {
-                let mut map = refusal.details;
-                map.insert("ok".into(), Value::Bool(false));
-                map.insert("error".into(), Value::String(refusal.error));
-                Value::Object(map)
-            }
+        if is_stop {
+            eprintln!("node: stopping on request");
+            let _ = fs::remove_file(daemon.handler.root().join(SOCKET));
+        }
+        let request = envelope.request;
+        let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            daemon.handler.handle(request, &mut progress)
+        }))
+        .unwrap_or_else(|_| Err(Failure::new("the node failed while answering (a bug: see its log); it keeps running")));
+        let reply = match answer {
+            Ok(response) => Reply::Ok(response),
+            Err(failure) => Reply::Error(failure),
         };
-        let written = write_line(&mut stream, &response);
-        if cmd == "stop" && response["ok"] == Value::Bool(true) {
+        let written = write_reply(&mut stream, &reply);
+        if is_stop && matches!(reply, Reply::Ok(Response::Stopped(_))) {
             eprintln!("node: stopped on request");
             std::process::exit(0);
         }
@@ -730,420 +577,4 @@ fn serve(state: &State, mut stream: UnixStream) {
             return;
         }
     }
-}
-
-fn handle(
-    state: &State,
-    cmd: &str,
-    request: &Value,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Value, Refusal> {
-    match cmd {
-        "status" => Ok(status(state)),
-        "releases" => Ok(json!({"releases": lock(&state.store).which_releases()})),
-        "deploy" => deploy(state, request, progress),
-        "rollback" => rollback(state, request, progress),
-        "make_permanent" => make_permanent(state),
-        "plan" => plan(state, request),
-        "call" => {
-            let pid = state.resolve(str_field(request, "name")?)?;
-            let reply = state.node.call_json(pid, &request["json"], CALL_TIMEOUT).map_err(|e| {
-                Refusal::new(format!("call to {}: {e}", request["name"].as_str().unwrap_or("")))
-            })?;
-            Ok(json!({"reply": reply}))
-        }
-        "cast" => {
-            let pid = state.resolve(str_field(request, "name")?)?;
-            state.node.cast_json(pid, &request["json"]).map_err(|e| {
-                Refusal::new(format!("cast to {}: {e}", request["name"].as_str().unwrap_or("")))
-            })?;
-            Ok(json!({}))
-        }
-        "stop" => stop(state),
-        "" => Err(Refusal::new("the request has no \"cmd\"")),
-        other => Err(Refusal::new(format!(
-            "unknown command {other:?}: one of status, releases, deploy, rollback, make_permanent, plan, call, cast, stop"
-        ))),
-    }
-}
-
-fn str_field<'a>(request: &'a Value, field: &str) -> Result<&'a str, Refusal> {
-    request[field].as_str().ok_or_else(|| Refusal::new(format!("the request needs a string field {field:?}")))
-}
-
-fn release_json(info: &ReleaseInfo) -> Value {
-    json!({"name": info.name, "version": info.version.to_string(), "state": info.state.to_string()})
-}
-
-fn status(state: &State) -> Value {
-    let running = state.running();
-    let release_state = lock(&state.store)
-        .get(&running.name, &running.version)
-        .map(|info| info.state.to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let modules: Vec<Value> = state
-        .code
-        .which_modules()
-        .into_iter()
-        .map(|m| {
-            let version = |v: &Option<relive_runtime::VersionInfo>| {
-                v.as_ref().map(|v| {
-                    json!({"version": v.version.to_string(), "sha256": v.sha256, "processes": v.processes})
-                })
-            };
-            json!({"name": m.name, "current": version(&m.current), "old": version(&m.old)})
-        })
-        .collect();
-    let sup = planner::supervisor_name(&running.name);
-    let processes: Vec<Value> = supervisor::which_children(&state.node, sup.as_str(), CALL_TIMEOUT)
-        .map(|children| {
-            children
-                .into_iter()
-                .map(|c| json!({"name": c.id.as_ref(), "pid": c.pid.map(|p| p.to_string()), "restarting": c.restarting}))
-                .collect()
-        })
-        .unwrap_or_default();
-    let (last_report, last_report_text) = match lock(&state.last_report).as_ref() {
-        Some((report, text)) => (report.clone(), Value::String(text.clone())),
-        None => (Value::Null, Value::Null),
-    };
-    json!({
-        "pid": std::process::id(),
-        "parent_pid": rustix::process::getppid().map(|p| p.as_raw_nonzero().get()),
-        "root": state.root,
-        "uptime_ms": state.started.elapsed().as_millis() as u64,
-        "release": {"name": running.name, "version": running.version.to_string(), "state": release_state},
-        "supervisor": sup,
-        "modules": modules,
-        "processes": processes,
-        "busy": lock(&state.busy).clone(),
-        "previous": lock(&state.previous).as_ref().map(|p| json!({"name": p.name, "version": p.version.to_string()})),
-        "last_report": last_report,
-        "last_report_text": last_report_text,
-    })
-}
-
-/// Reads the archive and plans the way to it from the running release.
-/// Refuses another application, the running release itself, and a
-/// release only a restart reaches.
-/// A release a deploy goes to: from an archive (unpacked into the store on
-/// the way), or already in the store (`rollback --to`).
-enum Target {
-    Archive(Box<Contents>),
-    Stored(Box<(Manifest, ReleaseView)>),
-}
-
-impl Target {
-    fn from_archive(state: &State, archive_path: &Path) -> Result<Target, Refusal> {
-        Ok(Target::Archive(Box::new(read_archive(&state.root, archive_path)?)))
-    }
-
-    fn from_store(state: &State, version: &semver::Version) -> Result<Target, Refusal> {
-        let running = state.running();
-        let store = lock(&state.store);
-        let (manifest, view) = stored_view(&store, &running.name, version)?;
-        Ok(Target::Stored(Box::new((manifest, view))))
-    }
-
-    fn release(&self) -> &manifest::Release {
-        match self {
-            Target::Archive(contents) => &contents.manifest.release,
-            Target::Stored(stored) => &stored.0.release,
-        }
-    }
-
-    fn label(&self) -> String {
-        format!("{} {}", self.release().name, self.release().version)
-    }
-
-    fn view(&self, state: &State) -> Result<ReleaseView, Refusal> {
-        match self {
-            Target::Archive(contents) => release_view_of(state, contents),
-            Target::Stored(stored) => Ok(stored.1.clone()),
-        }
-    }
-}
-
-/// The plan from the running release to `target`, or why there is none.
-fn plan_to(state: &State, target: &Target) -> Result<(relive_upgrader::plan::Plan, bool), Refusal> {
-    let running = state.running();
-    let new = target.release();
-    let label = target.label();
-    if new.name != running.name {
-        let origin = match target {
-            Target::Archive(_) => "the archive's release",
-            Target::Stored(_) => "the stored release",
-        };
-        return Err(Refusal::new(format!(
-            "{origin} {label} is another application; this node runs {}: deploy a release of {} (the node keeps running {})",
-            running.label(),
-            running.name,
-            running.label()
-        )));
-    }
-    if new.version == running.version {
-        return Err(Refusal::new(format!("{label} already runs on this node: nothing to deploy")));
-    }
-    let to_view = target.view(state)?;
-    match planner::plan(&running.view, &to_view).map_err(|e| Refusal::new(e.to_string()))? {
-        Planned::Upgrade { plan, explicit } => Ok((plan, explicit)),
-        Planned::Restart { reason } => Err(Refusal::new(format!(
-            "{label} cannot be deployed live: {reason}; the node keeps running {}",
-            running.label()
-        ))),
-    }
-}
-
-fn plan(state: &State, request: &Value) -> Result<Value, Refusal> {
-    let path = PathBuf::from(str_field(request, "archive")?);
-    let target = Target::from_archive(state, &path)?;
-    let running = state.running();
-    let planned =
-        planner::plan(&running.view, &target.view(state)?).map_err(|e| Refusal::new(e.to_string()))?;
-    let text = match &planned {
-        Planned::Upgrade { plan, .. } => plan.to_string(),
-        Planned::Restart { reason } => format!("restart: {reason}\n"),
-    };
-    Ok(json!({"planned": planned, "plan_text": text}))
-}
-
-fn deploy(state: &State, request: &Value, progress: &mut dyn FnMut(&str)) -> Result<Value, Refusal> {
-    let path = PathBuf::from(str_field(request, "archive")?);
-    let _busy = state.begin(format!("a deploy of {}", path.display()))?;
-    progress("verifying the archive and planning");
-    let target = Target::from_archive(state, &path)?;
-    deploy_to(state, target, request, progress)
-}
-
-/// Plans and applies a deploy to `target` (the caller holds the busy mark).
-fn deploy_to(
-    state: &State,
-    target: Target,
-    request: &Value,
-    progress: &mut dyn FnMut(&str),
-) -> Result<Value, Refusal> {
-    let permanent = request["permanent"].as_bool().unwrap_or(false);
-    let dry_run = request["dry_run"].as_bool().unwrap_or(false);
-    let health_window = Duration::from_millis(request["health_window_ms"].as_u64().unwrap_or(0));
-    let (plan, _explicit) = plan_to(state, &target)?;
-    let running = state.running();
-    let new = target.release().clone();
-    let label = target.label();
-    let crash = crash::armed();
-    let crash_at = |point: &str| {
-        if let Some(armed) = &crash {
-            armed.at(point);
-        }
-    };
-    if let Target::Archive(contents) = &target {
-        progress(&format!("unpacking {label} into the store"));
-        let mut store = lock(&state.store);
-        ensure_unpacked(&mut store, contents)?;
-    }
-    crash_at("unpacked");
-    let on_phase = crash.as_ref().map(crash::Armed::hook);
-    let options = Options { health_window, on_phase, ..Options::default() };
-    if dry_run {
-        progress(&format!("dry run of {}: migrating copies of every state", plan.name));
-        let report = state.controller.dry_run(&plan, &options).map_err(|e| Refusal::new(e.to_string()))?;
-        let mut text = format!("dry run of {}: {} processes checked", plan.name, report.checked);
-        for error in &report.load_errors {
-            text.push_str(&format!("\n  load error: {error}"));
-        }
-        for failure in &report.failures {
-            text.push_str(&format!("\n  {} ({}): {}", failure.pid, failure.module, failure.error));
-        }
-        let details = json!({"dry_run": report, "report_text": text, "plan_text": plan.to_string()});
-        if report.ok() {
-            let Value::Object(map) = details else { unreachable!() };
-            return Ok(Value::Object(map));
-        }
-        let Value::Object(map) = details else { unreachable!() };
-        return Err(Refusal {
-            error: format!("the dry run of {label} found problems; nothing was changed"),
-            details: map,
-        });
-    }
-    progress(&if health_window.is_zero() {
-        format!("applying {} ({} instructions)", plan.name, plan.instructions.len())
-    } else {
-        format!(
-            "applying {} ({} instructions), then watching a {health_window:?} health window",
-            plan.name,
-            plan.instructions.len()
-        )
-    });
-    eprintln!("node: deploying {label} over {}", running.label());
-    match state.controller.apply(&plan, &options) {
-        Ok(report) => {
-            let report_json = serde_json::to_value(&report).unwrap_or(Value::Null);
-            let report_text = report.to_string();
-            *lock(&state.last_report) = Some((report_json.clone(), report_text.clone()));
-            progress("recording the release as current in the store");
-            let mut store = lock(&state.store);
-            if let Err(error) = store.install(&new.name, &new.version) {
-                drop(store);
-                let undo = state.controller.rollback(&Options::default());
-                let undone = match &undo {
-                    Ok(_) => format!("the upgrade was rolled back; the node runs {}", running.label()),
-                    Err(e) => format!("rolling the upgrade back failed too ({e}); the node runs {label}"),
-                };
-                if undo.is_err() {
-                    *lock(&state.previous) = Some(running.clone());
-                    *lock(&state.running) = Running {
-                        name: new.name.clone(),
-                        version: new.version.clone(),
-                        view: target.view(state)?,
-                    };
-                }
-                return Err(Refusal::new(format!(
-                    "{label} was applied but the store could not record it: {error}; {undone}"
-                )));
-            }
-            crash_at("installed");
-            let mut permanent_error = None;
-            if permanent && let Err(error) = store.make_permanent(&new.name, &new.version) {
-                permanent_error = Some(error.to_string());
-            }
-            let info = store.get(&new.name, &new.version);
-            drop(store);
-            *lock(&state.previous) = Some(running.clone());
-            *lock(&state.running) =
-                Running { name: new.name.clone(), version: new.version.clone(), view: target.view(state)? };
-            eprintln!("node: {label} deployed");
-            if let Some(error) = permanent_error {
-                return Err(Refusal::new(format!(
-                    "{label} runs now, but making it permanent failed: {error}"
-                ))
-                .with("report", report_json)
-                .with("report_text", Value::String(report_text)));
-            }
-            Ok(json!({
-                "release": info.as_ref().map(release_json),
-                "previous": running.label(),
-                "report": report_json,
-                "report_text": report_text,
-            }))
-        }
-        Err(error) => {
-            eprintln!("node: deploying {label} failed: {error}");
-            let mut refusal =
-                Refusal::new(format!("deploying {label}: {error}; the node still runs {}", running.label()));
-            if let Some(report) = error.report() {
-                let report_json = serde_json::to_value(report).unwrap_or(Value::Null);
-                let report_text = report.to_string();
-                *lock(&state.last_report) = Some((report_json.clone(), report_text.clone()));
-                refusal = refusal.with("report", report_json).with("report_text", Value::String(report_text));
-            }
-            Err(refusal)
-        }
-    }
-}
-
-/// The view of an archive's release with its libraries in the store.
-fn release_view_of(state: &State, contents: &Contents) -> Result<ReleaseView, Refusal> {
-    let store = lock(&state.store);
-    Ok(release::view(&contents.manifest, |module| {
-        contents.library(module).map(|l| (l.sha256.clone(), store.library_path(&l.sha256)))
-    })?)
-}
-
-fn rollback(state: &State, request: &Value, progress: &mut dyn FnMut(&str)) -> Result<Value, Refusal> {
-    let _busy = state.begin("a rollback".into())?;
-    let running = state.running();
-    if let Some(to) = request["to"].as_str() {
-        let version: semver::Version = to
-            .parse()
-            .map_err(|e| Refusal::new(format!("rollback --to {to}: not a semver version ({e})")))?;
-        let previous = lock(&state.previous).clone();
-        if previous.as_ref().is_none_or(|p| p.version != version) {
-            // Not the last deploy's: go there like a deploy of the stored
-            // release (live when the newer of the two upgrades from the
-            // older one).
-            progress(&format!("planning {} → {version} from the store", running.label()));
-            let target = Target::from_store(state, &version)?;
-            let mut response = deploy_to(state, target, request, progress)?;
-            response["from"] = Value::String(running.label());
-            return Ok(response);
-        }
-    }
-    let Some(previous) = lock(&state.previous).clone() else {
-        return Err(Refusal::new(format!(
-            "nothing to roll back: no deploy has been applied since the node started (it runs {})",
-            running.label()
-        )));
-    };
-    eprintln!("node: rolling back {} to {}", running.label(), previous.label());
-    let report = match state.controller.rollback(&Options::default()) {
-        Ok(report) => report,
-        Err(UpgradeError::NothingToRollBack) => {
-            return Err(Refusal::new(format!("nothing to roll back (the node runs {})", running.label())));
-        }
-        Err(error) => {
-            let mut refusal = Refusal::new(format!(
-                "rolling back to {}: {error}; the node still runs {}",
-                previous.label(),
-                running.label()
-            ));
-            if let Some(report) = error.report() {
-                refusal = refusal
-                    .with("report", serde_json::to_value(report).unwrap_or(Value::Null))
-                    .with("report_text", Value::String(report.to_string()));
-            }
-            return Err(refusal);
-        }
-    };
-    let report_json = serde_json::to_value(&report).unwrap_or(Value::Null);
-    let report_text = report.to_string();
-    *lock(&state.last_report) = Some((report_json.clone(), report_text.clone()));
-    *lock(&state.running) = previous.clone();
-    *lock(&state.previous) = None;
-    let mut store = lock(&state.store);
-    if let Err(error) = store.install(&previous.name, &previous.version) {
-        return Err(Refusal::new(format!(
-            "rolled back live to {}, but the store could not record it: {error}",
-            previous.label()
-        ))
-        .with("report", report_json)
-        .with("report_text", Value::String(report_text)));
-    }
-    let info = store.get(&previous.name, &previous.version);
-    eprintln!("node: rolled back to {}", previous.label());
-    Ok(json!({
-        "release": info.as_ref().map(release_json),
-        "from": running.label(),
-        "report": report_json,
-        "report_text": report_text,
-    }))
-}
-
-fn make_permanent(state: &State) -> Result<Value, Refusal> {
-    let _busy = state.begin("make-permanent".into())?;
-    let running = state.running();
-    let mut store = lock(&state.store);
-    let was = store.get(&running.name, &running.version).map(|i| i.state);
-    store.make_permanent(&running.name, &running.version).map_err(|e| Refusal::new(e.to_string()))?;
-    let info = store.get(&running.name, &running.version);
-    let already = was == Some(relive_releases::store::ReleaseState::Permanent);
-    if !already {
-        eprintln!("node: {} is permanent", running.label());
-    }
-    Ok(json!({"release": info.as_ref().map(release_json), "already": already}))
-}
-
-/// Graceful stop: refuses new changes, waits for one running, removes the
-/// socket, stops the release's processes and the node. The caller answers
-/// and exits.
-fn stop(state: &State) -> Result<Value, Refusal> {
-    eprintln!("node: stopping on request");
-    state.stopping.store(true, Ordering::SeqCst);
-    let _change = lock(&state.change);
-    let _ = fs::remove_file(state.root.join(SOCKET));
-    let waiter = state.node.exit_waiter(state.supervisor);
-    state.node.exit(state.supervisor, ExitReason::Shutdown);
-    if waiter.wait(Duration::from_secs(15)).is_none() {
-        eprintln!("node: the supervisor did not stop within 15 s; shutting the node down anyway");
-    }
-    state.node.shutdown();
-    Ok(json!({"stopped": std::process::id()}))
 }

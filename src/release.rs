@@ -22,8 +22,10 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use relive_releases::archive;
 use relive_releases::manifest::Manifest;
-use relive_releases::store::Store;
-use relive_upgrader::planner::{self, ModuleView, Planned, ProcessView, ReleaseView};
+use relive_node::client::{Client, ClientError};
+use relive_node::protocol::{PruneRequest, RemoveRequest, Request, Response};
+use relive_releases::store::{ReleaseInfo, Store};
+use relive_upgrader::planner::{self, Planned};
 
 #[derive(Subcommand)]
 pub enum ReleaseCommand {
@@ -67,6 +69,31 @@ pub enum ReleaseCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+    },
+    /// Remove a release from the store (not the current or the permanent
+    /// one), and the libraries no other release uses. Through the node when
+    /// one runs on the root.
+    Remove {
+        /// The version to remove.
+        version: semver::Version,
+        /// The application (default: the one the store runs, if it holds one).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        root: RootArg,
+    },
+    /// Remove the unpacked and old releases of an application but the
+    /// newest --keep (never the current or the permanent one). Through the
+    /// node when one runs on the root.
+    Prune {
+        /// How many unpacked or old releases to keep (the newest).
+        #[arg(long, default_value_t = 2)]
+        keep: usize,
+        /// The application (default: the one the store runs, if it holds one).
+        #[arg(long)]
+        name: Option<String>,
+        #[command(flatten)]
+        root: RootArg,
     },
     /// Make a signing key: PATH (private, 0600) and PATH.pub.
     Keygen {
@@ -129,7 +156,7 @@ pub fn run(command: ReleaseCommand) -> anyhow::Result<()> {
         }
         ReleaseCommand::Unpack { archive: path, root, require_signed } => {
             let root = root.path();
-            let trusted = trusted_keys(&root)?;
+            let trusted = relive_node::trusted_keys(&root).map_err(anyhow::Error::msg)?;
             if require_signed && trusted.is_empty() {
                 bail!(
                     "--require-signed: no trusted key in {}: copy the signer's .pub file there",
@@ -137,18 +164,14 @@ pub fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 );
             }
             // With no key in the store, a signature is still checked
-            // against the key it names; with keys, it must be one of them.
+            // against the key it names; a store that trusts keys accepts
+            // only archives signed by one of them, as its node does.
+            let require_signed = require_signed || !trusted.is_empty();
             let trusted = (!trusted.is_empty()).then_some(trusted.as_slice());
             let contents = archive::read(&path, trusted, require_signed)?;
             let mut store = Store::open(&root)?;
-            let libraries: Vec<(String, String, Vec<u8>)> = contents
-                .libraries
-                .iter()
-                .map(|l| (l.module.clone(), l.sha256.clone(), l.bytes.clone()))
-                .collect();
             let release = &contents.manifest.release;
-            let dir =
-                store.add_unpacked(&release.name, &release.version, &contents.manifest_text, &libraries)?;
+            let dir = store.add_verified(&contents)?;
             println!("unpacked {} {} into {}", release.name, release.version, dir.display());
             Ok(())
         }
@@ -163,6 +186,45 @@ pub fn run(command: ReleaseCommand) -> anyhow::Result<()> {
                 for release in releases {
                     println!("{release}");
                 }
+            }
+            Ok(())
+        }
+        ReleaseCommand::Remove { version, name, root } => {
+            let root = root.path();
+            let request = Request::Remove(RemoveRequest { name: name.clone(), version: version.clone() });
+            let removed = match through_node(&root, &request)? {
+                Some(removed) => removed,
+                None => {
+                    let mut store = Store::open(&root)?;
+                    let name = app_name(&store, name)?;
+                    let info = store.get(&name, &version).with_context(|| {
+                        format!("no release {name} {version} in the store {}", root.display())
+                    })?;
+                    store.remove(&name, &version)?;
+                    vec![info]
+                }
+            };
+            for info in removed {
+                println!("removed {} {} ({})", info.name, info.version, info.state);
+            }
+            Ok(())
+        }
+        ReleaseCommand::Prune { keep, name, root } => {
+            let root = root.path();
+            let request = Request::Prune(PruneRequest { name: name.clone(), keep });
+            let removed = match through_node(&root, &request)? {
+                Some(removed) => removed,
+                None => {
+                    let mut store = Store::open(&root)?;
+                    let name = app_name(&store, name)?;
+                    store.prune(&name, keep, &[])?
+                }
+            };
+            if removed.is_empty() {
+                println!("nothing to prune (keeping the newest {keep} unpacked or old releases)");
+            }
+            for info in removed {
+                println!("removed {} {} ({})", info.name, info.version, info.state);
             }
             Ok(())
         }
@@ -181,20 +243,6 @@ pub fn run(command: ReleaseCommand) -> anyhow::Result<()> {
 
 fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// The keys in `<root>/keys/*.pub`.
-pub(crate) fn trusted_keys(root: &Path) -> anyhow::Result<Vec<ed25519_dalek::VerifyingKey>> {
-    let dir = root.join("keys");
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Ok(Vec::new()) };
-    let mut keys = Vec::new();
-    for entry in entries {
-        let path = entry.with_context(|| format!("reading {}", dir.display()))?.path();
-        if path.extension().is_some_and(|e| e == "pub") {
-            keys.push(archive::load_verifying_key(&path)?);
-        }
-    }
-    Ok(keys)
 }
 
 /// Builds every module crate of `app_dir/release.toml` and writes the
@@ -295,13 +343,17 @@ pub(crate) fn build_module(
 pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
     let root = args.root.path();
     // A running node plans from what it runs.
-    if args.from.is_none() && root.join(crate::node::SOCKET).exists() {
+    if args.from.is_none() {
         let archive = std::path::absolute(&args.archive).unwrap_or_else(|_| args.archive.clone());
-        let asked =
-            crate::control::request(&root, &serde_json::json!({"cmd": "plan", "archive": archive}), |_| {});
-        // A socket left by a node that died: plan from the store instead.
-        if let Ok(response) = asked {
-            return print_planned(&response, args.json);
+        let request = Request::Plan(relive_node::protocol::PlanRequest { archive });
+        match Client::connect(&root) {
+            Ok(mut client) => match client.request(&request, None)? {
+                Response::Planned(planned) => return print_planned(&planned, args.json),
+                other => bail!("the node answered a plan request with {}", relive_node::protocol::encode(&other)),
+            },
+            // No node (or a socket left by one that died): plan from the store.
+            Err(ClientError::NoNode { .. }) => {}
+            Err(error) => return Err(error.into()),
         }
     }
     let store = Store::open_read_only(&root)?;
@@ -318,12 +370,14 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
         }
     };
     let from_manifest = Manifest::parse(&from.manifest_text, &from.dir.join("release.toml"))?;
-    let from_view = view(&from_manifest, |module| {
+    let from_view = relive_node::release_view(&from_manifest, |module| {
         from.modules.get(module).map(|sha| (sha.clone(), store.library_path(sha)))
-    })?;
-    let to_view = view(to_manifest, |module| {
+    })
+    .map_err(anyhow::Error::msg)?;
+    let to_view = relive_node::release_view(to_manifest, |module| {
         contents.library(module).map(|l| (l.sha256.clone(), store.library_path(&l.sha256)))
-    })?;
+    })
+    .map_err(anyhow::Error::msg)?;
     let planned = planner::plan(&from_view, &to_view)?;
     if args.json {
         println!("{}", serde_json::to_string(&planned)?);
@@ -341,51 +395,50 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Prints the node's answer to a `plan` request.
-fn print_planned(response: &serde_json::Value, json: bool) -> anyhow::Result<()> {
-    if response["ok"] != serde_json::Value::Bool(true) {
-        bail!("{}", response["error"].as_str().unwrap_or("the node refused to plan"));
-    }
+/// Prints a plan.
+fn print_planned(planned: &Planned, json: bool) -> anyhow::Result<()> {
     if json {
-        println!("{}", serde_json::to_string(&response["planned"])?);
-    } else {
-        print!("{}", response["plan_text"].as_str().unwrap_or_default());
+        println!("{}", serde_json::to_string(planned)?);
+        return Ok(());
+    }
+    match planned {
+        Planned::Upgrade { plan, explicit } => {
+            print!("{plan}");
+            if *explicit {
+                println!("(the release's own instructions)");
+            }
+        }
+        Planned::Restart { reason } => println!("restart: {reason}"),
     }
     Ok(())
 }
 
-/// What the planner needs of a manifest; `library` gives each module's
-/// sha256 and library path.
-pub(crate) fn view(
-    manifest: &Manifest,
-    library: impl Fn(&str) -> Option<(String, PathBuf)>,
-) -> anyhow::Result<ReleaseView> {
-    let release = &manifest.release;
-    let modules = manifest
-        .modules
-        .iter()
-        .map(|module| {
-            let (sha256, library) = library(&module.name).with_context(|| {
-                format!("release {} {}: no library for module {}", release.name, release.version, module.name)
-            })?;
-            Ok(ModuleView { name: module.name.clone(), sha256, library })
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    Ok(ReleaseView {
-        name: release.name.clone(),
-        version: release.version.clone(),
-        upgrade_from: release.upgrade_from.clone(),
-        modules,
-        // One view per child: a process with `instances` is N processes to
-        // the planner.
-        processes: manifest
-            .children()
-            .map(|c| ProcessView {
-                name: c.name,
-                module: c.process.module.clone(),
-                args: c.process.args.clone(),
-            })
-            .collect(),
-        instructions: manifest.instructions.clone(),
-    })
+/// Sends a store request to the node on `root`, if one runs: the releases
+/// it removed (`None`: no node, the caller opens the store itself).
+fn through_node(root: &Path, request: &Request) -> anyhow::Result<Option<Vec<ReleaseInfo>>> {
+    match Client::connect(root) {
+        Ok(mut client) => match client.request(request, None)? {
+            Response::Removed(removed) => Ok(Some(removed.removed)),
+            other => bail!("the node answered with {}", relive_node::protocol::encode(&other)),
+        },
+        Err(ClientError::NoNode { .. }) => Ok(None),
+        Err(error) => Err(error.into()),
+    }
 }
+
+/// The application a store command is about: `name`, else the one the
+/// store runs.
+fn app_name(store: &Store, name: Option<String>) -> anyhow::Result<String> {
+    if let Some(name) = name {
+        return Ok(name);
+    }
+    let mut names: Vec<String> = store.which_releases().into_iter().map(|r| r.name).collect();
+    names.dedup();
+    match (store.running(), names.as_slice()) {
+        (Some(running), _) => Ok(running.name),
+        (None, [only]) => Ok(only.clone()),
+        (None, []) => bail!("the store {} holds no release", store.root().display()),
+        (None, many) => bail!("the store {} holds several applications ({}): say which with --name", store.root().display(), many.join(", ")),
+    }
+}
+

@@ -2,9 +2,9 @@
 //! sign them.
 //!
 //! This module owns the archive format, writing one ([`build`]), reading
-//! and verifying one ([`read`]), describing one ([`inspect`], [`Summary`]),
-//! and the key files ([`generate_key`], [`load_signing_key`],
-//! [`load_verifying_key`]).
+//! and verifying one ([`read`], [`read_limited`], [`verify_bytes`]),
+//! describing one ([`inspect`], [`Summary`]), and the key files
+//! ([`generate_key`], [`load_signing_key`], [`load_verifying_key`]).
 //!
 //! # Format
 //!
@@ -20,11 +20,25 @@
 //! Entries are deterministic: mode 0644, mtime 0, uid/gid 0, no owner names,
 //! gzip header mtime 0; the same inputs give the same bytes.
 //!
+//! # Reading the file
+//!
+//! Nothing at the archive's path can wedge [`read_limited`] (and [`read`],
+//! which is [`read_limited`] with [`DEFAULT_MAX_ARCHIVE_BYTES`]): it opens
+//! the path with `O_NONBLOCK` (a FIFO with no writer does not block the
+//! open), `fstat`s the open file, and refuses anything but a regular file
+//! ([`ErrorKind::NotAFile`]: a directory, a FIFO, a character device such
+//! as `/dev/zero`, a socket, a block device) and a file larger than the cap
+//! ([`ErrorKind::TooLarge`]) before it reads a byte. It then reads at most
+//! the cap plus one byte, so a file that grows while it is read is refused
+//! too, and verifies the bytes in memory with [`verify_bytes`], the one
+//! verification path.
+//!
 //! # Invariants of [`read`]
 //!
-//! It reads the whole archive into memory (at most [`MAX_UNPACKED_BYTES`]
-//! once decompressed) and returns [`Contents`] only when all of these hold,
-//! so that a caller can write the contents anywhere without further checks:
+//! It reads the whole archive into memory (at most the cap, and at most
+//! [`MAX_UNPACKED_BYTES`] once decompressed) and returns [`Contents`] only
+//! when all of these hold, so that a caller can write the contents anywhere
+//! without further checks:
 //! - the gzip stream and the tar are well formed and complete;
 //! - every entry is a regular file. A directory entry named exactly `lib/`
 //!   is skipped (as `tar` itself would write one); every other directory,
@@ -62,6 +76,7 @@ use flate2::write::GzEncoder;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::bounded::{self, ReadError};
 use crate::manifest::{Manifest, Process};
 
 /// The manifest's entry name.
@@ -70,6 +85,9 @@ pub const MANIFEST_ENTRY: &str = "release.toml";
 pub const SIGNATURE_ENTRY: &str = "release.sig";
 /// The most bytes an archive may hold once decompressed.
 pub const MAX_UNPACKED_BYTES: u64 = 1 << 30;
+/// The largest archive file [`read`] reads (256 MiB); [`read_limited`]
+/// takes another cap (the node's `--max-archive-size`).
+pub const DEFAULT_MAX_ARCHIVE_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The entry name of `module`'s library: `lib/<module>.so`.
 pub fn library_entry(module: &str) -> String {
@@ -88,8 +106,13 @@ pub enum ErrorKind {
     Io,
     /// The gzip stream or the tar is malformed or truncated.
     Corrupt,
-    /// The archive decompresses to more than [`MAX_UNPACKED_BYTES`].
+    /// The archive file is larger than the cap given to [`read_limited`]
+    /// (or grew past it while it was read), or it decompresses to more
+    /// than [`MAX_UNPACKED_BYTES`].
     TooLarge,
+    /// The archive's path is not a regular file: a directory, a FIFO, a
+    /// character device such as `/dev/zero`, a socket, a block device.
+    NotAFile,
     /// An entry is not a regular file (symlink, hard link, device, fifo,
     /// directory other than `lib/`, ...).
     NotRegularFile,
@@ -135,6 +158,10 @@ impl ErrorKind {
                  `relive release build`"
             }
             ErrorKind::TooLarge => "a release archive this large is refused; check its source",
+            ErrorKind::NotAFile => {
+                "nothing was read from it; give the path of a release archive file \
+                 (<name>-<version>.tar.gz, made by `relive release build`)"
+            }
             ErrorKind::NotRegularFile
             | ErrorKind::AbsolutePath
             | ErrorKind::ParentDir
@@ -229,6 +256,13 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// is written atomically: a temporary file in `out_dir` (created if
 /// missing), fsync, rename, fsync of the directory; an existing archive of
 /// the same name is replaced.
+///
+/// # Errors
+///
+/// [`ErrorKind::Build`] if `libraries` do not give exactly one library per
+/// module, [`ErrorKind::InvalidManifest`] if the manifest with the
+/// checksums filled in does not serialize or parse back, [`ErrorKind::Io`]
+/// if a library cannot be read or the archive cannot be written.
 pub fn build(
     manifest: &Manifest,
     manifest_dir: &Path,
@@ -364,6 +398,66 @@ fn parse_signature_file(text: &[u8]) -> std::result::Result<(VerifyingKey, Signa
     Ok((key, Signature::from_bytes(&sig)))
 }
 
+/// Why a `release.sig` was refused by [`check_signature`].
+#[derive(Debug)]
+pub(crate) enum SignatureError {
+    /// It is not one line `ed25519 <public key hex> <signature hex>`.
+    Malformed(String),
+    /// It was made by this key (its 32 bytes), which is not one of the
+    /// trusted keys.
+    Untrusted([u8; 32]),
+    /// The signature by this key (its 32 bytes) does not match the message.
+    Mismatch([u8; 32], ed25519_dalek::SignatureError),
+}
+
+impl fmt::Display for SignatureError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SignatureError::Malformed(m) => write!(f, "malformed signature: {m}"),
+            SignatureError::Untrusted(key) => {
+                write!(f, "signed by key {}, which is not trusted", hex::encode(key))
+            }
+            SignatureError::Mismatch(key, _) => {
+                write!(f, "the signature by key {} does not match release.toml", hex::encode(key))
+            }
+        }
+    }
+}
+
+/// A `release.sig` that [`check_signature`] accepted.
+#[derive(Debug)]
+pub(crate) struct CheckedSignature {
+    /// The key that made it.
+    pub(crate) key: VerifyingKey,
+    /// The signature.
+    pub(crate) signature: Signature,
+    /// Whether `key` is one of the trusted keys given.
+    pub(crate) trusted: bool,
+}
+
+/// Checks `sig_file` (the bytes of a `release.sig`) over `message` (the
+/// bytes of `release.toml`): it must parse; when `trusted` is given, its key
+/// must be one of them (so `Some(&[])` trusts no key); and its signature
+/// must be valid for its key, trusted keys or not (a signature that does
+/// not match means the manifest was changed). The one signature check of
+/// the archive reader and the store.
+pub(crate) fn check_signature(
+    sig_file: &[u8],
+    message: &[u8],
+    trusted: Option<&[VerifyingKey]>,
+) -> std::result::Result<CheckedSignature, SignatureError> {
+    let (key, signature) = parse_signature_file(sig_file).map_err(SignatureError::Malformed)?;
+    let mut is_trusted = false;
+    if let Some(trusted) = trusted {
+        if !trusted.iter().any(|t| t.as_bytes() == key.as_bytes()) {
+            return Err(SignatureError::Untrusted(key.to_bytes()));
+        }
+        is_trusted = true;
+    }
+    key.verify_strict(message, &signature).map_err(|e| SignatureError::Mismatch(key.to_bytes(), e))?;
+    Ok(CheckedSignature { key, signature, trusted: is_trusted })
+}
+
 // ---------------------------------------------------------------- read
 
 /// A verified archive's contents (see the invariants in the module doc).
@@ -375,6 +469,9 @@ pub struct Contents {
     pub manifest_text: String,
     /// The raw 64-byte ed25519 signature over `manifest_text`, if signed.
     pub signature: Option<Vec<u8>>,
+    /// The exact bytes of `release.sig` (one line `ed25519 <key> <sig>`), if
+    /// signed: what the store keeps beside `release.toml`.
+    pub signature_file: Option<Vec<u8>>,
     /// The key that made `signature`, if signed.
     pub signer: Option<VerifyingKey>,
     /// Whether `signer` is one of the trusted keys given to [`read`].
@@ -402,12 +499,88 @@ impl Contents {
 }
 
 /// Reads the archive at `path` into memory and verifies it (every
-/// invariant of the module doc) before returning anything. `trusted`: the
-/// keys a signature must be made by, if given; `require_signed`: refuse an
-/// archive without a signature by one of `trusted`.
+/// invariant of the module doc) before returning anything: [`read_limited`]
+/// with [`DEFAULT_MAX_ARCHIVE_BYTES`]. `trusted`: the keys a signature must
+/// be made by, if given; `require_signed`: refuse an archive without a
+/// signature by one of `trusted`.
+///
+/// # Errors
+///
+/// Every error of [`read_limited`].
 pub fn read(path: &Path, trusted: Option<&[VerifyingKey]>, require_signed: bool) -> Result<Contents> {
-    let compressed = fs::read(path).map_err(|e| io_err(path, "read the archive", e))?;
-    let tar = gunzip(path, &compressed)?;
+    read_limited(path, DEFAULT_MAX_ARCHIVE_BYTES, trusted, require_signed)
+}
+
+/// Reads the archive at `path`, at most `max_bytes` of it, and verifies it
+/// with [`verify_bytes`]. Nothing at `path` can wedge it (see "Reading the
+/// file" in the module doc): the path is opened with `O_NONBLOCK`, and
+/// what was opened must be a regular file of at most `max_bytes` bytes
+/// before a byte is read.
+///
+/// # Errors
+///
+/// - [`ErrorKind::Io`]: the path cannot be opened or read (missing,
+///   permissions);
+/// - [`ErrorKind::NotAFile`]: the path is a directory, a FIFO, a character
+///   device (such as `/dev/zero`), a socket or a block device;
+/// - [`ErrorKind::TooLarge`]: the file is larger than `max_bytes` (or grew
+///   past it while it was read); the message gives its size and the cap;
+/// - every error of [`verify_bytes`].
+pub fn read_limited(
+    path: &Path,
+    max_bytes: u64,
+    trusted: Option<&[VerifyingKey]>,
+    require_signed: bool,
+) -> Result<Contents> {
+    let compressed = bounded::read_regular(path, max_bytes).map_err(|e| match e {
+        ReadError::Io(e) => io_err(path, "read the archive", e),
+        ReadError::NotAFile(what) => {
+            err(path, None, ErrorKind::NotAFile, format!("the path is {what}, not a regular file"))
+        }
+        ReadError::TooLarge { size } => {
+            let cap = bounded::human_size(max_bytes);
+            let size = match size {
+                Some(size) => format!("the archive is {}", bounded::human_size(size)),
+                None => "the archive grew while it was read".to_string(),
+            };
+            err(
+                path,
+                None,
+                ErrorKind::TooLarge,
+                format!(
+                    "{size}, more than the cap of {cap}; nothing was read; if the archive is genuine, \
+                     the node option --max-archive-size raises the cap"
+                ),
+            )
+        }
+    })?;
+    verify_bytes(path, &compressed, trusted, require_signed)
+}
+
+/// Verifies an archive held in memory (`compressed`: the bytes of the
+/// `.tar.gz`; `path`: where it came from, for messages only) and returns its
+/// contents: every invariant of the module doc is checked before anything
+/// is returned. [`read`] and [`read_limited`] call this; it is the one
+/// verification path. `trusted` and `require_signed` are as for [`read`].
+///
+/// # Errors
+///
+/// An [`ArchiveError`] of the kind of the first problem found:
+/// [`ErrorKind::Corrupt`], [`ErrorKind::TooLarge`] (decompressed),
+/// [`ErrorKind::NotRegularFile`], [`ErrorKind::AbsolutePath`],
+/// [`ErrorKind::ParentDir`], [`ErrorKind::UnknownEntry`],
+/// [`ErrorKind::DuplicateEntry`], [`ErrorKind::MissingManifest`],
+/// [`ErrorKind::InvalidManifest`], [`ErrorKind::MissingLibrary`],
+/// [`ErrorKind::ChecksumMismatch`], [`ErrorKind::Unsigned`],
+/// [`ErrorKind::NoTrustedKeys`], [`ErrorKind::BadSignature`],
+/// [`ErrorKind::UntrustedSigner`].
+pub fn verify_bytes(
+    path: &Path,
+    compressed: &[u8],
+    trusted: Option<&[VerifyingKey]>,
+    require_signed: bool,
+) -> Result<Contents> {
+    let tar = gunzip(path, compressed)?;
     let mut entries = tar_entries(path, &tar)?;
 
     // release.toml and release.sig
@@ -432,7 +605,7 @@ pub fn read(path: &Path, trusted: Option<&[VerifyingKey]>, require_signed: bool)
     let mut signer = None;
     let mut signature = None;
     let mut is_trusted = false;
-    match sig_bytes {
+    match &sig_bytes {
         None if require_signed => {
             return Err(err(
                 path,
@@ -443,35 +616,30 @@ pub fn read(path: &Path, trusted: Option<&[VerifyingKey]>, require_signed: bool)
         }
         None => {}
         Some(bytes) => {
-            let (key, sig) = parse_signature_file(&bytes).map_err(|m| {
-                err(path, Some(SIGNATURE_ENTRY), ErrorKind::BadSignature, format!("malformed signature: {m}"))
-            })?;
-            if let Some(trusted) = trusted {
-                if !trusted.iter().any(|t| t.as_bytes() == key.as_bytes()) {
-                    return Err(err(
-                        path,
-                        Some(SIGNATURE_ENTRY),
-                        ErrorKind::UntrustedSigner,
-                        format!(
-                            "the archive is signed by key {}, which is not trusted",
-                            hex::encode(key.as_bytes())
-                        ),
-                    ));
-                }
-                is_trusted = true;
-            }
-            key.verify_strict(&manifest_bytes, &sig).map_err(|e| ArchiveError {
-                path: path.to_path_buf(),
-                entry: Some(MANIFEST_ENTRY.into()),
-                kind: ErrorKind::BadSignature,
-                message: format!(
-                    "the signature by key {} does not match release.toml",
-                    hex::encode(key.as_bytes())
+            let checked = check_signature(bytes, &manifest_bytes, trusted).map_err(|e| match e {
+                SignatureError::Malformed(m) => err(
+                    path,
+                    Some(SIGNATURE_ENTRY),
+                    ErrorKind::BadSignature,
+                    format!("malformed signature: {m}"),
                 ),
-                source: Some(Box::new(e)),
+                SignatureError::Untrusted(key) => err(
+                    path,
+                    Some(SIGNATURE_ENTRY),
+                    ErrorKind::UntrustedSigner,
+                    format!("the archive is signed by key {}, which is not trusted", hex::encode(key)),
+                ),
+                SignatureError::Mismatch(key, e) => ArchiveError {
+                    path: path.to_path_buf(),
+                    entry: Some(MANIFEST_ENTRY.into()),
+                    kind: ErrorKind::BadSignature,
+                    message: format!("the signature by key {} does not match release.toml", hex::encode(key)),
+                    source: Some(Box::new(e)),
+                },
             })?;
-            signer = Some(key);
-            signature = Some(sig.to_bytes().to_vec());
+            is_trusted = checked.trusted;
+            signer = Some(checked.key);
+            signature = Some(checked.signature.to_bytes().to_vec());
         }
     }
     // The manifest.
@@ -530,7 +698,15 @@ pub fn read(path: &Path, trusted: Option<&[VerifyingKey]>, require_signed: bool)
         libraries.push(Library { module: m.name.clone(), sha256, bytes });
     }
 
-    Ok(Contents { manifest, manifest_text, signature, signer, trusted: is_trusted, libraries })
+    Ok(Contents {
+        manifest,
+        manifest_text,
+        signature,
+        signature_file: sig_bytes,
+        signer,
+        trusted: is_trusted,
+        libraries,
+    })
 }
 
 fn gunzip(path: &Path, compressed: &[u8]) -> Result<Vec<u8>> {
@@ -775,11 +951,19 @@ impl fmt::Display for Summary {
 
 /// Reads and verifies the archive at `path` (no trusted keys, signature not
 /// required) and summarizes it.
+///
+/// # Errors
+///
+/// Every error of [`read`].
 pub fn inspect(path: &Path) -> Result<Summary> {
     inspect_with_keys(path, None)
 }
 
 /// [`inspect`], checking a signature against `trusted` keys if given.
+///
+/// # Errors
+///
+/// Every error of [`read`].
 pub fn inspect_with_keys(path: &Path, trusted: Option<&[VerifyingKey]>) -> Result<Summary> {
     let contents = read(path, trusted, false)?;
     Ok(Summary::new(path, &contents))
@@ -792,6 +976,11 @@ pub fn inspect_with_keys(path: &Path, trusted: Option<&[VerifyingKey]>) -> Resul
 /// `<path>.pub` (64 hex digits and a newline), and returns it. Refuses to
 /// replace an existing file at either path. Each file is written to a
 /// temporary file first, fsynced, and linked into place.
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`] if `/dev/urandom` cannot be read, either file exists
+/// already, or a file cannot be written.
 pub fn generate_key(path: &Path) -> Result<SigningKey> {
     let mut seed = [0u8; 32];
     fs::File::open("/dev/urandom")
@@ -868,6 +1057,11 @@ fn key_bytes(path: &Path) -> Result<[u8; 32]> {
 
 /// Loads a private key written by [`generate_key`] (64 hex digits or 32 raw
 /// bytes).
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`] if the file cannot be read, [`ErrorKind::Key`] if it
+/// holds neither 64 hex digits nor 32 raw bytes.
 pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
     let mut bytes = key_bytes(path)?;
     let key = SigningKey::from_bytes(&bytes);
@@ -876,6 +1070,11 @@ pub fn load_signing_key(path: &Path) -> Result<SigningKey> {
 }
 
 /// Loads a public key (64 hex digits or 32 raw bytes).
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`] if the file cannot be read, [`ErrorKind::Key`] if it
+/// holds neither 64 hex digits nor 32 raw bytes, or not a valid key.
 pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey> {
     let bytes = key_bytes(path)?;
     VerifyingKey::from_bytes(&bytes).map_err(|e| ArchiveError {
@@ -889,6 +1088,10 @@ pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey> {
 
 /// Writes `key`'s public key to `path` (64 hex digits and a newline),
 /// refusing to replace an existing file.
+///
+/// # Errors
+///
+/// [`ErrorKind::Io`] if the file exists already or cannot be written.
 pub fn write_verifying_key(path: &Path, key: &VerifyingKey) -> Result<()> {
     write_new_file(path, format!("{}\n", hex::encode(key.as_bytes())).as_bytes(), 0o644)
 }

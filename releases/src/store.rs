@@ -11,6 +11,10 @@
 //!   releases/<name>/<version>/
 //!     release.toml              the manifest text, as given
 //!     modules.json              module name -> sha256 of its library in code/
+//!     release.sig               the archive's signature file, byte for byte
+//!                               (only if the archive was signed)
+//!     verified.json             what was verified at unpack:
+//!                               {"manifest_sha256": "<hex>", "signer": "<hex>" | null}
 //! ```
 //!
 //! # States (as OTP's release_handler)
@@ -33,9 +37,40 @@
 //!   one while it runs: nothing to do); the previous permanent one becomes
 //!   old.
 //! - [`Store::remove`] refuses the current and the permanent release.
+//! - [`Store::prune`] removes (as [`Store::remove`]) the unpacked and old
+//!   releases of one application except the newest `keep` of them by
+//!   semver; the current and the permanent release are never touched and
+//!   do not count towards `keep`.
 //! - [`Store::rollback_target`] is the permanent release, and so is
 //!   [`Store::boot_release`] (else the current one, for a store that has
 //!   never had a permanent release).
+//!
+//! | operation        | unpacked    | current     | permanent        | old         |
+//! |------------------|-------------|-------------|------------------|-------------|
+//! | `install`        | → current   | refused     | runs it¹         | → current   |
+//! | `make_permanent` | refused     | → permanent | nothing to do²   | refused     |
+//! | `remove`         | removed     | refused     | refused          | removed     |
+//! | `prune`          | removed³    | kept        | kept             | removed³    |
+//!
+//! ¹ a rollback; refused when it already runs (no current release).
+//! ² while it runs; refused while another release is current.
+//! ³ except the newest `keep` unpacked or old releases of that application.
+//!
+//! # Verification at boot
+//!
+//! [`Store::add_verified`] stores an archive's verified
+//! [`Contents`](crate::archive::Contents) and keeps what was verified:
+//! `release.sig` as it was in the archive, and `verified.json` with the
+//! sha256 of `release.toml` and the signer's key. [`Store::verify_release`]
+//! reads a release back and checks all of it again before a node boots it:
+//! the manifest parses and matches `verified.json`, `modules.json` agrees
+//! with the manifest, every library in `code/` hashes to the manifest's
+//! sha256, and (when trusted keys are given or signatures required)
+//! `release.sig` verifies over `release.toml` with a trusted key. It returns
+//! the bytes it hashed, so the caller loads exactly what was checked. A
+//! release written by an older relive has no `verified.json`: it is
+//! accepted with a warning, every other check still applies.
+//! ([`Store::add_unpacked`] writes `verified.json` too, with no signer.)
 //!
 //! # Invariants
 //!
@@ -55,8 +90,12 @@
 //! - A release directory appears whole: it is built in
 //!   `releases/<name>/.<version>.tmp`, fsynced and renamed into place.
 //!   Libraries are written the same way (`code/.<sha256>.so.tmp`).
-//! - [`Store::add_unpacked`] checks everything (names, checksums, that the
-//!   release is new) before it writes anything.
+//! - [`Store::add_verified`] and [`Store::add_unpacked`] check everything
+//!   (names, checksums, that the release is new) before they write
+//!   anything.
+//! - Every file of a release is read the way an archive is: opened with
+//!   `O_NONBLOCK`, refused unless it is a regular file of a bounded size, so
+//!   a FIFO or a device planted in the store cannot wedge a boot.
 //! - At most one [`Store`] per root is open for writing, across processes:
 //!   [`Store::open`] takes an exclusive `flock` on `store.lock` for the
 //!   handle's lifetime; another one gets [`StoreError::Locked`].
@@ -79,9 +118,14 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use ed25519_dalek::VerifyingKey;
 use semver::Version;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+use crate::archive::{self, Library, SignatureError};
+use crate::bounded::{self, ReadError};
+use crate::manifest::Manifest;
 
 /// The state file's name, in the root.
 pub const STATE_FILE: &str = "state.json";
@@ -93,6 +137,13 @@ const STATE_TMP: &str = "state.json.tmp";
 pub const MANIFEST_FILE: &str = "release.toml";
 /// The module → sha256 map's name in a release directory.
 pub const MODULES_FILE: &str = "modules.json";
+/// The archive's signature file, kept as it was, in a release directory.
+pub const SIGNATURE_FILE: &str = "release.sig";
+/// What was verified at unpack, in a release directory.
+pub const VERIFIED_FILE: &str = "verified.json";
+/// The most bytes [`Store::verify_release`] reads of one file of a release
+/// (a library, the manifest, ...): what an archive may hold decompressed.
+const MAX_FILE_BYTES: u64 = crate::archive::MAX_UNPACKED_BYTES;
 /// The state file format this code reads and writes.
 const FORMAT: u32 = 1;
 /// The longest release or module name.
@@ -193,6 +244,36 @@ pub enum StoreError {
     InUse { root: PathBuf, release: String, state: ReleaseState, hint: String },
     #[error("release {release} in the release store is damaged: {}: {reason}; remove the release and unpack its archive again", .path.display())]
     CorruptRelease { release: String, path: PathBuf, reason: String },
+    /// [`Store::verify_release`]: a file of the release is not what was
+    /// verified when it was unpacked (or is missing, or is not a file).
+    #[error("release {release} in the release store does not match what was verified when it was unpacked: {}: {reason}; relive refuses to boot it; restore the file, or remove the release and unpack its archive again", .path.display())]
+    Tampered { release: String, path: PathBuf, reason: String },
+    /// [`Store::verify_release`]: a signature by a trusted key is required
+    /// and the release has none.
+    #[error("release {release} in the release store has no signature ({} is missing) but one by a trusted key is required (trusted keys: {trusted}); relive refuses to boot it; remove the release and unpack an archive of it signed by one of those keys (`relive release build --sign KEY`)", .path.display())]
+    Unsigned { release: String, path: PathBuf, trusted: String },
+    /// [`Store::verify_release`]: the release is signed by a key that is not
+    /// one of the trusted keys.
+    #[error("release {release} in the release store is signed by key {key} ({}), which is not one of the trusted keys ({trusted}); relive refuses to boot it; if you trust this signer add its public key to the trusted keys, otherwise remove the release and unpack an archive signed by a trusted key", .path.display())]
+    UntrustedSigner { release: String, path: PathBuf, key: String, trusted: String },
+    /// [`Store::verify_release`]: signatures are required but no trusted key
+    /// was given.
+    #[error("signatures are required to boot release {release} from the release store {} but no trusted key was given to check them against; give the signers' public keys as trusted keys", .root.display())]
+    NoTrustedKeys { root: PathBuf, release: String },
+    /// [`Store::add_verified`]: the contents do not agree with themselves,
+    /// so they are not what [`crate::archive::read`] returned.
+    #[error("release {release}: the archive contents given to the release store {} are inconsistent: {reason}; nothing was written; pass the contents exactly as archive::read returned them", .root.display())]
+    InvalidContents { root: PathBuf, release: String, reason: String },
+}
+
+/// `verified.json`: what was verified when the release was unpacked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Verified {
+    /// The sha256 of `release.toml`, 64 lowercase hex digits.
+    manifest_sha256: String,
+    /// The public key (64 hex digits) whose signature over `release.toml`
+    /// was verified; `None`: the archive was not signed.
+    signer: Option<String>,
 }
 
 /// `state.json`.
@@ -270,9 +351,12 @@ pub struct Store {
 impl Store {
     /// Opens the store at `root` for writing, creating it if needed, and
     /// locks it for the handle's lifetime. Deletes temp files a crash left.
-    /// Errors: [`StoreError::Locked`] if another handle (in any process) has
-    /// it open for writing, [`StoreError::CorruptState`],
-    /// [`StoreError::StateMissing`], I/O.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Locked`] if another handle (in any process) has it
+    /// open for writing, [`StoreError::CorruptState`],
+    /// [`StoreError::StateMissing`], [`StoreError::Io`].
     pub fn open(root: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = root.as_ref().to_path_buf();
         fs::create_dir_all(&root).map_err(io_err("create the store directory", &root))?;
@@ -295,6 +379,12 @@ impl Store {
     /// Opens the store at `root` to read it: no lock, nothing created or
     /// cleaned, a snapshot of the state as it is now. Every change returns
     /// [`StoreError::ReadOnly`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NoStore`] if `root` is not a directory,
+    /// [`StoreError::CorruptState`], [`StoreError::StateMissing`],
+    /// [`StoreError::Io`].
     pub fn open_read_only(root: impl AsRef<Path>) -> Result<Store, StoreError> {
         let root = root.as_ref().to_path_buf();
         if !root.is_dir() {
@@ -368,7 +458,14 @@ impl Store {
         self.permanent().or_else(|| self.current())
     }
 
-    /// Reads a release back: its manifest text and module → sha256 map.
+    /// Reads a release back: its manifest text and module → sha256 map
+    /// (nothing is verified; a node about to boot it calls
+    /// [`Store::verify_release`]).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::UnknownRelease`], [`StoreError::CorruptRelease`] if a
+    /// file cannot be read or parsed.
     pub fn release(&self, name: &str, version: &Version) -> Result<StoredRelease, StoreError> {
         let info = self.known(name, version)?.clone();
         let dir = self.release_dir(name, version);
@@ -382,18 +479,352 @@ impl Store {
         Ok(StoredRelease { info, dir, manifest_text, modules })
     }
 
+    /// Reads a release back and checks everything before returning it, for
+    /// a node about to boot it (see "Verification at boot" in the module
+    /// doc): `release.toml` parses as a manifest of this release in which
+    /// every module has a sha256; its sha256 is the one `verified.json`
+    /// recorded at unpack (a release without `verified.json`, written by an
+    /// older relive, is accepted with a warning); `modules.json` agrees with
+    /// the manifest; every library `code/<sha256>.so` is a regular file
+    /// whose sha256 is the manifest's. If `release.sig` is there, its
+    /// signature over `release.toml` must be valid (for its own key when no
+    /// trusted key is given) and by the signer `verified.json` recorded. If
+    /// `require_signed`, or if trusted keys are given (a non-empty slice),
+    /// `release.sig` must be there and be by one of `trusted`.
+    ///
+    /// Returns the release as [`archive::Contents`], with the bytes of each
+    /// library that were hashed, so that the caller loads exactly those.
+    /// Every file is read as an archive is (only a regular file, bounded):
+    /// nothing planted in the store can wedge it.
+    ///
+    /// # Errors
+    ///
+    /// - [`StoreError::UnknownRelease`]: the store does not list it;
+    /// - [`StoreError::NoTrustedKeys`]: `require_signed` without trusted keys;
+    /// - [`StoreError::Tampered`]: a file is missing, not a regular file, or
+    ///   not what was verified (names the file and, for a checksum, both
+    ///   sums);
+    /// - [`StoreError::Unsigned`]: a signature is required and there is none;
+    /// - [`StoreError::UntrustedSigner`]: signed by a key not in `trusted`;
+    /// - [`StoreError::Io`]: a file cannot be read (permissions, ...).
+    pub fn verify_release(
+        &self,
+        name: &str,
+        version: &Version,
+        trusted: Option<&[VerifyingKey]>,
+        require_signed: bool,
+    ) -> Result<archive::Contents, StoreError> {
+        self.known(name, version)?;
+        let release = label(name, version);
+        let dir = self.release_dir(name, version);
+        let tampered = |path: &Path, reason: String| StoreError::Tampered {
+            release: release.clone(),
+            path: path.to_path_buf(),
+            reason,
+        };
+        let trusted = trusted.filter(|t| !t.is_empty());
+        if require_signed && trusted.is_none() {
+            return Err(StoreError::NoTrustedKeys { root: self.root.clone(), release });
+        }
+
+        // release.toml and what was recorded of it.
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest_bytes = read_release_file(&release, &manifest_path)?
+            .ok_or_else(|| tampered(&manifest_path, "the file is missing".into()))?;
+        let manifest_sha256 = hex::encode(Sha256::digest(&manifest_bytes));
+        let verified_path = dir.join(VERIFIED_FILE);
+        let verified: Option<Verified> = match read_release_file(&release, &verified_path)? {
+            None => {
+                tracing::warn!(
+                    release = %release,
+                    path = %verified_path.display(),
+                    "the release has no verified.json (a store written by an older relive): its manifest \
+                     cannot be compared with what was verified at unpack; every other check still applies"
+                );
+                None
+            }
+            Some(bytes) => Some(serde_json::from_slice(&bytes).map_err(|e| {
+                tampered(&verified_path, format!("it is not {{\"manifest_sha256\", \"signer\"}} JSON: {e}"))
+            })?),
+        };
+        if let Some(v) = &verified
+            && !v.manifest_sha256.eq_ignore_ascii_case(&manifest_sha256)
+        {
+            return Err(tampered(
+                &manifest_path,
+                format!(
+                    "its sha256 is {manifest_sha256}, but {} recorded {} when the release was unpacked",
+                    verified_path.display(),
+                    v.manifest_sha256
+                ),
+            ));
+        }
+
+        // The signature, before anything reads the manifest.
+        let sig_path = dir.join(SIGNATURE_FILE);
+        let signature_file = read_release_file(&release, &sig_path)?;
+        let trusted_list = || {
+            trusted
+                .unwrap_or_default()
+                .iter()
+                .map(|k| hex::encode(k.as_bytes()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut signer = None;
+        let mut signature = None;
+        let mut is_trusted = false;
+        match &signature_file {
+            None if trusted.is_some() => {
+                return Err(StoreError::Unsigned { release, path: sig_path, trusted: trusted_list() });
+            }
+            None => {}
+            Some(bytes) => match archive::check_signature(bytes, &manifest_bytes, trusted) {
+                Ok(checked) => {
+                    signer = Some(checked.key);
+                    signature = Some(checked.signature.to_bytes().to_vec());
+                    is_trusted = checked.trusted;
+                }
+                Err(SignatureError::Untrusted(key)) => {
+                    return Err(StoreError::UntrustedSigner {
+                        release,
+                        path: sig_path,
+                        key: hex::encode(key),
+                        trusted: trusted_list(),
+                    });
+                }
+                Err(e @ SignatureError::Malformed(_)) => return Err(tampered(&sig_path, e.to_string())),
+                Err(e @ SignatureError::Mismatch(..)) => {
+                    return Err(tampered(&manifest_path, format!("{e} ({})", sig_path.display())));
+                }
+            },
+        }
+        if let Some(v) = &verified {
+            let found = signer.map(|k| hex::encode(k.as_bytes()));
+            let recorded = v.signer.as_ref().map(|k| k.to_ascii_lowercase());
+            if found != recorded {
+                let reason = match (&recorded, &found) {
+                    (Some(want), None) => format!(
+                        "the file is missing, but {} recorded a signature by key {want} when the release was unpacked",
+                        verified_path.display()
+                    ),
+                    (None, Some(key)) => format!(
+                        "the release was unpacked unsigned ({} records no signer), but it now has a signature by key {key}",
+                        verified_path.display()
+                    ),
+                    (want, key) => format!(
+                        "it is signed by key {}, but {} recorded key {} when the release was unpacked",
+                        key.as_deref().unwrap_or("none"),
+                        verified_path.display(),
+                        want.as_deref().unwrap_or("none")
+                    ),
+                };
+                return Err(tampered(&sig_path, reason));
+            }
+        }
+
+        // The manifest.
+        let manifest_text = String::from_utf8(manifest_bytes)
+            .map_err(|_| tampered(&manifest_path, "it is not UTF-8 text".into()))?;
+        let manifest = Manifest::parse(&manifest_text, &manifest_path)
+            .map_err(|e| tampered(&manifest_path, format!("it is not a valid manifest: {e}")))?;
+        if manifest.release.name != name || &manifest.release.version != version {
+            return Err(tampered(
+                &manifest_path,
+                format!("it is the manifest of {} {}", manifest.release.name, manifest.release.version),
+            ));
+        }
+        let mut wanted = BTreeMap::new();
+        for m in &manifest.modules {
+            let sha256 = m.sha256.as_deref().map(str::to_ascii_lowercase).unwrap_or_default();
+            if !is_sha256(&sha256) {
+                return Err(tampered(
+                    &manifest_path,
+                    format!("module {} has no sha256 (64 hex digits)", m.name),
+                ));
+            }
+            wanted.insert(m.name.clone(), sha256);
+        }
+
+        // modules.json agrees with it.
+        let modules_path = dir.join(MODULES_FILE);
+        let modules_bytes = read_release_file(&release, &modules_path)?
+            .ok_or_else(|| tampered(&modules_path, "the file is missing".into()))?;
+        let modules: BTreeMap<String, String> = serde_json::from_slice(&modules_bytes)
+            .map_err(|e| tampered(&modules_path, format!("it is not a JSON map of module to sha256: {e}")))?;
+        let modules: BTreeMap<String, String> =
+            modules.into_iter().map(|(m, s)| (m, s.to_ascii_lowercase())).collect();
+        if modules != wanted {
+            let differ: Vec<String> = wanted
+                .keys()
+                .chain(modules.keys())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .filter(|m| wanted.get(*m) != modules.get(*m))
+                .map(|m| {
+                    format!(
+                        "module {m}: release.toml says {}, modules.json {}",
+                        wanted.get(m).map_or("nothing", String::as_str),
+                        modules.get(m).map_or("nothing", String::as_str)
+                    )
+                })
+                .collect();
+            return Err(tampered(
+                &modules_path,
+                format!("it does not agree with release.toml ({})", differ.join("; ")),
+            ));
+        }
+
+        // Every library is there and is what the manifest hashed.
+        let mut libraries = Vec::with_capacity(manifest.modules.len());
+        for m in &manifest.modules {
+            let expected = &wanted[&m.name];
+            let path = self.library_path(expected);
+            let bytes = read_release_file(&release, &path)?
+                .ok_or_else(|| tampered(&path, format!("the library of module {} is missing", m.name)))?;
+            let actual = hex::encode(Sha256::digest(&bytes));
+            if &actual != expected {
+                return Err(tampered(
+                    &path,
+                    format!(
+                        "the library of module {} has sha256 {actual}, but release.toml says {expected}",
+                        m.name
+                    ),
+                ));
+            }
+            libraries.push(Library { module: m.name.clone(), sha256: actual, bytes });
+        }
+
+        Ok(archive::Contents {
+            manifest,
+            manifest_text,
+            signature,
+            signature_file,
+            signer,
+            trusted: is_trusted,
+            libraries,
+        })
+    }
+
     /// Adds a release as unpacked: checks every name and every library's
     /// sha256 (`libraries` are `(module, sha256 hex, bytes)`), then writes
     /// the libraries to `code/` (skipping those already there with the
     /// right content), the release directory (`release.toml` = the
-    /// `manifest_text`, `modules.json`), and last the state file. Nothing is
-    /// written if a check fails. Returns the release directory.
+    /// `manifest_text`, `modules.json`, `verified.json` with the manifest's
+    /// sha256 and no signer), and last the state file. Nothing is written if
+    /// a check fails. Returns the release directory. Prefer
+    /// [`Store::add_verified`], which keeps the archive's signature.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ReadOnly`], [`StoreError::InvalidName`],
+    /// [`StoreError::AlreadyUnpacked`], [`StoreError::InvalidChecksum`],
+    /// [`StoreError::ChecksumMismatch`], [`StoreError::DuplicateModule`]
+    /// (nothing written for any of these), [`StoreError::Io`].
     pub fn add_unpacked(
         &mut self,
         name: &str,
         version: &Version,
         manifest_text: &str,
         libraries: &[(String, String, Vec<u8>)],
+    ) -> Result<PathBuf, StoreError> {
+        let libraries: Vec<(&str, &str, &[u8])> =
+            libraries.iter().map(|(m, s, b)| (m.as_str(), s.as_str(), b.as_slice())).collect();
+        self.add_release(name, version, manifest_text, &libraries, None, None)
+    }
+
+    /// Adds the verified contents of an archive (what
+    /// [`crate::archive::read`] returned) as an unpacked release, as
+    /// [`Store::add_unpacked`] does, and keeps what was verified: the
+    /// release directory also gets `release.sig` (the archive's signature
+    /// file, byte for byte, if it was signed) and `verified.json` (the
+    /// sha256 of `release.toml` and the signer's key), which
+    /// [`Store::verify_release`] checks before a node boots the release.
+    /// Checks first that `contents` agree with themselves (the manifest text
+    /// parses to the manifest, one library per module with the manifest's
+    /// sha256, the signature file is valid for the signer). Nothing is
+    /// written if a check fails. Returns the release directory.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidContents`] if `contents` are inconsistent, and
+    /// every error of [`Store::add_unpacked`].
+    pub fn add_verified(&mut self, contents: &archive::Contents) -> Result<PathBuf, StoreError> {
+        self.writable()?;
+        let name = &contents.manifest.release.name;
+        let version = &contents.manifest.release.version;
+        self.check_name("release", name)?;
+        let invalid = |reason: String| StoreError::InvalidContents {
+            root: self.root.clone(),
+            release: label(name, version),
+            reason,
+        };
+        match Manifest::parse(&contents.manifest_text, Path::new(MANIFEST_FILE)) {
+            Ok(parsed) if parsed == contents.manifest => {}
+            Ok(_) => return Err(invalid("the manifest text does not parse to the manifest given".into())),
+            Err(e) => return Err(invalid(format!("the manifest text does not parse: {e}"))),
+        }
+        if contents.libraries.len() != contents.manifest.modules.len() {
+            return Err(invalid(format!(
+                "{} libraries for {} modules",
+                contents.libraries.len(),
+                contents.manifest.modules.len()
+            )));
+        }
+        for m in &contents.manifest.modules {
+            let Some(library) = contents.library(&m.name) else {
+                return Err(invalid(format!("module {} has no library", m.name)));
+            };
+            if !m.sha256.as_deref().is_some_and(|s| s.eq_ignore_ascii_case(&library.sha256)) {
+                return Err(invalid(format!(
+                    "module {}: the manifest's sha256 is {}, its library's {}",
+                    m.name,
+                    m.sha256.as_deref().unwrap_or("missing"),
+                    library.sha256
+                )));
+            }
+        }
+        match (&contents.signature_file, &contents.signer) {
+            (None, None) => {}
+            (None, Some(_)) => return Err(invalid("a signer but no signature file".into())),
+            (Some(file), signer) => {
+                let checked = archive::check_signature(file, contents.manifest_text.as_bytes(), None)
+                    .map_err(|e| invalid(format!("the signature file is not valid: {e}")))?;
+                if signer.as_ref().map(|k| k.as_bytes()) != Some(checked.key.as_bytes()) {
+                    return Err(invalid(format!(
+                        "the signature file is by key {}, the signer given is {}",
+                        hex::encode(checked.key.as_bytes()),
+                        signer.map(|k| hex::encode(k.as_bytes())).unwrap_or_else(|| "none".into())
+                    )));
+                }
+            }
+        }
+        let libraries: Vec<(&str, &str, &[u8])> = contents
+            .libraries
+            .iter()
+            .map(|l| (l.module.as_str(), l.sha256.as_str(), l.bytes.as_slice()))
+            .collect();
+        self.add_release(
+            name,
+            version,
+            &contents.manifest_text,
+            &libraries,
+            contents.signature_file.as_deref(),
+            contents.signer.as_ref(),
+        )
+    }
+
+    /// What [`Store::add_unpacked`] and [`Store::add_verified`] share: the
+    /// checks, then code/, the release directory (with `release.sig` if
+    /// `signature_file`, and `verified.json`), and the state file.
+    fn add_release(
+        &mut self,
+        name: &str,
+        version: &Version,
+        manifest_text: &str,
+        libraries: &[(&str, &str, &[u8])],
+        signature_file: Option<&[u8]>,
+        signer: Option<&VerifyingKey>,
     ) -> Result<PathBuf, StoreError> {
         self.writable()?;
         self.check_name("release", name)?;
@@ -406,15 +837,15 @@ impl Store {
             });
         }
         let mut modules = BTreeMap::new();
-        for (module, sha256, bytes) in libraries {
+        for &(module, sha256, bytes) in libraries {
             self.check_name("module", module)?;
             let expected = sha256.to_ascii_lowercase();
-            if expected.len() != 64 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+            if !is_sha256(&expected) {
                 return Err(StoreError::InvalidChecksum {
                     root: self.root.clone(),
                     release,
-                    module: module.clone(),
-                    sha256: sha256.clone(),
+                    module: module.to_string(),
+                    sha256: sha256.to_string(),
                 });
             }
             let actual = hex::encode(Sha256::digest(bytes));
@@ -422,16 +853,16 @@ impl Store {
                 return Err(StoreError::ChecksumMismatch {
                     root: self.root.clone(),
                     release,
-                    module: module.clone(),
+                    module: module.to_string(),
                     expected,
                     actual,
                 });
             }
-            if modules.insert(module.clone(), expected).is_some() {
+            if modules.insert(module.to_string(), expected).is_some() {
                 return Err(StoreError::DuplicateModule {
                     root: self.root.clone(),
                     release,
-                    module: module.clone(),
+                    module: module.to_string(),
                 });
             }
         }
@@ -440,7 +871,7 @@ impl Store {
         // directory, then the state file.
         let code = self.code_dir();
         let mut written = BTreeSet::new();
-        for (module, _, bytes) in libraries {
+        for &(module, _, bytes) in libraries {
             let sha256 = &modules[module];
             if written.insert(sha256.clone()) {
                 write_library(&self.library_path(sha256), sha256, bytes)?;
@@ -471,6 +902,16 @@ impl Store {
             let modules_json =
                 serde_json::to_string_pretty(&modules).expect("a map of strings serializes") + "\n";
             write_synced(&tmp.join(MODULES_FILE), modules_json.as_bytes())?;
+            if let Some(signature_file) = signature_file {
+                write_synced(&tmp.join(SIGNATURE_FILE), signature_file)?;
+            }
+            let verified = Verified {
+                manifest_sha256: hex::encode(Sha256::digest(manifest_text.as_bytes())),
+                signer: signer.map(|k| hex::encode(k.as_bytes())),
+            };
+            let verified_json =
+                serde_json::to_string_pretty(&verified).expect("strings and null serialize") + "\n";
+            write_synced(&tmp.join(VERIFIED_FILE), verified_json.as_bytes())?;
             sync_dir(&tmp)?;
             fs::rename(&tmp, &dir).map_err(io_err("move the new release directory into place at", &dir))?;
             sync_dir(&name_dir)
@@ -494,6 +935,12 @@ impl Store {
     /// or old release becomes current; the permanent one stays permanent
     /// (a rollback to it). The previous current release becomes old.
     /// Checks first that the release's files and libraries are there.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ReadOnly`], [`StoreError::UnknownRelease`],
+    /// [`StoreError::AlreadyInstalled`], [`StoreError::CorruptRelease`] (a
+    /// file or library is missing), [`StoreError::Io`].
     pub fn install(&mut self, name: &str, version: &Version) -> Result<(), StoreError> {
         self.writable()?;
         let target = self.known(name, version)?.clone();
@@ -522,6 +969,11 @@ impl Store {
     /// Makes the current release permanent; the previous permanent one
     /// becomes old. The permanent release while it runs is already
     /// permanent: nothing to do. Any other is [`StoreError::NotCurrent`].
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ReadOnly`], [`StoreError::UnknownRelease`],
+    /// [`StoreError::NotCurrent`], [`StoreError::Io`].
     pub fn make_permanent(&mut self, name: &str, version: &Version) -> Result<(), StoreError> {
         self.writable()?;
         let target = self.known(name, version)?.clone();
@@ -558,6 +1010,11 @@ impl Store {
     /// its directory and each library in `code/` that no other release
     /// uses. Refuses the current and the permanent release. (A library a
     /// running node has loaded stays usable after its file is deleted.)
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ReadOnly`], [`StoreError::UnknownRelease`],
+    /// [`StoreError::InUse`] (current or permanent), [`StoreError::Io`].
     pub fn remove(&mut self, name: &str, version: &Version) -> Result<(), StoreError> {
         self.writable()?;
         let target = self.known(name, version)?.clone();
@@ -631,6 +1088,46 @@ impl Store {
             }
         }
         sync_dir(&self.code_dir())
+    }
+
+    /// Removes the unpacked and old releases of application `name` except
+    /// the newest `keep` of them (by semver), each as [`Store::remove`]
+    /// does (state file first, then its directory and the libraries no
+    /// other release uses). The current and the permanent release are
+    /// never touched and do not count towards `keep`, nor are the versions
+    /// in `spare` (a node spares what its rollback returns to). Returns what was
+    /// removed, oldest first (empty if there was nothing to remove).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::ReadOnly`], [`StoreError::InvalidName`], and the
+    /// errors of [`Store::remove`]. On an error the releases removed before
+    /// it stay removed (the state file lists what is left).
+    pub fn prune(
+        &mut self,
+        name: &str,
+        keep: usize,
+        spare: &[Version],
+    ) -> Result<Vec<ReleaseInfo>, StoreError> {
+        self.writable()?;
+        self.check_name("release", name)?;
+        let mut candidates: Vec<ReleaseInfo> = self
+            .state
+            .releases
+            .iter()
+            .filter(|r| r.name == name && matches!(r.state, ReleaseState::Unpacked | ReleaseState::Old))
+            // A node spares what its rollback returns to.
+            .filter(|r| !spare.contains(&r.version))
+            .cloned()
+            .collect();
+        candidates.sort_by(|a, b| a.version.cmp(&b.version));
+        let surplus = candidates.len().saturating_sub(keep);
+        let mut removed = Vec::with_capacity(surplus);
+        for r in candidates.into_iter().take(surplus) {
+            self.remove(&r.name, &r.version)?;
+            removed.push(r);
+        }
+        Ok(removed)
     }
 
     /// Test hook, for crash tests only: the next state change of this
@@ -711,6 +1208,34 @@ impl Store {
 
 fn label(name: &str, version: &Version) -> String {
     format!("{name} {version}")
+}
+
+/// 64 hex digits.
+fn is_sha256(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The bytes of a file of release `release` (its directory's files, or a
+/// library in `code/`), read as an archive is: only a regular file, at most
+/// [`MAX_FILE_BYTES`]. `None`: the file does not exist.
+fn read_release_file(release: &str, path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
+    let tampered = |reason: String| StoreError::Tampered {
+        release: release.to_string(),
+        path: path.to_path_buf(),
+        reason,
+    };
+    match bounded::read_regular(path, MAX_FILE_BYTES) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(ReadError::Io(e)) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(ReadError::Io(source)) => {
+            Err(StoreError::Io { action: "read", path: path.to_path_buf(), source })
+        }
+        Err(ReadError::NotAFile(what)) => Err(tampered(format!("it is {what}, not a regular file"))),
+        Err(ReadError::TooLarge { .. }) => Err(tampered(format!(
+            "it is larger than {}, more than any release archive holds",
+            bounded::human_size(MAX_FILE_BYTES)
+        ))),
+    }
 }
 
 fn valid_name(name: &str) -> bool {

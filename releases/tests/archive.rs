@@ -627,3 +627,143 @@ fn malformed_signature_file_is_refused() {
     let err = expect_err(&path, None, false, ErrorKind::BadSignature, Some(SIGNATURE_ENTRY));
     assert!(err.message.contains("malformed"), "{err}");
 }
+
+// ------------------------------------------------------------ the file itself
+
+/// Runs `read_limited(path, cap)` on a thread and waits at most 2 s for it:
+/// a read that blocks (a FIFO's open, an endless device) fails the test
+/// instead of hanging it.
+#[track_caller]
+fn read_limited_within_2s(path: &Path, cap: u64) -> Result<archive::Contents, ArchiveError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = path.to_path_buf();
+    std::thread::spawn(move || {
+        let _ = tx.send(archive::read_limited(&p, cap, None, false));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(2))
+        .unwrap_or_else(|_| panic!("read_limited({}) did not return within 2 s", path.display()))
+}
+
+/// `read_limited` refused `path` as `kind`; the message names the path,
+/// says `what` and ends with the kind's hint.
+#[track_caller]
+fn expect_refused(path: &Path, cap: u64, kind: ErrorKind, what: &[&str]) -> ArchiveError {
+    let e = match read_limited_within_2s(path, cap) {
+        Ok(c) => panic!("expected {kind:?}, read {:?}", c.manifest.release),
+        Err(e) => e,
+    };
+    let shown = e.to_string();
+    assert_eq!(e.kind, kind, "{shown}");
+    assert_eq!(e.path, path, "{shown}");
+    assert_eq!(e.entry, None, "{shown}");
+    assert!(shown.starts_with(&path.display().to_string()), "{shown}");
+    for w in what {
+        assert!(shown.contains(w), "{w:?} in {shown}");
+    }
+    assert!(shown.ends_with(kind.hint()), "{shown}");
+    e
+}
+
+#[test]
+fn read_limited_refuses_a_fifo_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("kv-1.1.0.tar.gz");
+    rustix::fs::mkfifoat(rustix::fs::CWD, &fifo, rustix::fs::Mode::from_raw_mode(0o600)).unwrap();
+    // No writer ever opens it: a blocking open would wait forever.
+    let started = std::time::Instant::now();
+    expect_refused(
+        &fifo,
+        archive::DEFAULT_MAX_ARCHIVE_BYTES,
+        ErrorKind::NotAFile,
+        &["a FIFO", "not a regular file"],
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // `read` (the default cap) goes the same way.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let p = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(read(&p, None, false).map(|_| ()).map_err(|e| e.kind));
+    });
+    let got = rx.recv_timeout(std::time::Duration::from_secs(2)).expect("read returns within 2 s");
+    assert_eq!(got, Err(ErrorKind::NotAFile));
+}
+
+#[test]
+fn read_limited_refuses_a_directory_a_device_and_a_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let cap = archive::DEFAULT_MAX_ARCHIVE_BYTES;
+    expect_refused(dir.path(), cap, ErrorKind::NotAFile, &["a directory"]);
+    // Endless zeros: read without the check, it would be 256 MiB of
+    // reading and then a corrupt gzip, not this.
+    expect_refused(Path::new("/dev/zero"), cap, ErrorKind::NotAFile, &["a character device"]);
+    let socket = dir.path().join("sock.tar.gz");
+    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    expect_refused(&socket, cap, ErrorKind::NotAFile, &["a socket"]);
+    // A missing file is an I/O error, as before.
+    expect_refused(&dir.path().join("missing.tar.gz"), cap, ErrorKind::Io, &["cannot read the archive"]);
+}
+
+#[test]
+fn read_refuses_a_sparse_3_gib_file_by_its_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge.tar.gz");
+    // Sparse: 3 GiB long, no data blocks on disk.
+    fs::File::create(&path).unwrap().set_len(3 << 30).unwrap();
+    let e = expect_refused(
+        &path,
+        archive::DEFAULT_MAX_ARCHIVE_BYTES,
+        ErrorKind::TooLarge,
+        &["3221225472 bytes (3.0 GiB)", "268435456 bytes (256.0 MiB)", "--max-archive-size"],
+    );
+    assert!(e.message.contains("nothing was read"), "{e}");
+    // `read` uses the 256 MiB default.
+    assert_eq!(archive::DEFAULT_MAX_ARCHIVE_BYTES, 256 * 1024 * 1024);
+    assert_eq!(read(&path, None, false).unwrap_err().kind, ErrorKind::TooLarge);
+}
+
+#[test]
+fn read_limited_caps_at_exactly_max_bytes() {
+    let app = App::new();
+    let key = key(1);
+    let path = app.build(Some(&key));
+    let len = fs::metadata(&path).unwrap().len();
+
+    // One byte over a small cap: refused, naming both numbers.
+    let e = expect_refused(
+        &path,
+        len - 1,
+        ErrorKind::TooLarge,
+        &[&format!("{len} bytes"), &format!("{} bytes", len - 1)],
+    );
+    assert!(e.message.contains("--max-archive-size"), "{e}");
+
+    // At the cap: read and verified as `read` does.
+    let c = read_limited_within_2s(&path, len).unwrap();
+    let full = read(&path, None, false).unwrap();
+    assert_eq!(c.manifest, full.manifest);
+    assert_eq!(c.manifest_text, full.manifest_text);
+    assert_eq!(c.libraries, full.libraries);
+    assert_eq!(c.signer.map(|k| k.to_bytes()), Some(key.verifying_key().to_bytes()));
+    // The signature file is kept byte for byte, as it is in the archive.
+    let sig = entries_of(&path).into_iter().find(|e| e.path == SIGNATURE_ENTRY.as_bytes()).unwrap();
+    assert_eq!(c.signature_file.as_deref(), Some(sig.data.as_slice()));
+    assert!(read(&app.build(None), None, false).unwrap().signature_file.is_none());
+
+    // The same verification path: a tampered archive under the cap is
+    // refused exactly as `read` refuses it.
+    let bad = crafted_from_valid(&app, |entries| {
+        let lib = entries.iter_mut().find(|e| e.path == b"lib/kv_api.so").unwrap();
+        lib.data[0] ^= 1;
+    });
+    let e = archive::read_limited(&bad, archive::DEFAULT_MAX_ARCHIVE_BYTES, None, false).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::ChecksumMismatch, "{e}");
+    let bytes = fs::read(&bad).unwrap();
+    assert_eq!(
+        archive::verify_bytes(&bad, &bytes, None, false).unwrap_err().kind,
+        ErrorKind::ChecksumMismatch
+    );
+    assert_eq!(
+        archive::verify_bytes(&path, &fs::read(&path).unwrap(), None, false).unwrap().libraries,
+        full.libraries
+    );
+}

@@ -521,3 +521,86 @@ fn crash_during_add_unpacked_leaves_the_release_out_and_a_retry_works() {
     assert_eq!(fs::read_to_string(dir.join("release.toml")).unwrap(), manifest("kv", "1.1.0"));
     assert_eq!(states(&store), st(&[("kv 1.0.0", Unpacked), ("kv 1.1.0", Unpacked)]));
 }
+
+#[test]
+fn prune_keeps_the_newest_unpacked_and_old_never_current_or_permanent_and_frees_unshared_code() {
+    let (mut store, _dir) = new_store();
+    // 1.10.0 is the newest (semver, not text order); "three-ten" is shared
+    // by 1.3.0 and 1.10.0, "shared" by every release.
+    unpack(&mut store, "kv", "1.0.0", &[("kv_store", b"shared"), ("kv_x", b"only 1.0.0")]);
+    unpack(&mut store, "kv", "1.1.0", &[("kv_store", b"shared"), ("kv_x", b"only 1.1.0")]);
+    unpack(&mut store, "kv", "1.2.0", &[("kv_store", b"shared"), ("kv_x", b"only 1.2.0")]);
+    unpack(&mut store, "kv", "1.3.0", &[("kv_store", b"shared"), ("kv_x", b"three-ten")]);
+    unpack(&mut store, "kv", "1.4.0", &[("kv_store", b"shared"), ("kv_x", b"only 1.4.0")]);
+    unpack(&mut store, "kv", "1.10.0", &[("kv_store", b"shared"), ("kv_x", b"three-ten")]);
+    unpack(&mut store, "other", "0.1.0", &[("o", b"only other")]);
+    store.install("kv", &v("1.0.0")).unwrap();
+    store.make_permanent("kv", &v("1.0.0")).unwrap();
+    store.install("kv", &v("1.1.0")).unwrap();
+    store.make_permanent("kv", &v("1.1.0")).unwrap();
+    store.install("kv", &v("1.2.0")).unwrap();
+    assert_eq!(
+        states(&store),
+        st(&[
+            ("kv 1.0.0", Old),
+            ("kv 1.1.0", Permanent),
+            ("kv 1.2.0", Current),
+            ("kv 1.3.0", Unpacked),
+            ("kv 1.4.0", Unpacked),
+            ("kv 1.10.0", Unpacked),
+            ("other 0.1.0", Unpacked),
+        ])
+    );
+
+    // Keep 2 of the unpacked/old ones (1.4.0, 1.10.0): 1.0.0 and 1.3.0 go,
+    // oldest first.
+    let removed = store.prune("kv", 2, &[]).unwrap();
+    assert_eq!(removed, vec![info("kv", "1.0.0", Old), info("kv", "1.3.0", Unpacked)]);
+    assert_eq!(
+        states(&store),
+        st(&[
+            ("kv 1.1.0", Permanent),
+            ("kv 1.2.0", Current),
+            ("kv 1.4.0", Unpacked),
+            ("kv 1.10.0", Unpacked),
+            ("other 0.1.0", Unpacked),
+        ])
+    );
+    assert!(!store.release_dir("kv", &v("1.0.0")).exists());
+    assert!(!store.release_dir("kv", &v("1.3.0")).exists());
+    assert!(
+        !store.library_path(&sha(b"only 1.0.0")).exists(),
+        "a library only a pruned release used is freed"
+    );
+    assert!(store.library_path(&sha(b"three-ten")).exists(), "1.10.0 still uses it");
+    assert!(store.library_path(&sha(b"shared")).exists());
+    // Nothing more to prune at 2; the state survives a reopen.
+    assert_eq!(store.prune("kv", 2, &[]).unwrap(), vec![]);
+    let root = store.root().to_path_buf();
+    drop(store);
+    let mut store = Store::open(&root).unwrap();
+
+    // Keep none: every unpacked/old kv release goes; the current and the
+    // permanent one stay, as does the other application.
+    let removed = store.prune("kv", 0, &[]).unwrap();
+    assert_eq!(removed, vec![info("kv", "1.4.0", Unpacked), info("kv", "1.10.0", Unpacked)]);
+    assert_eq!(
+        states(&store),
+        st(&[("kv 1.1.0", Permanent), ("kv 1.2.0", Current), ("other 0.1.0", Unpacked)])
+    );
+    assert!(!store.library_path(&sha(b"three-ten")).exists());
+    assert!(!store.library_path(&sha(b"only 1.4.0")).exists());
+    for kept in [&b"shared"[..], b"only 1.1.0", b"only 1.2.0", b"only other"] {
+        assert_eq!(fs::read(store.library_path(&sha(kept))).unwrap(), kept);
+    }
+    store.install("kv", &v("1.1.0")).unwrap();
+    assert_eq!(states(&store), st(&[("kv 1.1.0", Permanent), ("kv 1.2.0", Old), ("other 0.1.0", Unpacked)]));
+
+    // Refusals.
+    assert!(matches!(store.prune("../kv", 0, &[]), Err(StoreError::InvalidName { .. })));
+    let reader = Store::open_read_only(&root);
+    drop(store);
+    assert!(matches!(reader.unwrap().prune("kv", 0, &[]), Err(StoreError::ReadOnly { .. })));
+    // An unknown application has nothing to prune.
+    assert_eq!(Store::open(&root).unwrap().prune("nope", 0, &[]).unwrap(), vec![]);
+}

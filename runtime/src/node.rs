@@ -36,7 +36,7 @@ use crate::mailbox::{Begin, Next, Push, Signal};
 use crate::message::{Down, Envelope, Exit, Message, NoReply, ReplyCell, ReplyTo};
 use crate::module::{ModuleReply, Payload, json_to_payload, payload_to_json};
 use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
-use crate::port::{ListenOpts, ListenerInfo, PortError, PortId, PortInfo, Ports};
+use crate::port::{ListenOpts, ListenerInfo, Listening, PortError, PortId, PortInfo, Ports};
 use crate::process::{Actor, Proc, Relations, Watcher};
 use crate::scheduler::{Scheduler, WorkerLocal};
 use crate::table::ProcessTable;
@@ -520,6 +520,16 @@ impl Node {
     /// The open ports, by id.
     pub fn ports(&self) -> Vec<PortId> {
         self.inner.ports.list()
+    }
+
+    /// Every open listener with its owner and bound address, by port id:
+    /// the addresses the node serves, for a status report. Connections are
+    /// left out (there may be thousands, and [`Node::ports`] lists them).
+    /// Cheap: a read of the ports table, never a round trip through the
+    /// I/O thread; a listener closed by [`Node::port_close`] is gone from
+    /// the list once that returns.
+    pub fn listeners(&self) -> Vec<Listening> {
+        self.inner.ports.listeners()
     }
 
     /// The raw fd of every socket the node's ports hold, by port id.

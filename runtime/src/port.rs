@@ -210,6 +210,20 @@ pub struct ListenerInfo {
     pub local_addr: SocketAddr,
 }
 
+/// One open listener, as [`Node::listeners`] reports it: where the node can
+/// be reached and which process answers there. A status report needs the
+/// owner to tie an address to a release process, and the bound address
+/// because a listener asked for port 0 only knows its real port here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Listening {
+    /// The listener's port.
+    pub port: PortId,
+    /// Who owns it now (it follows [`Node::port_set_owner`]).
+    pub owner: Pid,
+    /// The address it is bound to (the real port when asked for port 0).
+    pub addr: SocketAddr,
+}
+
 /// What a port tells its owner, as a plain message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortEvent {
@@ -636,6 +650,28 @@ impl Ports {
         drop(table);
         ports.sort();
         ports
+    }
+
+    /// Open listeners, by id. Read from the table under its lock, never
+    /// through the I/O thread: a status query costs the I/O thread nothing
+    /// and cannot wait behind a busy poll loop. A listener is gone from it
+    /// as soon as it is closed (before the I/O thread drops the socket).
+    pub(crate) fn listeners(&self) -> Vec<Listening> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Vec::new();
+        }
+        let table = self.table.lock();
+        let mut listeners: Vec<Listening> = table
+            .values()
+            .filter(|p| p.kind == PortKind::Listener)
+            .filter_map(|p| {
+                let state = p.state.lock();
+                (!state.closed).then_some(Listening { port: p.id, owner: state.owner, addr: p.local_addr })
+            })
+            .collect();
+        drop(table);
+        listeners.sort_by_key(|l| l.port);
+        listeners
     }
 
     /// The raw fd of every socket the node holds (including connections

@@ -301,6 +301,19 @@ pub struct ChildInfo {
     pub child_type: ChildType,
     /// Its restart failed and the supervisor is trying again.
     pub restarting: bool,
+    /// How many times this supervisor restarted it. A child in a crash loop
+    /// is nearly always running when asked, so `pid` alone makes it look
+    /// healthy; this count is what a status report shows instead. Every
+    /// successful start made by the restart logic counts: after the child's
+    /// own exit (as its [`Restart`] demands), in a group restart
+    /// of one_for_all or rest_for_one (a sibling restarted with the group
+    /// counts too, even one that was not running), and on a retry that
+    /// succeeds (failed attempts do not). The first start and the starts
+    /// asked for ([`start_child`], [`restart_child`]) do not count. The
+    /// count lives with the spec: [`terminate_child`] keeps it,
+    /// [`delete_child`] forgets it; a simple_one_for_one child has its own,
+    /// forgotten with it.
+    pub restarts: u64,
 }
 
 /// Numbers of children, as [`count_children`] reports them.
@@ -632,6 +645,8 @@ struct Child {
     pid: Option<Pid>,
     /// Its restart failed; a `TryAgain` is on its way.
     restarting: bool,
+    /// Successful restarts ([`ChildInfo::restarts`]).
+    restarts: u64,
 }
 
 /// The children of a simple_one_for_one supervisor.
@@ -646,6 +661,8 @@ struct Dynamic {
 struct DynamicChild {
     pid: Option<Pid>,
     restarting: bool,
+    /// Successful restarts ([`ChildInfo::restarts`]).
+    restarts: u64,
     /// Handed to the template's start function on each restart.
     args: Message,
 }
@@ -665,7 +682,10 @@ impl Supervisor {
             })
         } else {
             Children::Static(
-                specs.into_iter().map(|spec| Child { spec, pid: None, restarting: false }).collect(),
+                specs
+                    .into_iter()
+                    .map(|spec| Child { spec, pid: None, restarting: false, restarts: 0 })
+                    .collect(),
             )
         };
         Supervisor {
@@ -757,6 +777,7 @@ impl Supervisor {
                     Ok(pid) => {
                         child.pid = Some(pid);
                         child.restarting = false;
+                        child.restarts += 1;
                         dynamic.by_pid.insert(pid, seq);
                         None
                     }
@@ -819,6 +840,7 @@ impl Supervisor {
                     pid: c.pid,
                     child_type: c.spec.child_type,
                     restarting: c.restarting,
+                    restarts: c.restarts,
                 })
                 .collect(),
             Children::Dynamic(dynamic) => dynamic
@@ -829,6 +851,7 @@ impl Supervisor {
                     pid: c.pid,
                     child_type: dynamic.template.child_type,
                     restarting: c.restarting,
+                    restarts: c.restarts,
                 })
                 .collect(),
         }
@@ -861,7 +884,7 @@ impl Supervisor {
         }
         let pid = start_process(ctx, &spec, &Message::new(()))
             .map_err(|reason| SupervisorError::StartFailed { id: spec.id.clone(), reason })?;
-        list.push(Child { spec, pid: Some(pid), restarting: false });
+        list.push(Child { spec, pid: Some(pid), restarting: false, restarts: 0 });
         Ok(pid)
     }
 
@@ -873,7 +896,7 @@ impl Supervisor {
             .map_err(|reason| SupervisorError::StartFailed { id: dynamic.template.id.clone(), reason })?;
         let seq = dynamic.next;
         dynamic.next += 1;
-        dynamic.children.insert(seq, DynamicChild { pid: Some(pid), restarting: false, args });
+        dynamic.children.insert(seq, DynamicChild { pid: Some(pid), restarting: false, restarts: 0, args });
         dynamic.by_pid.insert(pid, seq);
         Ok(pid)
     }
@@ -965,6 +988,7 @@ fn restart_static(
             Ok(pid) => {
                 child.pid = Some(pid);
                 child.restarting = false;
+                child.restarts += 1;
             }
             Err(reason) => {
                 // The children after it stay stopped; the retry restarts the

@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use relive_runtime::{
-    Actor, CloseReason, ExitReason, ListenOpts, Node, NodeConfig, Pid, PortError, PortEvent, PortId,
-    PortKind, actor_fn,
+    Actor, CloseReason, ExitReason, ListenOpts, Listening, Node, NodeConfig, Pid, PortError, PortEvent,
+    PortId, PortKind, actor_fn,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -436,6 +436,49 @@ fn shutdown_closes_every_socket_and_returns() {
     assert!(matches!(node.port_send(port, "x"), Err(PortError::ShuttingDown)));
     assert!(matches!(node.listen(any_port(), owner, ListenOpts::line()), Err(PortError::ShuttingDown)));
     node.shutdown();
+}
+
+#[test]
+fn listeners_lists_each_open_listener_with_its_owner_and_bound_address() {
+    let node = Node::start(NodeConfig::default());
+    assert!(node.listeners().is_empty(), "no listener before the first listen");
+    let (tx, _events) = mpsc::channel();
+    let first_owner = node.spawn(forwarder(tx.clone())).unwrap();
+    let second_owner = node.spawn(forwarder(tx)).unwrap();
+    let first = node.listen(any_port(), first_owner, ListenOpts::line()).unwrap();
+    let second = node.listen(any_port(), second_owner, ListenOpts::raw()).unwrap();
+    assert_ne!(first.local_addr.port(), 0);
+    assert_ne!(second.local_addr.port(), 0);
+
+    // A connection is a port too, but not a listener.
+    let _client = connect(first.local_addr);
+    assert!(eventually(|| node.ports().len() == 3));
+
+    let listed = node.listeners();
+    assert_eq!(
+        listed,
+        [
+            Listening { port: first.port, owner: first_owner, addr: first.local_addr },
+            Listening { port: second.port, owner: second_owner, addr: second.local_addr },
+        ]
+    );
+    assert!(first.port < second.port, "sorted by port id");
+
+    // The owner follows port_set_owner.
+    node.port_set_owner(second.port, first_owner).unwrap();
+    assert_eq!(node.listeners()[1].owner, first_owner);
+
+    // A closed listener is gone once port_close returns.
+    node.port_close(first.port).unwrap();
+    assert_eq!(
+        node.listeners(),
+        [Listening { port: second.port, owner: first_owner, addr: second.local_addr }]
+    );
+    // So is one whose owner exited.
+    kill_and_wait(&node, first_owner);
+    assert!(eventually(|| node.listeners().is_empty()));
+    node.shutdown();
+    assert!(node.listeners().is_empty());
 }
 
 #[test]

@@ -153,6 +153,73 @@ fn one_for_all_restarts_every_child() {
     node.shutdown();
 }
 
+/// Each child's `(id, restarts)`, in start order.
+fn restart_counts(node: &Node, sup: Pid) -> Vec<(String, u64)> {
+    children(node, sup).into_iter().map(|c| (c.id.to_string(), c.restarts)).collect()
+}
+
+fn counts(expected: &[(&str, u64)]) -> Vec<(String, u64)> {
+    expected.iter().map(|&(id, n)| (id.to_string(), n)).collect()
+}
+
+#[test]
+fn which_children_counts_each_childs_restarts() {
+    let node = node();
+
+    // one_for_one: only the child that crashed counts.
+    let (sup, before) = three_children(&node, Strategy::OneForOne);
+    assert_eq!(restart_counts(&node, sup), counts(&[("a", 0), ("b", 0), ("c", 0)]));
+    crash(&node, before[1]);
+    let b = restarted(&node, sup, "b", before[1]);
+    crash(&node, b);
+    restarted(&node, sup, "b", b);
+    assert_eq!(restart_counts(&node, sup), counts(&[("a", 0), ("b", 2), ("c", 0)]));
+
+    // Asked-for starts do not count, and the count stays with the spec.
+    let a = pid_of(&node, sup, "a").unwrap();
+    supervisor::terminate_child(&node, sup, a, T).unwrap();
+    supervisor::restart_child(&node, sup, "a", T).unwrap();
+    supervisor::terminate_child(&node, sup, "b", T).unwrap();
+    supervisor::restart_child(&node, sup, "b", T).unwrap();
+    assert_eq!(restart_counts(&node, sup), counts(&[("a", 0), ("b", 2), ("c", 0)]));
+    supervisor::terminate_child(&node, sup, "b", T).unwrap();
+    supervisor::delete_child(&node, sup, "b", T).unwrap();
+    supervisor::start_child(&node, sup, worker("b"), T).unwrap();
+    assert_eq!(restart_counts(&node, sup), counts(&[("a", 0), ("c", 0), ("b", 0)]), "deleted, forgotten");
+
+    // one_for_all: the siblings the group restarts count too.
+    let (sup, before) = three_children(&node, Strategy::OneForAll);
+    crash(&node, before[1]);
+    let all_once = counts(&[("a", 1), ("b", 1), ("c", 1)]);
+    eventually("the group restart", || (restart_counts(&node, sup) == all_once).then_some(()));
+    crash(&node, pid_of(&node, sup, "c").unwrap());
+    let all_twice = counts(&[("a", 2), ("b", 2), ("c", 2)]);
+    eventually("the second group restart", || (restart_counts(&node, sup) == all_twice).then_some(()));
+
+    // rest_for_one: the ones started before the crashed child do not.
+    let (sup, before) = three_children(&node, Strategy::RestForOne);
+    crash(&node, before[1]);
+    let rest = counts(&[("a", 0), ("b", 1), ("c", 1)]);
+    eventually("the rest restart", || (restart_counts(&node, sup) == rest).then_some(()));
+
+    // simple_one_for_one: per dynamic child.
+    let template = ChildSpec::with_args("conn", |_: &Message| Box::new(Worker { arg: 0 }));
+    let spec =
+        SupervisorSpec { intensity: 5, ..SupervisorSpec::new(Strategy::SimpleOneForOne, vec![template]) };
+    let sup = supervisor::start(&node, spec).unwrap();
+    let one = supervisor::start_dynamic_child(&node, sup, 1u32, T).unwrap();
+    let two = supervisor::start_dynamic_child(&node, sup, 2u32, T).unwrap();
+    crash(&node, one);
+    let dynamic = eventually("the dynamic child to be restarted", || {
+        let now: Vec<(Option<Pid>, u64)> =
+            children(&node, sup).into_iter().map(|c| (c.pid, c.restarts)).collect();
+        now.iter().all(|(pid, _)| pid.is_some_and(|p| p != one)).then_some(now)
+    });
+    assert_eq!(dynamic.iter().map(|&(_, n)| n).collect::<Vec<_>>(), [1, 0]);
+    assert_eq!(dynamic[1].0, Some(two));
+    node.shutdown();
+}
+
 #[test]
 fn rest_for_one_restarts_the_crashed_child_and_later_ones() {
     let node = node();

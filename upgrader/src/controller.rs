@@ -14,7 +14,7 @@ use relive_runtime::{
 };
 
 use crate::migrate::{self, BatchOutcome, Limits, MovedSet};
-use crate::plan::{Instruction, Plan, Processes, PurgeMode};
+use crate::plan::{Instruction, Plan, Processes, PurgeMode, ReleaseStep};
 use crate::report::{
     CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,
     RollbackReport, StepReport, UpgradeError,
@@ -165,6 +165,7 @@ enum Undo {
 /// The last committed upgrade, kept for an explicit rollback.
 struct Committed {
     plan: String,
+    releases: Option<ReleaseStep>,
     undo: Vec<Undo>,
     purged: Vec<String>,
 }
@@ -208,6 +209,13 @@ impl Controller {
     /// The upgrade running now, if any.
     pub fn running(&self) -> Option<String> {
         self.running.lock().clone()
+    }
+
+    /// What [`Controller::rollback`] would undo: the releases of the last
+    /// committed plan (`None` when nothing can be rolled back, or the plan
+    /// was not made from two releases).
+    pub fn undo_target(&self) -> Option<ReleaseStep> {
+        self.last.lock().as_ref().and_then(|last| last.releases.clone())
     }
 
     /// Applies `plan`: loads all code, runs each instruction (moving
@@ -316,7 +324,7 @@ impl Controller {
         PhaseHook::call(&options.on_phase, Phase::Committed);
         let report = tx.report(&plan.name, Outcome::Committed, None);
         let undo = std::mem::take(&mut tx.undo);
-        *self.last.lock() = Some(Committed { plan: plan.name.clone(), undo, purged });
+        *self.last.lock() = Some(Committed { plan: plan.name.clone(), releases: plan.releases.clone(), undo, purged });
         tracing::info!(plan = %plan.name, moved = report.moved, upgrade_ms = report.upgrade_ms, "upgrade committed");
         Ok(report)
     }

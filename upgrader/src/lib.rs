@@ -38,7 +38,7 @@ pub mod planner;
 mod report;
 
 pub use controller::{Canary, Controller, Options, Phase, PhaseHook};
-pub use plan::{Instruction, Plan, PlanError, Processes, PurgeMode};
+pub use plan::{Instruction, Plan, PlanError, Processes, PurgeMode, ReleaseId, ReleaseStep};
 pub use planner::{ModuleView, Planned, PlannerError, ProcessView, ReleaseView};
 pub use report::{
     CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,

@@ -22,6 +22,36 @@ pub struct Plan {
     /// The instructions, applied in order.
     #[serde(rename = "instruction", alias = "instructions", default)]
     pub instructions: Vec<Instruction>,
+    /// The releases it goes between, when the planner made it from two
+    /// releases. The controller keeps it with its undo, so what a rollback
+    /// returns to is never recorded anywhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub releases: Option<ReleaseStep>,
+}
+
+/// A release, by name and version (the upgrader knows nothing else of
+/// releases).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseId {
+    /// The application's name.
+    pub name: String,
+    /// Its version.
+    pub version: semver::Version,
+}
+
+impl fmt::Display for ReleaseId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.name, self.version)
+    }
+}
+
+/// The release a plan starts from and the one it goes to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseStep {
+    /// Where it starts: what undoing it returns to.
+    pub from: ReleaseId,
+    /// Where it goes.
+    pub to: ReleaseId,
 }
 
 /// One step of a plan.
@@ -224,7 +254,7 @@ impl Instruction {
 impl Plan {
     /// A plan named `name`.
     pub fn new(name: impl Into<String>, instructions: Vec<Instruction>) -> Plan {
-        Plan { name: name.into(), instructions }
+        Plan { name: name.into(), instructions, releases: None }
     }
 
     /// Checks the order of instructions (see the module doc).

@@ -19,9 +19,9 @@
 use std::collections::HashSet;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::plan::{Instruction, Plan, PlanError, Processes};
+use crate::plan::{Instruction, Plan, PlanError, Processes, ReleaseId, ReleaseStep};
 
 /// What the planner needs of a release.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,7 +64,7 @@ pub struct ProcessView {
 }
 
 /// What the planner decided.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Planned {
     /// A live upgrade.
@@ -188,13 +188,18 @@ pub fn plan(from: &ReleaseView, to: &ReleaseView) -> Result<Planned, PlannerErro
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let plan = Plan::new(name, instructions);
+        let plan = Plan { releases: Some(step(from, to)), ..Plan::new(name, instructions) };
         plan.validate().map_err(invalid)?;
         return Ok(Planned::Upgrade { plan, explicit: true });
     }
-    let plan = Plan::new(name, generate(from, to));
+    let plan = Plan { releases: Some(step(from, to)), ..Plan::new(name, generate(from, to)) };
     plan.validate().map_err(invalid)?;
     Ok(Planned::Upgrade { plan, explicit: false })
+}
+
+fn step(from: &ReleaseView, to: &ReleaseView) -> ReleaseStep {
+    let id = |view: &ReleaseView| ReleaseId { name: view.name.clone(), version: view.version.clone() };
+    ReleaseStep { from: id(from), to: id(to) }
 }
 
 fn generate(from: &ReleaseView, to: &ReleaseView) -> Vec<Instruction> {

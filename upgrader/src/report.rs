@@ -5,12 +5,12 @@ use std::fmt;
 use std::time::Duration;
 
 use relive_runtime::Pid;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::plan::PlanError;
 
 /// Pause statistics over the processes an upgrade moved.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PauseStats {
     /// Processes measured.
     pub count: usize,
@@ -41,7 +41,7 @@ impl PauseStats {
 }
 
 /// How an upgrade ended.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
 pub enum Outcome {
     /// Every instruction applied; the health window (if any) passed.
@@ -60,7 +60,7 @@ pub enum Outcome {
 }
 
 /// The instruction, process and module that failed, and why.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Failure {
     /// The instruction (1-based), as the plan prints it.
     pub instruction: usize,
@@ -95,7 +95,7 @@ impl fmt::Display for Failure {
 }
 
 /// How long one instruction took.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StepReport {
     /// Its number (1-based).
     pub instruction: usize,
@@ -106,7 +106,7 @@ pub struct StepReport {
 }
 
 /// What a canary found.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CanaryReport {
     /// The module.
     pub module: String,
@@ -127,7 +127,7 @@ pub struct CanaryReport {
 }
 
 /// What the health window saw.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HealthReport {
     /// How long it watched, ms.
     pub watched_ms: f64,
@@ -140,7 +140,7 @@ pub struct HealthReport {
 }
 
 /// What a rollback did.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct RollbackReport {
     /// Processes given back their untouched old state (they had handled
     /// nothing on the new code).
@@ -170,7 +170,7 @@ impl RollbackReport {
 }
 
 /// The report of one upgrade (or rollback).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
     /// The plan's name.
     pub plan: String,
@@ -285,7 +285,7 @@ impl fmt::Display for Report {
 }
 
 /// What a dry run found.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct DryRunReport {
     /// The plan's name.
     pub plan: String,
@@ -298,7 +298,7 @@ pub struct DryRunReport {
 }
 
 /// One migration that would fail.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DryRunFailure {
     /// The process.
     pub pid: Pid,

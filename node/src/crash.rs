@@ -18,13 +18,13 @@ pub const ENV: &str = "RELIVE_CRASH_FILE";
 
 /// The crash points, in the order a deploy reaches them.
 pub const POINTS: [(&str, &str); 7] = [
-    ("unpacked", "the release is unpacked in the store; nothing else changed"),
+    ("verified", "the archive is verified and its libraries staged in the node's code directory; the store is untouched"),
     ("prepared", "every new library is opened; no process touched"),
     ("suspended", "the first process is paused at its migration, before its code_change"),
     ("migrated", "the first process's code_change returned, before its switch"),
     ("switched", "every process runs the new code; health window and commit next"),
     ("committed", "the upgrade is committed; the store does not record it yet"),
-    ("installed", "the store records the release as current, not yet permanent"),
+    ("installed", "the store records the release (current, or permanent when asked)"),
 ];
 
 /// The point a deploy must crash at, if the node runs with crash points and
