@@ -39,8 +39,8 @@
 //! - [`Store::remove`] refuses the current and the permanent release.
 //! - [`Store::prune`] removes (as [`Store::remove`]) the unpacked and old
 //!   releases of one application except the newest `keep` of them by
-//!   semver; the current and the permanent release are never touched and
-//!   do not count towards `keep`.
+//!   semver; the current and the permanent release, and the versions the
+//!   caller spares, are never touched and do not count towards `keep`.
 //! - [`Store::rollback_target`] is the permanent release, and so is
 //!   [`Store::boot_release`] (else the current one, for a store that has
 //!   never had a permanent release).
@@ -54,7 +54,8 @@
 //!
 //! ¹ a rollback; refused when it already runs (no current release).
 //! ² while it runs; refused while another release is current.
-//! ³ except the newest `keep` unpacked or old releases of that application.
+//! ³ except the newest `keep` unpacked or old releases of that application
+//! and the versions spared.
 //!
 //! # Verification at boot
 //!

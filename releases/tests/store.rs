@@ -580,10 +580,18 @@ fn prune_keeps_the_newest_unpacked_and_old_never_current_or_permanent_and_frees_
     drop(store);
     let mut store = Store::open(&root).unwrap();
 
+    // Keep none but spare 1.4.0 (say, what an undo returns to): only 1.10.0
+    // goes, and the library it shared with the pruned 1.3.0 with it.
+    let removed = store.prune("kv", 0, &[v("1.4.0")]).unwrap();
+    assert_eq!(removed, vec![info("kv", "1.10.0", Unpacked)]);
+    assert!(!store.library_path(&sha(b"three-ten")).exists());
+    assert!(store.release_dir("kv", &v("1.4.0")).exists());
+    assert_eq!(store.get("kv", &v("1.4.0")), Some(info("kv", "1.4.0", Unpacked)));
+
     // Keep none: every unpacked/old kv release goes; the current and the
     // permanent one stay, as does the other application.
     let removed = store.prune("kv", 0, &[]).unwrap();
-    assert_eq!(removed, vec![info("kv", "1.4.0", Unpacked), info("kv", "1.10.0", Unpacked)]);
+    assert_eq!(removed, vec![info("kv", "1.4.0", Unpacked)]);
     assert_eq!(
         states(&store),
         st(&[("kv 1.1.0", Permanent), ("kv 1.2.0", Current), ("other 0.1.0", Unpacked)])
