@@ -125,7 +125,10 @@ fn ask(root: &std::path::Path, request: &Request) -> Result<Response, ClientErro
 }
 
 fn unexpected(response: Response) -> anyhow::Error {
-    anyhow::anyhow!("the node answered with an unexpected response: {}", relive_node::protocol::encode(&response))
+    anyhow::anyhow!(
+        "the node answered with an unexpected response: {}",
+        relive_node::protocol::encode(&response)
+    )
 }
 
 /// `relive node start|stop`.
@@ -279,7 +282,8 @@ pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
 pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let RollbackArgs { plain: args, to } = args;
     let root = args.root.path();
-    let answer = with_steps(&root, &Request::Rollback(relive_node::protocol::RollbackRequest { to }), args.json);
+    let answer =
+        with_steps(&root, &Request::Rollback(relive_node::protocol::RollbackRequest { to }), args.json);
     if args.json {
         print_json(&answer)?;
         return answer.map(|_| ()).map_err(Into::into);
@@ -302,7 +306,9 @@ pub fn make_permanent(args: Plain) -> anyhow::Result<()> {
         print_json(&answer)?;
         return answer.map(|_| ()).map_err(Into::into);
     }
-    let Response::Permanent(done) = answer? else { bail!("the node did not say it made the release permanent") };
+    let Response::Permanent(done) = answer? else {
+        bail!("the node did not say it made the release permanent")
+    };
     let label = format!("{} {}", done.release.name, done.release.version);
     if done.already {
         println!("{label} is already permanent");
@@ -343,16 +349,13 @@ pub fn print_status(status: &Status) {
     }
     let total: usize = status.processes.iter().map(|g| g.children.len()).sum();
     let running: usize = status.processes.iter().map(|g| g.running).sum();
-    println!(
-        "processes (under {}): {running} running, {} not running",
-        status.supervisor,
-        total - running
-    );
+    println!("processes (under {}): {running} running, {} not running", status.supervisor, total - running);
     // A group of thousands (`instances`) is one line; beyond a few, only
     // the ones not running are named.
     const NAMED: usize = 10;
     for group in &status.processes {
-        let restarts = if group.restarts > 0 { format!(", {} restarts", group.restarts) } else { String::new() };
+        let restarts =
+            if group.restarts > 0 { format!(", {} restarts", group.restarts) } else { String::new() };
         match group.instances {
             Some(n) => {
                 println!("  {} ×{n} ({}): {} running{restarts}", group.name, group.module, group.running);
@@ -366,8 +369,11 @@ pub fn print_status(status: &Status) {
             }
             None => {
                 for child in &group.children {
-                    let restarts =
-                        if child.restarts > 0 { format!(", {} restarts", child.restarts) } else { String::new() };
+                    let restarts = if child.restarts > 0 {
+                        format!(", {} restarts", child.restarts)
+                    } else {
+                        String::new()
+                    };
                     println!(
                         "  {:<20} {} ({}){restarts}{}",
                         child.name,

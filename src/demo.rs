@@ -38,7 +38,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
+use relive_node::client::{Client, ClientError};
+use relive_node::protocol::{DeployRequest, Failure, Status};
 use relive_releases::manifest::Manifest;
+use relive_upgrader::{Outcome, Report};
 use serde_json::{Value, json};
 
 use crate::control;
@@ -91,7 +94,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let root = tmp.path().join("root");
     let log = tmp.path().join("node.log");
     let mut node = NodeProcess::start(&root, Some(&archives[0]), &log, None)?;
-    let status = node.checked(json!({"cmd": "status"}))?;
+    let status = node.checked(Client::status)?;
     let boot_time = booted.elapsed();
     let mut demo = Demo::new(clients, addr.clone());
     let running = release_of(&status);
@@ -248,7 +251,8 @@ pub(crate) struct NodeProcess {
 impl NodeProcess {
     /// `relive node start --foreground --root ROOT [--boot ARCHIVE]`, output
     /// appended to `log` (a restarted node adds to its first log), with
-    /// crash points read from `crash_file` when given (see crash.rs);
+    /// crash points read from `crash_file` when given (see
+    /// `relive_node::crash`);
     /// returns once its control socket answers.
     pub(crate) fn start(
         root: &Path,
@@ -268,7 +272,7 @@ impl NodeProcess {
             command.arg("--boot").arg(boot);
         }
         if let Some(file) = crash_file {
-            command.env(crate::crash::ENV, file);
+            command.env(relive_node::crash::ENV, file);
         }
         let child = command
             .stdin(Stdio::null())
@@ -293,8 +297,8 @@ impl NodeProcess {
                     tail(&self.log, 30)
                 );
             }
-            if let Ok(status) = control::request(&self.root, &json!({"cmd": "status"}), |_| {})
-                && status["pid"].as_u64() == Some(u64::from(self.pid))
+            if let Ok(status) = Client::connect(&self.root).and_then(|mut client| client.status())
+                && status.pid == self.pid
             {
                 return Ok(self);
             }
@@ -309,18 +313,21 @@ impl NodeProcess {
         }
     }
 
-    /// One request over the control socket; the response, `ok` or not.
-    pub(crate) fn request(&self, request: Value) -> anyhow::Result<Value> {
-        control::request(&self.root, &request, |_| {})
+    /// One request over a connection of its own (`ask` is one of
+    /// [`Client`]'s helpers, e.g. `|c| c.deploy(request, None)`): the
+    /// answer, or the node's refusal; `Err` only when the node could not be
+    /// asked.
+    pub(crate) fn ask<T>(
+        &self,
+        ask: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> anyhow::Result<Answer<T>> {
+        answered(Client::connect(&self.root).and_then(|mut client| ask(&mut client)))
     }
 
-    /// A request whose `ok: false` is an error.
-    pub(crate) fn checked(&self, request: Value) -> anyhow::Result<Value> {
-        let response = self.request(request)?;
-        if response["ok"] != Value::Bool(true) {
-            bail!("{}", response["error"].as_str().unwrap_or("the node refused without saying why"));
-        }
-        Ok(response)
+    /// A request whose refusal is an error too (`Client::status`,
+    /// `|c| c.call(...)`).
+    pub(crate) fn checked<T>(&self, ask: impl FnOnce(&mut Client) -> Result<T, ClientError>) -> anyhow::Result<T> {
+        Ok(Client::connect(&self.root).and_then(|mut client| ask(&mut client))?)
     }
 
     /// Stops the node gracefully (`stop`), killing it if it does not exit
@@ -330,7 +337,7 @@ impl NodeProcess {
             return Ok(());
         }
         self.stopped = true;
-        let answer = self.checked(json!({"cmd": "stop"}));
+        let answer = self.checked(Client::stop);
         match self.exit_within(Duration::from_secs(20))? {
             Some(status) if status.success() => answer.map(|_| ()),
             Some(status) => bail!("the node exited with {status} when asked to stop"),
@@ -374,10 +381,33 @@ pub(crate) fn tail(path: &Path, lines: usize) -> String {
     if shown.trim().is_empty() { "(nothing)".into() } else { shown }
 }
 
-/// "kv 1.1.0" from a status response.
-pub(crate) fn release_of(status: &Value) -> String {
-    let release = &status["release"];
-    format!("{} {}", release["name"].as_str().unwrap_or("?"), release["version"].as_str().unwrap_or("?"))
+/// What the node answered a request: the response, or its refusal (with
+/// the upgrade's report when one ran).
+pub(crate) type Answer<T> = Result<T, Box<Failure>>;
+
+/// Splits a client's result into the node's answer (`Ok`, a refusal
+/// included) and the errors that got no answer at all (`Err`).
+pub(crate) fn answered<T>(result: Result<T, ClientError>) -> anyhow::Result<Answer<T>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(ClientError::Refused(failure)) => Ok(Err(failure)),
+        Err(error) => Err(error.into()),
+    }
+}
+
+/// "kv 1.1.0" from a status.
+pub(crate) fn release_of(status: &Status) -> String {
+    format!("{} {}", status.release.name, status.release.version)
+}
+
+/// How an upgrade ended, as the report's JSON says it: `committed`,
+/// `aborted`, `rolled_back`.
+pub(crate) fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Committed => "committed",
+        Outcome::Aborted { .. } => "aborted",
+        Outcome::RolledBack { .. } => "rolled_back",
+    }
 }
 
 // ------------------------------------------------------------ RESP client
@@ -736,7 +766,7 @@ struct Phase {
 /// Upgrade figures from a node's report.
 struct Upgrade {
     what: String,
-    moved: u64,
+    moved: usize,
     upgrade_ms: f64,
     pause_p99_us: f64,
     pause_max_us: f64,
@@ -803,21 +833,21 @@ impl Demo {
     /// Version `version` of kv answers, per the node's status and kv's own
     /// `Version` call, and kv holds every client's connection.
     fn check_running(&mut self, node: &NodeProcess, phase: &str, version: &str) -> anyhow::Result<String> {
-        let status = node.checked(json!({"cmd": "status"}))?;
+        let status = node.checked(Client::status)?;
         let running = release_of(&status);
         self.expect(
             running == format!("kv {version}"),
             format!("{phase}: the node runs {running}, expected kv {version}"),
         );
-        let module = node.checked(json!({"cmd": "call", "name": "kv", "json": "Version"}))?;
-        let module_version = module["reply"].as_str().unwrap_or("?").to_string();
+        let module = node.checked(|c| c.call("kv", json!("Version")))?;
+        let module_version = module.as_str().unwrap_or("?").to_string();
         let expected_module = version.split('-').next().unwrap_or(version);
         self.expect(
             module_version == expected_module,
             format!("{phase}: the kv process runs kv {module_version}, expected {expected_module}"),
         );
-        let connections = node.checked(json!({"cmd": "call", "name": "kv", "json": "Connections"}))?;
-        let connections = connections["reply"].as_u64().unwrap_or(0);
+        let connections = node.checked(|c| c.call("kv", json!("Connections")))?;
+        let connections = connections.as_u64().unwrap_or(0);
         let expected = self.clients as u64 + 1;
         self.expect(
             connections == expected,
@@ -833,16 +863,16 @@ impl Demo {
         })
     }
 
-    /// Upgrade figures of a deploy or rollback response.
-    fn upgrade_of(what: &str, response: &Value) -> Upgrade {
-        let report = &response["report"];
+    /// Upgrade figures of a deploy's or rollback's report (zeros without
+    /// one).
+    fn upgrade_of(what: &str, report: Option<&Report>) -> Upgrade {
         Upgrade {
             what: what.to_string(),
-            moved: report["moved"].as_u64().unwrap_or(0),
-            upgrade_ms: report["upgrade_ms"].as_f64().unwrap_or(0.0),
-            pause_p99_us: report["pause"]["p99_us"].as_f64().unwrap_or(0.0),
-            pause_max_us: report["pause"]["max_us"].as_f64().unwrap_or(0.0),
-            lost: report["messages_lost"].as_u64().unwrap_or(0),
+            moved: report.map_or(0, |r| r.moved),
+            upgrade_ms: report.map_or(0.0, |r| r.upgrade_ms),
+            pause_p99_us: report.map_or(0.0, |r| r.pause.p99_us),
+            pause_max_us: report.map_or(0.0, |r| r.pause.max_us),
+            lost: report.map_or(0, |r| r.messages_lost),
         }
     }
 
@@ -887,21 +917,24 @@ impl Demo {
 
         // 4. Deploy 1.1.0 live.
         let window = load.window();
-        let response = node.request(json!({
-            "cmd": "deploy",
-            "archive": archives[1],
-            "health_window_ms": 500,
-        }))?;
-        let deployed = response["ok"] == Value::Bool(true);
-        let report = &response["report"];
-        let upgrade = Self::upgrade_of("kv 1.0.0 → 1.1.0", &response);
-        if self.expect(
-            deployed,
-            format!("deploying kv 1.1.0 was refused: {}", response["error"].as_str().unwrap_or("?")),
-        ) {
+        let answer = node.ask(|c| {
+            let deploy =
+                DeployRequest { archive: archives[1].clone(), health_window_ms: 500, ..DeployRequest::default() };
+            c.deploy(deploy, None)
+        })?;
+        let report = match &answer {
+            Ok(deployed) => Some(&deployed.report),
+            Err(failure) => failure.report.as_deref(),
+        };
+        let upgrade = Self::upgrade_of("kv 1.0.0 → 1.1.0", report);
+        if let Err(failure) = &answer {
+            self.problem(format!("deploying kv 1.1.0 was refused: {}", failure.error));
+        }
+        if let Ok(deployed) = &answer {
+            let outcome = &deployed.report.outcome;
             self.expect(
-                report["outcome"] == "committed",
-                format!("deploying kv 1.1.0: the upgrade ended {}", report["outcome"]),
+                *outcome == Outcome::Committed,
+                format!("deploying kv 1.1.0: the upgrade ended {:?}", outcome_name(outcome)),
             );
             self.expect(upgrade.lost == 0, format!("deploying kv 1.1.0 lost {} message(s)", upgrade.lost));
             self.expect(upgrade.moved > 0, "deploying kv 1.1.0 moved no process".into());
@@ -911,14 +944,13 @@ impl Demo {
         let incr_after = probe.request(&[b"INCR", b"demo:probe"]).context("probe: INCR on 1.1.0")?;
         self.expect(incr_after == Reply::Int(1), format!("1.1.0: INCR answered {incr_after}, expected :1"));
         std::thread::sleep(hold);
-        let health = if report["health"].is_object() {
-            format!(
+        let health = match report.and_then(|r| r.health.as_ref()) {
+            Some(health) => format!(
                 ", health window {:.0} ms {}",
-                report["health"]["watched_ms"].as_f64().unwrap_or(0.0),
-                if report["health"]["passed"] == Value::Bool(true) { "passed" } else { "failed" }
-            )
-        } else {
-            String::new()
+                health.watched_ms,
+                if health.passed { "passed" } else { "failed" }
+            ),
+            None => String::new(),
         };
         let outcome = format!(
             "committed: {} process(es) moved in {:.1} ms, pause p99 {:.1} µs, {} messages lost{health}",
@@ -937,10 +969,15 @@ impl Demo {
         let window = load.window();
         let set = probe.request(&[b"SET", BAD_KEY.as_bytes(), b"1.2.0-broken refuses this key"])?;
         self.expect(set == Reply::Simple("OK".into()), format!("SET {BAD_KEY} answered {set}"));
-        let response = node.request(json!({"cmd": "deploy", "archive": archives[2]}))?;
-        let refused = response["ok"] == Value::Bool(false);
-        let error = response["error"].as_str().unwrap_or("").to_string();
-        let outcome = response["report"]["outcome"].as_str().unwrap_or("").to_string();
+        let answer = node.ask(|c| {
+            c.deploy(DeployRequest { archive: archives[2].clone(), ..DeployRequest::default() }, None)
+        })?;
+        let refused = answer.is_err();
+        let (error, report) = match &answer {
+            Ok(_) => (String::new(), None),
+            Err(failure) => (failure.error.clone(), failure.report.as_deref()),
+        };
+        let outcome = report.map_or("", |r| outcome_name(&r.outcome));
         if self.expect(refused, "deploying kv 1.2.0-broken was accepted; it must be refused".into()) {
             self.expect(
                 outcome == "aborted" || outcome == "rolled_back",
@@ -950,11 +987,11 @@ impl Demo {
                 error.contains(BAD_KEY),
                 format!("the refusal of kv 1.2.0-broken does not name the key {BAD_KEY}: {error}"),
             );
-            let undone = &response["report"]["rollback"];
-            let complete = undone.is_object()
-                && undone["failed"].as_array().is_some_and(Vec::is_empty)
-                && undone["errors"].as_array().is_some_and(Vec::is_empty);
-            self.expect(complete, format!("kv 1.2.0-broken was not undone completely: {undone}"));
+            let undone = report.and_then(|r| r.rollback.as_ref());
+            self.expect(
+                undone.is_some_and(|r| r.failed.is_empty() && r.errors.is_empty()),
+                format!("kv 1.2.0-broken was not undone completely: {}", json!(undone)),
+            );
         }
         let connections = self.check_running(node, "after the refused 1.2.0-broken", "1.1.0")?;
         let kept = probe.request(&[b"GET", BAD_KEY.as_bytes()])?;
@@ -976,13 +1013,17 @@ impl Demo {
         load.incr.store(false, Ordering::SeqCst);
         load.settle();
         let window = load.window();
-        let response = node.request(json!({"cmd": "rollback"}))?;
-        let rolled_back = response["ok"] == Value::Bool(true);
-        let upgrade = Self::upgrade_of("rollback kv 1.1.0 → 1.0.0", &response);
-        if self.expect(
-            rolled_back,
-            format!("rolling back to kv 1.0.0 was refused: {}", response["error"].as_str().unwrap_or("?")),
-        ) {
+        let answer = node.ask(|c| c.rollback(None, None))?;
+        let rolled_back = answer.is_ok();
+        let upgrade = Self::upgrade_of(
+            "rollback kv 1.1.0 → 1.0.0",
+            match &answer {
+                Ok(done) => Some(&done.report),
+                Err(failure) => failure.report.as_deref(),
+            },
+        );
+        let refusal = answer.as_ref().err().map_or("?", |failure| failure.error.as_str());
+        if self.expect(rolled_back, format!("rolling back to kv 1.0.0 was refused: {refusal}")) {
             self.expect(upgrade.lost == 0, format!("rolling back lost {} message(s)", upgrade.lost));
         }
         let connections = self.check_running(node, "after the rollback", "1.0.0")?;
@@ -1014,7 +1055,7 @@ impl Demo {
             Self::traffic(&counts, self.phases.last().map_or(0.0, |p| p.slowest_ms))
         ));
         if !rolled_back {
-            say(&format!("                the node said: {}", response["error"].as_str().unwrap_or("?")));
+            say(&format!("                the node said: {refusal}"));
         }
         // The probe's own connection went through it all.
         let pong = probe.request(&[b"PING"])?;

@@ -306,7 +306,11 @@ fn heart(root: &Path, args: &StartArgs, boot: Option<&Path>) -> anyhow::Result<(
                 // (loading thousands of processes): it gets the start
                 // timeout as well.
                 let silent = answered.map_or(started.elapsed(), |t| t.elapsed());
-                let limit = if answered.is_some() { args.heart_timeout } else { args.heart_timeout.max(START_TIMEOUT) };
+                let limit = if answered.is_some() {
+                    args.heart_timeout
+                } else {
+                    args.heart_timeout.max(START_TIMEOUT)
+                };
                 if silent > limit {
                     eprintln!(
                         "heart: the node (pid {node_pid}) has not answered for {:.1} s: kill -9 and restart",
@@ -376,8 +380,11 @@ fn run(config: &Config) -> anyhow::Result<()> {
             return Err(error);
         }
     };
-    let daemon =
-        Arc::new(Daemon { handler, uid: rustix::process::getuid().as_raw(), connections: AtomicUsize::new(0) });
+    let daemon = Arc::new(Daemon {
+        handler,
+        uid: rustix::process::getuid().as_raw(),
+        connections: AtomicUsize::new(0),
+    });
     watch_supervisor(&daemon);
     watch_signals(&daemon, terminate);
     eprintln!("node: control socket {} (mode 0600)", root.join(SOCKET).display());
@@ -492,14 +499,20 @@ fn serve(daemon: &Daemon, mut stream: UnixStream) {
     if daemon.connections.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
         refuse(
             &mut stream,
-            format!("refused: the node already serves {MAX_CONNECTIONS} control connections; try again when one closes"),
+            format!(
+                "refused: the node already serves {MAX_CONNECTIONS} control connections; try again when one closes"
+            ),
         );
         return;
     }
     match rustix::net::sockopt::socket_peercred(&stream) {
         Ok(peer) if peer.uid.as_raw() == daemon.uid => {}
         Ok(peer) => {
-            eprintln!("node: refused a control connection from uid {} (pid {:?})", peer.uid.as_raw(), peer.pid);
+            eprintln!(
+                "node: refused a control connection from uid {} (pid {:?})",
+                peer.uid.as_raw(),
+                peer.pid
+            );
             refuse(
                 &mut stream,
                 format!(
@@ -528,7 +541,10 @@ fn serve(daemon: &Daemon, mut stream: UnixStream) {
             if line.len() > protocol::MAX_LINE_BYTES {
                 refuse(
                     &mut stream,
-                    format!("bad request: the line is longer than {} bytes; the connection is closed", protocol::MAX_LINE_BYTES),
+                    format!(
+                        "bad request: the line is longer than {} bytes; the connection is closed",
+                        protocol::MAX_LINE_BYTES
+                    ),
                 );
             }
             // A line cut by the peer's close: nothing to answer.
@@ -563,7 +579,9 @@ fn serve(daemon: &Daemon, mut stream: UnixStream) {
         let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             daemon.handler.handle(request, &mut progress)
         }))
-        .unwrap_or_else(|_| Err(Failure::new("the node failed while answering (a bug: see its log); it keeps running")));
+        .unwrap_or_else(|_| {
+            Err(Failure::new("the node failed while answering (a bug: see its log); it keeps running"))
+        });
         let reply = match answer {
             Ok(response) => Reply::Ok(response),
             Err(failure) => Reply::Error(failure),

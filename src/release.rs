@@ -20,10 +20,10 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use relive_releases::archive;
-use relive_releases::manifest::Manifest;
 use relive_node::client::{Client, ClientError};
 use relive_node::protocol::{PruneRequest, RemoveRequest, Request, Response};
+use relive_releases::archive;
+use relive_releases::manifest::Manifest;
 use relive_releases::store::{ReleaseInfo, Store};
 use relive_upgrader::planner::{self, Planned};
 
@@ -349,7 +349,9 @@ pub fn plan(args: PlanArgs) -> anyhow::Result<()> {
         match Client::connect(&root) {
             Ok(mut client) => match client.request(&request, None)? {
                 Response::Planned(planned) => return print_planned(&planned, args.json),
-                other => bail!("the node answered a plan request with {}", relive_node::protocol::encode(&other)),
+                other => {
+                    bail!("the node answered a plan request with {}", relive_node::protocol::encode(&other))
+                }
             },
             // No node (or a socket left by one that died): plan from the store.
             Err(ClientError::NoNode { .. }) => {}
@@ -438,7 +440,10 @@ fn app_name(store: &Store, name: Option<String>) -> anyhow::Result<String> {
         (Some(running), _) => Ok(running.name),
         (None, [only]) => Ok(only.clone()),
         (None, []) => bail!("the store {} holds no release", store.root().display()),
-        (None, many) => bail!("the store {} holds several applications ({}): say which with --name", store.root().display(), many.join(", ")),
+        (None, many) => bail!(
+            "the store {} holds several applications ({}): say which with --name",
+            store.root().display(),
+            many.join(", ")
+        ),
     }
 }
-

@@ -9,7 +9,7 @@ use std::time::Duration;
 use relive_releases::store::ReleaseInfo;
 
 use crate::protocol::{
-    self, Deployed, DeployRequest, Envelope, Failure, MessageRequest, Permanent, Progress, Reply, Request,
+    self, DeployRequest, Deployed, Envelope, Failure, MessageRequest, Permanent, Progress, Reply, Request,
     Response, RollbackRequest, Status,
 };
 
@@ -98,7 +98,9 @@ impl Client {
         let socket = root.join(SOCKET);
         let stream = match UnixStream::connect(&socket) {
             Ok(stream) => stream,
-            Err(error) if matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) => {
+            Err(error)
+                if matches!(error.kind(), io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused) =>
+            {
                 return Err(ClientError::NoNode { root: root.to_path_buf() });
             }
             Err(error) if error.kind() == io::ErrorKind::PermissionDenied => {
@@ -106,7 +108,8 @@ impl Client {
             }
             Err(source) => return Err(ClientError::Io { socket, source }),
         };
-        let writer = stream.try_clone().map_err(|source| ClientError::Io { socket: socket.clone(), source })?;
+        let writer =
+            stream.try_clone().map_err(|source| ClientError::Io { socket: socket.clone(), source })?;
         Ok(Client { socket, reader: BufReader::new(stream), writer })
     }
 
@@ -152,11 +155,12 @@ impl Client {
                 Ok(_) => {}
                 Err(error) => return Err(self.io(sent.err().unwrap_or(error))),
             }
-            let reply: Reply = serde_json::from_str(answer.trim_end()).map_err(|e| ClientError::BadReply {
-                socket: self.socket.clone(),
-                line: answer.trim_end().to_string(),
-                error: e.to_string(),
-            })?;
+            let reply: Reply =
+                serde_json::from_str(answer.trim_end()).map_err(|e| ClientError::BadReply {
+                    socket: self.socket.clone(),
+                    line: answer.trim_end().to_string(),
+                    error: e.to_string(),
+                })?;
             match reply {
                 Reply::Progress(step) => {
                     if let Some(progress) = progress.as_mut() {

@@ -18,7 +18,10 @@ pub const ENV: &str = "RELIVE_CRASH_FILE";
 
 /// The crash points, in the order a deploy reaches them.
 pub const POINTS: [(&str, &str); 7] = [
-    ("verified", "the archive is verified and its libraries staged in the node's code directory; the store is untouched"),
+    (
+        "verified",
+        "the archive is verified and its libraries staged in the node's code directory; the store is untouched",
+    ),
     ("prepared", "every new library is opened; no process touched"),
     ("suspended", "the first process is paused at its migration, before its code_change"),
     ("migrated", "the first process's code_change returned, before its switch"),

@@ -59,7 +59,7 @@ use relive_upgrader::{Controller, ModuleView, Options, Plan, ProcessView, Releas
 
 use crate::crash;
 use crate::protocol::{
-    DeployOptions, DryRun, Deployed, Failure, Listening, ModuleStatus, ModuleVersion, Permanent,
+    DeployOptions, Deployed, DryRun, Failure, Listening, ModuleStatus, ModuleVersion, Permanent,
     ProcessGroup, ProcessStatus, Progress, Removed, Request, Response, Status,
 };
 
@@ -237,7 +237,11 @@ pub fn release_view(
         // the planner.
         processes: manifest
             .children()
-            .map(|c| ProcessView { name: c.name, module: c.process.module.clone(), args: c.process.args.clone() })
+            .map(|c| ProcessView {
+                name: c.name,
+                module: c.process.module.clone(),
+                args: c.process.args.clone(),
+            })
             .collect(),
         instructions: manifest.instructions.clone(),
     })
@@ -247,7 +251,8 @@ pub fn release_view(
 /// an existing file of that name has those bytes: it was written the same
 /// way) and returns the release's view with those paths.
 fn stage(dir: &Path, contents: &Contents) -> Result<ReleaseView, String> {
-    fs::create_dir_all(dir).map_err(|e| format!("creating the node's code directory {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir)
+        .map_err(|e| format!("creating the node's code directory {}: {e}", dir.display()))?;
     for library in &contents.libraries {
         let path = dir.join(format!("{}.so", library.sha256));
         if path.exists() {
@@ -262,7 +267,11 @@ fn stage(dir: &Path, contents: &Contents) -> Result<ReleaseView, String> {
         })();
         if let Err(error) = written {
             let _ = fs::remove_file(&tmp);
-            return Err(format!("staging module {}'s library at {}: {error}", library.module, path.display()));
+            return Err(format!(
+                "staging module {}'s library at {}: {error}",
+                library.module,
+                path.display()
+            ));
         }
     }
     release_view(&contents.manifest, |module| {
@@ -288,8 +297,9 @@ impl ReleaseHandler {
         // The node's own files from an earlier run: this process holds the
         // store's lock, so no other node uses them.
         if run.exists() {
-            fs::remove_dir_all(&run)
-                .map_err(|e| BootError::Failed(format!("clearing the node's directory {}: {e}", run.display())))?;
+            fs::remove_dir_all(&run).map_err(|e| {
+                BootError::Failed(format!("clearing the node's directory {}: {e}", run.display()))
+            })?;
         }
         let code_dir = run.join("code");
         let keys = trusted_keys(root).map_err(BootError::Failed)?;
@@ -310,7 +320,12 @@ impl ReleaseHandler {
             }
             store.make_permanent(&release.name, &release.version)?;
             tracing::info!(release = %release.name, version = %release.version, archive = %path.display(), "installed and permanent");
-            eprintln!("node: {} {} from {} is installed and permanent", release.name, release.version, path.display());
+            eprintln!(
+                "node: {} {} from {} is installed and permanent",
+                release.name,
+                release.version,
+                path.display()
+            );
         }
         let info = store.boot_release().ok_or_else(|| {
             BootError::Failed(format!(
@@ -331,10 +346,18 @@ impl ReleaseHandler {
                         );
                         let contents = store
                             .verify_release(&permanent.name, &permanent.version, trusted, require)
-                            .map_err(|e| BootError::Failed(format!("cannot boot {}: {}", info_label(&permanent), with_keys(e.to_string(), root, &keys))))?;
+                            .map_err(|e| {
+                                BootError::Failed(format!(
+                                    "cannot boot {}: {}",
+                                    info_label(&permanent),
+                                    with_keys(e.to_string(), root, &keys)
+                                ))
+                            })?;
                         (permanent, contents)
                     }
-                    None => return Err(BootError::Failed(format!("cannot boot {}: {error}", info_label(&info)))),
+                    None => {
+                        return Err(BootError::Failed(format!("cannot boot {}: {error}", info_label(&info))));
+                    }
                 }
             }
         };
@@ -414,7 +437,10 @@ impl ReleaseHandler {
         match request {
             Request::Ping => {
                 supervisor::count_children(&self.node, self.supervisor, CALL_TIMEOUT).map_err(|e| {
-                    Failure::new(format!("the node does not answer: its top supervisor {}: {e}", self.supervisor))
+                    Failure::new(format!(
+                        "the node does not answer: its top supervisor {}: {e}",
+                        self.supervisor
+                    ))
                 })?;
                 Ok(Response::Pong(std::process::id()))
             }
@@ -431,10 +457,12 @@ impl ReleaseHandler {
             }
             Request::Rollback(rollback) => self.rollback(rollback.to.as_ref(), progress),
             Request::MakePermanent => self.make_permanent().map(Response::Permanent),
-            Request::Remove(remove) => {
-                self.remove(remove.name.as_deref(), &remove.version).map(|info| Response::Removed(Removed { removed: vec![info] }))
-            }
-            Request::Prune(prune) => self.prune(prune.name.as_deref(), prune.keep).map(|removed| Response::Removed(Removed { removed })),
+            Request::Remove(remove) => self
+                .remove(remove.name.as_deref(), &remove.version)
+                .map(|info| Response::Removed(Removed { removed: vec![info] })),
+            Request::Prune(prune) => self
+                .prune(prune.name.as_deref(), prune.keep)
+                .map(|removed| Response::Removed(Removed { removed })),
             Request::Call(call) => {
                 let pid = self.resolve(&call.name)?;
                 let reply = self
@@ -445,7 +473,9 @@ impl ReleaseHandler {
             }
             Request::Cast(cast) => {
                 let pid = self.resolve(&cast.name)?;
-                self.node.cast_json(pid, &cast.message).map_err(|e| Failure::new(format!("cast to {}: {e}", cast.name)))?;
+                self.node
+                    .cast_json(pid, &cast.message)
+                    .map_err(|e| Failure::new(format!("cast to {}: {e}", cast.name)))?;
                 Ok(Response::Cast)
             }
             Request::Stop => {
@@ -487,8 +517,10 @@ impl ReleaseHandler {
     pub fn verify_archive(&self, path: &Path) -> Result<VerifiedArchive, Failure> {
         let (keys, require) = self.trust()?;
         let trusted = (!keys.is_empty()).then_some(keys.as_slice());
-        let contents = archive::read_limited(path, self.max_archive_bytes, trusted, require)
-            .map_err(|e| Failure::new(format!("{}; nothing was changed", with_keys(e.to_string(), &self.root, &keys))))?;
+        let contents =
+            archive::read_limited(path, self.max_archive_bytes, trusted, require).map_err(|e| {
+                Failure::new(format!("{}; nothing was changed", with_keys(e.to_string(), &self.root, &keys)))
+            })?;
         Ok(VerifiedArchive { path: path.to_path_buf(), contents })
     }
 
@@ -497,8 +529,9 @@ impl ReleaseHandler {
         let store = self.store.lock();
         let info = store.running().ok_or_else(|| Failure::new("the store records no running release"))?;
         let stored = store.release(&info.name, &info.version).map_err(|e| Failure::new(e.to_string()))?;
-        let manifest = Manifest::parse(&stored.manifest_text, &stored.dir.join(relive_releases::store::MANIFEST_FILE))
-            .map_err(|e| Failure::new(e.to_string()))?;
+        let manifest =
+            Manifest::parse(&stored.manifest_text, &stored.dir.join(relive_releases::store::MANIFEST_FILE))
+                .map_err(|e| Failure::new(e.to_string()))?;
         let view = release_view(&manifest, |module| {
             stored.modules.get(module).map(|sha| (sha.clone(), store.library_path(sha)))
         })
@@ -522,7 +555,10 @@ impl ReleaseHandler {
             )));
         }
         if target.id.version == info.version {
-            return Err(Failure::new(format!("{} already runs on this node: nothing to deploy", label(&target.id))));
+            return Err(Failure::new(format!(
+                "{} already runs on this node: nothing to deploy",
+                label(&target.id)
+            )));
         }
         match planner::plan(view, &target.view).map_err(|e| Failure::new(e.to_string()))? {
             Planned::Upgrade { plan, .. } => Ok(plan),
@@ -566,7 +602,12 @@ impl ReleaseHandler {
     }
 
     /// Plans and applies a deploy to `target` (the caller holds the busy mark).
-    fn apply_to(&self, target: Target, options: DeployOptions, progress: &mut dyn FnMut(Progress)) -> Result<Response, Failure> {
+    fn apply_to(
+        &self,
+        target: Target,
+        options: DeployOptions,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Response, Failure> {
         let running = self.running()?;
         let plan = self.plan_to(&running, &target)?;
         let (from, _) = running;
@@ -580,17 +621,27 @@ impl ReleaseHandler {
         };
         crash_at("verified");
         let on_phase = crash.as_ref().map(crash::Armed::hook);
-        let controller_options = Options { health_window: options.health_window, on_phase, ..Options::default() };
+        let controller_options =
+            Options { health_window: options.health_window, on_phase, ..Options::default() };
         if options.dry_run {
-            progress(Progress { phase: format!("dry run of {}: migrating copies of every state", plan.name) });
-            let report = self.controller.dry_run(&plan, &controller_options).map_err(|e| Failure::new(format!("{e}; nothing was changed")))?;
+            progress(Progress {
+                phase: format!("dry run of {}: migrating copies of every state", plan.name),
+            });
+            let report = self
+                .controller
+                .dry_run(&plan, &controller_options)
+                .map_err(|e| Failure::new(format!("{e}; nothing was changed")))?;
             if report.ok() {
-                return Ok(Response::DryRun(Box::new(DryRun { release: to, plan_text: plan.to_string(), report })));
+                return Ok(Response::DryRun(Box::new(DryRun {
+                    release: to,
+                    plan_text: plan.to_string(),
+                    report,
+                })));
             }
             return Err(Failure {
                 error: format!("the dry run of {to} found problems; nothing was changed"),
                 report: None,
-                dry_run: Some(report),
+                dry_run: Some(Box::new(report)),
             });
         }
         progress(Progress {
@@ -610,12 +661,14 @@ impl ReleaseHandler {
             Ok(report) => report,
             Err(error) => {
                 eprintln!("node: deploying {to} failed: {error}");
-                let report = error.report().cloned();
+                let report = error.report().cloned().map(Box::new);
                 if let Some(report) = &report {
-                    *self.last_report.lock() = Some(report.clone());
+                    *self.last_report.lock() = Some((**report).clone());
                 }
                 return Err(Failure {
-                    error: format!("deploying {to}: {error}; the node still runs {now}; nothing was changed in the store"),
+                    error: format!(
+                        "deploying {to}: {error}; the node still runs {now}; nothing was changed in the store"
+                    ),
                     report,
                     dry_run: None,
                 });
@@ -633,13 +686,19 @@ impl ReleaseHandler {
             Err(Recorded::NotInstalled(error)) => {
                 let undone = match self.controller.rollback(&Options::default()) {
                     Ok(_) => format!("the upgrade was rolled back; the node runs {now}"),
-                    Err(e) => format!("rolling the upgrade back failed too ({e}); the node runs {to} but the store says {now}"),
+                    Err(e) => format!(
+                        "rolling the upgrade back failed too ({e}); the node runs {to} but the store says {now}"
+                    ),
                 };
-                Err(Failure { error: format!("{to} was applied but the store could not record it: {error}; {undone}"), report: Some(report), dry_run: None })
+                Err(Failure {
+                    error: format!("{to} was applied but the store could not record it: {error}; {undone}"),
+                    report: Some(Box::new(report)),
+                    dry_run: None,
+                })
             }
             Err(Recorded::NotPermanent(error)) => Err(Failure {
                 error: format!("{to} runs now, but making it permanent failed: {error}"),
-                report: Some(report),
+                report: Some(Box::new(report)),
                 dry_run: None,
             }),
         }
@@ -668,7 +727,9 @@ impl ReleaseHandler {
         if permanent {
             store.make_permanent(name, version).map_err(|e| Recorded::NotPermanent(e.to_string()))?;
         }
-        store.get(name, version).ok_or_else(|| Recorded::NotInstalled("the release vanished from the store".into()))
+        store
+            .get(name, version)
+            .ok_or_else(|| Recorded::NotInstalled("the release vanished from the store".into()))
     }
 
     /// Undoes the last deploy (`to` `None` or its release), or goes to
@@ -678,14 +739,20 @@ impl ReleaseHandler {
     /// # Errors
     /// Nothing to roll back, no such release, or the rollback failed (with
     /// its report).
-    pub fn rollback(&self, to: Option<&semver::Version>, progress: &mut dyn FnMut(Progress)) -> Result<Response, Failure> {
+    pub fn rollback(
+        &self,
+        to: Option<&semver::Version>,
+        progress: &mut dyn FnMut(Progress),
+    ) -> Result<Response, Failure> {
         let _busy = self.begin("a rollback".into())?;
         let (from, _) = self.running()?;
         let undo = self.controller.undo_target();
         if let Some(version) = to
             && undo.as_ref().is_none_or(|step| &step.from.version != version)
         {
-            progress(Progress { phase: format!("planning {} → {version} from the store", info_label(&from)) });
+            progress(Progress {
+                phase: format!("planning {} → {version} from the store", info_label(&from)),
+            });
             let (keys, require) = self.trust()?;
             let trusted = (!keys.is_empty()).then_some(keys.as_slice());
             let contents = self
@@ -695,7 +762,8 @@ impl ReleaseHandler {
                 .map_err(|e| Failure::new(with_keys(e.to_string(), &self.root, &keys)))?;
             let view = stage(&self.code_dir(), &contents).map_err(Failure::new)?;
             let id = ReleaseId { name: from.name.clone(), version: version.clone() };
-            let response = self.apply_to(Target { id, view, archive: None }, DeployOptions::default(), progress)?;
+            let response =
+                self.apply_to(Target { id, view, archive: None }, DeployOptions::default(), progress)?;
             return Ok(match response {
                 Response::Deployed(deployed) => Response::RolledBack(deployed),
                 other => other,
@@ -712,12 +780,18 @@ impl ReleaseHandler {
         let report = match self.controller.rollback(&Options::default()) {
             Ok(report) => report,
             Err(UpgradeError::NothingToRollBack) => {
-                return Err(Failure::new(format!("nothing to roll back (the node runs {})", info_label(&from))));
+                return Err(Failure::new(format!(
+                    "nothing to roll back (the node runs {})",
+                    info_label(&from)
+                )));
             }
             Err(error) => {
                 return Err(Failure {
-                    error: format!("rolling back to {back}: {error}; the node still runs {}", info_label(&from)),
-                    report: error.report().cloned(),
+                    error: format!(
+                        "rolling back to {back}: {error}; the node still runs {}",
+                        info_label(&from)
+                    ),
+                    report: error.report().cloned().map(Box::new),
                     dry_run: None,
                 });
             }
@@ -727,13 +801,13 @@ impl ReleaseHandler {
         if let Err(error) = store.install(&step.from.name, &step.from.version) {
             return Err(Failure {
                 error: format!("rolled back live to {back}, but the store could not record it: {error}"),
-                report: Some(report),
+                report: Some(Box::new(report)),
                 dry_run: None,
             });
         }
-        let release = store
-            .get(&step.from.name, &step.from.version)
-            .ok_or_else(|| Failure::new(format!("rolled back live to {back}, which the store no longer lists")))?;
+        let release = store.get(&step.from.name, &step.from.version).ok_or_else(|| {
+            Failure::new(format!("rolled back live to {back}, which the store no longer lists"))
+        })?;
         eprintln!("node: rolled back to {back}");
         Ok(Response::RolledBack(Box::new(Deployed { release, from, report })))
     }
@@ -780,9 +854,9 @@ impl ReleaseHandler {
             )));
         }
         let mut store = self.store.lock();
-        let info = store
-            .get(&name, version)
-            .ok_or_else(|| Failure::new(format!("no release {name} {version} in the store {}", self.root.display())))?;
+        let info = store.get(&name, version).ok_or_else(|| {
+            Failure::new(format!("no release {name} {version} in the store {}", self.root.display()))
+        })?;
         store.remove(&name, version).map_err(|e| Failure::new(e.to_string()))?;
         eprintln!("node: removed {}", info_label(&info));
         Ok(info)
@@ -803,7 +877,8 @@ impl ReleaseHandler {
             .map(|step| step.from.version)
             .into_iter()
             .collect();
-        let removed = self.store.lock().prune(&name, keep, &spare).map_err(|e| Failure::new(e.to_string()))?;
+        let removed =
+            self.store.lock().prune(&name, keep, &spare).map_err(|e| Failure::new(e.to_string()))?;
         for info in &removed {
             eprintln!("node: pruned {}", info_label(info));
         }
@@ -839,10 +914,10 @@ impl ReleaseHandler {
             state: ReleaseState::Unpacked,
         });
         let permanent = store.permanent().filter(|p| *p != release);
-        let manifest = store
-            .release(&release.name, &release.version)
-            .ok()
-            .and_then(|stored| Manifest::parse(&stored.manifest_text, &stored.dir.join(relive_releases::store::MANIFEST_FILE)).ok());
+        let manifest = store.release(&release.name, &release.version).ok().and_then(|stored| {
+            Manifest::parse(&stored.manifest_text, &stored.dir.join(relive_releases::store::MANIFEST_FILE))
+                .ok()
+        });
         drop(store);
         let modules = self
             .code
@@ -850,15 +925,20 @@ impl ReleaseHandler {
             .into_iter()
             .map(|m| {
                 let version = |v: &Option<relive_runtime::VersionInfo>| {
-                    v.as_ref().map(|v| ModuleVersion { version: v.version.clone(), sha256: v.sha256.clone(), processes: v.processes })
+                    v.as_ref().map(|v| ModuleVersion {
+                        version: v.version.clone(),
+                        sha256: v.sha256.clone(),
+                        processes: v.processes,
+                    })
                 };
                 ModuleStatus { name: m.name.clone(), current: version(&m.current), old: version(&m.old) }
             })
             .collect();
         let sup = planner::supervisor_name(&release.name);
-        let children: BTreeMap<String, supervisor::ChildInfo> = supervisor::which_children(&self.node, sup.as_str(), CALL_TIMEOUT)
-            .map(|children| children.into_iter().map(|c| (c.id.to_string(), c)).collect())
-            .unwrap_or_default();
+        let children: BTreeMap<String, supervisor::ChildInfo> =
+            supervisor::which_children(&self.node, sup.as_str(), CALL_TIMEOUT)
+                .map(|children| children.into_iter().map(|c| (c.id.to_string(), c)).collect())
+                .unwrap_or_default();
         let processes = manifest
             .iter()
             .flat_map(|m| m.processes.iter())
@@ -923,7 +1003,9 @@ impl ReleaseHandler {
         let waiter = self.node.exit_waiter(self.supervisor);
         self.node.exit(self.supervisor, ExitReason::Shutdown);
         if waiter.wait(STOP_TIMEOUT).is_none() {
-            eprintln!("node: the supervisor did not stop within {STOP_TIMEOUT:?}; shutting the node down anyway");
+            eprintln!(
+                "node: the supervisor did not stop within {STOP_TIMEOUT:?}; shutting the node down anyway"
+            );
         }
         self.node.shutdown();
     }
@@ -960,10 +1042,18 @@ fn with_keys(error: String, root: &Path, keys: &[VerifyingKey]) -> String {
         return error;
     }
     if keys.is_empty() {
-        return format!("{error} (the node requires signatures and {} holds no trusted key)", root.join("keys").display());
+        return format!(
+            "{error} (the node requires signatures and {} holds no trusted key)",
+            root.join("keys").display()
+        );
     }
-    let keys: Vec<String> = keys.iter().map(|k| hex_key(k)).collect();
-    format!("{error} (this node trusts the key{} {} in {})", if keys.len() == 1 { "" } else { "s" }, keys.join(", "), root.join("keys").display())
+    let keys: Vec<String> = keys.iter().map(hex_key).collect();
+    format!(
+        "{error} (this node trusts the key{} {} in {})",
+        if keys.len() == 1 { "" } else { "s" },
+        keys.join(", "),
+        root.join("keys").display()
+    )
 }
 
 fn hex_key(key: &VerifyingKey) -> String {
@@ -972,7 +1062,11 @@ fn hex_key(key: &VerifyingKey) -> String {
 
 /// Loads the release's libraries and starts its top supervisor with one
 /// child per process, each registered under its name.
-fn start_release(node: &Node, manifest: &Manifest, view: &ReleaseView) -> Result<(Arc<CodeServer>, Pid), String> {
+fn start_release(
+    node: &Node,
+    manifest: &Manifest,
+    view: &ReleaseView,
+) -> Result<(Arc<CodeServer>, Pid), String> {
     let code = node.code_server().ok_or("the node has no code server")?;
     for module in &view.modules {
         let loaded = code
@@ -1011,7 +1105,8 @@ fn start_release(node: &Node, manifest: &Manifest, view: &ReleaseView) -> Result
         name: Some(sup_name.as_str().into()),
         ..SupervisorSpec::new(Strategy::OneForOne, children)
     };
-    let supervisor = supervisor::start(node, spec)
-        .map_err(|e| format!("starting the supervisor {sup_name} of {name} {}: {e}", manifest.release.version))?;
+    let supervisor = supervisor::start(node, spec).map_err(|e| {
+        format!("starting the supervisor {sup_name} of {name} {}: {e}", manifest.release.version)
+    })?;
     Ok((code, supervisor))
 }

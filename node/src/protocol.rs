@@ -306,10 +306,10 @@ pub struct Failure {
     pub error: String,
     /// The upgrade's report, when an upgrade ran (aborted or rolled back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub report: Option<Report>,
+    pub report: Option<Box<Report>>,
     /// A dry run's findings, when a dry run found problems.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dry_run: Option<DryRunReport>,
+    pub dry_run: Option<Box<DryRunReport>>,
 }
 
 impl Failure {
