@@ -927,17 +927,17 @@ impl Demo {
             Err(failure) => failure.report.as_deref(),
         };
         let upgrade = Self::upgrade_of("kv 1.0.0 → 1.1.0", report);
-        if let Err(failure) = &answer {
-            self.problem(format!("deploying kv 1.1.0 was refused: {}", failure.error));
-        }
-        if let Ok(deployed) = &answer {
-            let outcome = &deployed.report.outcome;
-            self.expect(
-                *outcome == Outcome::Committed,
-                format!("deploying kv 1.1.0: the upgrade ended {:?}", outcome_name(outcome)),
-            );
-            self.expect(upgrade.lost == 0, format!("deploying kv 1.1.0 lost {} message(s)", upgrade.lost));
-            self.expect(upgrade.moved > 0, "deploying kv 1.1.0 moved no process".into());
+        match &answer {
+            Err(failure) => self.problem(format!("deploying kv 1.1.0 was refused: {}", failure.error)),
+            Ok(deployed) => {
+                let outcome = &deployed.report.outcome;
+                self.expect(
+                    *outcome == Outcome::Committed,
+                    format!("deploying kv 1.1.0: the upgrade ended {:?}", outcome_name(outcome)),
+                );
+                self.expect(upgrade.lost == 0, format!("deploying kv 1.1.0 lost {} message(s)", upgrade.lost));
+                self.expect(upgrade.moved > 0, "deploying kv 1.1.0 moved no process".into());
+            }
         }
         let connections = self.check_running(node, "after deploying 1.1.0", "1.1.0")?;
         load.incr.store(true, Ordering::SeqCst);

@@ -29,7 +29,7 @@
 //! | `library = "truncated" \| "not-elf" \| "garbage-elf" \| "wrong-abi" \| "no-export"` | deploys a well-formed archive of the release whose module library (the module named like the app) is half its bytes / a text file / an ELF header followed by random bytes / a real module built for another ABI version (examples/bad-abi) / a real library that exports no module (examples/no-export) |
 //! | `archive = "checksum-mismatch" \| "truncated" \| "path-traversal" \| "symlink"` | deploys the release's archive with one byte of that library flipped inside the tar (its manifest sha256 no longer matches) / cut to half its size / with an extra entry `lib/../../escaped.txt` / with that library replaced by a symbolic link to /etc/passwd |
 //! | `manifest = "bad-version" \| "duplicate-module"` | deploys the release's archive whose `release.toml` has `version = "not-semver"` / its first `[[module]]` twice |
-//! | `kill_at = "unpacked" \| "prepared" \| "suspended" \| "migrated" \| "switched" \| "committed" \| "installed"` | the node SIGKILLs itself when the deploy reaches that point (src/crash.rs lists what each means); the step checks that it died of SIGKILL before answering; `restart` follows |
+//! | `kill_at = "verified" \| "prepared" \| "suspended" \| "migrated" \| "switched" \| "committed" \| "installed"` | the node SIGKILLs itself when the deploy reaches that point (`relive_node::crash::POINTS` says what each means: up to `committed` the store is untouched, at `installed` it records the release); the step checks that it died of SIGKILL before answering; `restart` follows |
 //!
 //! Unknown steps and fields are errors naming the file, the line and the
 //! field. The releases the steps name are built first (as `relive demo`
@@ -51,15 +51,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use relive_node::client::Client;
+use relive_node::crash;
+use relive_node::protocol::{DeployRequest, Deployed};
 use relive_releases::archive;
 use relive_releases::manifest::Manifest;
+use relive_upgrader::Report;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use toml::Spanned;
 
 use crate::control;
-use crate::crash;
-use crate::demo::{self, Counts, Load, NodeProcess, Reply, Resp, Shape};
+use crate::demo::{self, Answer, Counts, Load, NodeProcess, Reply, Resp, Shape};
 use crate::examples::{self, TempDir};
 
 #[derive(Subcommand)]
@@ -751,7 +754,7 @@ struct Background {
     version: String,
     expect: Expect,
     error_contains: Option<String>,
-    thread: JoinHandle<anyhow::Result<Value>>,
+    thread: JoinHandle<anyhow::Result<Answer<Deployed>>>,
 }
 
 struct Runner<'a> {
@@ -814,19 +817,16 @@ impl Runner<'_> {
         Some((counts, errors))
     }
 
-    fn record_report(&mut self, response: &Value) -> String {
-        let report = &response["report"];
-        if !report.is_object() {
-            return String::new();
-        }
-        let lost = report["messages_lost"].as_u64().unwrap_or(0);
-        let p99 = report["pause"]["p99_us"].as_f64().unwrap_or(0.0);
+    fn record_report(&mut self, report: Option<&Report>) -> String {
+        let Some(report) = report else { return String::new() };
+        let lost = report.messages_lost;
+        let p99 = report.pause.p99_us;
         self.lost += lost;
         self.pause_p99_max_us = self.pause_p99_max_us.max(p99);
         format!(
             "{}, {} moved, pause p99 {p99:.1} µs, {lost} lost",
-            report["outcome"].as_str().unwrap_or("?"),
-            report["moved"].as_u64().unwrap_or(0)
+            demo::outcome_name(&report.outcome),
+            report.moved
         )
     }
 
@@ -834,31 +834,30 @@ impl Runner<'_> {
     /// says what happened.
     fn settle(
         &mut self,
-        response: &Value,
+        answer: &Answer<Deployed>,
         expect: Expect,
         error_contains: Option<&str>,
         failures: &mut Vec<String>,
     ) -> String {
-        let report = self.record_report(response);
-        Self::expect_outcome(response, expect, error_contains, failures);
+        let report = self.record_report(report_of(answer));
+        Self::expect_outcome(answer, expect, error_contains, failures);
         let report = if report.is_empty() { String::new() } else { format!(" ({report})") };
-        if response["ok"] == Value::Bool(true) {
-            format!("{} runs{report}", release_label(&response["release"]))
-        } else {
-            format!("refused{report}: {}", response["error"].as_str().unwrap_or("?"))
+        match answer {
+            Ok(done) => format!("{} runs{report}", done.release),
+            Err(failure) => format!("refused{report}: {}", failure.error),
         }
     }
 
-    /// Checks a deploy's or rollback's response against `expect`.
+    /// Checks a deploy's or rollback's answer against `expect`.
     fn expect_outcome(
-        response: &Value,
+        answer: &Answer<Deployed>,
         expect: Expect,
         error_contains: Option<&str>,
         failures: &mut Vec<String>,
     ) {
-        let ok = response["ok"] == Value::Bool(true);
-        let error = response["error"].as_str().unwrap_or("");
-        let outcome = response["report"]["outcome"].as_str().unwrap_or("none");
+        let ok = answer.is_ok();
+        let error = answer.as_ref().err().map_or("", |failure| failure.error.as_str());
+        let outcome = report_of(answer).map_or("none", |report| demo::outcome_name(&report.outcome));
         let observed =
             if ok { "ok".to_string() } else { format!("refused (report outcome {outcome}): {error}") };
         let matched = match expect {
@@ -892,13 +891,13 @@ impl Runner<'_> {
     /// answers.
     fn deploy_killed_at(
         &mut self,
-        request: Value,
+        request: DeployRequest,
         point: &str,
         failures: &mut Vec<String>,
     ) -> anyhow::Result<String> {
         let file = self.crash_file();
         fs::write(&file, point).with_context(|| format!("writing {}", file.display()))?;
-        let response = self.node()?.request(request);
+        let answer = self.node()?.ask(|c| c.deploy(request, None));
         self.probe = None;
         let mut node = self.node.take().expect("checked by node() above");
         node.stopped = true;
@@ -914,10 +913,12 @@ impl Runner<'_> {
         if status.signal() != Some(9) {
             failures.push(format!("the node exited with {status}, not SIGKILL at {point}"));
         }
-        if let Ok(response) = response
-            && response["ok"] == Value::Bool(true)
-        {
-            failures.push(format!("the deploy answered before the node died at {point}: {response}"));
+        if let Ok(Ok(deployed)) = answer {
+            failures.push(format!(
+                "the deploy answered before the node died at {point}: {} runs ({})",
+                deployed.release,
+                demo::outcome_name(&deployed.report.outcome)
+            ));
         }
         Ok(format!("node pid {} killed at {point} ({status})", node.pid))
     }
@@ -939,27 +940,35 @@ impl Runner<'_> {
         let mut last = Value::Null;
         for name in names {
             loop {
-                let response = self.node()?.request(json!({"cmd": "call", "name": name, "json": message}))?;
+                let answer = self.node()?.ask(|c| c.call(name, message.clone()))?;
                 let retry = deadline.is_some_and(|d| Instant::now() < d);
-                let reply = response["reply"].clone();
                 if let Some(text) = &spec.error_contains {
-                    let error = response["error"].as_str().unwrap_or("");
-                    if response["ok"] == Value::Bool(true) {
-                        wrong.push(format!("{name} answered {reply}, expected an error containing {text:?}"));
-                    } else if !error.contains(text.as_str()) {
-                        wrong.push(format!("{name} failed with {error:?}, expected {text:?} in it"));
-                    }
+                    let error = match &answer {
+                        Ok(reply) => {
+                            wrong.push(format!("{name} answered {reply}, expected an error containing {text:?}"));
+                            ""
+                        }
+                        Err(failure) => {
+                            if !failure.error.contains(text.as_str()) {
+                                wrong.push(format!("{name} failed with {:?}, expected {text:?} in it", failure.error));
+                            }
+                            failure.error.as_str()
+                        }
+                    };
                     last = Value::String(error.to_string());
                     break;
                 }
-                if response["ok"] != Value::Bool(true) {
-                    if retry {
+                let reply = match answer {
+                    Ok(reply) => reply,
+                    Err(_) if retry => {
                         std::thread::sleep(Duration::from_millis(20));
                         continue;
                     }
-                    wrong.push(format!("{name}: {}", response["error"].as_str().unwrap_or("?")));
-                    break;
-                }
+                    Err(failure) => {
+                        wrong.push(format!("{name}: {}", failure.error));
+                        break;
+                    }
+                };
                 let observed = if pointer.is_empty() {
                     reply.clone()
                 } else {
@@ -990,8 +999,8 @@ impl Runner<'_> {
         })
     }
 
-    fn status(&self) -> anyhow::Result<Value> {
-        self.node()?.checked(json!({"cmd": "status"}))
+    fn status(&self) -> anyhow::Result<relive_node::protocol::Status> {
+        self.node()?.checked(Client::status)
     }
 
     /// Runs one step: Ok((detail, failed checks)), or Err when the scenario
@@ -1070,12 +1079,12 @@ impl Runner<'_> {
                     Some(fault) => self.faulty_archive(version, *fault)?,
                     None => self.archives[version].clone(),
                 };
-                let request = json!({
-                    "cmd": "deploy",
-                    "archive": archive,
-                    "permanent": permanent,
-                    "health_window_ms": health_window.as_millis() as u64,
-                });
+                let request = DeployRequest {
+                    archive: archive.clone(),
+                    permanent: *permanent,
+                    dry_run: false,
+                    health_window_ms: health_window.as_millis() as u64,
+                };
                 if let Some(point) = kill_at {
                     return Ok((self.deploy_killed_at(request, point, &mut failures)?, failures));
                 }
@@ -1086,7 +1095,9 @@ impl Runner<'_> {
                     let root = self.node()?.root.clone();
                     let thread = std::thread::Builder::new()
                         .name("scenario-deploy".into())
-                        .spawn(move || control::request(&root, &request, |_| {}))
+                        .spawn(move || {
+                            demo::answered(Client::connect(&root).and_then(|mut c| c.deploy(request, None)))
+                        })
                         .context("starting the background deploy's thread")?;
                     self.background = Some(Background {
                         version: version.clone(),
@@ -1098,8 +1109,8 @@ impl Runner<'_> {
                     std::thread::sleep(Duration::from_millis(100));
                     return Ok((format!("started in the background ({})", archive.display()), failures));
                 }
-                let response = self.node()?.request(request)?;
-                self.settle(&response, *expect, error_contains.as_deref(), &mut failures)
+                let answer = self.node()?.ask(|c| c.deploy(request, None))?;
+                self.settle(&answer, *expect, error_contains.as_deref(), &mut failures)
             }
             Action::Await => {
                 let Some(background) = self.background.take() else {
@@ -1107,26 +1118,31 @@ impl Runner<'_> {
                         "no background deploy to await (a deploy step with `background = true` comes first)"
                     );
                 };
-                let response = background
+                let answer = background
                     .thread
                     .join()
                     .map_err(|_| anyhow::anyhow!("the background deploy's thread panicked"))??;
-                self.settle(&response, background.expect, background.error_contains.as_deref(), &mut failures)
+                self.settle(&answer, background.expect, background.error_contains.as_deref(), &mut failures)
             }
             Action::Rollback { to, expect, error_contains } => {
-                let mut request = json!({"cmd": "rollback"});
-                if let Some(to) = to {
-                    request["to"] = Value::String(to.clone());
-                }
-                let response = self.node()?.request(request)?;
-                self.settle(&response, *expect, error_contains.as_deref(), &mut failures)
+                let to = match to {
+                    Some(to) => Some(
+                        to.parse::<semver::Version>()
+                            .with_context(|| format!("rollback = {to:?}: not a semver version"))?,
+                    ),
+                    None => None,
+                };
+                let answer = self.node()?.ask(|c| c.rollback(to, None))?;
+                self.settle(&answer, *expect, error_contains.as_deref(), &mut failures)
             }
             Action::MakePermanent => {
-                let response = self.node()?.request(json!({"cmd": "make_permanent"}))?;
-                if response["ok"] != Value::Bool(true) {
-                    failures.push(format!("refused: {}", response["error"].as_str().unwrap_or("?")));
+                match self.node()?.ask(Client::make_permanent)? {
+                    Ok(done) => format!("{} is permanent", done.release),
+                    Err(failure) => {
+                        failures.push(format!("refused: {}", failure.error));
+                        "? ? (?) is permanent".into()
+                    }
                 }
-                format!("{} is permanent", release_label(&response["release"]))
             }
             Action::Kill { hard } => {
                 self.probe = None;
@@ -1147,12 +1163,7 @@ impl Runner<'_> {
                 }
                 self.start_node(None)?;
                 let status = self.status()?;
-                format!(
-                    "node pid {} runs {} ({})",
-                    self.node()?.pid,
-                    demo::release_of(&status),
-                    status["release"]["state"].as_str().unwrap_or("?")
-                )
+                format!("node pid {} runs {}", self.node()?.pid, status.release)
             }
             Action::Wait(duration) => {
                 std::thread::sleep(*duration);
@@ -1359,40 +1370,29 @@ impl Runner<'_> {
         };
         if spec.release.is_some() || spec.state.is_some() || spec.modules.is_some() {
             let status = self.status()?;
-            let release = &status["release"];
+            let release = &status.release;
             if let Some(version) = &spec.release {
-                let observed = release["version"].as_str().unwrap_or("?").to_string();
+                let observed = release.version.to_string();
                 check("release", &observed == version, observed, version.clone());
             }
             if let Some(state) = &spec.state {
-                let observed = release["state"].as_str().unwrap_or("?").to_string();
+                let observed = release.state.to_string();
                 check("state", &observed == state, observed, state.clone());
             }
             for (name, version) in spec.modules.iter().flatten() {
-                let observed = status["modules"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .find(|m| m["name"] == name.as_str())
-                    .map_or("absent".to_string(), |m| {
-                        m["current"]["version"].as_str().unwrap_or("none").to_string()
-                    });
+                let observed = status.modules.iter().find(|m| m.name == *name).map_or(
+                    "absent".to_string(),
+                    |m| m.current.as_ref().map_or("none".to_string(), |c| c.version.to_string()),
+                );
                 check(&format!("module {name}"), &observed == version, observed, version.clone());
             }
         }
         if let Some(expected) = &spec.releases {
-            let response = self.node()?.checked(json!({"cmd": "releases"}))?;
-            let observed: BTreeMap<String, String> = response["releases"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|r| r["name"] == self.scenario.meta.app.as_str())
-                .map(|r| {
-                    (
-                        r["version"].as_str().unwrap_or("?").to_string(),
-                        r["state"].as_str().unwrap_or("?").to_string(),
-                    )
-                })
+            let releases = self.node()?.checked(Client::releases)?;
+            let observed: BTreeMap<String, String> = releases
+                .iter()
+                .filter(|r| r.name == self.scenario.meta.app)
+                .map(|r| (r.version.to_string(), r.state.to_string()))
                 .collect();
             let show = |m: &BTreeMap<String, String>| {
                 m.iter().map(|(v, s)| format!("{v} {s}")).collect::<Vec<_>>().join(", ")
@@ -1531,13 +1531,13 @@ fn random_bytes(n: usize) -> Vec<u8> {
         .collect()
 }
 
-fn release_label(release: &Value) -> String {
-    format!(
-        "{} {} ({})",
-        release["name"].as_str().unwrap_or("?"),
-        release["version"].as_str().unwrap_or("?"),
-        release["state"].as_str().unwrap_or("?")
-    )
+/// The report of a deploy or rollback that ran, whether it went through
+/// or not.
+fn report_of(answer: &Answer<Deployed>) -> Option<&Report> {
+    match answer {
+        Ok(done) => Some(&done.report),
+        Err(failure) => failure.report.as_deref(),
+    }
 }
 
 /// Builds the releases a scenario names, runs its steps, stops everything.
@@ -1761,7 +1761,7 @@ mod tests {
         );
         assert!(
             err(&format!("{head}[[step]]\ndeploy = \"1.1.0\"\nkill_at = \"lunch\"\n"))
-                .starts_with("x.toml:8: step 2: kill_at = \"lunch\": write one of unpacked, prepared")
+                .starts_with("x.toml:8: step 2: kill_at = \"lunch\": write one of verified, prepared")
         );
         assert!(
             err(&format!("{head}[[step]]\ndeploy = \"1.1.0\"\nkill_at = \"migrated\"\nbackground = true\n"))

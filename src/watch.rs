@@ -18,10 +18,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 use clap::Args;
 use notify::{RecursiveMode, Watcher};
+use relive_node::client::Client;
+use relive_node::protocol::{DeployRequest, Progress};
 use relive_releases::archive;
 use relive_releases::manifest::Manifest;
 use semver::{Prerelease, Version, VersionReq};
-use serde_json::{Value, json};
 
 use crate::control;
 use crate::release::{RootArg, build_module};
@@ -101,12 +102,9 @@ fn is_source(path: &Path) -> bool {
 /// Builds the application as a development release and deploys it.
 fn deploy_once(args: &WatchArgs, root: &Path, manifest_path: &Path) -> anyhow::Result<()> {
     let mut manifest = Manifest::from_path(manifest_path)?;
-    let status = control::request(root, &json!({"cmd": "status"}), |_| {})?;
-    if status["ok"] != Value::Bool(true) {
-        bail!("{}", status["error"].as_str().unwrap_or("the node refused status"));
-    }
-    let running_name = status["release"]["name"].as_str().unwrap_or_default();
-    if running_name != manifest.release.name {
+    let status = Client::connect(root)?.status()?;
+    let running_name = &status.release.name;
+    if *running_name != manifest.release.name {
         bail!(
             "the node on {} runs {running_name}, {} is {}: watch an application the node runs",
             root.display(),
@@ -114,17 +112,11 @@ fn deploy_once(args: &WatchArgs, root: &Path, manifest_path: &Path) -> anyhow::R
             manifest.release.name
         );
     }
-    let running: Version = status["release"]["version"]
-        .as_str()
-        .and_then(|v| v.parse().ok())
-        .context("the node's status has no release version")?;
-    let module_versions: BTreeMap<String, Version> = status["modules"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| {
-            Some((m["name"].as_str()?.to_string(), m["current"]["version"].as_str()?.parse().ok()?))
-        })
+    let running: Version = status.release.version.clone();
+    let module_versions: BTreeMap<String, Version> = status
+        .modules
+        .iter()
+        .filter_map(|m| Some((m.name.clone(), m.current.as_ref()?.version.clone())))
         .collect();
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
     let release_version = development_version(&running, stamp);
@@ -144,13 +136,16 @@ fn deploy_once(args: &WatchArgs, root: &Path, manifest_path: &Path) -> anyhow::R
     let out = tempfile::tempdir().context("a temporary directory for the archive")?;
     let archive = archive::build(&manifest, &args.app_dir, &libraries, out.path(), None)?;
     eprintln!("relive watch: deploying {} {release_version} over {running}", manifest.release.name);
-    let mut request = json!({"cmd": "deploy", "archive": archive, "progress": true});
-    if let Some(window) = args.health_window {
-        request["health_window_ms"] = json!(window.as_millis() as u64);
-    }
-    let response = control::request(root, &request, |line| eprintln!("relive watch: {line}"))?;
-    if response["ok"] != Value::Bool(true) {
-        bail!("the deploy failed: {}", response["error"].as_str().unwrap_or("no reason given"));
+    let request = DeployRequest {
+        archive: std::path::absolute(&archive).unwrap_or(archive),
+        health_window_ms: args.health_window.map_or(0, |window| window.as_millis() as u64),
+        ..DeployRequest::default()
+    };
+    let mut progress = |step: &Progress| eprintln!("relive watch: {}", step.phase);
+    match Client::connect(root)?.deploy(request, Some(&mut progress)) {
+        Ok(_) => {}
+        Err(relive_node::client::ClientError::Refused(failure)) => bail!("the deploy failed: {failure}"),
+        Err(error) => return Err(error.into()),
     }
     println!("deployed {} {release_version}", manifest.release.name);
     Ok(())

@@ -36,8 +36,9 @@
 //! is read back and verified by [`Store::verify_release`]: every library
 //! against its sha256, the manifest against the one verified at unpack, the
 //! signature against the trusted keys. A release that fails is refused with
-//! the file named; if it was not the permanent release the node falls back
-//! to the permanent one, as after a crash, and says so in its log.
+//! the file named. A release that was current but not permanent is never
+//! booted: the node falls back to the permanent one, as after a crash, and
+//! says so in its log, so a damaged current release cannot stop a restart.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -333,34 +334,13 @@ impl ReleaseHandler {
                 root.display()
             ))
         })?;
-        let (info, contents) = match store.verify_release(&info.name, &info.version, trusted, require) {
-            Ok(contents) => (info, contents),
-            Err(error) => {
-                let error = with_keys(error.to_string(), root, &keys);
-                match store.permanent().filter(|p| *p != info) {
-                    Some(permanent) => {
-                        eprintln!(
-                            "node: refusing to boot {}: {error}; booting the permanent {} instead",
-                            info_label(&info),
-                            info_label(&permanent)
-                        );
-                        let contents = store
-                            .verify_release(&permanent.name, &permanent.version, trusted, require)
-                            .map_err(|e| {
-                                BootError::Failed(format!(
-                                    "cannot boot {}: {}",
-                                    info_label(&permanent),
-                                    with_keys(e.to_string(), root, &keys)
-                                ))
-                            })?;
-                        (permanent, contents)
-                    }
-                    None => {
-                        return Err(BootError::Failed(format!("cannot boot {}: {error}", info_label(&info))));
-                    }
-                }
-            }
-        };
+        // Only the permanent release boots when there is one (a current
+        // one not made permanent is undone below, as after a crash), so
+        // there is nothing to fall back to: a release that fails its checks
+        // is refused, with the file named.
+        let contents = store
+            .verify_release(&info.name, &info.version, trusted, require)
+            .map_err(|e| BootError::Failed(format!("cannot boot {}: {e}", info_label(&info))))?;
         // A release installed but not made permanent does not survive a
         // restart (OTP's rule): the permanent one runs again, the other is old.
         if let Some(current) = store.current()
@@ -759,7 +739,7 @@ impl ReleaseHandler {
                 .store
                 .lock()
                 .verify_release(&from.name, version, trusted, require)
-                .map_err(|e| Failure::new(with_keys(e.to_string(), &self.root, &keys)))?;
+                .map_err(|e| Failure::new(format!("{e}; nothing was changed")))?;
             let view = stage(&self.code_dir(), &contents).map_err(Failure::new)?;
             let id = ReleaseId { name: from.name.clone(), version: version.clone() };
             let response =
