@@ -377,6 +377,9 @@ mod tests {
         let text: Vec<String> = plan.instructions.iter().map(|i| i.to_string()).collect();
         assert_eq!(text, vec!["load_module store from /code/a1.so", "update store: all processes"]);
         assert_eq!(plan.name, "kv 1.1.0 → 1.0.0");
+        // What undoing it returns to travels with the plan.
+        let step = plan.releases.expect("the planner names the releases");
+        assert_eq!((step.from.to_string(), step.to.to_string()), ("kv 1.1.0".into(), "kv 1.0.0".into()));
         let unrelated = release("2.0.0", Some(">=1.1.0"), vec![module("store", "a3")], vec![]);
         let Planned::Restart { reason } = super::plan(&unrelated, &old).unwrap() else {
             panic!("expected a restart")

@@ -8,7 +8,9 @@ mod support;
 use std::time::Duration;
 
 use relive_runtime::{Node, Pid};
-use relive_upgrader::{Controller, Instruction, Options, Phase, PhaseHook, Plan, Processes};
+use relive_upgrader::{
+    Controller, Instruction, Options, Phase, PhaseHook, Plan, Processes, ReleaseId, ReleaseStep,
+};
 use serde_json::{Value, json};
 use support::{node_with_code, payload};
 
@@ -49,8 +51,19 @@ fn every_process_moves_to_the_new_version_with_its_state_and_back_on_rollback() 
         node.cast_json(*pid, &json!({"Add": i})).unwrap();
     }
     let controller = Controller::new(&node).unwrap();
-    let report = controller.apply(&upgrade_plan("counter-v2"), &Options::default()).unwrap();
+    assert_eq!(controller.undo_target(), None, "nothing applied yet");
+    let id = |version: &str| ReleaseId { name: "counter".into(), version: version.parse().unwrap() };
+    let plan = Plan {
+        releases: Some(ReleaseStep { from: id("1.0.0"), to: id("2.0.0") }),
+        ..upgrade_plan("counter-v2")
+    };
+    let report = controller.apply(&plan, &Options::default()).unwrap();
     assert!(report.committed(), "{report}");
+    assert_eq!(
+        controller.undo_target().map(|step| step.from),
+        Some(id("1.0.0")),
+        "the undo knows where it returns"
+    );
     assert_eq!(report.moved, 50, "{report}");
     assert_eq!(report.pause.count, 50);
     assert_eq!(report.messages_lost, 0);
@@ -64,6 +77,7 @@ fn every_process_moves_to_the_new_version_with_its_state_and_back_on_rollback() 
         node.cast_json(*pid, &json!({"Add": 1})).unwrap();
     }
     let back = controller.rollback(&Options::default()).unwrap();
+    assert_eq!(controller.undo_target(), None, "a rollback consumes the undo");
     let rollback = back.rollback.as_ref().unwrap();
     assert!(rollback.complete(), "{back}");
     assert_eq!(rollback.downgraded, 50, "{back}");
