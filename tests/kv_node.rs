@@ -112,9 +112,15 @@ fn current_version(status: &Value, name: &str) -> Option<String> {
     module(status, name).and_then(|m| m["current"]["version"].as_str()).map(str::to_string)
 }
 
-/// Whether a process of the release's supervisor runs under `name`.
+/// Whether a process of the release's supervisor runs under `name` (the
+/// status groups them by their `[[process]]`).
 fn running(status: &Value, name: &str) -> bool {
-    status["processes"].as_array().unwrap().iter().any(|p| p["name"] == name && p["pid"].is_string())
+    status["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|group| group["children"].as_array().unwrap())
+        .any(|p| p["name"] == name && p["pid"].is_string())
 }
 
 // ------------------------------------------------------------ a RESP client

@@ -29,27 +29,32 @@ fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
 struct NodeGuard {
     root: PathBuf,
     pids: Vec<u32>,
-    /// How to run `relive node stop` (as the node's user).
+    /// How to run `relive node stop` (as the node's user, with its binary).
     stop_as: Option<u32>,
+    exe: PathBuf,
 }
 
 impl NodeGuard {
     /// `relive node start --root ROOT ARGS...`; records the node's pid (and
     /// heart's) from what it prints.
     fn start(root: &Path, args: &[&str]) -> NodeGuard {
-        NodeGuard::start_as(root, args, None)
+        NodeGuard::start_as(root, args, None, Path::new(env!("CARGO_BIN_EXE_relive")))
     }
 
-    fn start_as(root: &Path, args: &[&str], uid: Option<u32>) -> NodeGuard {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relive"));
+    /// As [`NodeGuard::start`], running the binary `exe` as `uid` (if given).
+    fn start_as(root: &Path, args: &[&str], uid: Option<u32>, exe: &Path) -> NodeGuard {
+        let mut command = Command::new(exe);
         command.args(["node", "start", "--root", root.to_str().unwrap()]).args(args);
         if let Some(uid) = uid {
             std::os::unix::process::CommandExt::uid(&mut command, uid);
             std::os::unix::process::CommandExt::gid(&mut command, uid);
+            // Somewhere that user can enter.
+            command.current_dir(exe.parent().unwrap());
         }
         let out = command.output().expect("running relive node start");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut guard = NodeGuard { root: root.to_path_buf(), pids: Vec::new(), stop_as: uid };
+        let mut guard =
+            NodeGuard { root: root.to_path_buf(), pids: Vec::new(), stop_as: uid, exe: exe.to_path_buf() };
         // "node started (pid N[, heart pid M]) on ROOT: ..."
         for marker in ["(pid ", "heart pid "] {
             if let Some(rest) = stdout.split(marker).nth(1) {
@@ -98,11 +103,12 @@ impl NodeGuard {
 
 impl Drop for NodeGuard {
     fn drop(&mut self) {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_relive"));
+        let mut command = Command::new(&self.exe);
         command.args(["node", "stop", "--root", self.root.to_str().unwrap()]);
         if let Some(uid) = self.stop_as {
             std::os::unix::process::CommandExt::uid(&mut command, uid);
             std::os::unix::process::CommandExt::gid(&mut command, uid);
+            command.current_dir(self.exe.parent().unwrap());
         }
         let _ = command.output();
         let deadline = Instant::now() + Duration::from_secs(3);
@@ -309,14 +315,12 @@ fn a_release_of_another_application_is_refused_and_the_node_keeps_running() {
     assert_eq!(node.call("main_counter", r#""Get""#), 7);
     assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "permanent")]);
 
-    // A dry run of a good release changes nothing but the store's list.
+    // A dry run of a good release changes nothing, not even the store's list.
     let out = ok(&["deploy", v2.to_str().unwrap(), "--root", r, "--dry-run"]);
     assert!(out.contains("1 processes checked") && out.contains("no problem"), "{out}");
+    assert!(out.contains("nothing was changed"), "{out}");
     assert_eq!(node.call("main_counter", r#""Version""#), "1.0.0");
-    assert_eq!(
-        node.releases(),
-        vec![rel("counter", "1.0.0", "permanent"), rel("counter", "2.0.0", "unpacked")]
-    );
+    assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "permanent")]);
     // --permanent: deployed and made permanent in one go.
     ok(&["deploy", v2.to_str().unwrap(), "--root", r, "--permanent"]);
     assert_eq!(node.call("main_counter", r#""Get""#), 7);
@@ -403,22 +407,48 @@ fn heart_restarts_a_killed_node_on_the_permanent_release() {
 #[test]
 fn a_connection_from_another_uid_is_refused() {
     if own_uid() != 0 {
-        eprintln!("skipped: only root can run a node as another user");
+        eprintln!("skipped: only root can run a node as another user (this test runs as uid {})", own_uid());
         return;
     }
     let (v1, _) = archives();
     const NOBODY: u32 = 65534;
+    // Everything the node needs, where that user can read it wherever the
+    // checkout lives: the binary (the node re-executes itself) and the
+    // archive, in a fresh directory of their own.
     let dir = tempfile::tempdir().unwrap();
+    if let Some(closed) = dir
+        .path()
+        .ancestors()
+        .skip(1)
+        .find(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+    {
+        eprintln!(
+            "skipped: uid {NOBODY} cannot enter {} (mode {:o}), above the temporary directory {}; set TMPDIR elsewhere",
+            closed.display(),
+            std::fs::metadata(closed).unwrap().permissions().mode() & 0o777,
+            dir.path().display()
+        );
+        return;
+    }
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = bin.join("relive");
+    std::fs::copy(env!("CARGO_BIN_EXE_relive"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let archive = bin.join("counter-1.0.0.tar.gz");
+    std::fs::copy(v1, &archive).unwrap();
+    std::fs::set_permissions(&archive, std::fs::Permissions::from_mode(0o644)).unwrap();
     let root = dir.path().join("node");
     std::fs::create_dir(&root).unwrap();
-    let archive = root.join("counter-1.0.0.tar.gz");
-    std::fs::copy(v1, &archive).unwrap();
-    for path in [&root, &archive] {
-        std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
-    }
-    let node = NodeGuard::start_as(&root, &["--boot", archive.to_str().unwrap()], Some(NOBODY));
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&root, Some(NOBODY), Some(NOBODY)).unwrap();
+    let node = NodeGuard::start_as(&root, &["--boot", archive.to_str().unwrap()], Some(NOBODY), &exe);
     let r = node.root();
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", node.pid())).unwrap();
+    let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).unwrap();
+    assert_eq!(uid_line.split_whitespace().nth(1), Some(NOBODY.to_string().as_str()), "{uid_line}");
     let meta = std::fs::metadata(root.join("control.sock")).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o600);
     assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), NOBODY);

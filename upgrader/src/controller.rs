@@ -324,7 +324,8 @@ impl Controller {
         PhaseHook::call(&options.on_phase, Phase::Committed);
         let report = tx.report(&plan.name, Outcome::Committed, None);
         let undo = std::mem::take(&mut tx.undo);
-        *self.last.lock() = Some(Committed { plan: plan.name.clone(), releases: plan.releases.clone(), undo, purged });
+        *self.last.lock() =
+            Some(Committed { plan: plan.name.clone(), releases: plan.releases.clone(), undo, purged });
         tracing::info!(plan = %plan.name, moved = report.moved, upgrade_ms = report.upgrade_ms, "upgrade committed");
         Ok(report)
     }
