@@ -315,7 +315,7 @@ fn counter_v3() -> &'static PathBuf {
 // ------------------------------------------------------------------ a, b
 
 #[test]
-fn a_dry_run_and_every_refused_deploy_leave_the_store_byte_identical() {
+fn dry_run_and_every_refused_deploy_leave_the_store_byte_identical() {
     let (v1, v2) = archives();
     let dir = tempfile::tempdir().unwrap();
     let kv = kv_archive("1.0.0", free_port(), dir.path());
@@ -380,7 +380,7 @@ fn a_dry_run_and_every_refused_deploy_leave_the_store_byte_identical() {
 }
 
 #[test]
-fn b_a_corrected_archive_of_a_refused_version_deploys() {
+fn a_corrected_archive_of_a_refused_version_deploys() {
     let (v1, v2) = archives();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("node");
@@ -415,7 +415,7 @@ fn b_a_corrected_archive_of_a_refused_version_deploys() {
 // --------------------------------------------------------------------- c
 
 #[test]
-fn c_trusted_keys_refuse_unsigned_archives_at_deploy_and_unsigned_releases_at_boot() {
+fn trusted_keys_refuse_unsigned_archives_at_deploy_and_unsigned_releases_at_boot() {
     let (v1, _) = archives();
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("K");
@@ -510,7 +510,7 @@ fn c_trusted_keys_refuse_unsigned_archives_at_deploy_and_unsigned_releases_at_bo
 // --------------------------------------------------------------------- d
 
 #[test]
-fn d_a_flipped_or_swapped_library_of_the_permanent_release_is_refused_at_boot() {
+fn a_flipped_or_swapped_library_of_the_permanent_release_is_refused_at_boot() {
     let (v1, v2) = archives();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("node");
@@ -553,7 +553,7 @@ fn d_a_flipped_or_swapped_library_of_the_permanent_release_is_refused_at_boot() 
 // --------------------------------------------------------------------- e
 
 #[test]
-fn e_a_fifo_a_directory_a_device_and_an_oversized_file_are_refused_quickly() {
+fn a_fifo_a_directory_a_device_and_an_oversized_file_are_refused_quickly() {
     let (v1, v2) = archives();
     let dir = tempfile::tempdir().unwrap();
     let size = std::fs::metadata(v2).unwrap().len();
@@ -638,7 +638,7 @@ impl Raw {
 }
 
 #[test]
-fn f_wrong_typed_unknown_and_oversized_requests_are_refused_on_the_raw_socket() {
+fn wrong_typed_unknown_and_oversized_requests_are_refused_on_the_raw_socket() {
     let (v1, v2) = archives();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("node");
@@ -699,7 +699,7 @@ fn f_wrong_typed_unknown_and_oversized_requests_are_refused_on_the_raw_socket() 
 // --------------------------------------------------------------------- g
 
 #[test]
-fn g_sigterm_stops_a_node_gracefully_and_a_heart_with_it() {
+fn sigterm_stops_a_node_gracefully_and_a_heart_with_it() {
     let (v1, _) = archives();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("node");
@@ -769,7 +769,7 @@ fn g_sigterm_stops_a_node_gracefully_and_a_heart_with_it() {
 // --------------------------------------------------------------------- h
 
 #[test]
-fn h_heart_restarts_a_node_that_stops_answering() {
+fn heart_restarts_a_node_that_stops_answering() {
     let (v1, _) = archives();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("node");
@@ -808,7 +808,7 @@ fn h_heart_restarts_a_node_that_stops_answering() {
 // --------------------------------------------------------------------- i
 
 #[test]
-fn i_release_remove_and_prune_with_and_without_a_node() {
+fn release_remove_and_prune_with_and_without_a_node() {
     let (v1, v2) = archives();
     let v3 = counter_v3();
     let (sha1, sha2, sha3) = (library_sha(v1), library_sha(v2), library_sha(v3));
@@ -891,7 +891,7 @@ fn i_release_remove_and_prune_with_and_without_a_node() {
 // --------------------------------------------------------------------- j
 
 #[test]
-fn j_status_shows_the_permanent_release_restarts_and_listening_sockets() {
+fn status_shows_the_permanent_release_restarts_and_listening_sockets() {
     let (v1, v2) = archives();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("node");
