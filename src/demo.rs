@@ -326,7 +326,10 @@ impl NodeProcess {
 
     /// A request whose refusal is an error too (`Client::status`,
     /// `|c| c.call(...)`).
-    pub(crate) fn checked<T>(&self, ask: impl FnOnce(&mut Client) -> Result<T, ClientError>) -> anyhow::Result<T> {
+    pub(crate) fn checked<T>(
+        &self,
+        ask: impl FnOnce(&mut Client) -> Result<T, ClientError>,
+    ) -> anyhow::Result<T> {
         Ok(Client::connect(&self.root).and_then(|mut client| ask(&mut client))?)
     }
 
@@ -918,8 +921,11 @@ impl Demo {
         // 4. Deploy 1.1.0 live.
         let window = load.window();
         let answer = node.ask(|c| {
-            let deploy =
-                DeployRequest { archive: archives[1].clone(), health_window_ms: 500, ..DeployRequest::default() };
+            let deploy = DeployRequest {
+                archive: archives[1].clone(),
+                health_window_ms: 500,
+                ..DeployRequest::default()
+            };
             c.deploy(deploy, None)
         })?;
         let report = match &answer {
@@ -935,7 +941,10 @@ impl Demo {
                     *outcome == Outcome::Committed,
                     format!("deploying kv 1.1.0: the upgrade ended {:?}", outcome_name(outcome)),
                 );
-                self.expect(upgrade.lost == 0, format!("deploying kv 1.1.0 lost {} message(s)", upgrade.lost));
+                self.expect(
+                    upgrade.lost == 0,
+                    format!("deploying kv 1.1.0 lost {} message(s)", upgrade.lost),
+                );
                 self.expect(upgrade.moved > 0, "deploying kv 1.1.0 moved no process".into());
             }
         }

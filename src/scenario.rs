@@ -273,7 +273,7 @@ enum Action {
     },
     Await,
     Rollback {
-        to: Option<String>,
+        to: Option<semver::Version>,
         expect: Expect,
         error_contains: Option<String>,
     },
@@ -567,7 +567,15 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
                 RollbackSpec::Last(false) => {
                     return Err(err(None, "rollback = false: write `rollback = true` or a version".into()));
                 }
-                RollbackSpec::To(v) => Some(v.clone()),
+                RollbackSpec::To(v) => match v.parse::<semver::Version>() {
+                    Ok(version) => Some(version),
+                    Err(e) => {
+                        return Err(err(
+                            None,
+                            format!("rollback = {v:?}: {e}: write `rollback = true` or a version"),
+                        ));
+                    }
+                },
             };
             actions.push(Action::Rollback {
                 to,
@@ -863,7 +871,10 @@ impl Runner<'_> {
         let matched = match expect {
             Expect::Ok => ok,
             Expect::Refused => !ok,
-            Expect::RolledBack => !ok && outcome == "rolled_back",
+            Expect::RolledBack => {
+                !ok && report_of(answer)
+                    .is_some_and(|r| matches!(r.outcome, relive_upgrader::Outcome::RolledBack { .. }))
+            }
         };
         if !matched {
             failures.push(format!("expected {}, observed {observed}", expect.as_str()));
@@ -945,12 +956,17 @@ impl Runner<'_> {
                 if let Some(text) = &spec.error_contains {
                     let error = match &answer {
                         Ok(reply) => {
-                            wrong.push(format!("{name} answered {reply}, expected an error containing {text:?}"));
+                            wrong.push(format!(
+                                "{name} answered {reply}, expected an error containing {text:?}"
+                            ));
                             ""
                         }
                         Err(failure) => {
                             if !failure.error.contains(text.as_str()) {
-                                wrong.push(format!("{name} failed with {:?}, expected {text:?} in it", failure.error));
+                                wrong.push(format!(
+                                    "{name} failed with {:?}, expected {text:?} in it",
+                                    failure.error
+                                ));
                             }
                             failure.error.as_str()
                         }
@@ -1125,25 +1141,16 @@ impl Runner<'_> {
                 self.settle(&answer, background.expect, background.error_contains.as_deref(), &mut failures)
             }
             Action::Rollback { to, expect, error_contains } => {
-                let to = match to {
-                    Some(to) => Some(
-                        to.parse::<semver::Version>()
-                            .with_context(|| format!("rollback = {to:?}: not a semver version"))?,
-                    ),
-                    None => None,
-                };
-                let answer = self.node()?.ask(|c| c.rollback(to, None))?;
+                let answer = self.node()?.ask(|c| c.rollback(to.clone(), None))?;
                 self.settle(&answer, *expect, error_contains.as_deref(), &mut failures)
             }
-            Action::MakePermanent => {
-                match self.node()?.ask(Client::make_permanent)? {
-                    Ok(done) => format!("{} is permanent", done.release),
-                    Err(failure) => {
-                        failures.push(format!("refused: {}", failure.error));
-                        "? ? (?) is permanent".into()
-                    }
+            Action::MakePermanent => match self.node()?.ask(Client::make_permanent)? {
+                Ok(done) => format!("{} is permanent", done.release),
+                Err(failure) => {
+                    failures.push(format!("refused: {}", failure.error));
+                    "refused".into()
                 }
-            }
+            },
             Action::Kill { hard } => {
                 self.probe = None;
                 let Some(mut node) = self.node.take() else { bail!("no node runs to kill") };
@@ -1221,8 +1228,10 @@ impl Runner<'_> {
                 let manifest_path =
                     self.tmp.path().join("apps").join(format!("{app}-{version}")).join("release.toml");
                 let mut manifest = Manifest::from_path(&manifest_path)?;
-                // A version of its own (1.1.0-truncated): the store keeps
-                // what it unpacked, so each broken build is a new release.
+                // A version of its own (1.1.0-truncated): were the good
+                // 1.1.0 in the store, the node would refuse a broken build
+                // under its version for its other libraries before ever
+                // loading the broken one.
                 let (_, _, value) = Fault::ALL.iter().find(|(f, _, _)| *f == fault).expect("listed");
                 manifest.release.version = format!("{version}-{value}")
                     .parse()
@@ -1380,10 +1389,10 @@ impl Runner<'_> {
                 check("state", &observed == state, observed, state.clone());
             }
             for (name, version) in spec.modules.iter().flatten() {
-                let observed = status.modules.iter().find(|m| m.name == *name).map_or(
-                    "absent".to_string(),
-                    |m| m.current.as_ref().map_or("none".to_string(), |c| c.version.to_string()),
-                );
+                let observed =
+                    status.modules.iter().find(|m| m.name == *name).map_or("absent".to_string(), |m| {
+                        m.current.as_ref().map_or("none".to_string(), |c| c.version.to_string())
+                    });
                 check(&format!("module {name}"), &observed == version, observed, version.clone());
             }
         }
@@ -1766,6 +1775,10 @@ mod tests {
         assert!(
             err(&format!("{head}[[step]]\ndeploy = \"1.1.0\"\nkill_at = \"migrated\"\nbackground = true\n"))
                 .contains("kill_at: the deploy ends with the node killed")
+        );
+        assert!(
+            err(&format!("{head}[[step]]\nrollback = \"one\"\n"))
+                .contains("step 2: rollback = \"one\": unexpected character")
         );
         assert!(
             err(&format!("{head}[[step]]\nload = {{ clients = 2, rate = 0 }}\n"))

@@ -27,7 +27,7 @@ pub const POINTS: [(&str, &str); 7] = [
     ("migrated", "the first process's code_change returned, before its switch"),
     ("switched", "every process runs the new code; health window and commit next"),
     ("committed", "the upgrade is committed; the store does not record it yet"),
-    ("installed", "the store records the release (current, or permanent when asked)"),
+    ("installed", "the store records the release as current, not yet permanent (even when asked)"),
 ];
 
 /// The point a deploy must crash at, if the node runs with crash points and

@@ -656,8 +656,7 @@ impl ReleaseHandler {
         };
         *self.last_report.lock() = Some(report.clone());
         progress(Progress { phase: format!("recording {to} in the store") });
-        let recorded = self.record(&target, options.permanent);
-        crash_at("installed");
+        let recorded = self.record(&target, options.permanent, &crash_at);
         match recorded {
             Ok(release) => {
                 eprintln!("node: {to} deployed");
@@ -686,7 +685,12 @@ impl ReleaseHandler {
 
     /// Writes a release that now runs into the store: added (from its
     /// archive) if new, installed, made permanent if asked.
-    fn record(&self, target: &Target, permanent: bool) -> Result<ReleaseInfo, Recorded> {
+    fn record(
+        &self,
+        target: &Target,
+        permanent: bool,
+        crash_at: &dyn Fn(&str),
+    ) -> Result<ReleaseInfo, Recorded> {
         let mut store = self.store.lock();
         let (name, version) = (&target.id.name, &target.id.version);
         let added = match &target.archive {
@@ -704,6 +708,9 @@ impl ReleaseHandler {
             }
             return Err(Recorded::NotInstalled(error.to_string()));
         }
+        // Between the two state changes: a crash here leaves the release
+        // current, not permanent, and the restart boots the permanent one.
+        crash_at("installed");
         if permanent {
             store.make_permanent(name, version).map_err(|e| Recorded::NotPermanent(e.to_string()))?;
         }
