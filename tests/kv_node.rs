@@ -14,8 +14,7 @@
 mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -24,79 +23,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{alive, build, failure, ok, relive, repo};
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// Builds the kv release `version` (a directory name under
-/// examples/releases/kv-*) for `port`: its manifest is copied into `dir`
-/// with the port substituted and the crate paths made absolute, then
-/// `relive release build` writes the archive into `dir/archives`.
-fn kv_archive(version: &str, port: u16, dir: &Path) -> PathBuf {
-    let examples = repo().join("examples");
-    let source = examples.join("releases").join(format!("kv-{version}")).join("release.toml");
-    let text = std::fs::read_to_string(&source).unwrap();
-    assert!(text.contains("127.0.0.1:6380"), "{} listens elsewhere", source.display());
-    let text = text
-        .replace("127.0.0.1:6380", &format!("127.0.0.1:{port}"))
-        .replace("crate = \"../../", &format!("crate = \"{}/", examples.display()));
-    let app = dir.join(format!("kv-{version}"));
-    std::fs::create_dir_all(&app).unwrap();
-    std::fs::write(app.join("release.toml"), text).unwrap();
-    build(&app, &dir.join("archives"))
-}
-
-/// A node started on a root; dropping it stops the node (and kills it if
-/// it does not stop), even when the test failed.
-struct NodeGuard {
-    root: PathBuf,
-    pid: u32,
-}
-
-impl NodeGuard {
-    fn start(root: &Path, boot: &Path) -> NodeGuard {
-        let out =
-            relive(&["node", "start", "--root", root.to_str().unwrap(), "--boot", boot.to_str().unwrap()]);
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        // "node started (pid N) on ROOT: ..."
-        let pid = stdout
-            .split("(pid ")
-            .nth(1)
-            .and_then(|rest| rest.chars().take_while(char::is_ascii_digit).collect::<String>().parse().ok());
-        match pid {
-            Some(pid) if out.status.success() => NodeGuard { root: root.to_path_buf(), pid },
-            _ => panic!("relive node start failed: {stdout}{}", String::from_utf8_lossy(&out.stderr)),
-        }
-    }
-
-    fn root(&self) -> &str {
-        self.root.to_str().unwrap()
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&ok(&["status", "--root", self.root(), "--json"])).expect("status JSON")
-    }
-
-    fn call(&self, name: &str, json: &str) -> Value {
-        serde_json::from_str(ok(&["call", "--root", self.root(), name, json]).trim()).expect("a JSON reply")
-    }
-}
-
-impl Drop for NodeGuard {
-    fn drop(&mut self) {
-        let _ = relive(&["node", "stop", "--root", self.root()]);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while alive(self.pid) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        if alive(self.pid) {
-            let _ = Command::new("kill").args(["-9", &self.pid.to_string()]).output();
-        }
-    }
-}
+use common::{NodeGuard, failure, free_port, kv_archive, ok};
 
 fn release_version(status: &Value) -> String {
     status["release"]["version"].as_str().unwrap_or_default().to_string()
@@ -340,7 +267,7 @@ fn kv_upgrades_live_refuses_a_broken_release_and_rolls_back_with_clients_connect
     let port = free_port();
     let [v100, v110, v120, v200] =
         ["1.0.0", "1.1.0", "1.2.0-broken", "2.0.0"].map(|version| kv_archive(version, port, dir.path()));
-    let node = NodeGuard::start(&dir.path().join("node"), &v100);
+    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", v100.to_str().unwrap()]);
     let r = node.root();
     let started = Instant::now();
 
@@ -483,7 +410,7 @@ fn redis_benchmark_runs_through_a_live_deploy_without_errors() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let [v110, v200] = ["1.1.0", "2.0.0"].map(|version| kv_archive(version, port, dir.path()));
-    let node = NodeGuard::start(&dir.path().join("node"), &v110);
+    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", v110.to_str().unwrap()]);
     let r = node.root();
 
     let requests = || node.call("kv", r#""Requests""#).as_u64().unwrap();

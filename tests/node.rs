@@ -10,127 +10,18 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-use common::{alive, build, counter_archives as archives, failure, ok, relive, repo};
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A node started on a root; dropping it stops the node (and kills what
-/// is left of it, heart included), even when the test failed.
-struct NodeGuard {
-    root: PathBuf,
-    pids: Vec<u32>,
-    /// How to run `relive node stop` (as the node's user, with its binary).
-    stop_as: Option<u32>,
-    exe: PathBuf,
-}
-
-impl NodeGuard {
-    /// `relive node start --root ROOT ARGS...`; records the node's pid (and
-    /// heart's) from what it prints.
-    fn start(root: &Path, args: &[&str]) -> NodeGuard {
-        NodeGuard::start_as(root, args, None, Path::new(env!("CARGO_BIN_EXE_relive")))
-    }
-
-    /// As [`NodeGuard::start`], running the binary `exe` as `uid` (if given).
-    fn start_as(root: &Path, args: &[&str], uid: Option<u32>, exe: &Path) -> NodeGuard {
-        let mut command = Command::new(exe);
-        command.args(["node", "start", "--root", root.to_str().unwrap()]).args(args);
-        if let Some(uid) = uid {
-            std::os::unix::process::CommandExt::uid(&mut command, uid);
-            std::os::unix::process::CommandExt::gid(&mut command, uid);
-            // Somewhere that user can enter.
-            command.current_dir(exe.parent().unwrap());
-        }
-        let out = command.output().expect("running relive node start");
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut guard =
-            NodeGuard { root: root.to_path_buf(), pids: Vec::new(), stop_as: uid, exe: exe.to_path_buf() };
-        // "node started (pid N[, heart pid M]) on ROOT: ..."
-        for marker in ["(pid ", "heart pid "] {
-            if let Some(rest) = stdout.split(marker).nth(1) {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                guard.pids.extend(digits.parse::<u32>().ok());
-            }
-        }
-        assert!(
-            out.status.success() && !guard.pids.is_empty(),
-            "relive node start {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        guard
-    }
-
-    fn root(&self) -> &str {
-        self.root.to_str().unwrap()
-    }
-
-    /// The node's pid (the first one printed).
-    fn pid(&self) -> u32 {
-        self.pids[0]
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&ok(&["status", "--root", self.root(), "--json"])).expect("status JSON")
-    }
-
-    fn call(&self, name: &str, json: &str) -> Value {
-        serde_json::from_str(ok(&["call", "--root", self.root(), name, json]).trim()).expect("a JSON reply")
-    }
-
-    fn releases(&self) -> Vec<(String, String, String)> {
-        let json: Value =
-            serde_json::from_str(&ok(&["releases", "--root", self.root(), "--json"])).expect("releases JSON");
-        json.as_array()
-            .expect("an array")
-            .iter()
-            .map(|r| {
-                let field = |k: &str| r[k].as_str().unwrap().to_string();
-                (field("name"), field("version"), field("state"))
-            })
-            .collect()
-    }
-}
-
-impl Drop for NodeGuard {
-    fn drop(&mut self) {
-        let mut command = Command::new(&self.exe);
-        command.args(["node", "stop", "--root", self.root.to_str().unwrap()]);
-        if let Some(uid) = self.stop_as {
-            std::os::unix::process::CommandExt::uid(&mut command, uid);
-            std::os::unix::process::CommandExt::gid(&mut command, uid);
-            command.current_dir(self.exe.parent().unwrap());
-        }
-        let _ = command.output();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while self.pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for &pid in &self.pids {
-            if alive(pid) {
-                let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
-            }
-        }
-    }
-}
+use common::{
+    NodeGuard, alive, build, counter_archives as archives, failure, ok, rel, relive, repo, wait_until,
+};
 
 fn release_of(status: &Value) -> (String, String, String) {
     let release = &status["release"];
     let field = |k: &str| release[k].as_str().unwrap_or_default().to_string();
     (field("name"), field("version"), field("state"))
-}
-
-fn rel(name: &str, version: &str, state: &str) -> (String, String, String) {
-    (name.into(), version.into(), state.into())
 }
 
 #[test]

@@ -11,128 +11,16 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use common::{alive, build, counter_archives as archives, failure, ok, relive, repo};
-
-fn wait_until(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Runs `relive ARGS` on a thread; `None` if it has not returned within
-/// `limit` (it is then killed).
-fn relive_within(args: &[&str], limit: Duration) -> Option<Output> {
-    let child = Command::new(env!("CARGO_BIN_EXE_relive"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("running relive");
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(output) => Some(output.expect("waiting for relive")),
-        Err(_) => {
-            signal(pid, "KILL");
-            None
-        }
-    }
-}
-
-fn signal(pid: u32, signal: &str) {
-    let _ = Command::new("kill").args([&format!("-{signal}"), &pid.to_string()]).output();
-}
-
-/// A node started on a root; dropping it stops the node (and kills what
-/// is left of it, heart and restarted nodes included), even when the test
-/// failed.
-struct NodeGuard {
-    root: PathBuf,
-    /// Every pid learnt: the node, its heart, nodes heart restarted.
-    pids: Vec<u32>,
-}
-
-impl NodeGuard {
-    /// `relive node start --root ROOT ARGS...`; records the node's pid (and
-    /// heart's) from what it prints.
-    fn start(root: &Path, args: &[&str]) -> NodeGuard {
-        let mut all = vec!["node", "start", "--root", root.to_str().unwrap()];
-        all.extend(args);
-        let out = relive(&all);
-        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        let mut guard = NodeGuard { root: root.to_path_buf(), pids: Vec::new() };
-        // "node started (pid N[, heart pid M]) on ROOT: ..."
-        for marker in ["(pid ", "heart pid "] {
-            if let Some(rest) = stdout.split(marker).nth(1) {
-                let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                guard.pids.extend(digits.parse::<u32>().ok());
-            }
-        }
-        assert!(
-            out.status.success() && !guard.pids.is_empty(),
-            "relive node start {args:?} failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        guard
-    }
-
-    fn root(&self) -> &str {
-        self.root.to_str().unwrap()
-    }
-
-    /// The node's pid (the first one printed).
-    fn pid(&self) -> u32 {
-        self.pids[0]
-    }
-
-    fn status(&self) -> Value {
-        serde_json::from_str(&ok(&["status", "--root", self.root(), "--json"])).expect("status JSON")
-    }
-
-    fn call(&self, name: &str, json: &str) -> Value {
-        serde_json::from_str(ok(&["call", "--root", self.root(), name, json]).trim()).expect("a JSON reply")
-    }
-
-    /// `relive node stop`, then waits until every pid is gone.
-    fn stop(&self) {
-        let out = ok(&["node", "stop", "--root", self.root()]);
-        assert!(out.contains("node stopped"), "{out}");
-        wait_until("the node exits", Duration::from_secs(20), || self.pids.iter().all(|&p| !alive(p)));
-    }
-}
-
-impl Drop for NodeGuard {
-    fn drop(&mut self) {
-        // A stopped node (SIGSTOP) would keep `node stop` waiting.
-        for &pid in &self.pids {
-            if alive(pid) {
-                signal(pid, "CONT");
-            }
-        }
-        let _ = relive_within(&["node", "stop", "--root", self.root()], Duration::from_secs(10));
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while self.pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        for &pid in &self.pids {
-            if alive(pid) {
-                signal(pid, "9");
-            }
-        }
-    }
-}
+use common::{
+    NodeGuard, alive, build, counter_archives as archives, failure, free_port, kv_archive, ok, rel,
+    release_rows, relive, relive_within, repo, signal, wait_until,
+};
 
 /// Kills a child process (a node in the foreground) on drop.
 struct ChildGuard(std::process::Child);
@@ -192,21 +80,7 @@ fn assert_same_tree(before: &Tree, root: &Path, what: &str) {
 /// `(name, version, state)` of every release, read from the store (works
 /// with or without a node).
 fn stored(root: &Path) -> Vec<(String, String, String)> {
-    let json: Value =
-        serde_json::from_str(&ok(&["release", "list", "--root", root.to_str().unwrap(), "--json"]))
-            .expect("release list JSON");
-    json.as_array()
-        .expect("an array")
-        .iter()
-        .map(|r| {
-            let field = |k: &str| r[k].as_str().unwrap().to_string();
-            (field("name"), field("version"), field("state"))
-        })
-        .collect()
-}
-
-fn rel(name: &str, version: &str, state: &str) -> (String, String, String) {
-    (name.into(), version.into(), state.into())
+    release_rows(&["release", "list", "--root", root.to_str().unwrap(), "--json"])
 }
 
 fn version_of(status: &Value) -> String {
@@ -223,27 +97,6 @@ fn library_sha(archive: &Path) -> String {
 /// `relive deploy` that must be refused: its stderr.
 fn refused_deploy(archive: &Path, root: &str) -> String {
     failure(&["deploy", archive.to_str().unwrap(), "--root", root])
-}
-
-/// A port nobody listens on now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The kv release `version` built for `port` into `dir/archives` (as
-/// tests/kv_node.rs builds it).
-fn kv_archive(version: &str, port: u16, dir: &Path) -> PathBuf {
-    let examples = repo().join("examples");
-    let source = examples.join("releases").join(format!("kv-{version}")).join("release.toml");
-    let text = std::fs::read_to_string(&source).unwrap();
-    assert!(text.contains("127.0.0.1:6380"), "{} listens elsewhere", source.display());
-    let text = text
-        .replace("127.0.0.1:6380", &format!("127.0.0.1:{port}"))
-        .replace("crate = \"../../", &format!("crate = \"{}/", examples.display()));
-    let app = dir.join(format!("kv-{version}"));
-    std::fs::create_dir_all(&app).unwrap();
-    std::fs::write(app.join("release.toml"), text).unwrap();
-    build(&app, &dir.join("archives"))
 }
 
 /// Where this test binary keeps archives it builds once.
