@@ -438,8 +438,16 @@ fn stop_and_exit(daemon: &Daemon, why: &str) -> ! {
     eprintln!("node: stopping ({why})");
     let _ = fs::remove_file(daemon.handler.root().join(SOCKET));
     daemon.handler.stop();
+    remove_run_dir(daemon);
     eprintln!("node: stopped ({why})");
     std::process::exit(0);
+}
+
+/// After a graceful stop the root holds the store and the log only: the
+/// node's staged libraries go too (a crash leaves them; the next start
+/// clears them).
+fn remove_run_dir(daemon: &Daemon) {
+    let _ = fs::remove_dir_all(daemon.handler.root().join(relive_node::RUN_DIR));
 }
 
 /// SIGTERM and SIGINT stop the node as `node stop` does.
@@ -588,6 +596,7 @@ fn serve(daemon: &Daemon, mut stream: UnixStream) {
         };
         let written = write_reply(&mut stream, &reply);
         if is_stop && matches!(reply, Reply::Ok(Response::Stopped(_))) {
+            remove_run_dir(daemon);
             eprintln!("node: stopped on request");
             std::process::exit(0);
         }

@@ -563,6 +563,7 @@ fn sigterm_stops_a_node_gracefully_and_a_heart_with_it() {
     signal(node.pid(), "TERM");
     wait_until("the node exits after SIGTERM", Duration::from_secs(20), || !alive(node.pid()));
     assert!(!root.join("control.sock").exists(), "the socket is left behind");
+    assert!(!root.join("run").exists(), "the node's staged libraries are left behind");
     let log = std::fs::read_to_string(root.join("node.log")).unwrap();
     assert!(log.contains("node: stopped (SIGTERM or SIGINT)"), "{log}");
     drop(node);
@@ -571,6 +572,7 @@ fn sigterm_stops_a_node_gracefully_and_a_heart_with_it() {
     let node = NodeGuard::start(&root, &[]);
     assert_eq!(version_of(&node.status()), "1.0.0");
     node.stop();
+    assert!(!root.join("run").exists(), "`node stop` leaves the node's staged libraries behind");
     drop(node);
 
     // In the foreground: exit code 0 after SIGTERM, and after SIGINT.
