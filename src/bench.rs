@@ -77,7 +77,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let modules = match (args.module, args.bench) {
         (_, Bench::Upgrade) | (true, Bench::Ring | Bench::Call) => {
-            let examples = Examples::build()?;
+            let command = match args.bench {
+                Bench::Ring => "bench ring --module",
+                Bench::Call => "bench call --module",
+                _ => "bench upgrade",
+            };
+            let examples = Examples::build(command)?;
             let dir = TempDir::new("bench")?;
             config.code_dir = Some(dir.path().join("code"));
             Some((examples, dir))

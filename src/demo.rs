@@ -50,6 +50,8 @@ use crate::release;
 
 /// The kv releases the demo builds, in the order it deploys them.
 const RELEASES: [&str; 3] = ["1.0.0", "1.1.0", "1.2.0-broken"];
+/// What the demo builds from the relive checkout.
+const BUILDS: &str = "the kv releases of examples/releases from examples/kv-*";
 /// The key prefix 1.2.0-broken's `code_change` refuses.
 const BAD_KEY: &str = "bad:demo";
 /// How long a client waits for one reply before it counts the connection
@@ -70,6 +72,8 @@ pub struct DemoArgs {
 
 /// `relive demo`.
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    // Before anything is printed: an installed relive has no examples.
+    examples::checkout("demo", BUILDS)?;
     let started = Instant::now();
     let clients = usize::from(args.clients);
     let tmp = TempDir::new("demo")?;
@@ -174,67 +178,70 @@ pub(crate) fn free_addr() -> anyhow::Result<String> {
 }
 
 /// Builds `versions` of the example application `app_name` (the demo:
-/// [`RELEASES`] of kv) from copies of their `release.toml` (crates
-/// absolute, every process with a `listen` argument, such as kv, listening
-/// on `addr`) into `<tmp>/dist`; returns the archives in order.
+/// [`RELEASES`] of kv) from examples/releases of the relive checkout (see
+/// [`build_release`]) into `<tmp>/dist`; returns the archives in order.
 pub(crate) fn build_releases(
     tmp: &Path,
     app_name: &str,
     versions: &[&str],
     addr: &str,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let repo = examples::repo();
+    let repo = examples::checkout("demo", BUILDS)?;
     let target = repo.join("target").join("examples");
+    versions
+        .iter()
+        .map(|version| {
+            let source = repo.join("examples").join("releases").join(format!("{app_name}-{version}"));
+            build_release(tmp, &source, addr, Some(&target))
+        })
+        .collect()
+}
+
+/// Builds the release in `source` (a directory holding release.toml) into
+/// `<tmp>/dist` from a copy of its manifest in `<tmp>/apps/<name>-<version>`
+/// with the crate paths made absolute and every process argument named
+/// `listen` (kv's) set to `addr`; the module crates build into `target`
+/// (default: cargo's, for each crate). Says what it builds on stderr.
+pub(crate) fn build_release(
+    tmp: &Path,
+    source: &Path,
+    addr: &str,
+    target: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
+    let manifest_path = source.join("release.toml");
+    if !manifest_path.is_file() {
+        bail!("{} not found: a release is a directory holding release.toml", manifest_path.display());
+    }
+    let mut manifest = Manifest::from_path(&manifest_path)?;
+    let (name, version) = (manifest.release.name.clone(), manifest.release.version.clone());
+    let mut crates = Vec::new();
+    for module in &mut manifest.modules {
+        let dir = source.join(&module.krate);
+        module.krate = dir.canonicalize().with_context(|| {
+            format!("{}: module {}: crate {} not found", manifest_path.display(), module.name, dir.display())
+        })?;
+        crates.push(module.krate.display().to_string());
+    }
+    // An application without a listening process (the swarm) is built as
+    // it is.
+    for process in &mut manifest.processes {
+        if let Some(listen) = process.args.get_mut("listen") {
+            *listen = Value::String(addr.to_string());
+        }
+    }
+    let app = tmp.join("apps").join(format!("{name}-{version}"));
+    fs::create_dir_all(&app).with_context(|| format!("creating {}", app.display()))?;
+    let copy = app.join("release.toml");
+    fs::write(&copy, manifest.to_toml_string()?).with_context(|| format!("writing {}", copy.display()))?;
     let dist = tmp.join("dist");
     fs::create_dir_all(&dist).with_context(|| format!("creating {}", dist.display()))?;
-    let mut archives = Vec::new();
-    for &version in versions {
-        let source = repo.join("examples").join("releases").join(format!("{app_name}-{version}"));
-        let manifest_path = source.join("release.toml");
-        if !manifest_path.is_file() {
-            bail!(
-                "{} not found: relive builds the example releases from the relive source tree this \
-                 binary was built from; run a relive built from a checkout that still has it",
-                manifest_path.display()
-            );
-        }
-        let mut manifest = Manifest::from_path(&manifest_path)?;
-        let mut crates = Vec::new();
-        for module in &mut manifest.modules {
-            let dir = source.join(&module.krate);
-            module.krate = dir.canonicalize().with_context(|| {
-                format!(
-                    "{}: module {}: crate {} not found",
-                    manifest_path.display(),
-                    module.name,
-                    dir.display()
-                )
-            })?;
-            crates.push(module.krate.strip_prefix(repo).unwrap_or(&module.krate).display().to_string());
-        }
-        // An application without a listening process (the swarm) is built
-        // as it is.
-        for process in &mut manifest.processes {
-            if let Some(listen) = process.args.get_mut("listen") {
-                *listen = Value::String(addr.to_string());
-            }
-        }
-        let app = tmp.join("apps").join(format!("{app_name}-{version}"));
-        fs::create_dir_all(&app).with_context(|| format!("creating {}", app.display()))?;
-        let copy = app.join("release.toml");
-        fs::write(&copy, manifest.to_toml_string()?)
-            .with_context(|| format!("writing {}", copy.display()))?;
-        eprintln!(
-            "relive: building {app_name} {version} (cargo build --release: {}; into {})",
-            crates.join(", "),
-            target.display()
-        );
-        let archive = release::build(&app, &dist, None, Some(&target)).with_context(|| {
-            format!("building release {app_name} {version} ({})", manifest_path.display())
-        })?;
-        archives.push(archive);
-    }
-    Ok(archives)
+    eprintln!(
+        "relive: building {name} {version} (cargo build --release: {}{})",
+        crates.join(", "),
+        target.map(|t| format!("; into {}", t.display())).unwrap_or_default()
+    );
+    release::build(&app, &dist, None, target)
+        .with_context(|| format!("building release {name} {version} ({})", manifest_path.display()))
 }
 
 // ------------------------------------------------------------------ node
@@ -530,6 +537,9 @@ pub(crate) struct Load {
     pub(crate) sets: AtomicU64,
     pub(crate) gets: AtomicU64,
     pub(crate) incrs: AtomicU64,
+    /// Calls and casts of JSON clients (the scenario runner's).
+    pub(crate) calls: AtomicU64,
+    pub(crate) casts: AtomicU64,
     pub(crate) failures: AtomicU64,
     pub(crate) dropped: AtomicU64,
     /// The slowest reply since the last [`Load::window`], µs.
@@ -562,8 +572,24 @@ pub(crate) struct Counts {
     pub(crate) sets: u64,
     pub(crate) gets: u64,
     pub(crate) incrs: u64,
+    pub(crate) calls: u64,
+    pub(crate) casts: u64,
     pub(crate) failures: u64,
     pub(crate) dropped: u64,
+}
+
+impl Counts {
+    /// Adds another's counters to these.
+    pub(crate) fn add(&mut self, o: &Counts) {
+        self.requests += o.requests;
+        self.sets += o.sets;
+        self.gets += o.gets;
+        self.incrs += o.incrs;
+        self.calls += o.calls;
+        self.casts += o.casts;
+        self.failures += o.failures;
+        self.dropped += o.dropped;
+    }
 }
 
 impl std::ops::Sub for Counts {
@@ -574,6 +600,8 @@ impl std::ops::Sub for Counts {
             sets: self.sets - o.sets,
             gets: self.gets - o.gets,
             incrs: self.incrs - o.incrs,
+            calls: self.calls - o.calls,
+            casts: self.casts - o.casts,
             failures: self.failures - o.failures,
             dropped: self.dropped - o.dropped,
         }
@@ -597,6 +625,8 @@ impl Load {
             sets: AtomicU64::new(0),
             gets: AtomicU64::new(0),
             incrs: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
+            casts: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             slowest_us: AtomicU64::new(0),
@@ -611,19 +641,21 @@ impl Load {
             sets: self.sets.load(Ordering::SeqCst),
             gets: self.gets.load(Ordering::SeqCst),
             incrs: self.incrs.load(Ordering::SeqCst),
+            calls: self.calls.load(Ordering::SeqCst),
+            casts: self.casts.load(Ordering::SeqCst),
             failures: self.failures.load(Ordering::SeqCst),
             dropped: self.dropped.load(Ordering::SeqCst),
         }
     }
 
-    fn error(&self, text: String) {
+    pub(crate) fn error(&self, text: String) {
         let mut errors = self.errors.lock().unwrap_or_else(|p| p.into_inner());
         if errors.len() < MAX_LISTED {
             errors.push(text);
         }
     }
 
-    fn fail(&self, text: String) {
+    pub(crate) fn fail(&self, text: String) {
         self.failures.fetch_add(1, Ordering::SeqCst);
         self.error(text);
     }
@@ -676,16 +708,12 @@ pub(crate) fn client(i: usize, addr: &str, load: &Load) {
     };
     load.connected.fetch_add(1, Ordering::SeqCst);
     let shape = load.shape;
-    let until = shape.duration.map(|d| Instant::now() + d);
-    // Each client sends its share of the rate: one request every `gap`.
-    let gap = shape.rate.map(|rate| Duration::from_secs_f64(load.iterations.len() as f64 / rate));
-    let paced_from = Instant::now();
-    let mut sent: u32 = 0;
+    let mut pacer = Pacer::new(load);
     let key = format!("demo:client:{i}");
     let counter = format!("demo:counter:{i}");
     let mut last_incr: Option<i64> = None;
     let mut n: u64 = 0;
-    while !load.stop.load(Ordering::SeqCst) && until.is_none_or(|until| Instant::now() < until) {
+    while pacer.going(load) {
         n += 1;
         let incr = load.incr.load(Ordering::SeqCst);
         let values: Vec<String> =
@@ -741,16 +769,48 @@ pub(crate) fn client(i: usize, addr: &str, load: &Load) {
             }
         }
         load.iterations[i].fetch_add(1, Ordering::SeqCst);
-        if let Some(gap) = gap {
-            sent = sent.saturating_add(batch.len() as u32);
-            let next = paced_from + gap * sent;
-            while !load.stop.load(Ordering::SeqCst) {
-                let now = Instant::now();
-                if next <= now {
-                    break;
-                }
-                std::thread::sleep((next - now).min(Duration::from_millis(50)));
+        pacer.sent(batch.len(), load);
+    }
+}
+
+/// One client's pace: its share of the load's `rate`, until its
+/// `duration` is over or the load stops.
+pub(crate) struct Pacer {
+    /// One request every `gap` (`None`: as fast as replies come).
+    gap: Option<Duration>,
+    from: Instant,
+    until: Option<Instant>,
+    sent: u32,
+}
+
+impl Pacer {
+    pub(crate) fn new(load: &Load) -> Pacer {
+        let from = Instant::now();
+        Pacer {
+            gap: load.shape.rate.map(|rate| Duration::from_secs_f64(load.iterations.len() as f64 / rate)),
+            from,
+            until: load.shape.duration.map(|d| from + d),
+            sent: 0,
+        }
+    }
+
+    /// Whether the client goes on.
+    pub(crate) fn going(&self, load: &Load) -> bool {
+        !load.stop.load(Ordering::SeqCst) && self.until.is_none_or(|until| Instant::now() < until)
+    }
+
+    /// Counts `n` requests sent, then waits until the next one is due (or
+    /// the load stops).
+    pub(crate) fn sent(&mut self, n: usize, load: &Load) {
+        let Some(gap) = self.gap else { return };
+        self.sent = self.sent.saturating_add(n as u32);
+        let next = self.from + gap * self.sent;
+        while !load.stop.load(Ordering::SeqCst) {
+            let now = Instant::now();
+            if next <= now {
+                break;
             }
+            std::thread::sleep((next - now).min(Duration::from_millis(50)));
         }
     }
 }

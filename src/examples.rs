@@ -10,9 +10,35 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 
-/// The relive source tree this binary was built from.
-pub(crate) fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The variable that names the relive source checkout, for a binary
+/// installed away from the one it was built from.
+pub(crate) const CHECKOUT_ENV: &str = "RELIVE_CHECKOUT";
+
+/// The relive source checkout: `$RELIVE_CHECKOUT`, else the one this
+/// binary was built from (it may be gone: see [`checkout`]).
+pub(crate) fn repo() -> PathBuf {
+    std::env::var_os(CHECKOUT_ENV)
+        .filter(|dir| !dir.is_empty())
+        .map_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")), PathBuf::from)
+}
+
+/// The relive source checkout, for `relive COMMAND`, which builds `builds`
+/// from it; an error saying so plainly when there is none.
+///
+/// # Errors
+/// No examples/ in [`repo`].
+pub(crate) fn checkout(command: &str, builds: &str) -> anyhow::Result<PathBuf> {
+    let repo = repo();
+    if repo.join("examples").join("Cargo.toml").is_file() {
+        return Ok(repo);
+    }
+    let first = command.split_whitespace().next().unwrap_or(command);
+    bail!(
+        "relive {first} needs the relive source checkout (it builds {builds}), and {} is not one: \
+         run it from the checkout with `cargo run --release -- {command}`, or set {CHECKOUT_ENV} to \
+         the checkout's directory",
+        repo.display()
+    )
 }
 
 /// The built example modules.
@@ -22,21 +48,16 @@ pub struct Examples {
 
 impl Examples {
     /// Builds examples/ (release) into `<repo>/target/examples`, saying so
-    /// on stderr.
+    /// on stderr; `command` is what needs them (`bench call --module`), for
+    /// the error when there is no checkout.
     ///
     /// # Errors
     /// No source tree, cargo missing, or the build failing: each says what
     /// to do.
-    pub fn build() -> anyhow::Result<Examples> {
-        let manifest = repo().join("examples").join("Cargo.toml");
-        if !manifest.is_file() {
-            bail!(
-                "{} not found: --module builds the example modules from the relive source tree \
-                 this binary was built from; run a relive built from a checkout that still has it",
-                manifest.display()
-            );
-        }
-        let target = repo().join("target").join("examples");
+    pub fn build(command: &str) -> anyhow::Result<Examples> {
+        let repo = checkout(command, "the example modules of examples/")?;
+        let manifest = repo.join("examples").join("Cargo.toml");
+        let target = repo.join("target").join("examples");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| OsString::from("cargo"));
         eprintln!("relive: building the example modules (cargo build --release, {})", manifest.display());
         let status = Command::new(&cargo)

@@ -6,6 +6,7 @@ mod bench_upgrade;
 mod control;
 mod demo;
 mod examples;
+mod new;
 mod node;
 mod release;
 mod scenario;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Make a new project: a module crate, its release, a scenario, and relive-abi vendored.
+    New(new::NewArgs),
     /// Build the kv example, run it on a temporary node under load, upgrade it live, and report.
     Demo(demo::DemoArgs),
     /// Measure the runtime (processes, messages, calls, live upgrades) on this machine.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
+        Command::New(args) => new::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Watch(args) => watch::run(args),

@@ -3,9 +3,14 @@
 //! for unpack_release).
 //!
 //! - build: runs cargo on every module crate of `APP_DIR/release.toml`
-//!   (a spinner per module while cargo runs), then writes
-//!   `<name>-<version>.tar.gz` with the manifest and each library and its
-//!   sha256, signed if `--sign KEY` is given.
+//!   (a spinner per module while cargo runs), checks each library before
+//!   packing it (the module name it exports is its `[[module]]`'s, its ABI
+//!   version this relive's, its version its crate's; with `--previous
+//!   ARCHIVE`, a module whose state or message types changed must have a
+//!   new version), then writes `<name>-<version>.tar.gz` with the manifest
+//!   and each library and its sha256, signed if `--sign KEY` is given. What
+//!   the node would refuse at deploy is refused here, naming the crate and
+//!   what to change.
 //! - inspect: verifies an archive and shows it.
 //! - unpack: verifies an archive and adds it to the store under `--root`
 //!   as unpacked; `--require-signed` accepts only archives signed by a key
@@ -13,6 +18,7 @@
 //! - plan: the upgrade plan from a release in the store (the one running,
 //!   or `--from VERSION`) to an archive's release, readable or `--json`.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -43,6 +49,11 @@ pub enum ReleaseCommand {
         /// crate's own).
         #[arg(long)]
         target_dir: Option<PathBuf>,
+        /// The release this one will upgrade: a module whose state or
+        /// message types differ from its library there must have another
+        /// version (and a code_change).
+        #[arg(long, value_name = "ARCHIVE")]
+        previous: Option<PathBuf>,
     },
     /// Verify an archive and show what it holds.
     Inspect {
@@ -138,10 +149,10 @@ pub struct PlanArgs {
 
 pub fn run(command: ReleaseCommand) -> anyhow::Result<()> {
     match command {
-        ReleaseCommand::Build { app_dir, out, sign, target_dir } => {
+        ReleaseCommand::Build { app_dir, out, sign, target_dir, previous } => {
             let key = sign.as_deref().map(archive::load_signing_key).transpose()?;
             let out = out.unwrap_or_else(|| PathBuf::from("."));
-            let path = build(&app_dir, &out, key.as_ref(), target_dir.as_deref())?;
+            let path = build_checked(&app_dir, &out, key.as_ref(), target_dir.as_deref(), previous.as_deref())?;
             println!("{}", path.display());
             Ok(())
         }
@@ -245,26 +256,252 @@ fn hex_of(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Builds every module crate of `app_dir/release.toml` and writes the
-/// archive into `out`.
+/// Builds every module crate of `app_dir/release.toml`, checks each
+/// library ([`check_library`]) and writes the archive into `out`.
 pub(crate) fn build(
     app_dir: &Path,
     out: &Path,
     key: Option<&ed25519_dalek::SigningKey>,
     target_dir: Option<&Path>,
 ) -> anyhow::Result<PathBuf> {
+    build_checked(app_dir, out, key, target_dir, None)
+}
+
+/// [`build`], and with `previous` (an archive of the release this one
+/// upgrades) each module's types compared with its library there: types
+/// that changed under the same version are refused before anything is
+/// packed.
+fn build_checked(
+    app_dir: &Path,
+    out: &Path,
+    key: Option<&ed25519_dalek::SigningKey>,
+    target_dir: Option<&Path>,
+    previous: Option<&Path>,
+) -> anyhow::Result<PathBuf> {
     let manifest_path = app_dir.join("release.toml");
     let manifest = Manifest::from_path(&manifest_path)?;
+    // Read first: a bad --previous fails before minutes of building.
+    let previous = previous
+        .map(|path| {
+            let contents = archive::read(path, None, false)
+                .with_context(|| format!("--previous {}: not a readable release archive", path.display()))?;
+            if contents.manifest.release.name != manifest.release.name {
+                bail!(
+                    "--previous {} is a release of {}, {} is one of {}: give an archive of {}",
+                    path.display(),
+                    contents.manifest.release.name,
+                    manifest_path.display(),
+                    manifest.release.name,
+                    manifest.release.name
+                );
+            }
+            Ok((path, contents))
+        })
+        .transpose()?;
     let mut libraries = Vec::new();
     for module in &manifest.modules {
         let crate_dir = app_dir.join(&module.krate);
-        let library = build_module(&module.name, &crate_dir, target_dir, None)?;
-        libraries.push((module.name.clone(), library));
+        let built = build_module(&module.name, &crate_dir, target_dir, None, Profile::Release)?;
+        let metadata = check_library(&manifest_path, &module.name, &crate_dir, &built, &built.crate_version)?;
+        if let Some((path, contents)) = &previous
+            && let Some(library) = contents.library(&module.name)
+        {
+            check_types_against(path, library, &metadata, &module.name, &crate_dir)?;
+        }
+        libraries.push((module.name.clone(), built.library));
     }
     Ok(archive::build(&manifest, app_dir, &libraries, out, key)?)
 }
 
-/// Runs `cargo build --release` on one module crate and returns its cdylib.
+/// Opens a library just built and checks that the node will take it as
+/// the `[[module]]` it was built for: the module name it exports is
+/// `module`, its ABI version is the one this relive's nodes speak (the
+/// loader refuses any other), and its version is `version`. Each refusal
+/// names the crate directory and what to change.
+pub(crate) fn check_library(
+    manifest_path: &Path,
+    module: &str,
+    crate_dir: &Path,
+    built: &BuiltModule,
+    version: &semver::Version,
+) -> anyhow::Result<relive_runtime::LibraryMetadata> {
+    let library = &built.library;
+    let cargo_toml = crate_dir.join("Cargo.toml");
+    let metadata = match relive_runtime::inspect_library(library) {
+        Ok(metadata) => metadata,
+        Err(error @ relive_runtime::LoadError::AbiMismatch { .. }) => bail!(
+            "module {module} (crate {}): {error}: point the relive-abi dependency in {} at this relive's \
+             relive-abi and build again",
+            crate_dir.display(),
+            cargo_toml.display()
+        ),
+        Err(error) => {
+            return Err(anyhow::Error::new(error)
+                .context(format!("module {module}: the library built from {} is refused", crate_dir.display())));
+        }
+    };
+    if metadata.name != module {
+        bail!(
+            "module {module}: the library built from {} ({}) exports module `{}`, but {} names it `{module}`: \
+             set `name = \"{}\"` in that [[module]], or export it as `{module}` \
+             (relive_abi::export_module!(State, name = \"{module}\"))",
+            crate_dir.display(),
+            library.display(),
+            metadata.name,
+            manifest_path.display(),
+            metadata.name
+        );
+    }
+    if metadata.version != *version {
+        bail!(
+            "module {module}: the library built from {} ({}) says it is version {}, the release expects {version} \
+             (the `version` in {}): let export_module! take the crate's version (remove any \
+             RELIVE_MODULE_VERSION its build script or environment sets)",
+            crate_dir.display(),
+            library.display(),
+            metadata.version,
+            cargo_toml.display()
+        );
+    }
+    Ok(metadata)
+}
+
+/// Refuses `new` when the previous release's library of the same module
+/// has the same version but other types: the node would take it as the
+/// same code and move states between two layouts without a code_change.
+fn check_types_against(
+    previous: &Path,
+    old_library: &archive::Library,
+    new: &relive_runtime::LibraryMetadata,
+    module: &str,
+    crate_dir: &Path,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir().context("a temporary directory for the previous release's library")?;
+    let file = dir.path().join(archive::library_entry(module).replace('/', "-"));
+    std::fs::write(&file, &old_library.bytes).with_context(|| format!("writing {}", file.display()))?;
+    let old = relive_runtime::inspect_library(&file)
+        .with_context(|| format!("--previous {}: its library of module {module}", previous.display()))?;
+    if old.version != new.version || old.fingerprint == new.fingerprint {
+        return Ok(());
+    }
+    let cargo_toml = crate_dir.join("Cargo.toml");
+    let what = match changed_roles(&old.types, &new.types) {
+        Some(roles) if roles.contains(&"state") => format!("state type of {module} changed"),
+        Some(roles) if !roles.is_empty() => format!("message types of {module} changed ({})", roles.join(", ")),
+        _ => format!("state or message types of {module} changed"),
+    };
+    let code_change = if what.starts_with("state") { " and write code_change" } else { "" };
+    bail!(
+        "{what}: bump `version` in {}{code_change} (version {} is also the version of {module} in --previous {}, \
+         with other types; the node would move states and messages between two layouts as if they were one)",
+        cargo_toml.display(),
+        new.version,
+        previous.display()
+    )
+}
+
+/// Which roles (state, init, call, cast, info, reply) differ between two
+/// type descriptions (relive-abi's `describe_types`: a `role: format` line
+/// each, then the registry of named types): a role differs when its line
+/// does or when a named type it reaches does. `None` when a description
+/// does not read as one.
+fn changed_roles(old: &str, new: &str) -> Option<Vec<&'static str>> {
+    let (old_roles, old_registry) = parse_description(old)?;
+    let (new_roles, new_registry) = parse_description(new)?;
+    let mut changed = Vec::new();
+    for role in ["state", "init", "call", "cast", "info", "reply"] {
+        let (before, after) = (old_roles.get(role)?, new_roles.get(role)?);
+        let reached = |format: &str, registry: &BTreeMap<String, String>| {
+            let mut seen = BTreeSet::new();
+            let mut queue: Vec<String> = type_names(format);
+            while let Some(name) = queue.pop() {
+                if seen.insert(name.clone()) {
+                    queue.extend(registry.get(&name).map(|f| type_names(f)).unwrap_or_default());
+                }
+            }
+            seen
+        };
+        let names: BTreeSet<String> =
+            reached(before, &old_registry).into_iter().chain(reached(after, &new_registry)).collect();
+        if before != after || names.iter().any(|name| old_registry.get(name) != new_registry.get(name)) {
+            changed.push(role);
+        }
+    }
+    Some(changed)
+}
+
+/// A description's `role → format` lines and its registry (`name →
+/// format`).
+fn parse_description(text: &str) -> Option<(BTreeMap<&str, &str>, BTreeMap<String, String>)> {
+    let mut roles = BTreeMap::new();
+    let mut registry = BTreeMap::new();
+    for line in text.lines() {
+        if let Some(body) = line.strip_prefix('{') {
+            let body = body.strip_suffix('}')?;
+            for entry in split_top_level(body) {
+                let (name, format) = entry.trim().split_once("\": ")?;
+                registry.insert(name.strip_prefix('"')?.to_string(), format.to_string());
+            }
+        } else if let Some((role, format)) = line.split_once(": ") {
+            roles.insert(role, format);
+        }
+    }
+    Some((roles, registry))
+}
+
+/// `body` split at the commas outside brackets and quotes.
+fn split_top_level(body: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut quoted, mut escaped, mut start) = (Vec::new(), 0i32, false, false, 0);
+    for (i, c) in body.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            '(' | '[' | '{' if !quoted => depth += 1,
+            ')' | ']' | '}' if !quoted => depth -= 1,
+            ',' if !quoted && depth == 0 => {
+                parts.push(&body[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !body[start..].trim().is_empty() {
+        parts.push(&body[start..]);
+    }
+    parts
+}
+
+/// The named types a format refers to (`TypeName("X")`).
+fn type_names(format: &str) -> Vec<String> {
+    format
+        .split("TypeName(\"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name.to_string()))
+        .collect()
+}
+
+/// cargo's profile for a module build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Profile {
+    /// `cargo build --release`: what releases ship.
+    Release,
+    /// cargo's dev profile, debug info cut to line tables (through
+    /// cargo's environment, not the crate's Cargo.toml): a smaller library
+    /// that links and packs faster, with backtraces that still name lines.
+    /// What `relive watch` builds unless told `--release`.
+    Dev,
+}
+
+/// A module crate built by [`build_module`].
+pub(crate) struct BuiltModule {
+    /// Its cdylib.
+    pub(crate) library: PathBuf,
+    /// The crate's version (its Cargo.toml's), as cargo reports it.
+    pub(crate) crate_version: semver::Version,
+}
+
+/// Runs cargo on one module crate (`profile`) and returns its cdylib.
 /// `version` overrides the module's version (relive-abi's
 /// `RELIVE_MODULE_VERSION`); without it an inherited override is removed.
 pub(crate) fn build_module(
@@ -272,7 +509,8 @@ pub(crate) fn build_module(
     crate_dir: &Path,
     target_dir: Option<&Path>,
     version: Option<&str>,
-) -> anyhow::Result<PathBuf> {
+    profile: Profile,
+) -> anyhow::Result<BuiltModule> {
     let cargo_toml = crate_dir.join("Cargo.toml");
     if !cargo_toml.is_file() {
         bail!(
@@ -286,8 +524,13 @@ pub(crate) fn build_module(
     spinner.enable_steady_tick(Duration::from_millis(120));
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(&cargo);
+    command.arg("build");
+    match profile {
+        Profile::Release => command.arg("--release"),
+        Profile::Dev => command.env("CARGO_PROFILE_DEV_DEBUG", "line-tables-only"),
+    };
     command
-        .args(["build", "--release", "--message-format=json-render-diagnostics", "--manifest-path"])
+        .args(["--message-format=json-render-diagnostics", "--manifest-path"])
         .arg(&cargo_toml)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -311,7 +554,7 @@ pub(crate) fn build_module(
         }
         text
     });
-    let mut library = None;
+    let mut built = None;
     for line in BufReader::new(child.stdout.take().expect("piped")).lines().map_while(Result::ok) {
         let Ok(message) = serde_json::from_str::<serde_json::Value>(&line) else { continue };
         let is_cdylib = message["reason"] == "compiler-artifact"
@@ -321,7 +564,7 @@ pub(crate) fn build_module(
                 f.as_str().filter(|f| f.ends_with(std::env::consts::DLL_SUFFIX)).map(PathBuf::from)
             })
         {
-            library = Some(file);
+            built = Some((file, message["package_id"].as_str().unwrap_or_default().to_string()));
         }
     }
     let status = child.wait().context("waiting for cargo")?;
@@ -331,12 +574,26 @@ pub(crate) fn build_module(
         let _ = std::io::stderr().write_all(errors.as_bytes());
         bail!("building module {module} failed ({status}): fix the errors above and build again");
     }
-    library.with_context(|| {
+    let (library, package_id) = built.with_context(|| {
         format!(
             "module {module}: cargo built no cdylib; add `[lib] crate-type = [\"cdylib\"]` to {}",
             cargo_toml.display()
         )
-    })
+    })?;
+    let crate_version = package_version(&package_id).with_context(|| {
+        format!("module {module}: cargo's package id {package_id:?} of {} names no version", cargo_toml.display())
+    })?;
+    Ok(BuiltModule { library, crate_version })
+}
+
+/// The version in a cargo package id: `path+file:///dir#1.2.3`,
+/// `path+file:///dir#name@1.2.3`, or before cargo 1.77 `name 1.2.3 (path+file:///dir)`.
+fn package_version(package_id: &str) -> Option<semver::Version> {
+    let text = match package_id.rsplit_once('#') {
+        Some((_, tail)) => tail.rsplit_once('@').map_or(tail, |(_, version)| version),
+        None => package_id.split_whitespace().nth(1)?,
+    };
+    semver::Version::parse(text).ok()
 }
 
 /// `relive plan`.

@@ -1,16 +1,31 @@
 //! `relive scenario run FILE... [--json]`: upgrade scenarios (DESIGN.md
 //! §7) written in TOML, run against a real node.
 //!
-//! A scenario names an example application (`app = "kv"`: its releases
-//! are examples/releases/<app>-<version>) and lists steps, each a table
-//! `[[step]]` with exactly one action:
+//! A scenario names an application (`app = "kv"`) and where its releases
+//! are, and lists steps, each a table `[[step]]` with exactly one action.
+//!
+//! ```toml
+//! [scenario]
+//! name = "counters upgraded under load"
+//! app = "counters"
+//! outcome = "what the scenario must show, in words"
+//! releases = "../releases"   # optional: holds <app>-<version>/release.toml
+//! ```
+//!
+//! The release a `boot` or `deploy` step names comes from, in order: the
+//! step's `path` (a directory holding release.toml, built by the runner,
+//! or a release archive used as it is), else `<releases>/<app>-<version>`,
+//! else, without `releases`, the relive checkout's
+//! examples/releases/<app>-<version>. Paths are relative to the scenario
+//! file; the release found must be `app` at the step's version.
 //!
 //! | step | what it does |
 //! |---|---|
-//! | `boot = "1.0.0"` | starts a node on a temporary root booting that release |
+//! | `boot = "1.0.0"` | starts a node on a temporary root booting that release; with `path = "DIR-or-ARCHIVE"` |
 //! | `load = { clients = 4, rate = 2000, duration = "3s", pipeline = 8 }` | starts RESP clients (SET/GET of their own key, every reply checked) that run until `stop_load`, the end or `duration`; `rate` caps the requests per second of all clients together, `pipeline` writes that many SET/GET pairs before reading the replies (all but `clients` optional) |
+//! | `load = { kind = "json", to = "counter", call = "Get", cast = { Add = 1 }, clients = 2, rate = 500, duration = "3s" }` | starts clients (1 to 32) that each send, through the node's control socket, the JSON call and/or cast (written as TOML) to the process `to`, in turn; a refused call or cast counts as a failed request (`failed_requests`), a lost connection as a dropped one; `rate` and `duration` as for RESP |
 //! | `stop_load = true` | stops the clients (their figures are kept) |
-//! | `deploy = "1.1.0"` | deploys that release live; with `health_window = "300ms"`, `permanent = true`, `expect = "ok" \| "refused" \| "rolled_back"` (default ok), `error_contains = "..."`; and the options below |
+//! | `deploy = "1.1.0"` | deploys that release live; with `path` (as for boot), `health_window = "300ms"`, `permanent = true`, `expect = "ok" \| "refused" \| "rolled_back"` (default ok), `error_contains = "..."`; and the options below |
 //! | `await = true` | waits for the `background` deploy and checks its result against that step's `expect` and `error_contains` |
 //! | `rollback = true` / `rollback = "1.0.0"` | undoes the last deploy / goes to that release of the store; with `expect`, `error_contains` |
 //! | `make_permanent = true` | makes the running release permanent |
@@ -18,7 +33,9 @@
 //! | `restart = true` | starts the node again on the same root (it boots the permanent release) |
 //! | `wait = "200ms"` | sleeps |
 //! | `call = { name = "kv", message = "Version", equals = "1.1.0", pointer = "/a/b", within = "5s" }` | calls a process with a JSON message (written as TOML); `equals` compares the reply (or the part `pointer` selects), asking again until it holds for up to `within`; `name = "counter-{0..9999}"` calls each of those processes; `error_contains = "..."` instead expects the call to fail with that text |
+//! | `cast = { name = "kv", message = { Add = 1 } }` | casts a JSON message (written as TOML) to a process (or each of a range, as for `call`); `error_contains = "..."` expects the node to refuse it |
 //! | `resp = { command = ["SET", "k", "v"], reply = "+OK", reply_contains = "..." }` | sends one RESP command on a probe connection and checks the reply |
+//! | `lines = { client = "alice", connect = true, send = ["NICK alice"], expect = ["OK *"] }` | named TCP clients of a line protocol that stay open across steps (`clients = [...]` for several): connect (to the app's `listen` address, or `connect = "HOST:PORT"`), send lines, expect the next lines received (`*` matches any text), `expect_closed`, `close`; see scenario_lines.rs |
 //! | `assert = { release = "1.1.0", state = "current", failed_requests = 0, dropped_connections = 0, lost_messages = 0, min_requests = 1, pause_p99_us_below = 50000, modules = { kv = "1.1.0" }, releases = { "1.0.0" = "permanent" }, absent_files = ["escaped.txt"] }` | checks the node and the figures so far; `absent_files`: no file of that name anywhere under the scenario's directory (node root and archives) |
 //!
 //! A deploy's options for faults (DESIGN.md §7), at most one per step:
@@ -33,8 +50,11 @@
 //!
 //! Unknown steps and fields are errors naming the file, the line and the
 //! field. The releases the steps name are built first (as `relive demo`
-//! does: copies of the manifests with absolute crate paths and a free
-//! port, modules into `target/examples`). Failed checks are recorded and
+//! does: copies of the manifests with absolute crate paths, and a free
+//! port of 127.0.0.1 for every process argument named `listen`, the address
+//! RESP loads and `resp` steps use; modules of the checkout's examples
+//! into its `target/examples`, others into cargo's target directory for
+//! each crate). Failed checks are recorded and
 //! the scenario goes on; an error (the node does not answer) ends it. The
 //! node is stopped (or killed) at the end whatever happens.
 
@@ -51,7 +71,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
-use relive_node::client::Client;
+use relive_node::client::{Client, ClientError};
 use relive_node::crash;
 use relive_node::protocol::{DeployRequest, Deployed};
 use relive_releases::archive;
@@ -64,6 +84,9 @@ use toml::Spanned;
 use crate::control;
 use crate::demo::{self, Answer, Counts, Load, NodeProcess, Reply, Resp, Shape};
 use crate::examples::{self, TempDir};
+
+#[path = "scenario_lines.rs"]
+mod lines;
 
 #[derive(Subcommand)]
 pub enum ScenarioCommand {
@@ -106,6 +129,9 @@ struct Meta {
     /// What the scenario must show, in words.
     #[serde(default)]
     outcome: String,
+    /// The directory of the application's releases
+    /// (`<app>-<version>/release.toml`), relative to the scenario file.
+    releases: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -121,11 +147,14 @@ struct RawStep {
     restart: Option<bool>,
     wait: Option<Spanned<String>>,
     call: Option<CallSpec>,
+    cast: Option<CastSpec>,
     resp: Option<RespSpec>,
+    lines: Option<lines::LinesSpec>,
     assert: Option<AssertSpec>,
     #[serde(rename = "await")]
     await_deploy: Option<bool>,
     // modifiers
+    path: Option<Spanned<String>>,
     health_window: Option<Spanned<String>>,
     permanent: Option<bool>,
     expect: Option<Expect>,
@@ -187,6 +216,14 @@ impl Fault {
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
 struct LoadSpec {
+    /// "resp" (default) or "json".
+    kind: Option<String>,
+    /// json: the process the calls and casts go to.
+    to: Option<String>,
+    /// json: the call each client sends.
+    call: Option<toml::Value>,
+    /// json: the cast each client sends.
+    cast: Option<toml::Value>,
     clients: u16,
     /// Requests per second, all clients together (default: as fast as
     /// replies come).
@@ -228,6 +265,15 @@ struct CallSpec {
 
 #[derive(Deserialize, Clone, Debug)]
 #[serde(deny_unknown_fields)]
+struct CastSpec {
+    name: String,
+    message: toml::Value,
+    /// The cast must be refused with an error containing this text.
+    error_contains: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Debug)]
+#[serde(deny_unknown_fields)]
 struct RespSpec {
     command: Vec<String>,
     reply: Option<String>,
@@ -259,6 +305,7 @@ enum Action {
     Load {
         clients: u16,
         shape: Shape,
+        kind: LoadKind,
     },
     StopLoad,
     Deploy {
@@ -288,8 +335,39 @@ enum Action {
         names: Vec<String>,
         within: Option<Duration>,
     },
+    Cast {
+        spec: CastSpec,
+        names: Vec<String>,
+    },
     Resp(RespSpec),
+    Lines(lines::Lines),
     Assert(AssertSpec),
+}
+
+/// What a load's clients send.
+#[derive(Clone, Debug)]
+enum LoadKind {
+    /// RESP SET/GET on their own connections to the app's `listen` address.
+    Resp,
+    /// JSON calls and casts to a process, through the control socket.
+    Json { to: String, call: Option<Value>, cast: Option<Value> },
+}
+
+/// Where a release of the scenario comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    /// A directory holding release.toml: the runner builds it.
+    Dir(PathBuf),
+    /// A release archive, deployed as it is.
+    Archive(PathBuf),
+}
+
+impl Source {
+    fn path(&self) -> &Path {
+        match self {
+            Source::Dir(path) | Source::Archive(path) => path,
+        }
+    }
 }
 
 impl Expect {
@@ -306,8 +384,11 @@ impl Action {
     fn describe(&self) -> String {
         match self {
             Action::Boot(v) => format!("boot {v}"),
-            Action::Load { clients, shape } => {
-                let mut text = format!("load {clients} clients");
+            Action::Load { clients, shape, kind } => {
+                let mut text = match kind {
+                    LoadKind::Resp => format!("load {clients} clients"),
+                    LoadKind::Json { to, .. } => format!("load {clients} JSON clients → {to}"),
+                };
                 if let Some(rate) = shape.rate {
                     text.push_str(&format!(" at {rate} req/s"));
                 }
@@ -348,7 +429,12 @@ impl Action {
                 format!("call {} ({} processes) {}", spec.name, names.len(), toml_json(&spec.message))
             }
             Action::Call { spec, .. } => format!("call {} {}", spec.name, toml_json(&spec.message)),
+            Action::Cast { spec, names } if names.len() > 1 => {
+                format!("cast {} ({} processes) {}", spec.name, names.len(), toml_json(&spec.message))
+            }
+            Action::Cast { spec, .. } => format!("cast {} {}", spec.name, toml_json(&spec.message)),
             Action::Resp(r) => format!("resp {}", r.command.join(" ")),
+            Action::Lines(l) => l.describe(),
             Action::Assert(_) => "assert".into(),
         }
     }
@@ -366,17 +452,19 @@ impl Action {
             Action::Restart => "restart",
             Action::Wait(_) => "wait",
             Action::Call { .. } => "call",
+            Action::Cast { .. } => "cast",
             Action::Resp(_) => "resp",
+            Action::Lines(_) => "lines",
             Action::Assert(_) => "assert",
         }
     }
 }
 
-const MODIFIERS: &str = "health_window, permanent, background, library, archive, manifest, kill_at (deploy); \
-                         expect, error_contains (deploy, rollback)";
+const MODIFIERS: &str = "path (boot, deploy); health_window, permanent, background, library, archive, \
+                         manifest, kill_at (deploy); expect, error_contains (deploy, rollback)";
 
 const STEPS: &str = "boot, load, stop_load, deploy, await, rollback, make_permanent, kill, restart, wait, \
-                     call, resp, assert";
+                     call, cast, resp, lines, assert";
 
 struct Step {
     line: usize,
@@ -387,6 +475,9 @@ struct Scenario {
     file: PathBuf,
     meta: Meta,
     steps: Vec<Step>,
+    /// Each release the steps name (by version, in order of first use)
+    /// and where it comes from.
+    sources: Vec<(String, Source)>,
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
@@ -464,7 +555,37 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
         }
     };
     let app = &raw.scenario.app;
-    let releases = examples::repo().join("examples").join("releases");
+    let base = file.parent().filter(|dir| !dir.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let releases = match &raw.scenario.releases {
+        Some(dir) => {
+            let path = base.join(dir.get_ref());
+            if !path.is_dir() {
+                bail!(
+                    "{shown}:{}: releases = {:?}: {} is not a directory (the path is relative to the \
+                     scenario file)",
+                    line_of(text, dir.span().start),
+                    dir.get_ref(),
+                    path.display()
+                );
+            }
+            Ok(path)
+        }
+        None => {
+            let dir = examples::repo().join("examples").join("releases");
+            if dir.is_dir() {
+                Ok(dir)
+            } else {
+                Err(format!(
+                    "no `releases` in [scenario], and the relive checkout's examples/releases ({}) is not \
+                     there: write `path = \"DIR\"` on the step (a directory holding release.toml, or an \
+                     archive) or `releases = \"DIR\"` in [scenario] (holding {app}-VERSION/release.toml), \
+                     relative to the scenario file",
+                    dir.display()
+                ))
+            }
+        }
+    };
+    let mut sources: Vec<(String, Source)> = Vec::new();
     let mut steps = Vec::new();
     for (index, spanned) in raw.step.iter().enumerate() {
         let n = index + 1;
@@ -474,13 +595,25 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
             anyhow::anyhow!("{shown}:{}: step {n}: {message}", at(span))
         };
         let raw = spanned.get_ref();
-        let release = |version: &Spanned<String>| -> anyhow::Result<String> {
-            let dir = releases.join(format!("{app}-{}", version.get_ref()));
-            if !dir.join("release.toml").is_file() {
-                return Err(err(
-                    Some(version.span()),
-                    format!("no release {app} {} ({} not found)", version.get_ref(), dir.display()),
-                ));
+        let mut release = |version: &Spanned<String>| -> anyhow::Result<String> {
+            let path = raw.path.as_ref().map(Spanned::get_ref).map(String::as_str);
+            let source = locate(app, version.get_ref(), path, base, &releases)
+                .map_err(|e| err(Some(raw.path.as_ref().map_or_else(|| version.span(), Spanned::span)), e))?;
+            match sources.iter().find(|(v, _)| v == version.get_ref()) {
+                Some((_, earlier)) if *earlier != source => {
+                    return Err(err(
+                        Some(version.span()),
+                        format!(
+                            "release {app} {} comes from {} here and from {} in an earlier step: one \
+                             source per version",
+                            version.get_ref(),
+                            source.path().display(),
+                            earlier.path().display()
+                        ),
+                    ));
+                }
+                Some(_) => {}
+                None => sources.push((version.get_ref().clone(), source)),
             }
             Ok(version.get_ref().clone())
         };
@@ -492,8 +625,45 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
             actions.push(Action::Boot(release(v)?));
         }
         if let Some(l) = &raw.load {
-            if l.clients == 0 || l.clients > 256 {
-                return Err(err(None, format!("load: clients = {} (1 to 256)", l.clients)));
+            let kind = match l.kind.as_deref() {
+                None | Some("resp") => {
+                    if l.to.is_some() || l.call.is_some() || l.cast.is_some() {
+                        return Err(err(
+                            None,
+                            "load: `to`, `call` and `cast` belong to a JSON load: add kind = \"json\"".into(),
+                        ));
+                    }
+                    LoadKind::Resp
+                }
+                Some("json") => {
+                    let Some(to) = l.to.clone() else {
+                        return Err(err(None, "load: a JSON load names its process: to = \"NAME\"".into()));
+                    };
+                    if l.call.is_none() && l.cast.is_none() {
+                        return Err(err(
+                            None,
+                            "load: a JSON load sends a `call`, a `cast` or both (messages written as TOML)"
+                                .into(),
+                        ));
+                    }
+                    if l.pipeline.is_some() {
+                        return Err(err(None, "load: `pipeline` belongs to a RESP load".into()));
+                    }
+                    LoadKind::Json {
+                        to,
+                        call: l.call.as_ref().map(toml_json),
+                        cast: l.cast.as_ref().map(toml_json),
+                    }
+                }
+                Some(other) => {
+                    return Err(err(None, format!("load: kind = {other:?}: write \"resp\" or \"json\"")));
+                }
+            };
+            // JSON clients each hold one of the node's control connections
+            // (64 at most), and the runner needs some for its own steps.
+            let most = if matches!(kind, LoadKind::Json { .. }) { 32 } else { 256 };
+            if l.clients == 0 || l.clients > most {
+                return Err(err(None, format!("load: clients = {} (1 to {most})", l.clients)));
             }
             if let Some(rate) = l.rate
                 && !(rate.is_finite() && rate > 0.0)
@@ -508,7 +678,7 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
                 duration: l.duration.as_ref().map(|d| duration(d, "load: duration")).transpose()?,
                 pipeline: usize::from(l.pipeline.unwrap_or(1)),
             };
-            actions.push(Action::Load { clients: l.clients, shape });
+            actions.push(Action::Load { clients: l.clients, shape, kind });
         }
         if raw.stop_load == Some(true) {
             actions.push(Action::StopLoad);
@@ -624,11 +794,24 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
             }
             actions.push(Action::Call { spec: c.clone(), names, within });
         }
+        if let Some(c) = &raw.cast {
+            let names = expand_names(&c.name).map_err(|e| err(None, format!("cast: name: {e}")))?;
+            if c.error_contains.is_some() && names.len() > 1 {
+                return Err(err(
+                    None,
+                    "cast: `error_contains` expects one cast to be refused: one name".into(),
+                ));
+            }
+            actions.push(Action::Cast { spec: c.clone(), names });
+        }
         if let Some(r) = &raw.resp {
             if r.command.is_empty() {
                 return Err(err(None, "resp: command is empty".into()));
             }
             actions.push(Action::Resp(r.clone()));
+        }
+        if let Some(l) = &raw.lines {
+            actions.push(Action::Lines(lines::parse(l).map_err(|e| err(None, e))?));
         }
         if let Some(a) = &raw.assert {
             actions.push(Action::Assert(a.clone()));
@@ -643,6 +826,7 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
         };
         let is = |names: &[&str]| names.contains(&action.name());
         let misplaced = [
+            ("path", raw.path.is_some(), &["boot", "deploy"][..]),
             ("health_window", raw.health_window.is_some(), &["deploy"][..]),
             ("permanent", raw.permanent.is_some(), &["deploy"][..]),
             ("background", raw.background.is_some(), &["deploy"][..]),
@@ -666,7 +850,67 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
     if !matches!(steps.first().map(|s| &s.action), Some(Action::Boot(_))) {
         bail!("{shown}: the first step must be `boot = \"VERSION\"`");
     }
-    Ok(Scenario { file: file.to_path_buf(), meta: raw.scenario, steps })
+    Ok(Scenario { file: file.to_path_buf(), meta: raw.scenario, steps, sources })
+}
+
+/// Where release `version` of `app` comes from: `path` (relative to
+/// `base`, the scenario file's directory), else `releases`'s
+/// `<app>-<version>`; checked to be that release. The error, without file
+/// or line.
+fn locate(
+    app: &str,
+    version: &str,
+    path: Option<&str>,
+    base: &Path,
+    releases: &Result<PathBuf, String>,
+) -> Result<Source, String> {
+    let wanted: semver::Version =
+        version.parse().map_err(|e| format!("{version:?} is not a version ({e}): write e.g. \"1.0.0\""))?;
+    let source = match path {
+        Some(path) => {
+            // Canonical, so that two spellings of one release are one source.
+            let full = base.join(path).canonicalize().unwrap_or_else(|_| base.join(path));
+            if full.is_dir() {
+                if !full.join("release.toml").is_file() {
+                    return Err(format!(
+                        "path = {path:?}: {} holds no release.toml (the path is relative to the scenario file)",
+                        full.display()
+                    ));
+                }
+                Source::Dir(full)
+            } else if full.is_file() {
+                Source::Archive(full)
+            } else {
+                return Err(format!(
+                    "path = {path:?}: {} not found (the path is relative to the scenario file)",
+                    full.display()
+                ));
+            }
+        }
+        None => {
+            let dir = releases.as_ref()?.join(format!("{app}-{version}"));
+            if !dir.join("release.toml").is_file() {
+                return Err(format!("no release {app} {version} ({} not found)", dir.display()));
+            }
+            Source::Dir(dir.canonicalize().unwrap_or(dir))
+        }
+    };
+    let manifest = match &source {
+        Source::Dir(dir) => Manifest::from_path(&dir.join("release.toml")).map_err(|e| e.to_string())?,
+        Source::Archive(file) => {
+            archive::read(file, None, false).map_err(|e| format!("{}: {e}", file.display()))?.manifest
+        }
+    };
+    let found = (&manifest.release.name, &manifest.release.version);
+    if found != (&app.to_string(), &wanted) {
+        return Err(format!(
+            "{} is release {} {}, not {app} {version}",
+            source.path().display(),
+            found.0,
+            found.1
+        ));
+    }
+    Ok(source)
 }
 
 /// `name`, or the names `{a..b}` in it stands for: `counter-{0..2}` is
@@ -742,6 +986,8 @@ impl Outcome {
             "failures": self.failures,
             "totals": {
                 "requests": self.totals.requests,
+                "calls": self.totals.calls,
+                "casts": self.totals.casts,
                 "failed_requests": self.totals.failures,
                 "dropped_connections": self.totals.dropped,
                 "lost_messages": self.lost,
@@ -782,6 +1028,8 @@ struct Runner<'a> {
     pause_p99_max_us: f64,
     errors: Vec<String>,
     json: bool,
+    /// The open clients of `lines` steps.
+    clients: lines::Clients,
 }
 
 impl Runner<'_> {
@@ -803,9 +1051,7 @@ impl Runner<'_> {
         let mut counts = self.finished;
         if let Some(running) = &self.load {
             let now = running.load.counts();
-            counts.requests += now.requests;
-            counts.failures += now.failures;
-            counts.dropped += now.dropped;
+            counts.add(&now);
         }
         counts
     }
@@ -817,9 +1063,7 @@ impl Runner<'_> {
             let _ = thread.join();
         }
         let counts = running.load.counts();
-        self.finished.requests += counts.requests;
-        self.finished.failures += counts.failures;
-        self.finished.dropped += counts.dropped;
+        self.finished.add(&counts);
         let errors = running.load.errors.lock().unwrap_or_else(|p| p.into_inner()).clone();
         self.errors.extend(errors.iter().cloned());
         Some((counts, errors))
@@ -1037,22 +1281,34 @@ impl Runner<'_> {
                 }
                 format!("node pid {} runs {running}", self.node()?.pid)
             }
-            Action::Load { clients, shape } => {
+            Action::Load { clients, shape, kind } => {
                 if self.load.is_some() {
                     bail!("a load already runs: add `stop_load = true` before starting another");
                 }
                 let clients = usize::from(*clients);
                 let load = Arc::new(Load::shaped(clients, *shape));
+                let root = self.node()?.root.clone();
                 let threads = (0..clients)
                     .map(|i| {
                         let load = Arc::clone(&load);
                         let addr = self.addr.clone();
+                        let kind = kind.clone();
+                        let root = root.clone();
                         std::thread::Builder::new()
                             .name(format!("scenario-client-{i}"))
-                            .spawn(move || demo::client(i, &addr, &load))
+                            .spawn(move || match kind {
+                                LoadKind::Resp => demo::client(i, &addr, &load),
+                                LoadKind::Json { to, call, cast } => {
+                                    json_client(i, &root, &to, call.as_ref(), cast.as_ref(), &load)
+                                }
+                            })
                             .context("starting a client thread")
                     })
                     .collect::<anyhow::Result<Vec<_>>>()?;
+                let target = match kind {
+                    LoadKind::Resp => self.addr.clone(),
+                    LoadKind::Json { .. } => root.join(relive_node::client::SOCKET).display().to_string(),
+                };
                 let deadline = Instant::now() + Duration::from_secs(10);
                 while load.connected.load(Ordering::SeqCst) + load.done.load(Ordering::SeqCst) < clients
                     && Instant::now() < deadline
@@ -1062,18 +1318,26 @@ impl Runner<'_> {
                 let connected = load.connected.load(Ordering::SeqCst);
                 self.load = Some(Running { load, threads });
                 if connected < clients {
-                    failures
-                        .push(format!("only {connected} of {clients} clients connected to {}", self.addr));
+                    failures.push(format!("only {connected} of {clients} clients connected to {target}"));
                 }
-                format!("{connected} clients connected to {}", self.addr)
+                format!("{connected} clients connected to {target}")
             }
             Action::StopLoad => match self.stop_load() {
                 Some((counts, errors)) => {
                     for error in errors.iter().take(3) {
                         failures.push(format!("client: {error}"));
                     }
+                    let json = if counts.calls + counts.casts > 0 {
+                        format!(
+                            " ({} calls, {} casts)",
+                            demo::thousands(counts.calls),
+                            demo::thousands(counts.casts)
+                        )
+                    } else {
+                        String::new()
+                    };
                     format!(
-                        "{} requests, {} failed, {} dropped",
+                        "{} requests{json}, {} failed, {} dropped",
                         demo::thousands(counts.requests),
                         counts.failures,
                         counts.dropped
@@ -1177,6 +1441,29 @@ impl Runner<'_> {
                 format!("{} ms", duration.as_millis())
             }
             Action::Call { spec, names, within } => self.call(spec, names, *within, &mut failures)?,
+            Action::Cast { spec, names } => {
+                let message = toml_json(&spec.message);
+                let mut refused = Vec::new();
+                for name in names {
+                    match (self.node()?.ask(|c| c.cast(name, message.clone()))?, &spec.error_contains) {
+                        (Ok(()), None) => {}
+                        (Ok(()), Some(text)) => failures
+                            .push(format!("{name} took the cast, expected a refusal containing {text:?}")),
+                        (Err(failure), Some(text)) if failure.error.contains(text.as_str()) => {
+                            refused.push(failure.error)
+                        }
+                        (Err(failure), _) => {
+                            failures.push(format!("{name} refused the cast: {}", failure.error));
+                            refused.push(failure.error);
+                        }
+                    }
+                }
+                match (names.len(), refused.first()) {
+                    (_, Some(error)) => format!("refused: {error}"),
+                    (1, None) => "sent".into(),
+                    (n, None) => format!("sent to {n} processes"),
+                }
+            }
             Action::Resp(spec) => {
                 let reply = self.resp(&spec.command)?;
                 let text = reply.to_string();
@@ -1195,6 +1482,7 @@ impl Runner<'_> {
                 }
                 format!("reply {text}")
             }
+            Action::Lines(step) => self.clients.run(step, &self.addr, &mut failures)?,
             Action::Assert(spec) => self.assert(spec, &mut failures)?,
         };
         Ok((detail, failures))
@@ -1225,9 +1513,7 @@ impl Runner<'_> {
             | Fault::LibraryGarbageElf
             | Fault::LibraryWrongAbi
             | Fault::LibraryNoExport => {
-                let manifest_path =
-                    self.tmp.path().join("apps").join(format!("{app}-{version}")).join("release.toml");
-                let mut manifest = Manifest::from_path(&manifest_path)?;
+                let mut manifest = contents.manifest.clone();
                 // A version of its own (1.1.0-truncated): were the good
                 // 1.1.0 in the store, the node would refuse a broken build
                 // under its version for its other libraries before ever
@@ -1249,7 +1535,7 @@ impl Runner<'_> {
                             Fault::LibraryWrongAbi | Fault::LibraryNoExport => {
                                 let krate =
                                     if fault == Fault::LibraryWrongAbi { "bad-abi" } else { "no-export" };
-                                let path = examples::Examples::build()?.library(krate)?;
+                                let path = examples::Examples::build("scenario run FILE")?.library(krate)?;
                                 fs::read(&path).with_context(|| format!("reading {}", path.display()))?
                             }
                             _ => {
@@ -1442,6 +1728,60 @@ impl Runner<'_> {
     }
 }
 
+/// JSON client `i` of a load: on a control connection of its own, sends
+/// `call` and `cast` (either may be absent) to the process `to` in turn,
+/// paced like a RESP client, until the load stops or its connection is
+/// lost. A refusal is a failed request; a lost connection ends the client
+/// as a dropped one.
+fn json_client(i: usize, root: &Path, to: &str, call: Option<&Value>, cast: Option<&Value>, load: &Load) {
+    struct Done<'a>(&'a Load);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.done.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let _done = Done(load);
+    let mut client = match Client::connect(root) {
+        Ok(client) => client,
+        Err(error) => {
+            load.dropped.fetch_add(1, Ordering::SeqCst);
+            load.error(format!("client {i}: could not connect: {error}"));
+            return;
+        }
+    };
+    load.connected.fetch_add(1, Ordering::SeqCst);
+    let mut pacer = demo::Pacer::new(load);
+    while pacer.going(load) {
+        let started = Instant::now();
+        let mut sent = 0;
+        for (what, message, counter) in [("call", call, &load.calls), ("cast", cast, &load.casts)] {
+            let Some(message) = message else { continue };
+            let result = if what == "call" {
+                client.call(to, message.clone()).map(drop)
+            } else {
+                client.cast(to, message.clone())
+            };
+            load.requests.fetch_add(1, Ordering::SeqCst);
+            counter.fetch_add(1, Ordering::SeqCst);
+            sent += 1;
+            match result {
+                Ok(()) => {}
+                Err(ClientError::Refused(failure)) => {
+                    load.fail(format!("client {i}: {what} {message} to {to}: {}", failure.error));
+                }
+                Err(error) => {
+                    load.dropped.fetch_add(1, Ordering::SeqCst);
+                    load.error(format!("client {i}: connection lost during a {what} to {to}: {error}"));
+                    return;
+                }
+            }
+        }
+        load.slowest_us.fetch_max(started.elapsed().as_micros() as u64, Ordering::SeqCst);
+        load.iterations[i].fetch_add(1, Ordering::SeqCst);
+        pacer.sent(sent, load);
+    }
+}
+
 /// A tar entry written byte for byte: the `tar` crate's safe setters
 /// refuse the `..` paths and links that fault archives need.
 struct RawEntry {
@@ -1553,18 +1893,24 @@ fn report_of(answer: &Answer<Deployed>) -> Option<&Report> {
 fn execute(scenario: &Scenario, json: bool) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     let meta = &scenario.meta;
-    let mut versions: Vec<&str> = Vec::new();
-    for step in &scenario.steps {
-        if let Action::Boot(v) | Action::Deploy { version: v, .. } = &step.action
-            && !versions.contains(&v.as_str())
-        {
-            versions.push(v);
-        }
-    }
+    let versions: Vec<&str> = scenario.sources.iter().map(|(v, _)| v.as_str()).collect();
     let tmp = TempDir::new("scenario")?;
     let addr = demo::free_addr()?;
-    let built = demo::build_releases(tmp.path(), &meta.app, &versions, &addr)?;
-    let archives = versions.iter().map(|v| v.to_string()).zip(built).collect();
+    // The checkout's examples build into its target/examples, as every
+    // test builds them; any other crate into cargo's own target directory.
+    let examples = examples::repo().join("examples");
+    let examples_target = examples::repo().join("target").join("examples");
+    let mut archives = BTreeMap::new();
+    for (version, source) in &scenario.sources {
+        let archive = match source {
+            Source::Dir(dir) => {
+                let target = dir.starts_with(&examples).then_some(examples_target.as_path());
+                demo::build_release(tmp.path(), dir, &addr, target)?
+            }
+            Source::Archive(file) => file.clone(),
+        };
+        archives.insert(version.clone(), archive);
+    }
     let root = tmp.path().join("root");
     let log = tmp.path().join("node.log");
     let mut runner = Runner {
@@ -1583,6 +1929,7 @@ fn execute(scenario: &Scenario, json: bool) -> anyhow::Result<Outcome> {
         pause_p99_max_us: 0.0,
         errors: Vec::new(),
         json,
+        clients: lines::Clients::default(),
     };
     runner.say(&format!(
         "scenario {} ({}): {} {}, {} steps, node root {}",
@@ -1824,7 +2171,9 @@ mod tests {
                     [[step]]\nload = { clients = 3, rate = 500.0, duration = \"2s\", pipeline = 4 }\n\
                     [[step]]\ndeploy = \"1.1.0\"\nkill_at = \"switched\"\n";
         let scenario = parse_text(Path::new("x.toml"), text).unwrap();
-        let Action::Load { clients: 3, shape } = &scenario.steps[1].action else { panic!() };
+        let Action::Load { clients: 3, shape, kind: LoadKind::Resp } = &scenario.steps[1].action else {
+            panic!()
+        };
         assert_eq!(
             (shape.rate, shape.duration, shape.pipeline),
             (Some(500.0), Some(Duration::from_secs(2)), 4)
@@ -1832,5 +2181,121 @@ mod tests {
         assert!(
             matches!(&scenario.steps[2].action, Action::Deploy { kill_at: Some(p), .. } if p == "switched")
         );
+    }
+
+    #[test]
+    fn a_json_load_and_a_cast_parse() {
+        let head = "[scenario]\nname = \"t\"\napp = \"kv\"\n[[step]]\nboot = \"1.0.0\"\n";
+        let text = format!(
+            "{head}[[step]]\nload = {{ kind = \"json\", to = \"kv\", call = \"Version\", cast = {{ Add = 1 }}, \
+             clients = 2, rate = 100.0 }}\n[[step]]\ncast = {{ name = \"c-{{0..2}}\", message = \"Tick\" }}\n"
+        );
+        let scenario = parse_text(Path::new("x.toml"), &text).unwrap();
+        let Action::Load { clients: 2, kind: LoadKind::Json { to, call, cast }, .. } =
+            &scenario.steps[1].action
+        else {
+            panic!("{:?}", scenario.steps[1].action)
+        };
+        assert_eq!(to, "kv");
+        assert_eq!(call.as_ref(), Some(&json!("Version")));
+        assert_eq!(cast.as_ref(), Some(&json!({"Add": 1})));
+        let Action::Cast { names, .. } = &scenario.steps[2].action else { panic!() };
+        assert_eq!(names, &["c-0", "c-1", "c-2"]);
+
+        let load = |fields: &str| err(&format!("{head}[[step]]\nload = {{ {fields} }}\n"));
+        assert!(
+            load("kind = \"xml\", clients = 1")
+                .contains("step 2: load: kind = \"xml\": write \"resp\" or \"json\"")
+        );
+        assert!(
+            load("kind = \"json\", call = \"Get\", clients = 1").contains("names its process: to = \"NAME\"")
+        );
+        assert!(
+            load("kind = \"json\", to = \"kv\", clients = 1").contains("sends a `call`, a `cast` or both")
+        );
+        assert!(load("to = \"kv\", call = \"Get\", clients = 1").contains("belong to a JSON load"));
+        assert!(
+            load("kind = \"json\", to = \"kv\", call = \"Get\", clients = 33")
+                .contains("clients = 33 (1 to 32)")
+        );
+        assert!(
+            load("kind = \"json\", to = \"kv\", call = \"Get\", clients = 1, pipeline = 2")
+                .contains("`pipeline` belongs to a RESP load")
+        );
+        assert!(
+            err(&format!(
+                "{head}[[step]]\ncast = {{ name = \"c-{{0..1}}\", message = 1, error_contains = \"x\" }}\n"
+            ))
+            .contains("cast: `error_contains` expects one cast to be refused")
+        );
+    }
+
+    /// A directory of a release: release.toml of `name` `version`.
+    fn release_dir(dir: &Path, name: &str, version: &str) {
+        fs::create_dir_all(dir).unwrap();
+        fs::write(
+            dir.join("release.toml"),
+            format!(
+                "[release]\nname = \"{name}\"\nversion = \"{version}\"\n\n[[module]]\nname = \"m\"\ncrate = \"m\"\n\n\
+                 [[process]]\nname = \"p\"\nmodule = \"m\"\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn releases_come_from_paths_relative_to_the_scenario_file() {
+        let tmp = tempfile::tempdir().unwrap();
+        let project = tmp.path().join("app");
+        release_dir(&project, "app", "1.0.0");
+        release_dir(&project.join("next"), "app", "2.0.0");
+        release_dir(&tmp.path().join("rel").join("app-3.0.0"), "app", "3.0.0");
+        let scenarios = project.join("scenarios");
+        fs::create_dir_all(&scenarios).unwrap();
+        fs::write(project.join("kept.tar.gz"), "not an archive").unwrap();
+        let file = scenarios.join("s.toml");
+        let head = "[scenario]\nname = \"t\"\napp = \"app\"\nreleases = \"../../rel\"\n";
+        let parse = |steps: &str| parse_text(&file, &format!("{head}{steps}"));
+
+        let scenario = parse(
+            "[[step]]\nboot = \"1.0.0\"\npath = \"..\"\n[[step]]\ndeploy = \"2.0.0\"\npath = \"../next\"\n\
+             [[step]]\ndeploy = \"3.0.0\"\n[[step]]\ndeploy = \"2.0.0\"\npath = \"../next/\"\n",
+        )
+        .unwrap();
+        let sources: Vec<(&str, &Source)> = scenario.sources.iter().map(|(v, s)| (v.as_str(), s)).collect();
+        let dir = |p: &Path| Source::Dir(p.canonicalize().unwrap());
+        assert_eq!(
+            sources,
+            [
+                ("1.0.0", &dir(&scenarios.join(".."))),
+                ("2.0.0", &dir(&scenarios.join("../next"))),
+                ("3.0.0", &dir(&tmp.path().join("rel").join("app-3.0.0")))
+            ]
+        );
+
+        let error = |steps: &str| format!("{:#}", parse(steps).err().unwrap());
+        let e = error("[[step]]\nboot = \"2.0.0\"\npath = \"..\"\n");
+        assert!(e.contains("step 1: ") && e.contains("is release app 1.0.0, not app 2.0.0"), "{e}");
+        let e = error("[[step]]\nboot = \"1.0.0\"\npath = \"../nowhere\"\n");
+        assert!(e.contains("path = \"../nowhere\"") && e.contains("not found (the path is relative"), "{e}");
+        let e = error("[[step]]\nboot = \"1.0.0\"\npath = \"../scenarios\"\n");
+        assert!(e.contains("holds no release.toml"), "{e}");
+        let e = error("[[step]]\nboot = \"1.0.0\"\npath = \"../kept.tar.gz\"\n");
+        assert!(e.contains("kept.tar.gz"), "{e}");
+        let e = error("[[step]]\nboot = \"1.0.0\"\npath = \"..\"\n[[step]]\nwait = \"1s\"\npath = \"..\"\n");
+        assert!(e.contains("step 2: `path` belongs to a boot or deploy step"), "{e}");
+        let e = error(
+            "[[step]]\nboot = \"2.0.0\"\npath = \"../next\"\n[[step]]\ndeploy = \"2.0.0\"\npath = \"../../rel/app-3.0.0\"\n",
+        );
+        assert!(e.contains("is release app 3.0.0"), "{e}");
+        let e = error("[[step]]\nboot = \"9.0.0\"\n");
+        assert!(e.contains("no release app 9.0.0"), "{e}");
+        let e = format!(
+            "{:#}",
+            parse_text(&file, "[scenario]\nname = \"t\"\napp = \"app\"\nreleases = \"nope\"\n")
+                .err()
+                .unwrap()
+        );
+        assert!(e.contains(":4: releases = \"nope\"") && e.contains("is not a directory"), "{e}");
     }
 }

@@ -39,6 +39,14 @@
 //! the file named. A release that was current but not permanent is never
 //! booted: the node falls back to the permanent one, as after a crash, and
 //! says so in its log, so a damaged current release cannot stop a restart.
+//!
+//! Once verified, the node's configuration is set to the release's
+//! `[config]`, then its whole supervision tree starts
+//! (`relive_upgrader::tree::start`): the top supervisor `<release>_sup`
+//! with the flags of `[release.supervisor]`, each `[[supervisor]]` and
+//! `[[process]]` under its supervisor in the manifest's order, every one
+//! registered under its name. Status reads each supervisor's children to
+//! show the tree.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -53,15 +61,18 @@ use parking_lot::{Mutex, MutexGuard};
 use relive_releases::archive::{self, Contents};
 use relive_releases::manifest::{self, Manifest};
 use relive_releases::store::{ReleaseInfo, ReleaseState, Store, StoreError};
-use relive_runtime::supervisor::{self, ChildSpec, Restart, Strategy, SupervisorSpec};
+use relive_runtime::supervisor;
 use relive_runtime::{CodeServer, ExitReason, Node, NodeConfig, Pid};
 use relive_upgrader::planner::{self, Planned, ReleaseView};
-use relive_upgrader::{Controller, ModuleView, Options, Plan, ProcessView, ReleaseId, UpgradeError};
+use relive_upgrader::{
+    ChildDef, Controller, Flags, ModuleView, Options, Plan, ProcessDef, ReleaseId, Restart, Shutdown,
+    Strategy, SupervisorDef, UpgradeError,
+};
 
 use crate::crash;
 use crate::protocol::{
     DeployOptions, Deployed, DryRun, Failure, Listening, ModuleStatus, ModuleVersion, Permanent,
-    ProcessGroup, ProcessStatus, Progress, Removed, Request, Response, Status,
+    ProcessGroup, ProcessStatus, Progress, Removed, Request, Response, Status, SupervisorStatus,
 };
 
 /// How long a request to a process or a supervisor may take.
@@ -209,6 +220,52 @@ fn restart_of(restart: manifest::Restart) -> Restart {
     }
 }
 
+fn shutdown_of(shutdown: manifest::Shutdown) -> Shutdown {
+    match shutdown {
+        manifest::Shutdown::BrutalKill => Shutdown::BrutalKill,
+        manifest::Shutdown::Millis(ms) => Shutdown::Millis(ms),
+        manifest::Shutdown::Infinity => Shutdown::Infinity,
+    }
+}
+
+fn flags_of(flags: manifest::Flags) -> Flags {
+    let strategy = match flags.strategy {
+        manifest::Strategy::OneForOne => Strategy::OneForOne,
+        manifest::Strategy::OneForAll => Strategy::OneForAll,
+        manifest::Strategy::RestForOne => Strategy::RestForOne,
+        manifest::Strategy::SimpleOneForOne => Strategy::SimpleOneForOne,
+    };
+    Flags { strategy, intensity: flags.intensity, period_ms: flags.period_ms }
+}
+
+/// The planner's (and the boot's) tree of a manifest's supervisor.
+fn tree_of(sup: &manifest::TreeSupervisor<'_>) -> SupervisorDef {
+    let (restart, shutdown) = match sup.table {
+        Some(table) => (restart_of(table.restart), shutdown_of(table.shutdown)),
+        None => (Restart::Permanent, Shutdown::Infinity),
+    };
+    SupervisorDef {
+        id: sup.name.clone(),
+        flags: flags_of(sup.flags),
+        restart,
+        shutdown,
+        children: sup
+            .children
+            .iter()
+            .map(|child| match child {
+                manifest::TreeChild::Process(c) => ChildDef::Process(ProcessDef {
+                    id: c.name.clone(),
+                    module: c.process.module.clone(),
+                    args: c.process.args.clone(),
+                    restart: restart_of(c.process.restart),
+                    shutdown: shutdown_of(c.process.shutdown),
+                }),
+                manifest::TreeChild::Supervisor(s) => ChildDef::Supervisor(tree_of(s)),
+            })
+            .collect(),
+    }
+}
+
 /// The planner's view of a release: `library` gives each module's sha256
 /// and library path.
 ///
@@ -234,16 +291,9 @@ pub fn release_view(
         version: release.version.clone(),
         upgrade_from: release.upgrade_from.clone(),
         modules,
-        // One view per child: a process with `instances` is N processes to
-        // the planner.
-        processes: manifest
-            .children()
-            .map(|c| ProcessView {
-                name: c.name,
-                module: c.process.module.clone(),
-                args: c.process.args.clone(),
-            })
-            .collect(),
+        // A process with `instances` is N children to the planner.
+        tree: tree_of(&manifest.tree()),
+        config: manifest.config.clone(),
         instructions: manifest.instructions.clone(),
     })
 }
@@ -877,8 +927,9 @@ impl ReleaseHandler {
         self.node.whereis(name).ok_or_else(|| {
             // A release may run thousands (`instances`): name a few.
             const SHOWN: usize = 8;
-            let processes = self.running().map(|r| r.1.processes).unwrap_or_default();
-            let mut names: Vec<&str> = processes.iter().take(SHOWN).map(|p| p.name.as_str()).collect();
+            let running = self.running().ok();
+            let processes = running.as_ref().map(|r| r.1.processes()).unwrap_or_default();
+            let mut names: Vec<&str> = processes.iter().take(SHOWN).map(|p| p.id.as_str()).collect();
             let more = processes.len().saturating_sub(SHOWN);
             let more = if more > 0 { format!(" … and {more} more") } else { String::new() };
             if names.is_empty() {
@@ -922,36 +973,10 @@ impl ReleaseHandler {
             })
             .collect();
         let sup = planner::supervisor_name(&release.name);
-        let children: BTreeMap<String, supervisor::ChildInfo> =
-            supervisor::which_children(&self.node, sup.as_str(), CALL_TIMEOUT)
-                .map(|children| children.into_iter().map(|c| (c.id.to_string(), c)).collect())
-                .unwrap_or_default();
-        let processes = manifest
-            .iter()
-            .flat_map(|m| m.processes.iter())
-            .map(|process| {
-                let children: Vec<ProcessStatus> = process
-                    .names()
-                    .map(|name| {
-                        let child = children.get(&name);
-                        ProcessStatus {
-                            pid: child.and_then(|c| c.pid).map(|p| p.to_string()),
-                            restarts: child.map_or(0, |c| c.restarts),
-                            restarting: child.is_some_and(|c| c.restarting),
-                            name,
-                        }
-                    })
-                    .collect();
-                ProcessGroup {
-                    name: process.name.clone(),
-                    module: process.module.clone(),
-                    instances: process.instances.map(|n| n as usize),
-                    running: children.iter().filter(|c| c.pid.is_some()).count(),
-                    restarts: children.iter().map(|c| c.restarts).sum(),
-                    children,
-                }
-            })
-            .collect();
+        let (processes, supervisors) = match &manifest {
+            Some(manifest) => self.tree_status(manifest),
+            None => (Vec::new(), Vec::new()),
+        };
         let listening = self
             .node
             .listeners()
@@ -973,10 +998,102 @@ impl ReleaseHandler {
             supervisor: sup,
             modules,
             processes,
+            supervisors,
             listening,
             busy: self.busy.lock().clone(),
             last_report: self.last_report.lock().clone(),
         }
+    }
+
+    /// The processes (by `[[process]]`) and supervisors of the running
+    /// tree, from each supervisor's `which_children`.
+    fn tree_status(&self, manifest: &Manifest) -> (Vec<ProcessGroup>, Vec<SupervisorStatus>) {
+        let tree = manifest.tree();
+        let mut flat: Vec<(Option<String>, &manifest::TreeSupervisor<'_>)> = vec![(None, &tree)];
+        let mut at = 0;
+        while at < flat.len() {
+            let (_, sup) = flat[at];
+            for child in &sup.children {
+                if let manifest::TreeChild::Supervisor(nested) = child {
+                    flat.push((Some(sup.name.clone()), nested));
+                }
+            }
+            at += 1;
+        }
+        // Each supervisor's children, in its order.
+        let children: BTreeMap<&str, Vec<supervisor::ChildInfo>> = flat
+            .iter()
+            .map(|(_, sup)| {
+                let children = supervisor::which_children(&self.node, sup.name.as_str(), CALL_TIMEOUT)
+                    .unwrap_or_default();
+                (sup.name.as_str(), children)
+            })
+            .collect();
+        let info =
+            |sup: &str, id: &str| children.get(sup).and_then(|list| list.iter().find(|c| &*c.id == id));
+        let supervisors = flat
+            .iter()
+            .map(|(parent, sup)| {
+                let own = children.get(sup.name.as_str()).map(Vec::as_slice).unwrap_or_default();
+                let as_child = parent.as_deref().and_then(|parent| info(parent, &sup.name));
+                SupervisorStatus {
+                    name: sup.name.clone(),
+                    parent: parent.clone(),
+                    strategy: sup.flags.strategy.to_string(),
+                    intensity: sup.flags.intensity,
+                    period_ms: sup.flags.period_ms,
+                    pid: self.node.whereis(&sup.name).map(|p| p.to_string()),
+                    children: own.len(),
+                    running: own.iter().filter(|c| c.pid.is_some()).count(),
+                    restarts: as_child.map_or(0, |c| c.restarts),
+                }
+            })
+            .collect();
+        let top = manifest.supervisor_name();
+        let processes = manifest
+            .processes
+            .iter()
+            .map(|process| {
+                let sup = process.supervisor.clone().unwrap_or_else(|| top.clone());
+                let status = |name: String, child: Option<&supervisor::ChildInfo>| ProcessStatus {
+                    pid: child.and_then(|c| c.pid).map(|p| p.to_string()),
+                    restarts: child.map_or(0, |c| c.restarts),
+                    restarting: child.is_some_and(|c| c.restarting),
+                    name,
+                };
+                let simple = flat
+                    .iter()
+                    .any(|(_, s)| s.name == sup && s.flags.strategy == manifest::Strategy::SimpleOneForOne);
+                let list: Vec<ProcessStatus> = if simple {
+                    // The children started from the template share its id
+                    // (and are not registered).
+                    children
+                        .get(sup.as_str())
+                        .into_iter()
+                        .flatten()
+                        .map(|c| status(process.name.clone(), Some(c)))
+                        .collect()
+                } else {
+                    process
+                        .names()
+                        .map(|name| {
+                            let child = info(&sup, &name);
+                            status(name, child)
+                        })
+                        .collect()
+                };
+                ProcessGroup {
+                    name: process.name.clone(),
+                    module: process.module.clone(),
+                    supervisor: sup,
+                    instances: process.instances.map(|n| n as usize),
+                    running: list.iter().filter(|c| c.pid.is_some()).count(),
+                    restarts: list.iter().map(|c| c.restarts).sum(),
+                    children: list,
+                }
+            })
+            .collect();
+        (processes, supervisors)
     }
 
     /// Stops gracefully: refuses new changes, waits for the one running,
@@ -1047,8 +1164,12 @@ fn hex_key(key: &VerifyingKey) -> String {
     key.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Loads the release's libraries and starts its top supervisor with one
-/// child per process, each registered under its name.
+/// Sets the node's configuration to the release's `[config]`, loads the
+/// release's libraries and starts its supervision tree: the top
+/// supervisor `<release>_sup` with the flags of `[release.supervisor]`,
+/// every `[[supervisor]]` under its parent, every process under its
+/// supervisor, each registered under its name, in the manifest's order
+/// (see relive-releases' manifest doc and relive-upgrader's `tree`).
 fn start_release(
     node: &Node,
     manifest: &Manifest,
@@ -1066,34 +1187,11 @@ fn start_release(
             ));
         }
     }
-    let name = &manifest.release.name;
-    let mut children = Vec::with_capacity(manifest.child_count());
-    for process in &manifest.processes {
-        // A process with `instances` is N children sharing one encoded init
-        // argument.
-        let init = relive_runtime::module::json_to_payload(&process.args)
-            .map_err(|e| format!("process {}: args: {e}", process.name))?
-            .0;
-        for child in process.names() {
-            let (module, code, init) = (process.module.clone(), Arc::clone(&code), init.clone());
-            // Registered by the supervisor at every start, so a child
-            // restarted after a crash answers to its name at once.
-            let spec = ChildSpec::worker(child.as_str(), move || {
-                Box::new(code.module_process(&module, init.clone()).expect("the module is loaded"))
-            })
-            .registered(child.as_str());
-            children.push(ChildSpec { restart: restart_of(process.restart), ..spec });
-        }
-    }
-    let sup_name = planner::supervisor_name(name);
-    let spec = SupervisorSpec {
-        intensity: 5,
-        period: Duration::from_secs(10),
-        name: Some(sup_name.as_str().into()),
-        ..SupervisorSpec::new(Strategy::OneForOne, children)
-    };
-    let supervisor = supervisor::start(node, spec).map_err(|e| {
-        format!("starting the supervisor {sup_name} of {name} {}: {e}", manifest.release.version)
-    })?;
+    // Before any process starts: their `init` may read it.
+    let config = if view.config.is_null() { serde_json::json!({}) } else { view.config.clone() };
+    let config = relive_runtime::module::json_to_payload(&config).map_err(|e| format!("[config]: {e}"))?;
+    node.set_config(config);
+    let supervisor = relive_upgrader::tree::start(node, &code, &view.tree)
+        .map_err(|e| format!("{e} (release {} {})", manifest.release.name, manifest.release.version))?;
     Ok((code, supervisor))
 }

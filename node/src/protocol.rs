@@ -350,6 +350,10 @@ pub struct Status {
     pub modules: Vec<ModuleStatus>,
     /// The release's processes, grouped by their `[[process]]`.
     pub processes: Vec<ProcessGroup>,
+    /// The release's supervision tree: the top supervisor first, then every
+    /// `[[supervisor]]`, depth first in start order.
+    #[serde(default)]
+    pub supervisors: Vec<SupervisorStatus>,
     /// The sockets the node's processes listen on.
     pub listening: Vec<Listening>,
     /// The change that runs now, if any.
@@ -382,7 +386,33 @@ pub struct ModuleVersion {
     pub processes: usize,
 }
 
-/// The processes of one `[[process]]` of the release (N with `instances`).
+/// One supervisor of the release's tree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorStatus {
+    /// Its registered name.
+    pub name: String,
+    /// The supervisor it runs under; `None` for the top one.
+    pub parent: Option<String>,
+    /// Its strategy, as the manifest spells it (`one_for_one`, ...).
+    pub strategy: String,
+    /// Most restarts within `period_ms`.
+    pub intensity: u32,
+    /// The window of `intensity`, ms.
+    pub period_ms: u64,
+    /// Its pid, `None` while it does not run.
+    pub pid: Option<String>,
+    /// Its children (for simple_one_for_one: the ones started at run time).
+    pub children: usize,
+    /// How many of them run.
+    pub running: usize,
+    /// Times its parent restarted it (0 for the top one).
+    pub restarts: u64,
+}
+
+/// The processes of one `[[process]]` of the release (N with `instances`;
+/// for the template of a simple_one_for_one supervisor, the children
+/// started from it, all named after it).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessGroup {
@@ -390,6 +420,9 @@ pub struct ProcessGroup {
     pub name: String,
     /// Its module.
     pub module: String,
+    /// The supervisor it runs under.
+    #[serde(default)]
+    pub supervisor: String,
     /// How many it runs when it has `instances` (`None`: one process).
     pub instances: Option<usize>,
     /// How many run now.

@@ -270,6 +270,43 @@ pub fn build(
     out_dir: &Path,
     signing_key: Option<&SigningKey>,
 ) -> Result<PathBuf> {
+    build_with(manifest, manifest_dir, libraries, out_dir, BuildOptions { signing_key, ..BuildOptions::default() })
+}
+
+/// How [`build_with`] writes an archive.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BuildOptions<'a> {
+    /// Sign `release.toml` with this key (writes `release.sig`).
+    pub signing_key: Option<&'a SigningKey>,
+    /// The gzip level.
+    pub compression: ArchiveCompression,
+}
+
+/// The gzip level of an archive. Both read the same; the level changes
+/// only the size and the time to write it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ArchiveCompression {
+    /// zlib's default level (6): releases that are shipped and kept.
+    #[default]
+    Default,
+    /// The fastest level (1): development builds (`relive watch`), whose
+    /// unoptimized libraries are large and live only minutes.
+    Fast,
+}
+
+/// [`build`] with [`BuildOptions`].
+///
+/// # Errors
+///
+/// As [`build`].
+pub fn build_with(
+    manifest: &Manifest,
+    manifest_dir: &Path,
+    libraries: &[(String, PathBuf)],
+    out_dir: &Path,
+    options: BuildOptions<'_>,
+) -> Result<PathBuf> {
+    let BuildOptions { signing_key, compression } = options;
     let out = out_dir.join(archive_file_name(manifest));
     let manifest_path = manifest_dir.join(MANIFEST_ENTRY);
 
@@ -345,7 +382,11 @@ pub fn build(
         .suffix(".tmp")
         .tempfile_in(out_dir)
         .map_err(|e| io_err(out_dir, "create a temporary file", e))?;
-    let mut gz = GzEncoder::new(tmp.as_file_mut(), Compression::default());
+    let level = match compression {
+        ArchiveCompression::Default => Compression::default(),
+        ArchiveCompression::Fast => Compression::fast(),
+    };
+    let mut gz = GzEncoder::new(tmp.as_file_mut(), level);
     gz.write_all(&tar).map_err(|e| io_err(&out, "write the archive", e))?;
     gz.finish().map_err(|e| io_err(&out, "write the archive", e))?;
     tmp.as_file().sync_all().map_err(|e| io_err(&out, "fsync the archive", e))?;
@@ -1094,4 +1135,41 @@ pub fn load_verifying_key(path: &Path) -> Result<VerifyingKey> {
 /// [`ErrorKind::Io`] if the file exists already or cannot be written.
 pub fn write_verifying_key(path: &Path, key: &VerifyingKey) -> Result<()> {
     write_new_file(path, format!("{}\n", hex::encode(key.as_bytes())).as_bytes(), 0o644)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fast archive holds what a default one holds and reads back
+    /// verified; only its compression differs.
+    #[test]
+    fn a_fast_archive_reads_back_like_a_default_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let app = dir.path();
+        fs::write(
+            app.join(MANIFEST_ENTRY),
+            "[release]\nname = \"app\"\nversion = \"1.0.0\"\n\n[[module]]\nname = \"m\"\ncrate = \"m\"\n",
+        )
+        .unwrap();
+        // Compressible, like an unoptimized library's debug sections.
+        let library: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        fs::write(app.join("libm.so"), &library).unwrap();
+        let manifest = Manifest::from_path(&app.join(MANIFEST_ENTRY)).unwrap();
+        let libraries = [("m".to_string(), PathBuf::from("libm.so"))];
+        let key = SigningKey::from_bytes(&[7; 32]);
+        let mut archives = Vec::new();
+        for (out, compression) in [("default", ArchiveCompression::Default), ("fast", ArchiveCompression::Fast)] {
+            let options = BuildOptions { signing_key: Some(&key), compression };
+            let path = build_with(&manifest, app, &libraries, &app.join(out), options).unwrap();
+            let contents = read(&path, Some(&[key.verifying_key()]), true).unwrap();
+            archives.push((fs::read(&path).unwrap(), contents));
+        }
+        let [(default_bytes, default), (fast_bytes, fast)] = &archives[..] else { unreachable!() };
+        assert_ne!(default_bytes, fast_bytes, "the levels were not applied");
+        assert_eq!(fast.manifest_text, default.manifest_text);
+        assert_eq!(fast.libraries, default.libraries);
+        assert_eq!(fast.libraries[0].bytes, library);
+        assert!(fast.trusted && default.trusted);
+    }
 }

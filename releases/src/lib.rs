@@ -2,9 +2,10 @@
 //! on no other crate of relive.
 //!
 //! - [`manifest`]: `release.toml` (name, semver version, `upgrade_from`,
-//!   modules, processes, explicit instructions), parsed with errors that
-//!   name the file, line and field; a process with `instances = N` is one
-//!   table standing for N children.
+//!   modules, the supervision tree of supervisors and processes, the
+//!   application's `[config]`, explicit instructions), parsed with errors
+//!   that name the file, line and field; a process with `instances = N` is
+//!   one table standing for N children.
 //! - [`archive`]: `<name>-<version>.tar.gz` holding the manifest and each
 //!   module's library with its sha256; reading one (only a regular file, at
 //!   most a cap of bytes, opened so that nothing can block it) verifies

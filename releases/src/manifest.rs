@@ -1,42 +1,105 @@
 //! `release.toml`: what a release is made of and how it boots.
 //!
 //! This module owns the manifest's data types ([`Manifest`], [`Release`],
-//! [`Module`], [`Process`], [`Child`], [`Restart`]), parsing it from TOML
-//! with errors that a person can act on, and writing it back
-//! ([`Manifest::to_toml_string`]).
+//! [`Module`], [`Process`], [`Supervisor`], [`Child`], [`Restart`],
+//! [`Shutdown`], [`Strategy`]), parsing it from TOML with errors that a
+//! person can act on, writing it back ([`Manifest::to_toml_string`]), and
+//! the supervision tree it describes ([`Manifest::tree`]).
 //!
 //! ```toml
 //! [release]
-//! name = "kv"
+//! name = "chat"
 //! version = "1.1.0"                 # semver
 //! upgrade_from = ">=1.0.0, <1.1.0"  # semver requirement; absent = restart only
+//!
+//! [release.supervisor]              # optional: the top supervisor, chat_sup
+//! strategy = "one_for_one"          # one_for_one | one_for_all | rest_for_one
+//!                                   # | simple_one_for_one (default one_for_one)
+//! intensity = 5                     # most restarts … (default 5)
+//! period_ms = 10000                 # … within this window (default 10000)
+//!
+//! [config]                          # optional: the application's configuration,
+//! motd = "welcome"                  # any TOML table, read by its processes
+//!
 //! [[module]]
-//! name = "kv_store"                 # the module name the library exports
-//! crate = "kv_store"                # the module crate, relative to release.toml
-//! # in an archive's copy: sha256 = "<hex>", file = "lib/kv_store.so"
+//! name = "chat_room"                # the module name the library exports
+//! crate = "chat_room"               # the module crate, relative to release.toml
+//! # in an archive's copy: sha256 = "<hex>", file = "lib/chat_room.so"
+//! [[module]]
+//! name = "chat_lobby"
+//! crate = "chat_lobby"
+//!
+//! [[supervisor]]                    # a supervisor under the top one (or under
+//! name = "rooms"                    # `parent`), registered under its name
+//! strategy = "simple_one_for_one"   # as above; intensity, period_ms too
+//! # parent = "other_sup"            # optional: another [[supervisor]]
+//! # restart = "permanent"           # as for a process (default permanent)
+//! # shutdown = "infinity"           # default for supervisors
+//!
 //! [[process]]
-//! name = "store"
-//! module = "kv_store"
+//! name = "room"                     # the template of rooms' children
+//! module = "chat_room"
+//! supervisor = "rooms"              # optional: its supervisor (default the top one)
+//! args = { history = 50 }           # the init argument, any TOML value
+//!
+//! [[process]]
+//! name = "lobby"
+//! module = "chat_lobby"
 //! restart = "permanent"             # permanent | transient | temporary
-//! args = {}                         # the init argument, any TOML value
+//! shutdown = 2000                   # milliseconds | "brutal_kill" (default 5000)
+//! args = { rooms = "rooms" }
 //! [[process]]
 //! name = "shard"
-//! module = "kv_store"
+//! module = "chat_room"
 //! instances = 4                     # optional, 1..=100000: 4 children, shard-0 … shard-3,
 //!                                   # each with this module, restart and args
 //! [[instruction]]                   # optional, opaque here; needs a string "op"
 //! op = "update"
 //! ```
 //!
+//! # The supervision tree
+//!
+//! The release boots one top supervisor, `<release>_sup`
+//! ([`Manifest::supervisor_name`]), with the flags of `[release.supervisor]`.
+//! Each `[[process]]` and `[[supervisor]]` is a child of the supervisor it
+//! names (`supervisor` for a process, `parent` for a supervisor; absent,
+//! or the top supervisor's name: the top one). **A supervisor's children
+//! start in the order their tables appear in the file**, whatever their
+//! kind, and stop in reverse. A manifest without `[[supervisor]]` is the
+//! flat list it always was: every process under the top supervisor, in
+//! file order, one_for_one with at most 5 restarts in 10 s.
+//!
+//! A `simple_one_for_one` supervisor starts with no child: its one child
+//! table is the *template* of the children a process starts at run time
+//! (a module calls the supervisor by name with `{"start_child": ARGS}`; see
+//! relive-runtime's supervisor). A template is not a child the release
+//! runs, so [`Manifest::children`] leaves it out.
+//!
+//! `shutdown` is how long a child gets to stop after `shutdown` before it
+//! is killed: milliseconds, `"brutal_kill"` (killed at once), or, for a
+//! supervisor only, `"infinity"` (it stops its own children first).
+//!
+//! # Invariants
+//!
 //! Invariants of every [`Manifest`] this module hands out (whether parsed or
 //! checked with [`Manifest::validate`]):
-//! - the release, every module and every process has a non-empty name made
-//!   only of `[A-Za-z0-9_-]` (names become file names: `lib/<module>.so`,
-//!   `releases/<name>/<version>/`, `<name>-<version>.tar.gz`);
+//! - the release, every module, process and supervisor has a non-empty
+//!   name made only of `[A-Za-z0-9_-]` (names become file names:
+//!   `lib/<module>.so`, `releases/<name>/<version>/`,
+//!   `<name>-<version>.tar.gz`);
 //! - module names are unique, the names of the children the processes
 //!   stand for are unique (see [`Manifest::children`]: a process with
 //!   `instances = N` stands for `{name}-0` … `{name}-{N-1}`), and every
 //!   process names a declared module;
+//! - supervisor names are unique and differ from every process's child
+//!   name and from the top supervisor's (all are registered names); every
+//!   `supervisor` and `parent` names a declared supervisor or the top one;
+//!   no supervisor is its own ancestor;
+//! - a simple_one_for_one supervisor (the top one included) has exactly
+//!   one child, a `[[process]]` without `instances`;
+//! - `period_ms` is at least 1; `shutdown` is `"brutal_kill"`, a number of
+//!   milliseconds, or `"infinity"` for a supervisor;
+//! - `[config]`, when present, is a table;
 //! - `instances`, when present, is in `1..=`[`MAX_INSTANCES`];
 //! - a module's `sha256`, when present, is 64 hex digits;
 //! - every instruction is a table with a string field `op`;
@@ -49,11 +112,13 @@
 //! A process with `instances` stays one [`Process`] (one table in an
 //! archive's copy, however many children it stands for); whatever makes
 //! the release's processes real (the node's boot, the planner's view, a
-//! listing) goes through [`Manifest::children`], which expands it.
+//! listing) goes through [`Manifest::tree`] or [`Manifest::children`],
+//! which expand it.
 //!
-//! A process's `args` is kept as a [`serde_json::Value`]; an absent `args`
-//! is `null` and is left out again when the manifest is written (TOML has
-//! no null). Instructions are kept as opaque JSON values: the planner, in
+//! A process's `args` and the `[config]` table are kept as
+//! [`serde_json::Value`]s; an absent `args` or `[config]` is `null` and is
+//! left out again when the manifest is written (TOML has no null).
+//! Instructions are kept as opaque JSON values: the planner, in
 //! relive-upgrader, interprets them.
 
 use std::collections::hash_map::Entry;
@@ -67,20 +132,20 @@ use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// A parsed and checked `release.toml`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Manifest {
     /// The `[release]` table.
     pub release: Release,
+    /// The `[config]` table, as a JSON object; `null` when absent.
+    pub config: serde_json::Value,
     /// The `[[module]]` tables, in file order.
-    #[serde(rename = "module", skip_serializing_if = "Vec::is_empty")]
     pub modules: Vec<Module>,
-    /// The `[[process]]` tables: the supervision tree the release boots, in
-    /// file order.
-    #[serde(rename = "process", skip_serializing_if = "Vec::is_empty")]
+    /// The `[[supervisor]]` tables, in file order.
+    pub supervisors: Vec<Supervisor>,
+    /// The `[[process]]` tables, in file order.
     pub processes: Vec<Process>,
     /// The `[[instruction]]` tables, opaque here; each is a JSON object with
     /// a string field `op`.
-    #[serde(rename = "instruction", skip_serializing_if = "Vec::is_empty")]
     pub instructions: Vec<serde_json::Value>,
 }
 
@@ -95,6 +160,9 @@ pub struct Release {
     /// a restart reaches this release.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub upgrade_from: Option<VersionReq>,
+    /// The top supervisor's flags (`[release.supervisor]`).
+    #[serde(skip_serializing_if = "Flags::is_default")]
+    pub supervisor: Flags,
 }
 
 /// A `[[module]]` table.
@@ -118,6 +186,10 @@ pub struct Module {
 /// The largest `instances` a `[[process]]` may have.
 pub const MAX_INSTANCES: u32 = 100_000;
 
+/// How long a process gets to stop unless its table says otherwise (OTP's
+/// 5000 ms).
+pub const DEFAULT_SHUTDOWN_MS: u64 = 5000;
+
 /// A `[[process]]` table: one child of the release's supervision tree, or
 /// with `instances` the template of several (see [`Process::names`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -129,6 +201,13 @@ pub struct Process {
     pub module: String,
     /// When its supervisor restarts it.
     pub restart: Restart,
+    /// How its supervisor stops it; default [`DEFAULT_SHUTDOWN_MS`].
+    #[serde(skip_serializing_if = "Shutdown::is_process_default")]
+    pub shutdown: Shutdown,
+    /// The supervisor it runs under: a `[[supervisor]]`'s name; `None`: the
+    /// top one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervisor: Option<String>,
     /// How many children it stands for (`1..=`[`MAX_INSTANCES`]), named
     /// `{name}-{i}`; `None`: one child named `name`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -136,6 +215,140 @@ pub struct Process {
     /// Its init argument; `null` when the manifest has no `args`.
     #[serde(skip_serializing_if = "serde_json::Value::is_null")]
     pub args: serde_json::Value,
+}
+
+/// A `[[supervisor]]` table: a supervisor inside the release's tree.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Supervisor {
+    /// Its name, registered on the node: `[A-Za-z0-9_-]+`.
+    pub name: String,
+    /// The supervisor it runs under: another `[[supervisor]]`'s name;
+    /// `None`: the top one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Its strategy, intensity and period.
+    #[serde(flatten)]
+    pub flags: Flags,
+    /// When its parent restarts it.
+    pub restart: Restart,
+    /// How its parent stops it; default [`Shutdown::Infinity`].
+    #[serde(skip_serializing_if = "Shutdown::is_supervisor_default")]
+    pub shutdown: Shutdown,
+    /// How many `[[process]]` tables come before it in the file: the start
+    /// order of a supervisor's children is their file order, and the
+    /// manifest is written back in it.
+    #[serde(skip)]
+    after_processes: usize,
+}
+
+impl Supervisor {
+    /// A supervisor with the default flags, restart and shutdown, placed
+    /// after every `[[process]]` of the manifest it is pushed to (its
+    /// children's start order among its siblings is then last).
+    pub fn new(name: impl Into<String>, parent: Option<String>, flags: Flags) -> Supervisor {
+        Supervisor {
+            name: name.into(),
+            parent,
+            flags,
+            restart: Restart::Permanent,
+            shutdown: Shutdown::Infinity,
+            after_processes: usize::MAX,
+        }
+    }
+}
+
+/// What a supervisor does when its children exit (OTP's sup_flags).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub struct Flags {
+    /// Which children are restarted with the one that exited.
+    pub strategy: Strategy,
+    /// Most restarts within `period_ms`; one more and the supervisor gives
+    /// up (its children stop and it exits, for its parent to handle).
+    pub intensity: u32,
+    /// The window of `intensity`, in milliseconds (at least 1).
+    pub period_ms: u64,
+}
+
+impl Default for Flags {
+    /// one_for_one, at most 5 restarts in 10 s (what every release had
+    /// before supervisors could be declared).
+    fn default() -> Flags {
+        Flags { strategy: Strategy::OneForOne, intensity: 5, period_ms: 10_000 }
+    }
+}
+
+impl Flags {
+    fn is_default(&self) -> bool {
+        *self == Flags::default()
+    }
+}
+
+/// A supervisor's restart strategy, as in OTP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Only the child that exited is restarted.
+    #[default]
+    OneForOne,
+    /// All children are stopped and started again.
+    OneForAll,
+    /// The child that exited and those started after it are restarted.
+    RestForOne,
+    /// One template; the children are started at run time by a process.
+    SimpleOneForOne,
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::OneForOne => "one_for_one",
+            Strategy::OneForAll => "one_for_all",
+            Strategy::RestForOne => "rest_for_one",
+            Strategy::SimpleOneForOne => "simple_one_for_one",
+        })
+    }
+}
+
+/// How a supervisor stops a child: TOML `"brutal_kill"`, a number of
+/// milliseconds, or `"infinity"` (supervisors only).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shutdown {
+    /// Killed at once.
+    BrutalKill,
+    /// Asked to stop, killed if still alive after this many milliseconds.
+    Millis(u64),
+    /// Asked to stop and waited for (a supervisor stops its children first).
+    Infinity,
+}
+
+impl Shutdown {
+    fn is_process_default(&self) -> bool {
+        *self == Shutdown::Millis(DEFAULT_SHUTDOWN_MS)
+    }
+
+    fn is_supervisor_default(&self) -> bool {
+        *self == Shutdown::Infinity
+    }
+}
+
+impl Serialize for Shutdown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Shutdown::BrutalKill => s.serialize_str("brutal_kill"),
+            Shutdown::Infinity => s.serialize_str("infinity"),
+            Shutdown::Millis(ms) => s.serialize_u64(*ms),
+        }
+    }
+}
+
+impl fmt::Display for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shutdown::BrutalKill => f.write_str("brutal_kill"),
+            Shutdown::Infinity => f.write_str("infinity"),
+            Shutdown::Millis(ms) => write!(f, "{ms} ms"),
+        }
+    }
 }
 
 /// When a supervisor restarts a child, as in OTP.
@@ -169,10 +382,34 @@ impl Process {
 /// stands for; see [`Manifest::children`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Child<'a> {
-    /// Its name (its id under the release's supervisor).
+    /// Its name (its id under its supervisor, and its registered name).
     pub name: String,
-    /// The `[[process]]` it comes from (module, restart, args).
+    /// The `[[process]]` it comes from (module, restart, shutdown, args).
     pub process: &'a Process,
+}
+
+/// A supervisor of the release's tree with its children, in start order;
+/// see [`Manifest::tree`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TreeSupervisor<'a> {
+    /// Its registered name (for the top one, `<release>_sup`).
+    pub name: String,
+    /// Its `[[supervisor]]` table; `None` for the top supervisor.
+    pub table: Option<&'a Supervisor>,
+    /// Its strategy, intensity and period.
+    pub flags: Flags,
+    /// Its children, in start order. For simple_one_for_one: the one
+    /// template, as a [`TreeChild::Process`] whose name is the process's.
+    pub children: Vec<TreeChild<'a>>,
+}
+
+/// A child in the release's tree.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TreeChild<'a> {
+    /// A process (one of the instances of a `[[process]]`).
+    Process(Child<'a>),
+    /// A supervisor with its own children.
+    Supervisor(TreeSupervisor<'a>),
 }
 
 impl fmt::Display for Restart {
@@ -219,6 +456,24 @@ pub enum ErrorKind {
     InvalidChecksum,
     /// An instruction is not a table with a string field `op`.
     InstructionWithoutOp,
+    /// A process's `supervisor` or a supervisor's `parent` names no
+    /// declared supervisor.
+    UnknownSupervisor,
+    /// A supervisor's name is taken: by another supervisor, by a process
+    /// (names are registered on one node), or by the top supervisor.
+    DuplicateSupervisor,
+    /// Supervisors are each other's parents.
+    SupervisorCycle,
+    /// A simple_one_for_one supervisor without exactly one child that is a
+    /// `[[process]]` without `instances`.
+    SimpleOneForOne,
+    /// `shutdown` is not `"brutal_kill"`, milliseconds, or `"infinity"`
+    /// (supervisors only).
+    InvalidShutdown,
+    /// `period_ms` is 0.
+    InvalidPeriod,
+    /// `[config]` is not a table.
+    InvalidConfig,
     /// The manifest could not be written as TOML.
     Serialize,
 }
@@ -255,6 +510,27 @@ impl ErrorKind {
             ErrorKind::InstructionWithoutOp => {
                 "give every [[instruction]] a string field \"op\", such as op = \"update\""
             }
+            ErrorKind::UnknownSupervisor => {
+                "name a supervisor declared in a [[supervisor]] table (or declare it), or remove \
+                 the field to run under the release's top supervisor"
+            }
+            ErrorKind::DuplicateSupervisor => {
+                "give each [[supervisor]] a name no other supervisor or process has (the top \
+                 supervisor is <release>_sup)"
+            }
+            ErrorKind::SupervisorCycle => {
+                "make one supervisor of the cycle run under the top supervisor (remove its parent)"
+            }
+            ErrorKind::SimpleOneForOne => {
+                "give a simple_one_for_one supervisor exactly one [[process]] without instances \
+                 (the template of the children started at run time), or choose another strategy"
+            }
+            ErrorKind::InvalidShutdown => {
+                "write shutdown = \"brutal_kill\", a number of milliseconds such as 5000, or (for a \
+                 [[supervisor]] only) \"infinity\""
+            }
+            ErrorKind::InvalidPeriod => "write period_ms = N with N >= 1 (milliseconds)",
+            ErrorKind::InvalidConfig => "write [config] as a table, such as [config] then key = value lines",
             ErrorKind::Serialize => "this is a bug in relive: report it",
         }
     }
@@ -299,10 +575,13 @@ pub type Result<T, E = ManifestError> = std::result::Result<T, E>;
 #[serde(deny_unknown_fields)]
 struct RawManifest {
     release: RawRelease,
+    config: Option<Spanned<serde_json::Value>>,
     #[serde(default)]
     module: Vec<RawModule>,
     #[serde(default)]
-    process: Vec<RawProcess>,
+    supervisor: Vec<Spanned<RawSupervisor>>,
+    #[serde(default)]
+    process: Vec<Spanned<RawProcess>>,
     #[serde(default)]
     instruction: Vec<Spanned<serde_json::Value>>,
 }
@@ -313,6 +592,29 @@ struct RawRelease {
     name: Spanned<String>,
     version: Spanned<String>,
     upgrade_from: Option<Spanned<String>>,
+    supervisor: Option<Spanned<RawFlags>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFlags {
+    #[serde(default)]
+    strategy: Option<Spanned<Strategy>>,
+    intensity: Option<u32>,
+    period_ms: Option<Spanned<u64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSupervisor {
+    name: Spanned<String>,
+    parent: Option<Spanned<String>>,
+    strategy: Option<Spanned<Strategy>>,
+    intensity: Option<u32>,
+    period_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    restart: Restart,
+    shutdown: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Deserialize)]
@@ -332,9 +634,28 @@ struct RawProcess {
     module: Spanned<String>,
     #[serde(default)]
     restart: Restart,
+    shutdown: Option<Spanned<toml::Value>>,
+    supervisor: Option<Spanned<String>>,
     instances: Option<Spanned<i64>>,
     #[serde(default)]
     args: serde_json::Value,
+}
+
+/// Where a `[[process]]` or `[[supervisor]]` table's fields are, for the
+/// tree checks' errors.
+struct TreeSpans {
+    /// Its `name`.
+    name: Range<usize>,
+    /// Its `supervisor` (a process) or `parent` (a supervisor).
+    under: Option<Range<usize>>,
+    /// Its `instances` (a process) or `strategy` (a supervisor).
+    other: Option<Range<usize>>,
+}
+
+/// A `[[supervisor]]` or `[[process]]` table, in file order.
+enum Table<'a> {
+    Supervisor(&'a Supervisor),
+    Process(&'a Process),
 }
 
 /// Builds errors for one file's text.
@@ -408,6 +729,63 @@ impl Ctx<'_> {
             }
         };
         self.err(span, field, kind, message)
+    }
+
+    /// A supervisor's flags from its table's fields (defaults for the
+    /// absent ones); `table` is the field path of the table.
+    fn flags(
+        &self,
+        strategy: Option<&Spanned<Strategy>>,
+        intensity: Option<u32>,
+        period_ms: Option<&Spanned<u64>>,
+        table: &str,
+    ) -> Result<Flags> {
+        let defaults = Flags::default();
+        let period = match period_ms {
+            None => defaults.period_ms,
+            Some(period) if *period.get_ref() == 0 => {
+                return Err(self.err(
+                    Some(period.span()),
+                    format!("{table}.period_ms"),
+                    ErrorKind::InvalidPeriod,
+                    "period_ms = 0 is an empty window",
+                ));
+            }
+            Some(period) => *period.get_ref(),
+        };
+        Ok(Flags {
+            strategy: strategy.map_or(defaults.strategy, |s| *s.get_ref()),
+            intensity: intensity.unwrap_or(defaults.intensity),
+            period_ms: period,
+        })
+    }
+
+    /// A child's `shutdown`: `"brutal_kill"`, milliseconds, or for a
+    /// supervisor `"infinity"`; absent, the default of its kind.
+    fn shutdown(
+        &self,
+        value: Option<&Spanned<toml::Value>>,
+        field: &str,
+        owner: &str,
+        supervisor: bool,
+    ) -> Result<Shutdown> {
+        let Some(value) = value else {
+            return Ok(if supervisor { Shutdown::Infinity } else { Shutdown::Millis(DEFAULT_SHUTDOWN_MS) });
+        };
+        let what = if supervisor { "supervisor" } else { "process" };
+        let bad = |message: String| self.err(Some(value.span()), field, ErrorKind::InvalidShutdown, message);
+        match value.get_ref() {
+            toml::Value::Integer(ms) => u64::try_from(*ms)
+                .map(Shutdown::Millis)
+                .map_err(|_| bad(format!("{what} {owner:?} has shutdown = {ms}, a negative time"))),
+            toml::Value::String(word) if word == "brutal_kill" => Ok(Shutdown::BrutalKill),
+            toml::Value::String(word) if word == "infinity" && supervisor => Ok(Shutdown::Infinity),
+            toml::Value::String(word) if word == "infinity" => Err(bad(format!(
+                "process {owner:?} has shutdown = \"infinity\", which only a supervisor may have \
+                 (a process that does not stop would hold up its supervisor's shutdown forever)"
+            ))),
+            other => Err(bad(format!("{what} {owner:?} has shutdown = {other}"))),
+        }
     }
 
     /// The table the byte `offset` is in, as `release` or `module[1]`, from
@@ -546,6 +924,42 @@ impl Manifest {
             },
         };
 
+        // [release.supervisor]
+        let top_name = format!("{}_sup", raw.release.name.get_ref());
+        let top_flags = match &raw.release.supervisor {
+            None => Flags::default(),
+            Some(flags) => {
+                let flags = flags.get_ref();
+                match cx.flags(
+                    flags.strategy.as_ref(),
+                    flags.intensity,
+                    flags.period_ms.as_ref(),
+                    "release.supervisor",
+                ) {
+                    Ok(flags) => flags,
+                    Err(e) => {
+                        fail(e);
+                        Flags::default()
+                    }
+                }
+            }
+        };
+
+        // [config]
+        let config = match raw.config {
+            None => serde_json::Value::Null,
+            Some(config) if config.get_ref().is_object() => config.into_inner(),
+            Some(config) => {
+                fail(cx.err(
+                    Some(config.span()),
+                    "config",
+                    ErrorKind::InvalidConfig,
+                    format!("config is {}, not a table", config.get_ref()),
+                ));
+                serde_json::Value::Null
+            }
+        };
+
         // [[module]]
         let mut module_names = HashSet::new();
         let mut modules = Vec::with_capacity(raw.module.len());
@@ -583,7 +997,13 @@ impl Manifest {
         // the index of the process that declares it.
         let mut child_names: HashMap<String, usize> = HashMap::new();
         let mut processes: Vec<Process> = Vec::with_capacity(raw.process.len());
+        // Where each [[process]] table starts, and the span of its
+        // `supervisor` (or its name), for the tree checks below.
+        let mut process_starts = Vec::with_capacity(raw.process.len());
+        let mut process_refs: Vec<TreeSpans> = Vec::with_capacity(raw.process.len());
         for (i, p) in raw.process.into_iter().enumerate() {
+            process_starts.push(p.span().start);
+            let p = p.into_inner();
             let name_ok = match name_check(&p.name, format!("process[{i}].name")) {
                 Ok(()) => true,
                 Err(e) => {
@@ -622,14 +1042,36 @@ impl Manifest {
                     }
                 },
             };
+            let shutdown = cx
+                .shutdown(p.shutdown.as_ref(), &format!("process[{i}].shutdown"), p.name.get_ref(), false)
+                .unwrap_or_else(|e| {
+                    fail(e);
+                    Shutdown::Millis(DEFAULT_SHUTDOWN_MS)
+                });
             let name_span = p.name.span();
+            process_refs.push(TreeSpans {
+                name: name_span.clone(),
+                under: p.supervisor.as_ref().map(Spanned::span),
+                other: p.instances.as_ref().map(Spanned::span),
+            });
             let process = Process {
                 name: p.name.into_inner(),
                 module: p.module.into_inner(),
                 restart: p.restart,
+                shutdown,
+                // The top supervisor by name is the top supervisor.
+                supervisor: p.supervisor.map(Spanned::into_inner).filter(|s| *s != top_name),
                 instances: instances.flatten(),
                 args: p.args,
             };
+            if name_ok && process.names().any(|child| child == top_name) {
+                fail(cx.err(
+                    Some(name_span.clone()),
+                    format!("process[{i}].name"),
+                    ErrorKind::DuplicateProcess,
+                    format!("{top_name:?} is the release's top supervisor's name"),
+                ));
+            }
             if name_ok && instances.is_some() {
                 let clash = process.names().find_map(|child| match child_names.entry(child) {
                     Entry::Occupied(taken) => Some((taken.key().clone(), *taken.get())),
@@ -667,6 +1109,199 @@ impl Manifest {
             processes.push(process);
         }
 
+        // [[supervisor]]
+        let mut supervisors: Vec<Supervisor> = Vec::with_capacity(raw.supervisor.len());
+        let mut supervisor_index: HashMap<String, usize> = HashMap::new();
+        // The span of each one's `parent` (or name) and of its `strategy`.
+        let mut supervisor_refs: Vec<TreeSpans> = Vec::with_capacity(raw.supervisor.len());
+        for (i, sup) in raw.supervisor.into_iter().enumerate() {
+            let start = sup.span().start;
+            let sup = sup.into_inner();
+            let field = |key: &str| format!("supervisor[{i}].{key}");
+            let name = sup.name.get_ref();
+            let name_ok = match name_check(&sup.name, field("name")) {
+                Ok(()) => true,
+                Err(e) => {
+                    fail(e);
+                    false
+                }
+            };
+            if name_ok {
+                let taken = if *name == top_name {
+                    Some(format!("{name:?} is the release's top supervisor's name"))
+                } else if let Some(&first) = supervisor_index.get(name) {
+                    Some(format!("a supervisor named {name:?} is already declared by supervisor[{first}]"))
+                } else {
+                    child_names
+                        .get(name)
+                        .map(|&p| format!("process[{p}] already stands for a process named {name:?}"))
+                };
+                match taken {
+                    Some(message) => fail(cx.err(
+                        Some(sup.name.span()),
+                        field("name"),
+                        ErrorKind::DuplicateSupervisor,
+                        message,
+                    )),
+                    None => {
+                        supervisor_index.insert(name.clone(), i);
+                    }
+                }
+            }
+            let flags = cx
+                .flags(
+                    sup.strategy.as_ref(),
+                    sup.intensity,
+                    sup.period_ms.as_ref(),
+                    &format!("supervisor[{i}]"),
+                )
+                .unwrap_or_else(|e| {
+                    fail(e);
+                    Flags::default()
+                });
+            let shutdown =
+                cx.shutdown(sup.shutdown.as_ref(), &field("shutdown"), name, true).unwrap_or_else(|e| {
+                    fail(e);
+                    Shutdown::Infinity
+                });
+            supervisor_refs.push(TreeSpans {
+                name: sup.name.span(),
+                under: sup.parent.as_ref().map(Spanned::span),
+                other: sup.strategy.as_ref().map(Spanned::span),
+            });
+            supervisors.push(Supervisor {
+                name: sup.name.into_inner(),
+                parent: sup.parent.map(Spanned::into_inner).filter(|p| *p != top_name),
+                flags,
+                restart: sup.restart,
+                shutdown,
+                after_processes: process_starts.iter().filter(|&&p| p < start).count(),
+            });
+        }
+
+        // The tree: every reference names a supervisor, no cycle, and each
+        // simple_one_for_one supervisor has its one template.
+        for (i, process) in processes.iter().enumerate() {
+            if let Some(sup) = &process.supervisor
+                && !supervisor_index.contains_key(sup)
+            {
+                fail(cx.err(
+                    process_refs[i].under.clone(),
+                    format!("process[{i}].supervisor"),
+                    ErrorKind::UnknownSupervisor,
+                    format!(
+                        "process {:?} runs under supervisor {sup:?}, which the release does not declare",
+                        process.name
+                    ),
+                ));
+            }
+        }
+        for (i, sup) in supervisors.iter().enumerate() {
+            let Some(parent) = &sup.parent else { continue };
+            if !supervisor_index.contains_key(parent) {
+                fail(cx.err(
+                    supervisor_refs[i].under.clone(),
+                    format!("supervisor[{i}].parent"),
+                    ErrorKind::UnknownSupervisor,
+                    format!(
+                        "supervisor {:?} runs under {parent:?}, which the release does not declare",
+                        sup.name
+                    ),
+                ));
+                continue;
+            }
+            // Up the parents: reaching the top ends the walk, reaching this
+            // one again is a cycle (at most one step per supervisor).
+            let mut chain = vec![sup.name.as_str()];
+            let mut at = Some(parent.as_str());
+            while let Some(name) = at
+                && chain.len() <= supervisors.len()
+            {
+                chain.push(name);
+                if name == sup.name {
+                    fail(cx.err(
+                        supervisor_refs[i].under.clone(),
+                        format!("supervisor[{i}].parent"),
+                        ErrorKind::SupervisorCycle,
+                        format!(
+                            "the supervisors {} are each other's parents: none of them runs under the top supervisor",
+                            chain.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(" → ")
+                        ),
+                    ));
+                    break;
+                }
+                at = supervisor_index.get(name).and_then(|&p| supervisors[p].parent.as_deref());
+            }
+        }
+        let simple = std::iter::once((None, top_flags.strategy))
+            .chain(supervisors.iter().map(|s| (Some(s.name.as_str()), s.flags.strategy)))
+            .enumerate()
+            .filter(|(_, (_, strategy))| *strategy == Strategy::SimpleOneForOne);
+        for (at, (name, _)) in simple {
+            let shown = name.unwrap_or(&top_name);
+            let template = processes.iter().position(|p| p.supervisor.as_deref() == name);
+            let other_process = template.and_then(|t| {
+                processes.iter().enumerate().skip(t + 1).find(|(_, p)| p.supervisor.as_deref() == name)
+            });
+            let child_supervisor = supervisors.iter().position(|s| s.parent.as_deref() == name);
+            let (span, field, message) = if let Some(j) = child_supervisor {
+                (
+                    supervisor_refs[j].under.clone().or(Some(supervisor_refs[j].name.clone())),
+                    format!("supervisor[{j}].parent"),
+                    format!(
+                        "supervisor {:?} runs under the simple_one_for_one supervisor {shown:?}, whose one child must be a [[process]]",
+                        supervisors[j].name
+                    ),
+                )
+            } else if let Some((k, second)) = other_process {
+                let t = template.expect("a second child has a first");
+                (
+                    process_refs[k].under.clone().or(Some(process_refs[k].name.clone())),
+                    if process_refs[k].under.is_some() {
+                        format!("process[{k}].supervisor")
+                    } else {
+                        format!("process[{k}].name")
+                    },
+                    format!(
+                        "process {:?} is a second child of the simple_one_for_one supervisor {shown:?} \
+                         (process {:?} is already its template)",
+                        second.name, processes[t].name
+                    ),
+                )
+            } else if let Some(t) = template.filter(|&t| processes[t].instances.is_some()) {
+                (
+                    process_refs[t].other.clone(),
+                    format!("process[{t}].instances"),
+                    format!(
+                        "process {:?} is the template of the simple_one_for_one supervisor {shown:?}: \
+                         its children are started at run time, not as instances",
+                        processes[t].name
+                    ),
+                )
+            } else if template.is_none() {
+                let (span, field) = match at {
+                    0 => (
+                        raw.release
+                            .supervisor
+                            .as_ref()
+                            .and_then(|f| f.get_ref().strategy.as_ref().map(Spanned::span)),
+                        "release.supervisor.strategy".to_string(),
+                    ),
+                    n => (supervisor_refs[n - 1].other.clone(), format!("supervisor[{}].strategy", n - 1)),
+                };
+                (
+                    span,
+                    field,
+                    format!(
+                        "the simple_one_for_one supervisor {shown:?} has no [[process]] as the template of its children"
+                    ),
+                )
+            } else {
+                continue;
+            };
+            fail(cx.err(span, field, ErrorKind::SimpleOneForOne, message));
+        }
+
         // [[instruction]]
         let mut instructions = Vec::with_capacity(raw.instruction.len());
         for (i, ins) in raw.instruction.into_iter().enumerate() {
@@ -689,8 +1324,11 @@ impl Manifest {
                 name: raw.release.name.into_inner(),
                 version: version.expect("checked above"),
                 upgrade_from,
+                supervisor: top_flags,
             },
+            config,
             modules,
+            supervisors,
             processes,
             instructions,
         })
@@ -708,17 +1346,158 @@ impl Manifest {
     }
 
     /// The manifest as TOML; [`Manifest::parse`] of it gives an equal
-    /// manifest. Fails only if an `args` or instruction holds a JSON null
-    /// (TOML has none), which a parsed manifest never does.
+    /// manifest. The `[[supervisor]]` and `[[process]]` tables are written
+    /// in their file order (the start order of a supervisor's children).
+    /// Fails only if an `args`, the config or an instruction holds a JSON
+    /// null (TOML has none), which a parsed manifest never does.
     pub fn to_toml_string(&self) -> Result<String> {
-        toml::to_string(self).map_err(|e| ManifestError {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            release: &'a Release,
+            #[serde(skip_serializing_if = "serde_json::Value::is_null")]
+            config: &'a serde_json::Value,
+            #[serde(skip_serializing_if = "<[Module]>::is_empty")]
+            module: &'a [Module],
+        }
+        #[derive(Serialize)]
+        struct OneSupervisor<'a> {
+            supervisor: [&'a Supervisor; 1],
+        }
+        #[derive(Serialize)]
+        struct OneProcess<'a> {
+            process: [&'a Process; 1],
+        }
+        #[derive(Serialize)]
+        struct Instructions<'a> {
+            instruction: &'a [serde_json::Value],
+        }
+        let failed = |e: toml::ser::Error| ManifestError {
             file: PathBuf::from(format!("<{}-{}>", self.release.name, self.release.version)),
             line: None,
             field: String::new(),
             kind: ErrorKind::Serialize,
             message: format!("cannot write the manifest as TOML: {e}"),
             source: None,
-        })
+        };
+        let mut text =
+            toml::to_string(&Head { release: &self.release, config: &self.config, module: &self.modules })
+                .map_err(failed)?;
+        for entry in self.file_order() {
+            text.push('\n');
+            text += &match entry {
+                Table::Supervisor(sup) => toml::to_string(&OneSupervisor { supervisor: [sup] }),
+                Table::Process(process) => toml::to_string(&OneProcess { process: [process] }),
+            }
+            .map_err(failed)?;
+        }
+        if !self.instructions.is_empty() {
+            text.push('\n');
+            text += &toml::to_string(&Instructions { instruction: &self.instructions }).map_err(failed)?;
+        }
+        Ok(text)
+    }
+
+    /// The `[[supervisor]]` and `[[process]]` tables in file order.
+    fn file_order(&self) -> Vec<Table<'_>> {
+        // A supervisor placed after `n` processes comes before process n;
+        // one added in code (placed after all) comes last.
+        let mut keyed: Vec<((usize, u8, usize), Table<'_>)> = self
+            .supervisors
+            .iter()
+            .enumerate()
+            .map(|(j, s)| ((s.after_processes.min(self.processes.len()), 0, j), Table::Supervisor(s)))
+            .chain(self.processes.iter().enumerate().map(|(i, p)| ((i, 1, 0), Table::Process(p))))
+            .collect();
+        keyed.sort_by_key(|(key, _)| *key);
+        keyed.into_iter().map(|(_, entry)| entry).collect()
+    }
+
+    /// The name of the release's top supervisor: `<release>_sup` (the same
+    /// rule as relive-upgrader's `planner::supervisor_name`).
+    pub fn supervisor_name(&self) -> String {
+        format!("{}_sup", self.release.name)
+    }
+
+    /// The supervision tree the release boots: its top supervisor with its
+    /// children in start order, processes with `instances` expanded, and
+    /// each `[[supervisor]]` with its own children.
+    pub fn tree(&self) -> TreeSupervisor<'_> {
+        let entries = self.file_order();
+        self.subtree(self.supervisor_name(), None, self.release.supervisor, &entries)
+    }
+
+    fn subtree<'a>(
+        &'a self,
+        name: String,
+        table: Option<&'a Supervisor>,
+        flags: Flags,
+        entries: &[Table<'a>],
+    ) -> TreeSupervisor<'a> {
+        let parent = table.map(|s| s.name.as_str());
+        let simple = flags.strategy == Strategy::SimpleOneForOne;
+        let mut children = Vec::new();
+        for entry in entries {
+            match entry {
+                Table::Process(process) if process.supervisor.as_deref() == parent => {
+                    if simple {
+                        children.push(TreeChild::Process(Child { name: process.name.clone(), process }));
+                    } else {
+                        children
+                            .extend(process.names().map(|name| TreeChild::Process(Child { name, process })));
+                    }
+                }
+                Table::Supervisor(sup) if sup.parent.as_deref() == parent => {
+                    children.push(TreeChild::Supervisor(self.subtree(
+                        sup.name.clone(),
+                        Some(sup),
+                        sup.flags,
+                        entries,
+                    )));
+                }
+                _ => {}
+            }
+        }
+        TreeSupervisor { name, table, flags, children }
+    }
+
+    /// Every child the release runs at boot, in start order (depth first
+    /// through the tree): each process, with one that has `instances = N`
+    /// expanded to its N children ([`Process::names`]). The templates of
+    /// simple_one_for_one supervisors are not children. Their names are
+    /// unique (checked by [`Manifest::parse`]).
+    pub fn children(&self) -> Box<dyn Iterator<Item = Child<'_>> + '_> {
+        if self.is_flat() {
+            return Box::new(
+                self.processes
+                    .iter()
+                    .flat_map(|process| process.names().map(move |name| Child { name, process })),
+            );
+        }
+        fn walk<'a>(sup: TreeSupervisor<'a>, out: &mut Vec<Child<'a>>) {
+            if sup.flags.strategy == Strategy::SimpleOneForOne {
+                return;
+            }
+            for child in sup.children {
+                match child {
+                    TreeChild::Process(child) => out.push(child),
+                    TreeChild::Supervisor(sup) => walk(sup, out),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self.tree(), &mut out);
+        Box::new(out.into_iter())
+    }
+
+    /// How many children [`Manifest::children`] yields.
+    pub fn child_count(&self) -> usize {
+        if self.is_flat() { self.processes.iter().map(Process::count).sum() } else { self.children().count() }
+    }
+
+    /// No `[[supervisor]]` and a top supervisor that starts its children:
+    /// the processes are the children, in file order.
+    fn is_flat(&self) -> bool {
+        self.supervisors.is_empty() && self.release.supervisor.strategy != Strategy::SimpleOneForOne
     }
 
     /// Whether a node running version `from` of this release may be upgraded
@@ -732,18 +1511,5 @@ impl Manifest {
     /// The module named `name`.
     pub fn module(&self, name: &str) -> Option<&Module> {
         self.modules.iter().find(|m| m.name == name)
-    }
-
-    /// Every child the release runs, in start order: each process, with
-    /// one that has `instances = N` expanded to its N children
-    /// ([`Process::names`]). Their names are unique (checked by
-    /// [`Manifest::parse`]).
-    pub fn children(&self) -> impl Iterator<Item = Child<'_>> {
-        self.processes.iter().flat_map(|process| process.names().map(move |name| Child { name, process }))
-    }
-
-    /// How many children [`Manifest::children`] yields.
-    pub fn child_count(&self) -> usize {
-        self.processes.iter().map(Process::count).sum()
     }
 }

@@ -3,7 +3,10 @@
 
 use std::path::Path;
 
-use relive_releases::manifest::{ErrorKind, MAX_INSTANCES, Manifest, ManifestError, Restart};
+use relive_releases::manifest::{
+    ErrorKind, Flags, MAX_INSTANCES, Manifest, ManifestError, Restart, Shutdown, Strategy, TreeChild,
+    TreeSupervisor,
+};
 use semver::Version;
 
 const FILE: &str = "apps/kv/release.toml";
@@ -423,4 +426,325 @@ fn duplicate_names_after_expansion() {
     let text = store_with_instances("2").replace("name = \"janitor\"", "name = \"store\"");
     let m = parse(&text).unwrap();
     assert_eq!(m.children().map(|c| c.name).collect::<Vec<_>>(), ["store-0", "store-1", "api", "store"]);
+}
+
+// ------------------------------------------------------ supervision tree
+
+const TREE: &str = r#"[release]
+name = "chat"
+version = "2.0.0"
+
+[release.supervisor]
+strategy = "rest_for_one"
+intensity = 3
+period_ms = 2000
+
+[config]
+motd = "hi"
+limits = { rooms = 10 }
+
+[[module]]
+name = "room"
+crate = "room"
+
+[[process]]
+name = "log"
+module = "room"
+shutdown = "brutal_kill"
+
+[[supervisor]]
+name = "rooms"
+strategy = "simple_one_for_one"
+intensity = 10
+period_ms = 1000
+
+[[process]]
+name = "room"
+module = "room"
+supervisor = "rooms"
+restart = "temporary"
+shutdown = 250
+args = { history = 5 }
+
+[[supervisor]]
+name = "pool"
+strategy = "one_for_all"
+restart = "transient"
+shutdown = 8000
+
+[[process]]
+name = "worker"
+module = "room"
+supervisor = "pool"
+instances = 2
+
+[[supervisor]]
+name = "inner"
+parent = "pool"
+
+[[process]]
+name = "deep"
+module = "room"
+supervisor = "inner"
+
+[[process]]
+name = "last"
+module = "room"
+supervisor = "chat_sup"
+"#;
+
+fn tree_with(from: &str, to: &str) -> String {
+    assert_eq!(TREE.matches(from).count(), 1, "{from:?}");
+    TREE.replace(from, to)
+}
+
+/// The tree as `(depth, name, what)` lines, depth first.
+fn outline(m: &Manifest) -> Vec<String> {
+    fn walk(sup: &TreeSupervisor<'_>, depth: usize, out: &mut Vec<String>) {
+        out.push(format!(
+            "{depth} {} {} {}/{}",
+            sup.name, sup.flags.strategy, sup.flags.intensity, sup.flags.period_ms
+        ));
+        for child in &sup.children {
+            match child {
+                TreeChild::Process(c) => out.push(format!(
+                    "{} {} {} {} {}",
+                    depth + 1,
+                    c.name,
+                    c.process.restart,
+                    c.process.shutdown,
+                    c.process.args
+                )),
+                TreeChild::Supervisor(s) => walk(s, depth + 1, out),
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&m.tree(), 0, &mut out);
+    out
+}
+
+#[test]
+fn supervisors_nest_and_children_start_in_file_order() {
+    let m = parse(TREE).unwrap();
+    assert_eq!(m.supervisor_name(), "chat_sup");
+    assert_eq!(m.release.supervisor, Flags { strategy: Strategy::RestForOne, intensity: 3, period_ms: 2000 });
+    assert_eq!(m.config, serde_json::json!({"motd": "hi", "limits": {"rooms": 10}}));
+    assert_eq!(
+        outline(&m),
+        [
+            "0 chat_sup rest_for_one 3/2000",
+            "1 log permanent brutal_kill null",
+            "1 rooms simple_one_for_one 10/1000",
+            "2 room temporary 250 ms {\"history\":5}",
+            "1 pool one_for_all 5/10000",
+            "2 worker-0 permanent 5000 ms null",
+            "2 worker-1 permanent 5000 ms null",
+            "2 inner one_for_one 5/10000",
+            "3 deep permanent 5000 ms null",
+            "1 last permanent 5000 ms null",
+        ]
+    );
+    let pool = &m.supervisors[1];
+    assert_eq!((pool.restart, pool.shutdown), (Restart::Transient, Shutdown::Millis(8000)));
+    assert_eq!(m.supervisors[0].shutdown, Shutdown::Infinity, "a supervisor's default");
+    assert_eq!(m.processes[4].supervisor, None, "naming the top supervisor is the default");
+    // The template of rooms is not a child the release runs.
+    let children: Vec<String> = m.children().map(|c| c.name).collect();
+    assert_eq!(children, ["log", "worker-0", "worker-1", "deep", "last"]);
+    assert_eq!(m.child_count(), 5);
+}
+
+#[test]
+fn a_tree_round_trips_in_file_order() {
+    let m = parse(TREE).unwrap();
+    let text = m.to_toml_string().unwrap();
+    let back = parse(&text).unwrap();
+    assert_eq!(back, m, "{text}");
+    assert_eq!(outline(&back), outline(&m), "{text}");
+    assert!(text.contains("[release.supervisor]") && text.contains("[config]"), "{text}");
+    m.validate(Path::new(FILE)).unwrap();
+    // Flat manifests are written as before: no new key appears.
+    let flat = parse(FULL).unwrap().to_toml_string().unwrap();
+    for key in ["supervisor", "shutdown", "config", "strategy"] {
+        assert!(!flat.contains(key), "{key} in\n{flat}");
+    }
+    let flat = parse(FULL).unwrap();
+    assert_eq!(flat.release.supervisor, Flags::default());
+    assert_eq!(outline(&flat)[0], "0 kv_sup one_for_one 5/10000", "today's top supervisor");
+}
+
+#[test]
+fn unknown_supervisors() {
+    let e = expect_err(
+        &tree_with("supervisor = \"pool\"", "supervisor = \"poool\""),
+        ErrorKind::UnknownSupervisor,
+        46,
+        "process[2].supervisor",
+    );
+    assert!(e.message.contains("\"poool\"") && e.message.contains("\"worker\""), "{e}");
+    expect_err(
+        &tree_with("parent = \"pool\"", "parent = \"nope\""),
+        ErrorKind::UnknownSupervisor,
+        51,
+        "supervisor[2].parent",
+    );
+}
+
+#[test]
+fn duplicate_supervisor_names() {
+    let e = expect_err(
+        &tree_with("name = \"inner\"", "name = \"rooms\"")
+            .replace("supervisor = \"inner\"", "supervisor = \"rooms\""),
+        ErrorKind::DuplicateSupervisor,
+        50,
+        "supervisor[2].name",
+    );
+    assert!(e.message.contains("supervisor[0]"), "{e}");
+    let e = expect_err(
+        &tree_with("name = \"pool\"", "name = \"log\"").replace("\"pool\"", "\"log\""),
+        ErrorKind::DuplicateSupervisor,
+        38,
+        "supervisor[1].name",
+    );
+    assert!(e.message.contains("process[0]"), "{e}");
+    expect_err(
+        &tree_with("name = \"inner\"", "name = \"worker-1\"").replace("\"inner\"", "\"worker-1\""),
+        ErrorKind::DuplicateSupervisor,
+        50,
+        "supervisor[2].name",
+    );
+    let e = expect_err(
+        &tree_with("name = \"inner\"", "name = \"chat_sup\"").replace("parent = \"pool\"\n", ""),
+        ErrorKind::DuplicateSupervisor,
+        50,
+        "supervisor[2].name",
+    );
+    assert!(e.message.contains("top supervisor"), "{e}");
+    expect_err(
+        &tree_with("name = \"last\"", "name = \"chat_sup\""),
+        ErrorKind::DuplicateProcess,
+        59,
+        "process[4].name",
+    );
+}
+
+#[test]
+fn supervisors_in_a_cycle() {
+    let text = tree_with("strategy = \"one_for_all\"", "strategy = \"one_for_all\"\nparent = \"inner\"");
+    let e = expect_err(&text, ErrorKind::SupervisorCycle, 40, "supervisor[1].parent");
+    assert!(e.message.contains("\"pool\" → \"inner\" → \"pool\""), "{e}");
+    let itself = tree_with("parent = \"pool\"", "parent = \"inner\"");
+    expect_err(&itself, ErrorKind::SupervisorCycle, 51, "supervisor[2].parent");
+}
+
+#[test]
+fn simple_one_for_one_needs_exactly_one_process_template() {
+    // None.
+    let e = expect_err(
+        &tree_with("supervisor = \"rooms\"", "supervisor = \"pool\""),
+        ErrorKind::SimpleOneForOne,
+        25,
+        "supervisor[0].strategy",
+    );
+    assert!(e.message.contains("\"rooms\" has no [[process]]"), "{e}");
+    // Two.
+    let e = expect_err(
+        &tree_with("supervisor = \"chat_sup\"", "supervisor = \"rooms\""),
+        ErrorKind::SimpleOneForOne,
+        61,
+        "process[4].supervisor",
+    );
+    assert!(e.message.contains("\"last\" is a second child") && e.message.contains("\"room\""), "{e}");
+    // A supervisor.
+    expect_err(
+        &tree_with("parent = \"pool\"", "parent = \"rooms\""),
+        ErrorKind::SimpleOneForOne,
+        51,
+        "supervisor[2].parent",
+    );
+    // A template with instances.
+    expect_err(
+        &tree_with("args = { history = 5 }", "instances = 3"),
+        ErrorKind::SimpleOneForOne,
+        35,
+        "process[1].instances",
+    );
+    // The top supervisor too: its children are the processes without one.
+    let e = expect_err(
+        &tree_with("strategy = \"rest_for_one\"", "strategy = \"simple_one_for_one\""),
+        ErrorKind::SimpleOneForOne,
+        24,
+        "supervisor[0].parent",
+    );
+    assert!(e.message.contains("\"chat_sup\""), "{e}");
+    let only = "[release]\nname = \"a\"\nversion = \"1.0.0\"\n[release.supervisor]\nstrategy = \"simple_one_for_one\"\n";
+    expect_err(only, ErrorKind::SimpleOneForOne, 5, "release.supervisor.strategy");
+}
+
+#[test]
+fn invalid_shutdowns_periods_strategies_and_config() {
+    let e = expect_err(
+        &tree_with("shutdown = \"brutal_kill\"", "shutdown = \"infinity\""),
+        ErrorKind::InvalidShutdown,
+        21,
+        "process[0].shutdown",
+    );
+    assert!(e.message.contains("only a supervisor"), "{e}");
+    expect_err(
+        &tree_with("shutdown = 250", "shutdown = -1"),
+        ErrorKind::InvalidShutdown,
+        34,
+        "process[1].shutdown",
+    );
+    expect_err(
+        &tree_with("shutdown = 250", "shutdown = 2.5"),
+        ErrorKind::InvalidShutdown,
+        34,
+        "process[1].shutdown",
+    );
+    expect_err(
+        &tree_with("shutdown = 8000", "shutdown = \"soon\""),
+        ErrorKind::InvalidShutdown,
+        41,
+        "supervisor[1].shutdown",
+    );
+    let sup_infinity = parse(&tree_with("shutdown = 8000", "shutdown = \"infinity\"")).unwrap();
+    assert_eq!(sup_infinity.supervisors[1].shutdown, Shutdown::Infinity);
+    expect_err(
+        &tree_with("period_ms = 1000", "period_ms = 0"),
+        ErrorKind::InvalidPeriod,
+        27,
+        "supervisor[0].period_ms",
+    );
+    expect_err(
+        &tree_with("period_ms = 2000", "period_ms = 0"),
+        ErrorKind::InvalidPeriod,
+        8,
+        "release.supervisor.period_ms",
+    );
+    let e = expect_err(
+        &tree_with("strategy = \"one_for_all\"", "strategy = \"all_for_one\""),
+        ErrorKind::InvalidValue,
+        39,
+        "supervisor[1].strategy",
+    );
+    assert!(e.message.contains("simple_one_for_one"), "{e}");
+    expect_err(
+        &tree_with("intensity = 10", "intensity = -1"),
+        ErrorKind::InvalidValue,
+        26,
+        "supervisor[0].intensity",
+    );
+    expect_err(
+        &tree_with("restart = \"transient\"", "restarts = \"transient\""),
+        ErrorKind::UnknownField,
+        40,
+        "supervisor[1].restarts",
+    );
+    let not_a_table = TREE
+        .replace("[config]\nmotd = \"hi\"\nlimits = { rooms = 10 }\n", "")
+        .replace("[release]\n", "config = 5\n[release]\n");
+    let e = expect_err(&not_a_table, ErrorKind::InvalidConfig, 1, "config");
+    assert!(e.message.contains('5'), "{e}");
 }

@@ -32,8 +32,16 @@ impl<'a> Ctx<'a> {
         self.stop.take()
     }
 
-    fn sched(&self) -> Sched<'a> {
+    pub(crate) fn sched(&self) -> Sched<'a> {
         Sched::Local(self.worker)
+    }
+
+    pub(crate) fn inner(&self) -> &'a Arc<NodeInner> {
+        self.node
+    }
+
+    pub(crate) fn worker(&self) -> &'a WorkerLocal {
+        self.worker
     }
 
     /// This process's pid (Erlang's `self()`).
@@ -167,6 +175,17 @@ impl<'a> Ctx<'a> {
     /// See [`RegisterError`].
     pub fn register(&self, name: &str) -> Result<(), RegisterError> {
         self.node.register(name.into(), self.pid())
+    }
+
+    /// Removes a registered name, whoever holds it; false if it was not
+    /// registered.
+    pub fn unregister(&self, name: &str) -> bool {
+        self.node.unregister(name)
+    }
+
+    /// The pid registered as `name`.
+    pub fn whereis(&self, name: &str) -> Option<Pid> {
+        self.node.whereis(name)
     }
 
     /// Delivers `message` to `to` after `delay`.

@@ -27,7 +27,7 @@ pub enum CallError {
     #[error("call failed: no process is registered as {0:?}")]
     NotRegistered(Arc<str>),
     /// No reply within the timeout; a late reply will be discarded.
-    #[error("call to {0} timed out after {1:?}; a late reply will be discarded")]
+    #[error("call timed out after {1:?} waiting for {0} to reply; a late reply will be discarded")]
     Timeout(Pid, Duration),
     /// The callee exited before replying.
     #[error("call to {0} failed: the process exited ({1}) before replying")]
@@ -50,6 +50,40 @@ impl From<SendError> for CallError {
             SendError::NotRegistered(name) => CallError::NotRegistered(name),
         }
     }
+}
+
+/// Why a module process's `config_change` did not accept a configuration
+/// ([`crate::Node::config_change`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigChangeError {
+    /// The process is not alive (or exited before it ran the callback).
+    #[error("cannot tell {0} of the new configuration: no such process (it has exited)")]
+    NoProc(Pid),
+    /// Only module processes have a `config_change` callback.
+    #[error("{0} is not a module process; only module processes have config_change")]
+    NotAModuleProcess(Pid),
+    /// The callback returned an error or panicked: the configuration is
+    /// refused.
+    #[error("{pid} ({module} {version}) refused the new configuration: {error}")]
+    Refused {
+        /// The process.
+        pid: Pid,
+        /// Its module.
+        module: String,
+        /// The version it runs.
+        version: semver::Version,
+        /// The module's error or panic.
+        error: crate::loader::ModuleError,
+    },
+    /// The process did not get to the callback, or the callback did not
+    /// return, in time.
+    #[error("config_change of {pid}: {error}")]
+    Task {
+        /// The process.
+        pid: Pid,
+        /// What went wrong.
+        error: crate::system::TaskError,
+    },
 }
 
 /// Why a process was not started.
@@ -191,9 +225,10 @@ pub enum LoadError {
     },
     /// Built against another ABI version.
     #[error(
-        "library {path}: ABI version {found}, this node speaks {} — rebuild the module against relive-abi {}",
+        "library {path} was built for module ABI {found}, but this node expects ABI {} — rebuild the module against relive-abi {} (module ABI {}; see relive-abi's MIGRATING.md)",
         relive_abi::ABI_VERSION,
-        relive_abi::ABI_CRATE_VERSION
+        relive_abi::ABI_CRATE_VERSION,
+        relive_abi::ABI_VERSION
     )]
     AbiMismatch {
         /// The file.

@@ -10,7 +10,10 @@
 //! thread so a connection outlives any code version. The [`CodeServer`]
 //! loads modules (dynamically loaded libraries built against relive-abi),
 //! keeps a current and an old version of each, and moves suspended
-//! [`ModuleProcess`]es between versions.
+//! [`ModuleProcess`]es between versions. Module processes get what native
+//! ones have (links, monitors, exit signals, names, ports, deferred
+//! replies) through relive-abi, and read the node's configuration
+//! ([`Node::set_config`]), told of changes by [`Node::config_change`].
 //!
 //! # Design
 //!
@@ -74,9 +77,10 @@ mod timer;
 pub use code_server::{CodeServer, Loaded, ModuleInfo, Prepared, PurgeReport, VersionInfo};
 pub use ctx::Ctx;
 pub use error::{
-    CallError, CodeError, JsonCallError, LinkError, LoadError, MigrateError, RegisterError, SendError,
-    SpawnError, SuspendError,
+    CallError, CodeError, ConfigChangeError, JsonCallError, LinkError, LoadError, MigrateError,
+    RegisterError, SendError, SpawnError, SuspendError,
 };
+pub use loader::{LibraryMetadata, inspect_library};
 pub use loader::{ModuleCode, ModuleError, ModuleState, VersionStatsSnapshot};
 pub use mailbox::MailboxCounts;
 pub use message::{Down, Exit, Message, ReplyTo};
@@ -84,8 +88,8 @@ pub use module::{ModuleProcess, ModuleReply, Payload, STATS_BATCH};
 pub use node::{Dest, ExitWaiter, Node, NodeConfig};
 pub use pid::{ExitReason, MonitorRef, ParsePidError, Pid, TimerRef};
 pub use port::{
-    AcceptHandler, CloseReason, Framing, ListenOpts, ListenerInfo, Listening, PortError, PortEvent, PortId,
-    PortInfo, PortKind,
+    AcceptHandler, CloseReason, ConnectOpts, Framing, ListenOpts, ListenerInfo, Listening, PortError,
+    PortEvent, PortId, PortInfo, PortKind,
 };
 pub use process::{Actor, actor_fn};
 pub use supervisor::{ChildSpec, Supervisor, SupervisorError, SupervisorSpec};

@@ -17,10 +17,17 @@
 //!   module code.
 //! - A module's ports are the runtime's ([`crate::port`]): `listen` makes
 //!   the calling process own the listener and, with no accept handler, every
-//!   connection it accepts; their events reach the module as `INFO_PORT`
-//!   (see `ModuleProcess::handle`).
+//!   connection it accepts, and `connect` makes it own the connection; their
+//!   events reach the module as `INFO_PORT` (see `ModuleProcess::handle`).
+//! - Every host service acts as one process: in its own turn through its
+//!   `Ctx`, or, for a callback run outside its messages (`config_change`
+//!   from a system task or on a suspended process), through the node's API
+//!   as that process. What a service makes (links, monitors, names, ports)
+//!   is the node's, kept for the process; deferred calls wait in the
+//!   process's `PendingReplies`, never in module memory, so all of it
+//!   survives a switch of the process's code.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::c_void;
 use std::fs;
 use std::io::Write;
@@ -38,9 +45,12 @@ use relive_abi::{
 use sha2::{Digest, Sha256};
 
 use crate::ctx::Ctx;
-use crate::error::LoadError;
-use crate::message::Message;
-use crate::pid::{ExitReason, Pid};
+use crate::error::{CallError, LoadError, SendError};
+use crate::message::{Envelope, Message, ReplyTo};
+use crate::node::{Dest, Node, NodeInner, Sched};
+use crate::pid::{ExitReason, MonitorRef, Pid};
+use crate::process::Watcher;
+use crate::scheduler::WorkerLocal;
 
 /// One loaded version of a module.
 pub struct ModuleCode {
@@ -283,6 +293,46 @@ pub(crate) fn load_library(code_dir: &Path, source: &Path) -> Result<ModuleCode,
     })
 }
 
+/// What a library says about itself (its vtable and type description),
+/// read by [`inspect_library`] without a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LibraryMetadata {
+    /// The module name it exports.
+    pub name: String,
+    /// Its version.
+    pub version: semver::Version,
+    /// The relive-abi version it was built with.
+    pub abi_crate_version: String,
+    /// sha256 of the file.
+    pub sha256: String,
+    /// The description of its state and message types.
+    pub types: String,
+    /// sha256 of `types`: equal fingerprints, equal layouts.
+    pub fingerprint: String,
+}
+
+/// Opens the library at `path` with every check of a load (ELF, export,
+/// magic, ABI version, name, semver version) and returns what it says
+/// about itself, for tools without a node (`relive release build` checks
+/// each library before packing it). The library is opened from a copy in
+/// a temporary directory, closed again, and installed nowhere.
+///
+/// # Errors
+/// [`LoadError`], as a load of the same file would fail.
+pub fn inspect_library(path: &Path) -> Result<LibraryMetadata, LoadError> {
+    let code_dir =
+        tempfile::tempdir().map_err(|e| LoadError::Io { path: std::env::temp_dir(), source: e })?;
+    let code = load_library(code_dir.path(), path)?;
+    Ok(LibraryMetadata {
+        name: code.name.clone(),
+        version: code.version.clone(),
+        abi_crate_version: code.abi_crate_version.clone(),
+        sha256: code.sha256.clone(),
+        types: code.types.clone(),
+        fingerprint: code.fingerprint.clone(),
+    })
+}
+
 impl ModuleCode {
     fn table(&self) -> &ModuleVtable {
         // SAFETY: validated at load; 'static in `self.library`, which lives
@@ -354,9 +404,12 @@ impl ModuleCode {
         pids
     }
 
-    /// Runs `init` as the process of `ctx`.
-    pub(crate) fn init(self: &Arc<Self>, ctx: &mut Ctx<'_>, arg: &[u8]) -> Result<ModuleState, ModuleError> {
-        let mut host = HostCall::new(ctx);
+    /// Runs `init` as the process `host` acts for.
+    pub(crate) fn init(
+        self: &Arc<Self>,
+        host: &mut HostCall<'_, '_>,
+        arg: &[u8],
+    ) -> Result<ModuleState, ModuleError> {
         let mut state: *mut c_void = std::ptr::null_mut();
         let mut out = Vec::new();
         // SAFETY: vtable function; every pointer is valid for the call.
@@ -407,11 +460,11 @@ impl ModuleCode {
 }
 
 /// One process's state, made by (and freed by) one module version.
-/// One process's state, made by (and freed by) one version.
 pub struct ModuleState {
     code: Arc<ModuleCode>,
     ptr: NonNull<c_void>,
-    /// A stop the last callback asked for.
+    /// A stop `init` asked for (later callbacks leave theirs in their
+    /// `HostCall`).
     pub(crate) stop: Option<ExitReason>,
 }
 
@@ -432,6 +485,8 @@ pub(crate) enum Callback<'m> {
     Call(&'m [u8]),
     Cast(&'m [u8]),
     Info(u32, &'m [u8]),
+    /// The node's configuration changed from the first to the second.
+    ConfigChange(&'m [u8], &'m [u8]),
 }
 
 impl ModuleState {
@@ -439,10 +494,14 @@ impl ModuleState {
         &self.code
     }
 
-    /// Runs a handler as the process of `ctx`; a call's reply bytes on
-    /// success. A stop requested by the module is left in `self.stop`.
-    pub(crate) fn run(&mut self, ctx: &mut Ctx<'_>, callback: Callback<'_>) -> Result<Vec<u8>, ModuleError> {
-        let mut host = HostCall::new(ctx);
+    /// Runs a callback as the process `host` acts for; a call's reply
+    /// bytes on success. A stop the module asked for is left in
+    /// `host.stop`.
+    pub(crate) fn run(
+        &mut self,
+        host: &mut HostCall<'_, '_>,
+        callback: Callback<'_>,
+    ) -> Result<Vec<u8>, ModuleError> {
         let host_ctx = host.as_host_ctx();
         let mut out = Vec::new();
         let mut buf = OutBuf::for_vec(&mut out);
@@ -461,9 +520,15 @@ impl ModuleState {
                 Callback::Info(kind, bytes) => {
                     (table.handle_info)(state, &host_ctx, kind, RBytes::from_slice(bytes), &mut buf)
                 }
+                Callback::ConfigChange(old, new) => (table.config_change)(
+                    state,
+                    &host_ctx,
+                    RBytes::from_slice(old),
+                    RBytes::from_slice(new),
+                    &mut buf,
+                ),
             }
         };
-        self.stop = host.stop.take();
         status_result(status, out)
     }
 
@@ -488,19 +553,117 @@ impl ModuleState {
     }
 }
 
-/// The host side of one module callback: the calling process's `Ctx`.
-struct HostCall<'c, 'n> {
-    ctx: &'c mut Ctx<'n>,
-    stop: Option<ExitReason>,
+/// The calls a module process deferred ([`HostVtable::defer_reply`]) and
+/// has not answered yet. Kept by the process, not by its code, so a call
+/// deferred by one version can be answered by the next; dropped with the
+/// process, which fails each waiting call with its exit reason.
+#[derive(Default)]
+pub(crate) struct PendingReplies {
+    /// Tokens given out so far; token ids are 1..=issued.
+    issued: u64,
+    waiting: HashMap<u64, ReplyTo>,
+}
+
+impl PendingReplies {
+    fn defer(&mut self, reply: ReplyTo) -> u64 {
+        self.issued += 1;
+        self.waiting.insert(self.issued, reply);
+        self.issued
+    }
+
+    fn take(&mut self, token: u64, pid: Pid) -> Result<ReplyTo, String> {
+        if let Some(reply) = self.waiting.remove(&token) {
+            return Ok(reply);
+        }
+        Err(if token == 0 || token > self.issued {
+            format!(
+                "reply token {token} of {pid} was never given out by this process; use the token defer_reply returned"
+            )
+        } else {
+            format!("reply token {token} of {pid} was already used: a deferred call is answered once")
+        })
+    }
+
+    /// Calls deferred and not answered yet.
+    pub(crate) fn len(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+/// Who a host service acts for.
+enum Caller<'c, 'n> {
+    /// A callback in the process's own turn: its `Ctx`, so wake-ups go to
+    /// the worker's own queue and calls may run their callee inline.
+    Turn(&'c mut Ctx<'n>),
+    /// A callback outside a message (a configuration change run by a system
+    /// task or on a suspended process): the node's API as that process.
+    Detached { node: Arc<NodeInner>, pid: Pid },
+}
+
+/// The host side of one module callback: the process it runs as, what it
+/// asked for, and the call it is answering.
+pub(crate) struct HostCall<'c, 'n> {
+    caller: Caller<'c, 'n>,
+    /// A stop the callback asked for.
+    pub(crate) stop: Option<ExitReason>,
+    replies: &'c mut PendingReplies,
+    /// The call `handle_call` is answering, until the callback defers it
+    /// (then it waits in `replies`); `None` outside `handle_call`.
+    pub(crate) call: Option<ReplyTo>,
 }
 
 impl<'c, 'n> HostCall<'c, 'n> {
-    fn new(ctx: &'c mut Ctx<'n>) -> HostCall<'c, 'n> {
-        HostCall { ctx, stop: None }
+    /// For a callback in the process's own turn.
+    pub(crate) fn in_turn(ctx: &'c mut Ctx<'n>, replies: &'c mut PendingReplies) -> HostCall<'c, 'n> {
+        HostCall { caller: Caller::Turn(ctx), stop: None, replies, call: None }
+    }
+
+    /// For a callback of process `pid` run outside its messages.
+    pub(crate) fn detached(node: &Node, pid: Pid, replies: &'c mut PendingReplies) -> HostCall<'c, 'n> {
+        HostCall {
+            caller: Caller::Detached { node: node.inner.clone(), pid },
+            stop: None,
+            replies,
+            call: None,
+        }
     }
 
     fn as_host_ctx(&mut self) -> HostCtx {
         HostCtx { vtable: &HOST_VTABLE, host: self as *mut HostCall<'c, 'n> as *mut c_void }
+    }
+
+    fn pid(&self) -> Pid {
+        match &self.caller {
+            Caller::Turn(ctx) => ctx.pid(),
+            Caller::Detached { pid, .. } => *pid,
+        }
+    }
+
+    fn node(&self) -> &Arc<NodeInner> {
+        match &self.caller {
+            Caller::Turn(ctx) => ctx.inner(),
+            Caller::Detached { node, .. } => node,
+        }
+    }
+
+    fn sched(&self) -> Sched<'_> {
+        match &self.caller {
+            Caller::Turn(ctx) => ctx.sched(),
+            Caller::Detached { .. } => Sched::Global,
+        }
+    }
+
+    fn worker(&self) -> Option<&WorkerLocal> {
+        match &self.caller {
+            Caller::Turn(ctx) => Some(ctx.worker()),
+            Caller::Detached { .. } => None,
+        }
+    }
+
+    fn send(&self, to: Dest, kind: u32, payload: Vec<u8>) -> Result<(), SendError> {
+        let message = Message::new(crate::module::Payload(payload));
+        let envelope = if kind == SEND_CAST { Envelope::Cast(message) } else { Envelope::Info(message) };
+        self.node().send(to, envelope, self.sched())
     }
 }
 
@@ -519,6 +682,20 @@ pub(crate) static HOST_VTABLE: HostVtable = HostVtable {
     listen: host_listen,
     port_send: host_port_send,
     port_close: host_port_close,
+    link: host_link,
+    unlink: host_unlink,
+    monitor: host_monitor,
+    demonitor: host_demonitor,
+    trap_exit: host_trap_exit,
+    register: host_register,
+    unregister: host_unregister,
+    whereis: host_whereis,
+    exit: host_exit,
+    defer_reply: host_defer_reply,
+    reply: host_reply,
+    connect: host_connect,
+    port_set_owner: host_port_set_owner,
+    config: host_config,
 };
 
 /// Runs a host service for the module callback whose `HostCall` is `host`,
@@ -556,13 +733,50 @@ unsafe fn write_out(out: *mut OutBuf, bytes: &[u8]) {
     }
 }
 
-fn envelope_message(kind: u32, payload: Vec<u8>) -> (bool, Message) {
-    (kind == SEND_CAST, Message::new(crate::module::Payload(payload)))
+/// # Safety
+/// `out` valid for the call, or null.
+unsafe fn write_error(out: *mut OutBuf, text: &str) -> u32 {
+    // SAFETY: as the function's contract.
+    unsafe { write_out(out, text.as_bytes()) };
+    Status::Error as u32
+}
+
+/// # Safety
+/// `slot` valid for a write for the call, or null.
+unsafe fn write_u64(slot: *mut u64, value: u64) {
+    if !slot.is_null() {
+        // SAFETY: non-null and valid for the call (module's promise).
+        unsafe { *slot = value }
+    }
+}
+
+/// A reason given as text, as Erlang's atoms read.
+fn exit_reason(text: &str) -> ExitReason {
+    match text {
+        "normal" => ExitReason::Normal,
+        "shutdown" => ExitReason::Shutdown,
+        "kill" => ExitReason::Kill,
+        "killed" => ExitReason::Killed,
+        "noproc" => ExitReason::NoProc,
+        other => ExitReason::error(other),
+    }
+}
+
+/// Resolves `host:port` (a name may be looked up).
+fn socket_addr(text: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    match std::net::ToSocketAddrs::to_socket_addrs(text).map(|mut addrs| addrs.next()) {
+        Ok(Some(addr)) => Ok(addr),
+        Ok(None) => Err(format!("{text:?} names no address")),
+        Err(error) => Err(format!("{text:?} is not an address (expected host:port): {error}")),
+    }
 }
 
 unsafe extern "C" fn host_self_pid(host: *mut c_void) -> u64 {
     // SAFETY: the module passes back the host handle of its callback.
-    unsafe { with_host(host, 0, |h| h.ctx.pid().as_u64()) }
+    unsafe { with_host(host, 0, |h| h.pid().as_u64()) }
 }
 
 unsafe extern "C" fn host_send(host: *mut c_void, to: u64, kind: u32, msg: RBytes) -> u32 {
@@ -570,9 +784,10 @@ unsafe extern "C" fn host_send(host: *mut c_void, to: u64, kind: u32, msg: RByte
     unsafe {
         with_host(host, Status::Error as u32, |h| {
             let Some(to) = Pid::from_u64(to) else { return Status::Error as u32 };
-            let (cast, message) = envelope_message(kind, bytes(msg).to_vec());
-            let sent = if cast { h.ctx.cast(to, message) } else { h.ctx.send_message(to, message) };
-            if sent.is_ok() { Status::Ok as u32 } else { Status::Error as u32 }
+            match h.send(Dest::Pid(to), kind, bytes(msg).to_vec()) {
+                Ok(()) => Status::Ok as u32,
+                Err(_) => Status::Error as u32,
+            }
         })
     }
 }
@@ -581,10 +796,10 @@ unsafe extern "C" fn host_send_named(host: *mut c_void, name: RStr, kind: u32, m
     // SAFETY: handle, name and bytes from the module's current callback.
     unsafe {
         with_host(host, Status::Error as u32, |h| {
-            let name = text(name);
-            let (cast, message) = envelope_message(kind, bytes(msg).to_vec());
-            let sent = if cast { h.ctx.cast(name, message) } else { h.ctx.send_message(name, message) };
-            if sent.is_ok() { Status::Ok as u32 } else { Status::Error as u32 }
+            match h.send(text(name).into(), kind, bytes(msg).to_vec()) {
+                Ok(()) => Status::Ok as u32,
+                Err(_) => Status::Error as u32,
+            }
         })
     }
 }
@@ -604,13 +819,19 @@ unsafe extern "C" fn host_call(
             let request = Message::new(crate::module::Payload(bytes(request).to_vec()));
             let timeout = Duration::from_millis(timeout_ms);
             let name = text(name);
-            let result = if name.is_empty() {
+            let dest = if name.is_empty() {
                 match Pid::from_u64(to) {
-                    Some(pid) => h.ctx.call(pid, request, timeout),
-                    None => return write_error(out, "invalid pid"),
+                    Some(pid) => Dest::Pid(pid),
+                    None => return write_error(out, &format!("{to} is not a pid")),
                 }
             } else {
-                h.ctx.call(name, request, timeout)
+                Dest::from(name)
+            };
+            let node = h.node();
+            let result = match node.resolve(&dest) {
+                Err(error) => Err(CallError::from(error)),
+                Ok(pid) if pid == h.pid() => Err(CallError::CallingSelf(pid)),
+                Ok(pid) => node.call(pid, request, timeout, h.worker()),
             };
             match result.map(|reply| reply.downcast::<crate::module::ModuleReply>()) {
                 Ok(Ok(Ok(payload))) => {
@@ -627,14 +848,6 @@ unsafe extern "C" fn host_call(
     }
 }
 
-/// # Safety
-/// `out` valid for the call, or null.
-unsafe fn write_error(out: *mut OutBuf, text: &str) -> u32 {
-    // SAFETY: as the function's contract.
-    unsafe { write_out(out, text.as_bytes()) };
-    Status::Error as u32
-}
-
 unsafe extern "C" fn host_spawn(
     host: *mut c_void,
     module: RStr,
@@ -647,19 +860,16 @@ unsafe extern "C" fn host_spawn(
     // current callback.
     unsafe {
         with_host(host, Status::Error as u32, |h| {
-            let node = h.ctx.node();
-            let Some(code_server) = node.code_server() else {
+            let Some(code_server) = h.node().code.get().cloned() else {
                 return write_error(out, "this node has no code server");
             };
             let module = text(module);
             match code_server.module_process(module, bytes(arg).to_vec()) {
                 Ok(actor) => {
-                    let spawned = if link != 0 { h.ctx.spawn_link(actor) } else { h.ctx.spawn(actor) };
-                    match spawned {
+                    let parent = (link != 0).then(|| h.pid());
+                    match h.node().spawn_from(Box::new(actor), parent, h.sched()) {
                         Ok(pid) => {
-                            if !pid_out.is_null() {
-                                *pid_out = pid.as_u64();
-                            }
+                            write_u64(pid_out, pid.as_u64());
                             Status::Ok as u32
                         }
                         Err(error) => write_error(out, &error.to_string()),
@@ -677,21 +887,21 @@ unsafe extern "C" fn host_send_after(host: *mut c_void, to: u64, msg: RBytes, de
         with_host(host, 0, |h| {
             let Some(to) = Pid::from_u64(to) else { return 0 };
             let message = Message::new(crate::module::Payload(bytes(msg).to_vec()));
-            h.ctx.send_after(to, message, Duration::from_millis(delay_ms)).0
+            h.node().send_after(to, message, Duration::from_millis(delay_ms)).0
         })
     }
 }
 
 unsafe extern "C" fn host_cancel_timer(host: *mut c_void, timer: u64) -> u32 {
     // SAFETY: handle from the module's current callback.
-    unsafe { with_host(host, 0, |h| u32::from(h.ctx.cancel_timer(crate::pid::TimerRef(timer)))) }
+    unsafe { with_host(host, 0, |h| u32::from(h.node().timers.cancel(crate::pid::TimerRef(timer)))) }
 }
 
 unsafe extern "C" fn host_log(host: *mut c_void, level: u32, msg: RStr) {
     // SAFETY: handle and string from the module's current callback.
     unsafe {
         with_host(host, (), |h| {
-            let (pid, msg) = (h.ctx.pid(), text(msg));
+            let (pid, msg) = (h.pid(), text(msg));
             match level {
                 0 => tracing::error!(%pid, "{msg}"),
                 1 => tracing::warn!(%pid, "{msg}"),
@@ -720,18 +930,14 @@ unsafe extern "C" fn host_listen(host: *mut c_void, addr: RStr, port_out: *mut u
     // callback.
     unsafe {
         with_host(host, Status::Error as u32, |h| {
-            let text = text(addr);
-            let resolved = std::net::ToSocketAddrs::to_socket_addrs(text).map(|mut addrs| addrs.next());
-            let addr = match resolved {
-                Ok(Some(addr)) => addr,
-                Ok(None) => return write_error(out, &format!("{text:?} names no address")),
-                Err(error) => return write_error(out, &format!("{text:?} is not an address: {error}")),
+            let addr = match socket_addr(text(addr)) {
+                Ok(addr) => addr,
+                Err(error) => return write_error(out, &error),
             };
-            match h.ctx.listen(addr, crate::port::ListenOpts::raw()) {
+            let node = h.node();
+            match node.ports.listen(node, addr, h.pid(), crate::port::ListenOpts::raw()) {
                 Ok(info) => {
-                    if !port_out.is_null() {
-                        *port_out = info.port.as_u64();
-                    }
+                    write_u64(port_out, info.port.as_u64());
                     write_out(out, info.local_addr.to_string().as_bytes());
                     Status::Ok as u32
                 }
@@ -745,10 +951,10 @@ unsafe extern "C" fn host_port_send(host: *mut c_void, port: u64, msg: RBytes) -
     // SAFETY: handle and bytes from the module's current callback.
     unsafe {
         with_host(host, Status::Error as u32, |h| {
-            match h.ctx.port_send(crate::port::PortId::from_u64(port), bytes(msg)) {
+            match h.node().ports.send(crate::port::PortId::from_u64(port), bytes(msg).to_vec()) {
                 Ok(()) => Status::Ok as u32,
                 Err(error) => {
-                    tracing::debug!(pid = %h.ctx.pid(), %error, "port_send failed");
+                    tracing::debug!(pid = %h.pid(), %error, "port_send failed");
                     Status::Error as u32
                 }
             }
@@ -760,10 +966,214 @@ unsafe extern "C" fn host_port_close(host: *mut c_void, port: u64) -> u32 {
     // SAFETY: handle from the module's current callback.
     unsafe {
         with_host(host, Status::Error as u32, |h| {
-            match h.ctx.port_close(crate::port::PortId::from_u64(port)) {
+            match h.node().ports.close(h.node(), crate::port::PortId::from_u64(port)) {
                 Ok(()) => Status::Ok as u32,
                 Err(_) => Status::Error as u32,
             }
+        })
+    }
+}
+
+unsafe extern "C" fn host_link(host: *mut c_void, pid: u64, out: *mut OutBuf) -> u32 {
+    // SAFETY: handle and out buffer from the module's current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let Some(other) = Pid::from_u64(pid) else {
+                return write_error(out, &format!("cannot link to {pid}: it is not a pid"));
+            };
+            match h.node().link(h.pid(), other, h.sched()) {
+                Ok(()) => Status::Ok as u32,
+                Err(error) => write_error(out, &error.to_string()),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_unlink(host: *mut c_void, pid: u64) {
+    // SAFETY: handle from the module's current callback.
+    unsafe {
+        with_host(host, (), |h| {
+            if let Some(other) = Pid::from_u64(pid) {
+                h.node().unlink(h.pid(), other);
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_monitor(host: *mut c_void, pid: u64) -> u64 {
+    // SAFETY: handle from the module's current callback.
+    unsafe {
+        with_host(host, 0, |h| {
+            // A number that is not a pid names no process, and no process
+            // could ever exit as it: there is nothing to report down.
+            let Some(target) = Pid::from_u64(pid) else { return 0 };
+            h.node().monitor(Watcher::Process(h.pid()), target, h.sched()).id
+        })
+    }
+}
+
+unsafe extern "C" fn host_demonitor(host: *mut c_void, monitor: u64, pid: u64) -> u32 {
+    // SAFETY: handle from the module's current callback.
+    unsafe {
+        with_host(host, 0, |h| {
+            let Some(target) = Pid::from_u64(pid) else { return 0 };
+            u32::from(h.node().demonitor(Some(h.pid()), MonitorRef { id: monitor, target }))
+        })
+    }
+}
+
+unsafe extern "C" fn host_trap_exit(host: *mut c_void, on: u32) -> u32 {
+    // SAFETY: handle from the module's current callback.
+    unsafe { with_host(host, 0, |h| u32::from(h.node().set_trap_exit(h.pid(), on != 0))) }
+}
+
+unsafe extern "C" fn host_register(host: *mut c_void, name: RStr, out: *mut OutBuf) -> u32 {
+    // SAFETY: handle, string and out buffer from the module's current
+    // callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let name = text(name);
+            if name.is_empty() {
+                return write_error(out, "cannot register an empty name");
+            }
+            match h.node().register(name.into(), h.pid()) {
+                Ok(()) => Status::Ok as u32,
+                Err(error) => write_error(out, &error.to_string()),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_unregister(host: *mut c_void, name: RStr) -> u32 {
+    // SAFETY: handle and string from the module's current callback.
+    unsafe { with_host(host, 0, |h| u32::from(h.node().unregister(text(name)))) }
+}
+
+unsafe extern "C" fn host_whereis(host: *mut c_void, name: RStr, pid_out: *mut u64) -> u32 {
+    // SAFETY: handle, string and out pointer from the module's current
+    // callback.
+    unsafe {
+        with_host(host, 0, |h| match h.node().whereis(text(name)) {
+            Some(pid) => {
+                write_u64(pid_out, pid.as_u64());
+                1
+            }
+            None => 0,
+        })
+    }
+}
+
+unsafe extern "C" fn host_exit(host: *mut c_void, pid: u64, reason: RStr) {
+    // SAFETY: handle and string from the module's current callback.
+    unsafe {
+        with_host(host, (), |h| {
+            if let Some(target) = Pid::from_u64(pid) {
+                h.node().signal_exit(target, h.pid(), exit_reason(text(reason)), h.sched());
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_defer_reply(host: *mut c_void, token_out: *mut u64, out: *mut OutBuf) -> u32 {
+    // SAFETY: handle and out pointers from the module's current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| match h.call.take() {
+            Some(reply) => {
+                write_u64(token_out, h.replies.defer(reply));
+                Status::Ok as u32
+            }
+            None => write_error(
+                out,
+                "defer_reply works only inside handle_call, once per call: there is no call to defer here",
+            ),
+        })
+    }
+}
+
+unsafe extern "C" fn host_reply(
+    host: *mut c_void,
+    owner: u64,
+    token: u64,
+    reply: RBytes,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: handle, bytes and out buffer from the module's current
+    // callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let me = h.pid();
+            if owner != me.as_u64() {
+                let owner = Pid::from_u64(owner).map_or_else(|| owner.to_string(), |pid| pid.to_string());
+                return write_error(
+                    out,
+                    &format!(
+                        "reply token {token} belongs to process {owner}, not {me}: only the process that deferred a call can answer it"
+                    ),
+                );
+            }
+            match h.replies.take(token, me) {
+                Ok(waiting) => {
+                    let payload = crate::module::Payload(bytes(reply).to_vec());
+                    waiting.reply_with::<crate::module::ModuleReply>(Ok(payload));
+                    Status::Ok as u32
+                }
+                Err(error) => write_error(out, &error),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_connect(
+    host: *mut c_void,
+    addr: RStr,
+    timeout_ms: u64,
+    port_out: *mut u64,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: handle, string and out pointers from the module's current
+    // callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let addr = match socket_addr(text(addr)) {
+                Ok(addr) => addr,
+                Err(error) => return write_error(out, &error),
+            };
+            let node = h.node();
+            let opts = crate::port::ConnectOpts::raw();
+            match node.ports.connect(node, addr, h.pid(), opts, Duration::from_millis(timeout_ms)) {
+                Ok(port) => {
+                    write_u64(port_out, port.as_u64());
+                    Status::Ok as u32
+                }
+                Err(error) => write_error(out, &error.to_string()),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_port_set_owner(host: *mut c_void, port: u64, pid: u64, out: *mut OutBuf) -> u32 {
+    // SAFETY: handle and out buffer from the module's current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let Some(to) = Pid::from_u64(pid) else {
+                return write_error(out, &format!("cannot give a port to {pid}: it is not a pid"));
+            };
+            let port = crate::port::PortId::from_u64(port);
+            match h.node().ports.hand_over(h.node(), port, Some(h.pid()), to) {
+                Ok(()) => Status::Ok as u32,
+                Err(error) => write_error(out, &error.to_string()),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_config(host: *mut c_void, out: *mut OutBuf) -> u32 {
+    // SAFETY: handle and out buffer from the module's current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let config = h.node().config();
+            write_out(out, &config.0);
+            Status::Ok as u32
         })
     }
 }

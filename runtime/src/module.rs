@@ -14,6 +14,13 @@
 //! (`INFO_DOWN`), and an event of a port the process owns
 //! ([`crate::PortEvent`], re-encoded as relive-abi's `PortEvent`:
 //! `INFO_PORT`).
+//!
+//! A call the module defers (relive-abi's `Ctx::defer_reply`) waits with
+//! the process, not its state: any later callback, of this version or the
+//! next, answers it (`Ctx::reply`), and the process's exit fails it with
+//! the exit reason. [`ModuleProcess::config_change`] runs the module's
+//! `config_change` where migrations run (a system task, or a suspended
+//! process).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -21,8 +28,9 @@ use std::sync::atomic::Ordering;
 use relive_abi::{INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT};
 
 use crate::ctx::Ctx;
-use crate::loader::{Callback, ModuleCode, ModuleError, ModuleState};
+use crate::loader::{Callback, HostCall, ModuleCode, ModuleError, ModuleState, PendingReplies};
 use crate::message::{Down, Exit, Message, ReplyTo};
+use crate::node::Node;
 use crate::pid::{ExitReason, Pid};
 use crate::port::PortEvent;
 use crate::process::Actor;
@@ -30,6 +38,13 @@ use crate::process::Actor;
 /// A MessagePack message for (or reply from) a module process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Payload(pub Vec<u8>);
+
+impl Payload {
+    /// An empty MessagePack map: the node's configuration until one is set.
+    pub fn empty_map() -> Payload {
+        Payload(vec![0x80])
+    }
+}
 
 /// What a module process answers a call with: the reply, or why there is
 /// none (the request did not decode, or the module reported an error).
@@ -61,6 +76,10 @@ pub struct ModuleProcess {
     /// A call whose handler panicked: kept until the process's exit drops
     /// it, so the caller learns the exit reason.
     dying_call: Option<ReplyTo>,
+    /// Calls the module deferred and has not answered: the process's, not
+    /// its code's, so they survive a switch; dropped with the process,
+    /// failing each with its exit reason.
+    replies: PendingReplies,
     /// Counted in its version's `starting` until init has run.
     starting: bool,
     /// Callbacks run since spawn.
@@ -82,6 +101,7 @@ impl ModuleProcess {
             state: None,
             pid: None,
             dying_call: None,
+            replies: PendingReplies::default(),
             starting: true,
             handled: 0,
             unreported: 0,
@@ -156,6 +176,42 @@ impl ModuleProcess {
         self.handled
     }
 
+    /// Calls this process deferred (relive-abi's `Ctx::defer_reply`) and
+    /// has not answered yet.
+    pub fn deferred_calls(&self) -> usize {
+        self.replies.len()
+    }
+
+    /// Tells this process's state that the node's configuration changed
+    /// from `old` to `new` (its module's `config_change`). Run it where a
+    /// migration runs: in a system task (`Node::system_task`, a
+    /// [`crate::system::TaskGroup`], after `TaskGuard::commit`) or on a
+    /// suspended process (`Node::with_suspended`); [`Node::config_change`]
+    /// does the first for one process. The callback acts as this process
+    /// (its sends, links and calls are this process's), queuing whoever it
+    /// wakes on the global queue. Set the node's configuration to `new`
+    /// first ([`Node::set_config`]): the callback reads it.
+    ///
+    /// # Errors
+    /// The module's error ([`ModuleError::Failed`]) or panic
+    /// ([`ModuleError::Panicked`]): the change is refused; the process
+    /// keeps running on the state as the callback left it. Asking to stop
+    /// from the callback is refused the same way (a change is refused by
+    /// returning an error).
+    pub fn config_change(&mut self, node: &Node, old: &Payload, new: &Payload) -> Result<(), ModuleError> {
+        let (Some(pid), Some(state)) = (self.pid, self.state.as_mut()) else {
+            return Err(ModuleError::Failed("the process has not run init".into()));
+        };
+        let mut host = HostCall::detached(node, pid, &mut self.replies);
+        let result = state.run(&mut host, Callback::ConfigChange(&old.0, &new.0));
+        if let Some(reason) = host.stop.take() {
+            return Err(ModuleError::Failed(format!(
+                "config_change asked to stop the process ({reason}); refuse a configuration by returning an error"
+            )));
+        }
+        result.map(drop)
+    }
+
     fn report_stats(&mut self) {
         if self.unreported > 0 {
             let unreported = std::mem::take(&mut self.unreported);
@@ -164,14 +220,24 @@ impl ModuleProcess {
     }
 
     /// Runs a callback and acts on what it asked for: a stop, or a crash.
-    fn run(&mut self, ctx: &mut Ctx<'_>, callback: Callback<'_>) -> Result<Vec<u8>, ModuleError> {
+    /// `call` is the call `handle_call` answers; it comes back unless the
+    /// module deferred it.
+    fn run(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        callback: Callback<'_>,
+        call: Option<ReplyTo>,
+    ) -> (Result<Vec<u8>, ModuleError>, Option<ReplyTo>) {
         let Some(state) = self.state.as_mut() else {
-            return Err(ModuleError::Failed("the process has not run init".into()));
+            return (Err(ModuleError::Failed("the process has not run init".into())), call);
         };
         self.handled += 1;
         self.unreported += 1;
         let timed = (self.unreported == STATS_BATCH).then(std::time::Instant::now);
-        let result = state.run(ctx, callback);
+        let mut host = HostCall::in_turn(ctx, &mut self.replies);
+        host.call = call;
+        let result = state.run(&mut host, callback);
+        let (stop, call) = (host.stop.take(), host.call.take());
         // `self.code` is the state's version (see `switch`).
         let stats = &self.code.stats;
         if let Some(started) = timed {
@@ -179,7 +245,7 @@ impl ModuleProcess {
             stats.sampled_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             stats.handled.fetch_add(std::mem::take(&mut self.unreported), Ordering::Relaxed);
         }
-        if let Some(reason) = state.stop.take() {
+        if let Some(reason) = stop {
             if !reason.is_clean() {
                 stats.crashes.fetch_add(1, Ordering::Relaxed);
             }
@@ -192,7 +258,7 @@ impl ModuleProcess {
             stats.crashes.fetch_add(1, Ordering::Relaxed);
             ctx.stop(ExitReason::Panic(message.as_str().into()));
         }
-        result
+        (result, call)
     }
 
     fn describe(&self) -> String {
@@ -238,7 +304,7 @@ fn port_event(event: PortEvent) -> Vec<u8> {
 impl Actor for ModuleProcess {
     fn init(&mut self, ctx: &mut Ctx<'_>) -> Result<(), ExitReason> {
         let arg = std::mem::take(&mut self.init_arg);
-        let started = self.code.init(ctx, &arg);
+        let started = self.code.init(&mut HostCall::in_turn(ctx, &mut self.replies), &arg);
         if started.is_ok() {
             self.code.pids.insert(ctx.pid());
         }
@@ -268,7 +334,9 @@ impl Actor for ModuleProcess {
             Err(message) => match message.downcast::<Exit>() {
                 Ok(exit) => (INFO_EXIT, pack(&(exit.from.as_u64(), exit.reason.to_string()))),
                 Err(message) => match message.downcast::<Down>() {
-                    Ok(down) => (INFO_DOWN, pack(&(down.pid.as_u64(), down.reason.to_string()))),
+                    Ok(down) => {
+                        (INFO_DOWN, pack(&(down.monitor.id, down.pid.as_u64(), down.reason.to_string())))
+                    }
                     Err(message) => match message.downcast::<PortEvent>() {
                         Ok(event) => (INFO_PORT, port_event(event)),
                         Err(_) => {
@@ -279,7 +347,7 @@ impl Actor for ModuleProcess {
                 },
             },
         };
-        if let Err(ModuleError::BadInput(error)) = self.run(ctx, Callback::Info(kind, &bytes)) {
+        if let (Err(ModuleError::BadInput(error)), _) = self.run(ctx, Callback::Info(kind, &bytes), None) {
             tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message: {error}");
         }
     }
@@ -289,7 +357,7 @@ impl Actor for ModuleProcess {
             tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a cast that is not MessagePack or JSON");
             return;
         };
-        if let Err(ModuleError::BadInput(error)) = self.run(ctx, Callback::Cast(&bytes)) {
+        if let (Err(ModuleError::BadInput(error)), _) = self.run(ctx, Callback::Cast(&bytes), None) {
             tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a cast: {error}");
         }
     }
@@ -299,7 +367,11 @@ impl Actor for ModuleProcess {
             let error = format!("{} takes MessagePack or JSON requests", self.describe());
             return reply.reply_with::<ModuleReply>(Err(error));
         };
-        match self.run(ctx, Callback::Call(&bytes)) {
+        let (result, reply) = self.run(ctx, Callback::Call(&bytes), Some(reply));
+        // Deferred: the module answers it later, and what handle_call
+        // returned is dropped.
+        let Some(reply) = reply else { return };
+        match result {
             Ok(answer) => reply.reply_with::<ModuleReply>(Ok(Payload(answer))),
             // The process is stopping with the panic as its reason; the
             // caller learns it as the callee's exit.

@@ -31,12 +31,15 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::code_server::CodeServer;
 use crate::ctx::Ctx;
-use crate::error::{CallError, JsonCallError, LinkError, RegisterError, SendError, SpawnError, SuspendError};
+use crate::error::{
+    CallError, ConfigChangeError, JsonCallError, LinkError, RegisterError, SendError, SpawnError,
+    SuspendError,
+};
 use crate::mailbox::{Begin, Next, Push, Signal};
 use crate::message::{Down, Envelope, Exit, Message, NoReply, ReplyCell, ReplyTo};
 use crate::module::{ModuleReply, Payload, json_to_payload, payload_to_json};
 use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
-use crate::port::{ListenOpts, ListenerInfo, Listening, PortError, PortId, PortInfo, Ports};
+use crate::port::{ConnectOpts, ListenOpts, ListenerInfo, Listening, PortError, PortId, PortInfo, Ports};
 use crate::process::{Actor, Proc, Relations, Watcher};
 use crate::scheduler::{Scheduler, WorkerLocal};
 use crate::table::ProcessTable;
@@ -138,10 +141,12 @@ pub(crate) struct NodeInner {
     registry: RwLock<HashMap<Arc<str>, Pid>>,
     pub(crate) timers: Timers,
     pub(crate) ports: Ports,
-    code: std::sync::OnceLock<Arc<CodeServer>>,
+    pub(crate) code: std::sync::OnceLock<Arc<CodeServer>>,
     next_ref: AtomicU64,
     budget: usize,
     service_threads: Mutex<Vec<JoinHandle<()>>>,
+    /// The running release's configuration (see [`Node::set_config`]).
+    config: RwLock<Arc<Payload>>,
 }
 
 /// Blocks until a process exits; made by [`Node::exit_waiter`].
@@ -178,6 +183,7 @@ impl Node {
             budget: config.budget.max(1),
             service_threads: Mutex::new(Vec::new()),
             code: std::sync::OnceLock::new(),
+            config: RwLock::new(Arc::new(Payload::empty_map())),
         });
         if let Some(dir) = config.code_dir {
             let _ = inner.code.set(Arc::new(CodeServer::new(dir, Arc::downgrade(&inner))));
@@ -288,7 +294,7 @@ impl Node {
 
     /// The pid registered as `name`.
     pub fn whereis(&self, name: &str) -> Option<Pid> {
-        self.inner.registry.read().get(name).copied()
+        self.inner.whereis(name)
     }
 
     /// The name `pid` is registered under, if any.
@@ -461,6 +467,73 @@ impl Node {
         self.cast(to, payload)
     }
 
+    /// Sets the node's configuration: one MessagePack value for the running
+    /// release (its `[config]` table), read by module processes with
+    /// relive-abi's `Ctx::config`. Returns the previous one, to restore if
+    /// an upgrade that brought the new one is undone. Setting it tells no
+    /// process: run [`Node::config_change`] (or
+    /// [`ModuleProcess::config_change`](crate::ModuleProcess::config_change))
+    /// on each process that must hear of it, after this.
+    pub fn set_config(&self, config: Payload) -> Arc<Payload> {
+        std::mem::replace(&mut *self.inner.config.write(), Arc::new(config))
+    }
+
+    /// The node's configuration; an empty MessagePack map until
+    /// [`Node::set_config`] sets one.
+    pub fn config(&self) -> Arc<Payload> {
+        self.inner.config()
+    }
+
+    /// Runs module process `pid`'s `config_change(old → new)` inside its own
+    /// turn, as a system task (after the messages already in its mailbox),
+    /// and waits: up to `reach` for the process to get to it, then up to
+    /// `run` for the callback. Call [`Node::set_config`] with `new` first,
+    /// so that the callback's `Ctx::config` reads the new configuration.
+    ///
+    /// For many processes at once, queue
+    /// [`ModuleProcess::config_change`](crate::ModuleProcess::config_change)
+    /// in a [`crate::system::TaskGroup`] instead (after `guard.commit()`).
+    ///
+    /// # Errors
+    /// [`ConfigChangeError::Refused`] if the callback returned an error or
+    /// panicked (the process keeps running on its state as the callback
+    /// left it); [`ConfigChangeError::NoProc`],
+    /// [`ConfigChangeError::NotAModuleProcess`], or
+    /// [`ConfigChangeError::Task`] if it did not run in time.
+    pub fn config_change(
+        &self,
+        pid: Pid,
+        old: Arc<Payload>,
+        new: Arc<Payload>,
+        reach: Duration,
+        run: Duration,
+    ) -> Result<(), ConfigChangeError> {
+        // Weak: a task left in a mailbox must not keep the node alive.
+        let node = Arc::downgrade(&self.inner);
+        let task = self
+            .system_task(pid, move |actor, guard| {
+                let process = actor.as_module_process().ok_or(ConfigChangeError::NotAModuleProcess(pid))?;
+                let node =
+                    node.upgrade().map(|inner| Node { inner }).ok_or(ConfigChangeError::NoProc(pid))?;
+                if !guard.commit() {
+                    // The waiter gave up; it reports the timeout itself.
+                    return Ok(());
+                }
+                process.config_change(&node, &old, &new).map_err(|error| ConfigChangeError::Refused {
+                    pid,
+                    module: process.code().name().to_string(),
+                    version: process.code().version().clone(),
+                    error,
+                })
+            })
+            .map_err(|_| ConfigChangeError::NoProc(pid))?;
+        match task.wait(reach, run) {
+            Ok(done) => done.value,
+            Err(crate::system::TaskError::Exited) => Err(ConfigChangeError::NoProc(pid)),
+            Err(error) => Err(ConfigChangeError::Task { pid, error }),
+        }
+    }
+
     /// Whether `pid` is alive.
     pub fn is_alive(&self, pid: Pid) -> bool {
         self.inner.table.get(pid).is_some()
@@ -500,6 +573,25 @@ impl Node {
     /// [`PortError::Closed`], [`PortError::Unknown`].
     pub fn port_close(&self, port: PortId) -> Result<(), PortError> {
         self.inner.ports.close(&self.inner, port)
+    }
+
+    /// Opens a TCP connection to `addr` owned by `owner`, as an accepted
+    /// connection is (its events go to `owner`, framed as `opts` says; no
+    /// `Accepted` event). The connect itself runs on the port I/O thread;
+    /// this waits for it at most `timeout`.
+    ///
+    /// # Errors
+    /// [`PortError::Connect`] naming the address (refused, unreachable),
+    /// [`PortError::ConnectTimeout`], [`PortError::NoProc`] for a dead
+    /// owner, [`PortError::ShuttingDown`], [`PortError::Start`].
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        owner: Pid,
+        opts: ConnectOpts,
+        timeout: Duration,
+    ) -> Result<PortId, PortError> {
+        self.inner.ports.connect(&self.inner, addr, owner, opts, timeout)
     }
 
     /// Gives a port to `owner`: every later event goes to it and the port
@@ -557,6 +649,14 @@ impl Node {
 impl NodeInner {
     pub(crate) fn next_ref(&self) -> u64 {
         self.next_ref.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn config(&self) -> Arc<Payload> {
+        self.config.read().clone()
+    }
+
+    pub(crate) fn whereis(&self, name: &str) -> Option<Pid> {
+        self.registry.read().get(name).copied()
     }
 
     pub(crate) fn resolve(&self, dest: &Dest) -> Result<Pid, SendError> {

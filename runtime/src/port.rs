@@ -3,7 +3,9 @@
 //!
 //! # What a port owns
 //!
-//! A port is a listening socket ([`Node::listen`]) or an accepted connection.
+//! A port is a listening socket ([`Node::listen`]), an accepted connection,
+//! or an outbound one ([`Node::connect`]: its non-blocking connect is seen
+//! through by the I/O thread, then it is a connection like an accepted one).
 //! The *runtime* owns the socket, not the owner's code: a port has an owner
 //! process that receives its events as plain messages ([`PortEvent`]), and
 //! the owner can change ([`Node::port_set_owner`]) while the socket stays
@@ -104,6 +106,14 @@ const READ_BUFFER: usize = 64 * 1024;
 /// running out of file descriptors.
 const ACCEPT_RETRY: Duration = Duration::from_millis(100);
 
+/// "Operation now in progress", which `peer_addr` of a connecting socket
+/// may report instead of `NotConnected` (mio's advice; its `ErrorKind` is
+/// not stable yet).
+#[cfg(target_os = "linux")]
+const EINPROGRESS: Option<i32> = Some(115);
+#[cfg(not(target_os = "linux"))]
+const EINPROGRESS: Option<i32> = None;
+
 /// The waker's token; port ids start at 1, so they never collide with it.
 const WAKER: Token = Token(0);
 
@@ -201,6 +211,33 @@ impl fmt::Debug for ListenOpts {
     }
 }
 
+/// Options of [`Node::connect`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectOpts {
+    /// How the connection's bytes are framed.
+    pub framing: Framing,
+    /// Longest line [`Framing::Line`] accepts (see [`ListenOpts::max_line`]).
+    pub max_line: usize,
+}
+
+impl Default for ConnectOpts {
+    fn default() -> ConnectOpts {
+        ConnectOpts { framing: Framing::Line, max_line: ListenOpts::default().max_line }
+    }
+}
+
+impl ConnectOpts {
+    /// Line framing.
+    pub fn line() -> ConnectOpts {
+        ConnectOpts::default()
+    }
+
+    /// Raw framing: one event per read.
+    pub fn raw() -> ConnectOpts {
+        ConnectOpts { framing: Framing::Raw, ..ConnectOpts::default() }
+    }
+}
+
 /// What [`Node::listen`] opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ListenerInfo {
@@ -227,7 +264,8 @@ pub struct Listening {
 /// What a port tells its owner, as a plain message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PortEvent {
-    /// A listener accepted a connection (sent to the listener's owner).
+    /// A listener accepted a connection (sent to the listener's owner). A
+    /// connection opened with [`Node::connect`] has no such event.
     Accepted {
         /// The listener.
         listener: PortId,
@@ -341,6 +379,33 @@ pub enum PortError {
     /// The would-be owner is not alive.
     #[error("cannot give a port to {0}: no such process (it has exited)")]
     NoProc(Pid),
+    /// Only a port's owner may give it away.
+    #[error("{caller} cannot give port {port} away: it is owned by {owner}; only its owner can hand it over")]
+    NotOwner {
+        /// The port.
+        port: PortId,
+        /// Its owner.
+        owner: Pid,
+        /// Who tried.
+        caller: Pid,
+    },
+    /// Connecting failed (refused, unreachable, reset).
+    #[error("cannot connect to {addr}: {source}; is something listening there?")]
+    Connect {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS's error.
+        #[source]
+        source: io::Error,
+    },
+    /// The connection was not made in time.
+    #[error("connecting to {addr} timed out after {timeout:?}; is the host reachable?")]
+    ConnectTimeout {
+        /// The address.
+        addr: SocketAddr,
+        /// The time allowed.
+        timeout: Duration,
+    },
     /// The node is shutting down.
     #[error("the node is shutting down; ports can no longer be used")]
     ShuttingDown,
@@ -415,6 +480,8 @@ impl PortShared {
 
 enum Command {
     Listen(Arc<PortShared>, TcpListener, ListenOpts),
+    /// A connect in progress, and when to give up on it.
+    Connect(Connecting, Instant),
     Send(PortId, Vec<u8>),
     Close(PortId),
     Shutdown,
@@ -610,11 +677,113 @@ impl Ports {
         Ok(())
     }
 
+    /// Opens a connection to `addr` for `owner`: the socket is made and
+    /// its non-blocking connect started here (neither blocks), the I/O
+    /// thread sees it through, and this waits for its word.
+    pub(crate) fn connect(
+        &self,
+        node: &Arc<NodeInner>,
+        addr: SocketAddr,
+        owner: Pid,
+        opts: ConnectOpts,
+        timeout: Duration,
+    ) -> Result<PortId, PortError> {
+        if self.stopped.load(Ordering::Acquire) {
+            return Err(PortError::ShuttingDown);
+        }
+        if node.table.get(owner).is_none() {
+            return Err(PortError::NoProc(owner));
+        }
+        let link = self.link(node)?;
+        let mut stream = TcpStream::connect(addr).map_err(|source| PortError::Connect { addr, source })?;
+        let id = self.alloc_id();
+        link.registry
+            .register(&mut stream, token(id), Interest::READABLE | Interest::WRITABLE)
+            .map_err(|source| PortError::Register { port: id, source })?;
+        let unspecified = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        let shared = Arc::new(PortShared {
+            id,
+            kind: PortKind::Connection,
+            local_addr: stream.local_addr().unwrap_or(unspecified),
+            peer: Some(addr),
+            #[cfg(unix)]
+            fd: stream.as_raw_fd(),
+            state: Mutex::new(PortState { owner, closed: false }),
+            bytes_in: AtomicU64::new(0),
+            bytes_out: AtomicU64::new(0),
+        });
+        self.table.lock().insert(id, shared.clone());
+        {
+            let mut state = shared.state.lock();
+            if !node.add_port(owner, id.0) {
+                state.closed = true;
+                drop(state);
+                self.table.lock().remove(&id);
+                let _ = link.registry.deregister(&mut stream);
+                return Err(PortError::NoProc(owner));
+            }
+        }
+        let (done, outcome) = mpsc::sync_channel(1);
+        let deadline = Instant::now() + timeout;
+        let connecting = Connecting { stream, shared: shared.clone(), opts, done };
+        if link.send(Command::Connect(connecting, deadline)).is_err() {
+            let mut state = shared.state.lock();
+            state.closed = true;
+            node.remove_port(state.owner, id.0);
+            drop(state);
+            self.table.lock().remove(&id);
+            return Err(self.gone());
+        }
+        // The I/O thread answers by the deadline; the margin covers a busy
+        // poll loop. Past it, the port is closed so no connection is left
+        // that nobody knows of.
+        match outcome.recv_timeout(timeout + CONNECT_MARGIN) {
+            Ok(Ok(())) => {
+                tracing::debug!(port = %id, %addr, %owner, "connected");
+                Ok(id)
+            }
+            Ok(Err(error)) if error.kind() == io::ErrorKind::TimedOut => {
+                Err(PortError::ConnectTimeout { addr, timeout })
+            }
+            Ok(Err(source)) => Err(PortError::Connect { addr, source }),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                let _ = self.close(node, id);
+                Err(PortError::ConnectTimeout { addr, timeout })
+            }
+            // Closed before it connected: its owner exited, someone closed
+            // it, or the node is stopping.
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                if self.stopped.load(Ordering::Acquire) {
+                    Err(PortError::ShuttingDown)
+                } else {
+                    Err(PortError::Closed(id))
+                }
+            }
+        }
+    }
+
     pub(crate) fn set_owner(&self, node: &NodeInner, port: PortId, owner: Pid) -> Result<(), PortError> {
+        self.hand_over(node, port, None, owner)
+    }
+
+    /// Gives `port` to `owner`; with `from`, only if `from` owns it now
+    /// (checked under the port's lock, so no other change slips between).
+    pub(crate) fn hand_over(
+        &self,
+        node: &NodeInner,
+        port: PortId,
+        from: Option<Pid>,
+        owner: Pid,
+    ) -> Result<(), PortError> {
         let shared = self.get(port)?;
         let mut state = shared.state.lock();
         if state.closed {
             return Err(PortError::Closed(port));
+        }
+        if let Some(caller) = from
+            && state.owner != caller
+        {
+            return Err(PortError::NotOwner { port, owner: state.owner, caller });
         }
         if state.owner == owner {
             return Ok(());
@@ -745,10 +914,24 @@ fn token(id: PortId) -> Token {
     Token(id.0 as usize)
 }
 
+/// How long [`Ports::connect`] waits for the I/O thread past the connect
+/// timeout before it gives up on it.
+const CONNECT_MARGIN: Duration = Duration::from_secs(5);
+
 /// A socket as the I/O thread holds it.
 enum Sock {
     Listener(ListenerSock),
+    Connecting(Connecting),
     Conn(ConnSock),
+}
+
+/// An outbound connection whose connect is in progress.
+struct Connecting {
+    stream: TcpStream,
+    shared: Arc<PortShared>,
+    opts: ConnectOpts,
+    /// Told once: connected, or why not.
+    done: mpsc::SyncSender<io::Result<()>>,
 }
 
 struct ListenerSock {
@@ -838,6 +1021,8 @@ enum Timer {
     Accept(PortId),
     /// Give up writing out a closed connection.
     Linger(PortId),
+    /// Give up a connect still in progress.
+    Connect(PortId),
 }
 
 /// The I/O thread's state.
@@ -956,6 +1141,12 @@ impl Io {
                         self.finish(id);
                     }
                 }
+                Timer::Connect(id) => {
+                    if let Some(Sock::Connecting(_)) = self.socks.get(&id) {
+                        let timed_out = io::Error::new(io::ErrorKind::TimedOut, "connect timed out");
+                        self.connect_failed(node, id, timed_out);
+                    }
+                }
             }
         }
     }
@@ -974,6 +1165,13 @@ impl Io {
                     let id = shared.id;
                     self.socks.insert(id, Sock::Listener(ListenerSock { socket, shared, opts }));
                     // Registered before it got here: connections may wait.
+                    self.again.push(id);
+                }
+                Command::Connect(connecting, deadline) => {
+                    let id = connecting.shared.id;
+                    self.socks.insert(id, Sock::Connecting(connecting));
+                    self.timers.push((deadline, Timer::Connect(id)));
+                    // Registered before it got here: its event may be gone.
                     self.again.push(id);
                 }
                 Command::Send(id, bytes) => {
@@ -999,6 +1197,7 @@ impl Io {
         match self.socks.get(&id) {
             Some(Sock::Listener(_)) if readable => self.accept(node, id),
             None | Some(Sock::Listener(_)) => {}
+            Some(Sock::Connecting(_)) => self.connecting(node, id),
             Some(Sock::Conn(_)) => {
                 if writable {
                     self.writable(node, id);
@@ -1133,6 +1332,76 @@ impl Io {
         }
     }
 
+    /// Sees an outbound connect through: connected (it becomes a
+    /// connection like an accepted one), failed, or still in progress.
+    fn connecting(&mut self, node: &Arc<NodeInner>, id: PortId) {
+        let Some(Sock::Connecting(connecting)) = self.socks.get(&id) else {
+            return;
+        };
+        let stream = &connecting.stream;
+        let outcome = match stream.take_error() {
+            Ok(Some(error)) | Err(error) => Err(error),
+            Ok(None) => match stream.peer_addr() {
+                Ok(_) => Ok(()),
+                Err(error)
+                    if error.kind() == io::ErrorKind::NotConnected
+                        || (error.raw_os_error().is_some() && error.raw_os_error() == EINPROGRESS) =>
+                {
+                    return;
+                }
+                Err(error) => Err(error),
+            },
+        };
+        if let Err(error) = outcome {
+            return self.connect_failed(node, id, error);
+        }
+        let Some(Sock::Connecting(Connecting { mut stream, shared, opts, done })) = self.socks.remove(&id)
+        else {
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        if let Err(error) = self.poll.registry().reregister(&mut stream, token(id), Interest::READABLE) {
+            self.socks.insert(id, Sock::Connecting(Connecting { stream, shared, opts, done }));
+            return self.connect_failed(node, id, error);
+        }
+        let conn = ConnSock {
+            stream,
+            shared,
+            framing: opts.framing,
+            max_line: opts.max_line,
+            line: Vec::new(),
+            out: VecDeque::new(),
+            sent: 0,
+            write_interest: false,
+            lingering: false,
+        };
+        self.socks.insert(id, Sock::Conn(conn));
+        if done.send(Ok(())).is_err() {
+            // The caller gave up; it closes the port (queued after this).
+            tracing::debug!(port = %id, "connected after the caller gave up");
+        }
+        // Bytes may have come with the connection: their event is spent.
+        self.again.push(id);
+    }
+
+    /// A connect that failed: the port is gone, and its caller told why.
+    fn connect_failed(&mut self, node: &NodeInner, id: PortId, error: io::Error) {
+        let Some(Sock::Connecting(Connecting { shared, done, .. })) = self.socks.get(&id) else {
+            return;
+        };
+        let (shared, done) = (shared.clone(), done.clone());
+        {
+            let mut state = shared.state.lock();
+            if !state.closed {
+                state.closed = true;
+                node.remove_port(state.owner, id.0);
+            }
+        }
+        tracing::debug!(port = %id, peer = ?shared.peer, %error, "connect failed");
+        let _ = done.send(Err(error));
+        self.finish(id);
+    }
+
     fn readable(&mut self, node: &Arc<NodeInner>, id: PortId) {
         let Some(Sock::Conn(conn)) = self.socks.get_mut(&id) else {
             return;
@@ -1204,6 +1473,7 @@ impl Io {
         };
         let shared = match &sock {
             Sock::Listener(l) => l.shared.clone(),
+            Sock::Connecting(c) => c.shared.clone(),
             Sock::Conn(c) => c.shared.clone(),
         };
         {
@@ -1248,6 +1518,9 @@ impl Io {
             Some(Sock::Conn(mut c)) => {
                 let _ = registry.deregister(&mut c.stream);
             }
+            Some(Sock::Connecting(mut c)) => {
+                let _ = registry.deregister(&mut c.stream);
+            }
             None => {}
         }
         self.table.lock().remove(&id);
@@ -1278,6 +1551,20 @@ impl Ctx<'_> {
     /// As [`Node::port_close`].
     pub fn port_close(&self, port: PortId) -> Result<(), PortError> {
         self.node().port_close(port)
+    }
+
+    /// Opens a TCP connection owned by this process (see
+    /// [`Node::connect`]); this handler waits for it, at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`Node::connect`].
+    pub fn connect(
+        &self,
+        addr: SocketAddr,
+        opts: ConnectOpts,
+        timeout: Duration,
+    ) -> Result<PortId, PortError> {
+        self.node().connect(addr, self.pid(), opts, timeout)
     }
 
     /// Gives a port to another process (see [`Node::port_set_owner`]).

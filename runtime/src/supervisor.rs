@@ -74,6 +74,39 @@
 //! [`Pid::NODE`], i.e. [`Node::exit`]) stops all children and ends the
 //! supervisor with the same reason. `Exit`s from any other process are
 //! ignored, as OTP does.
+//!
+//! # Changing a running supervisor (upgrades)
+//!
+//! As OTP's `supervisor:code_change`, a live upgrade changes what a
+//! supervisor *will* do without touching what runs:
+//! [`replace_child_spec`] swaps the stored spec of a child (or the template
+//! of a simple_one_for_one supervisor) and returns the one it replaced; the
+//! running child is not restarted, the new spec applies at its next
+//! (re)start. Its restart count stays. [`change_flags`] sets the strategy,
+//! intensity and period (the restarts already counted stay in the window);
+//! a change to or from simple_one_for_one is refused, since the children
+//! are kept differently: such a supervisor is stopped and started again.
+//! [`child_spec`] reads a stored spec back (to keep it before a change).
+//!
+//! # Calls from modules
+//!
+//! A module process can only send MessagePack (a [`Payload`]) and expects a
+//! [`ModuleReply`], so a supervisor also answers these calls, from a
+//! module's `ctx.call_named(sup, ..)` or a node's `call_json` alike:
+//! - `{"start_child": ARGS}`: on a simple_one_for_one supervisor, starts a
+//!   child from its template with `ARGS` (handed to the template's start
+//!   function as a [`Payload`]); answers `{"pid": PID}` (the 64-bit pid
+//!   modules use);
+//! - `{"terminate_child": PID}`: stops that child (any strategy); answers
+//!   nil;
+//! - `"which_children"`: answers a list of `{"id", "pid" (or nil),
+//!   "supervisor", "restarting", "restarts"}`.
+//!
+//! Anything else, and every failure, is answered with an error text naming
+//! what went wrong, never a panic. The start runs inside the call: the
+//! caller waits for the child's `init` (as OTP's `supervisor:start_child`),
+//! so a child must not call back the module that is starting it in its
+//! `init`, or both wait until the call times out.
 
 use std::any::Any;
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
@@ -85,6 +118,7 @@ use std::time::{Duration, Instant};
 use crate::ctx::Ctx;
 use crate::error::{CallError, SpawnError};
 use crate::message::{Exit, Message, ReplyTo};
+use crate::module::{ModuleReply, Payload};
 use crate::node::{Dest, Node, panic_message};
 use crate::pid::{ExitReason, Pid};
 use crate::process::Actor;
@@ -109,6 +143,37 @@ pub enum Strategy {
     RestForOne,
     /// One template; children added at run time, each restarted alone.
     SimpleOneForOne,
+}
+
+impl Strategy {
+    /// Its OTP name: `one_for_one`, `one_for_all`, `rest_for_one`,
+    /// `simple_one_for_one`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::OneForOne => "one_for_one",
+            Strategy::OneForAll => "one_for_all",
+            Strategy::RestForOne => "rest_for_one",
+            Strategy::SimpleOneForOne => "simple_one_for_one",
+        }
+    }
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a supervisor does when children exit (OTP's `sup_flags`): read
+/// with [`flags`], changed live with [`change_flags`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Flags {
+    /// How children are restarted.
+    pub strategy: Strategy,
+    /// Most restarts within `period`.
+    pub intensity: u32,
+    /// The window of `intensity`.
+    pub period: Duration,
 }
 
 /// When a child that exited is restarted.
@@ -260,6 +325,11 @@ impl SupervisorSpec {
     /// A spec with OTP's default intensity (1 restart in 5 s), no name.
     pub fn new(strategy: Strategy, children: Vec<ChildSpec>) -> SupervisorSpec {
         SupervisorSpec { strategy, intensity: 1, period: Duration::from_secs(5), children, name: None }
+    }
+
+    /// Its strategy, intensity and period.
+    pub fn flags(&self) -> Flags {
+        Flags { strategy: self.strategy, intensity: self.intensity, period: self.period }
     }
 
     /// What `init` may take: the children start one after the other.
@@ -420,6 +490,16 @@ pub enum SupervisorError {
     /// The process answered, but not as a supervisor does.
     #[error("{0:?} answered with something a supervisor does not send; is it a supervisor?")]
     NotASupervisor(Dest),
+    /// A running supervisor cannot change to or from simple_one_for_one.
+    #[error(
+        "a running supervisor cannot change its strategy from {from} to {to} (simple_one_for_one keeps its children differently); stop it and start it again with the new strategy"
+    )]
+    StrategyChange {
+        /// Its strategy.
+        from: Strategy,
+        /// The one asked for.
+        to: Strategy,
+    },
 }
 
 /// Who can query a supervisor: a [`Node`] (from any thread) or a [`Ctx`]
@@ -583,6 +663,67 @@ pub fn delete_child(
     request::<Result<(), SupervisorError>>(caller, sup.into(), Request::DeleteChild(id.into()), timeout)?
 }
 
+/// The spec of child `id` as `sup` keeps it (for a simple_one_for_one
+/// supervisor: its template, whose id it is).
+///
+/// # Errors
+/// [`SupervisorError::NotFound`], and the call errors.
+pub fn child_spec(
+    caller: &dyn Caller,
+    sup: impl Into<Dest>,
+    id: &str,
+    timeout: Duration,
+) -> Result<ChildSpec, SupervisorError> {
+    request::<Result<ChildSpec, SupervisorError>>(caller, sup.into(), Request::ChildSpec(id.into()), timeout)?
+}
+
+/// Replaces the stored spec of the child with `spec.id` (for a
+/// simple_one_for_one supervisor: its template) and returns the spec it
+/// replaced. The running child is not restarted: the new spec (start
+/// function, restart, shutdown, ...) applies from its next (re)start, as
+/// OTP's `supervisor:code_change` does. Its restart count stays.
+///
+/// # Errors
+/// [`SupervisorError::NotFound`] if `sup` has no child (or template) with
+/// that id, and the call errors.
+pub fn replace_child_spec(
+    caller: &dyn Caller,
+    sup: impl Into<Dest>,
+    spec: ChildSpec,
+    timeout: Duration,
+) -> Result<ChildSpec, SupervisorError> {
+    request::<Result<ChildSpec, SupervisorError>>(
+        caller,
+        sup.into(),
+        Request::ReplaceChildSpec(spec),
+        timeout,
+    )?
+}
+
+/// The strategy, intensity and period of `sup`.
+///
+/// # Errors
+/// [`SupervisorError::Call`], [`SupervisorError::NotASupervisor`].
+pub fn flags(caller: &dyn Caller, sup: impl Into<Dest>, timeout: Duration) -> Result<Flags, SupervisorError> {
+    request(caller, sup.into(), Request::Flags, timeout)
+}
+
+/// Sets the strategy, intensity and period of a running supervisor and
+/// returns the previous ones. Restarts already counted stay in the window;
+/// the new intensity applies from the next restart.
+///
+/// # Errors
+/// [`SupervisorError::StrategyChange`] to or from simple_one_for_one, and
+/// the call errors.
+pub fn change_flags(
+    caller: &dyn Caller,
+    sup: impl Into<Dest>,
+    flags: Flags,
+    timeout: Duration,
+) -> Result<Flags, SupervisorError> {
+    request::<Result<Flags, SupervisorError>>(caller, sup.into(), Request::ChangeFlags(flags), timeout)?
+}
+
 fn request<R: Any>(
     caller: &dyn Caller,
     sup: Dest,
@@ -603,6 +744,10 @@ enum Request {
     TerminateChild(ChildRef),
     RestartChild(Arc<str>),
     DeleteChild(Arc<str>),
+    ChildSpec(Arc<str>),
+    ReplaceChildSpec(ChildSpec),
+    Flags,
+    ChangeFlags(Flags),
 }
 
 /// A supervisor's note to itself: retry the restart that failed.
@@ -932,6 +1077,92 @@ impl Supervisor {
         Ok(())
     }
 
+    fn child_spec(&self, id: Arc<str>) -> Result<ChildSpec, SupervisorError> {
+        match &self.children {
+            Children::Static(list) => list.iter().find(|c| c.spec.id == id).map(|c| c.spec.clone()),
+            Children::Dynamic(dynamic) => (dynamic.template.id == id).then(|| dynamic.template.clone()),
+        }
+        .ok_or(SupervisorError::NotFound(ChildRef::Id(id)))
+    }
+
+    fn replace_child_spec(&mut self, spec: ChildSpec) -> Result<ChildSpec, SupervisorError> {
+        let slot = match &mut self.children {
+            Children::Static(list) => list.iter_mut().find(|c| c.spec.id == spec.id).map(|c| &mut c.spec),
+            Children::Dynamic(dynamic) => (dynamic.template.id == spec.id).then_some(&mut dynamic.template),
+        };
+        match slot {
+            Some(slot) => Ok(std::mem::replace(slot, spec)),
+            None => Err(SupervisorError::NotFound(ChildRef::Id(spec.id))),
+        }
+    }
+
+    fn change_flags(&mut self, flags: Flags) -> Result<Flags, SupervisorError> {
+        let previous = Flags { strategy: self.strategy, intensity: self.intensity, period: self.period };
+        let simple = |s: Strategy| s == Strategy::SimpleOneForOne;
+        if simple(previous.strategy) != simple(flags.strategy) {
+            return Err(SupervisorError::StrategyChange { from: previous.strategy, to: flags.strategy });
+        }
+        self.strategy = flags.strategy;
+        self.intensity = flags.intensity;
+        self.period = flags.period;
+        Ok(previous)
+    }
+
+    /// Answers a call made with MessagePack (a module's, or a node's
+    /// `call_json`); see "Calls from modules" in the module doc.
+    fn module_call(&mut self, request: &[u8], ctx: &Ctx<'_>) -> ModuleReply {
+        const ANSWERS: &str =
+            "a supervisor answers {\"start_child\": ARGS}, {\"terminate_child\": PID} and \"which_children\"";
+        let request = crate::module::payload_to_json(&Payload(request.to_vec()))
+            .map_err(|e| format!("supervisor {}: the request is not MessagePack: {e}", ctx.pid()))?;
+        let encode = |value: serde_json::Value| crate::module::json_to_payload(&value);
+        let (op, arg) = match &request {
+            serde_json::Value::String(op) => (op.as_str(), &serde_json::Value::Null),
+            serde_json::Value::Object(map) if map.len() == 1 => {
+                let (op, arg) = map.iter().next().expect("one entry");
+                (op.as_str(), arg)
+            }
+            _ => return Err(format!("{ANSWERS}; got {request}")),
+        };
+        match op {
+            "start_child" => {
+                let args = encode(arg.clone())?;
+                let pid = self.start_dynamic_child(Message::new(args), ctx).map_err(|e| match e {
+                    SupervisorError::NotSimpleOneForOne => format!(
+                        "supervisor {} is not simple_one_for_one: only those start children from arguments",
+                        ctx.pid()
+                    ),
+                    other => other.to_string(),
+                })?;
+                encode(serde_json::json!({ "pid": pid.as_u64() }))
+            }
+            "terminate_child" => {
+                let pid = arg.as_u64().and_then(Pid::from_u64).ok_or_else(|| {
+                    format!("terminate_child takes the child's pid (a 64-bit number), got {arg}")
+                })?;
+                self.terminate_child(ChildRef::Pid(pid), ctx).map_err(|e| e.to_string())?;
+                encode(serde_json::Value::Null)
+            }
+            "which_children" => {
+                let children: Vec<serde_json::Value> = self
+                    .which_children()
+                    .into_iter()
+                    .map(|c| {
+                        serde_json::json!({
+                            "id": &*c.id,
+                            "pid": c.pid.map(Pid::as_u64),
+                            "supervisor": c.child_type == ChildType::Supervisor,
+                            "restarting": c.restarting,
+                            "restarts": c.restarts,
+                        })
+                    })
+                    .collect();
+                encode(serde_json::Value::Array(children))
+            }
+            _ => Err(format!("{ANSWERS}; got {request}")),
+        }
+    }
+
     /// The stopped child `id`, for restart_child and delete_child.
     fn stopped_child(
         &mut self,
@@ -1101,8 +1332,22 @@ impl Actor for Supervisor {
     }
 
     fn handle_call(&mut self, request: Message, reply: ReplyTo, ctx: &mut Ctx<'_>) {
-        // Anything else is refused (the caller gets `NoReply`).
-        let Ok(request) = request.downcast::<Request>() else { return };
+        let request = match request.downcast::<Request>() {
+            Ok(request) => request,
+            Err(other) => {
+                let bytes = match other.downcast::<Payload>() {
+                    Ok(payload) => Ok(payload.0),
+                    Err(other) => other
+                        .downcast::<serde_json::Value>()
+                        .map(|json| crate::module::json_to_payload(&json).map(|p| p.0).unwrap_or_default()),
+                };
+                // Anything else is refused (the caller gets `NoReply`).
+                if let Ok(bytes) = bytes {
+                    reply.reply_with::<ModuleReply>(self.module_call(&bytes, ctx));
+                }
+                return;
+            }
+        };
         match request {
             Request::WhichChildren => reply.reply_with(self.which_children()),
             Request::CountChildren => reply.reply_with(self.count_children()),
@@ -1126,6 +1371,14 @@ impl Actor for Supervisor {
                 });
                 reply.reply_with(result)
             }
+            Request::ChildSpec(id) => reply.reply_with(self.child_spec(id)),
+            Request::ReplaceChildSpec(spec) => reply.reply_with(self.replace_child_spec(spec)),
+            Request::Flags => reply.reply_with(Flags {
+                strategy: self.strategy,
+                intensity: self.intensity,
+                period: self.period,
+            }),
+            Request::ChangeFlags(flags) => reply.reply_with(self.change_flags(flags)),
         }
     }
 

@@ -809,3 +809,234 @@ fn ten_thousand_children_start_restart_and_stop() {
     );
     node.shutdown();
 }
+
+// ------------------------------------------- live changes (upgrades)
+
+fn worker_with(id: &str, arg: u32) -> ChildSpec {
+    ChildSpec::worker(id, move || Box::new(Worker { arg }))
+}
+
+fn arg_of(node: &Node, pid: Pid) -> u32 {
+    node.call(pid, (), T).unwrap().downcast::<u32>().unwrap()
+}
+
+#[test]
+fn a_replaced_child_spec_applies_at_the_next_restart_only() {
+    let node = node();
+    let spec = SupervisorSpec {
+        intensity: 5,
+        ..SupervisorSpec::new(Strategy::OneForOne, vec![worker_with("w", 1)])
+    };
+    let sup = supervisor::start(&node, spec).unwrap();
+    let first = pid_of(&node, sup, "w").unwrap();
+    crash(&node, first);
+    let running = restarted(&node, sup, "w", first);
+
+    let new =
+        ChildSpec { restart: Restart::Transient, shutdown: Shutdown::BrutalKill, ..worker_with("w", 2) };
+    let old = supervisor::replace_child_spec(&node, sup, new, T).unwrap();
+    assert_eq!((&*old.id, old.restart), ("w", Restart::Permanent), "the spec it replaced");
+    // The running child was not touched.
+    assert_eq!(pid_of(&node, sup, "w"), Some(running));
+    assert_eq!(arg_of(&node, running), 1);
+    let kept = supervisor::child_spec(&node, sup, "w", T).unwrap();
+    assert_eq!((kept.restart, kept.shutdown), (Restart::Transient, Shutdown::BrutalKill));
+    assert_eq!(children(&node, sup)[0].restarts, 1, "the restart count stays");
+
+    // Its next restart runs the new spec: the new start function ...
+    crash(&node, running);
+    let after = restarted(&node, sup, "w", running);
+    assert_eq!(arg_of(&node, after), 2);
+    // ... and the new restart type: transient, so a clean exit ends it.
+    let exited = node.exit_waiter(after);
+    node.send(after, Cmd::Stop(ExitReason::Normal)).unwrap();
+    assert_eq!(exited.wait(T), Some(ExitReason::Normal));
+    thread::sleep(Duration::from_millis(50));
+    assert_eq!(pid_of(&node, sup, "w"), None, "a transient child that ended cleanly stays down");
+
+    // The old spec goes back as it came (what a rollback does).
+    supervisor::replace_child_spec(&node, sup, old, T).unwrap();
+    supervisor::restart_child(&node, sup, "w", T).unwrap();
+    let back = pid_of(&node, sup, "w").unwrap();
+    assert_eq!(arg_of(&node, back), 1);
+    assert!(matches!(
+        supervisor::replace_child_spec(&node, sup, worker("nope"), T),
+        Err(SupervisorError::NotFound(ChildRef::Id(id))) if &*id == "nope"
+    ));
+    node.shutdown();
+}
+
+#[test]
+fn a_replaced_template_restarts_dynamic_children_with_their_own_arguments() {
+    let node = node();
+    let template = |times: u32| {
+        ChildSpec::with_args("conn", move |args: &Message| {
+            Box::new(Worker { arg: times * *args.downcast_ref::<u32>().expect("a u32 argument") })
+        })
+    };
+    let spec =
+        SupervisorSpec { intensity: 5, ..SupervisorSpec::new(Strategy::SimpleOneForOne, vec![template(1)]) };
+    let sup = supervisor::start(&node, spec).unwrap();
+    let seven = supervisor::start_dynamic_child(&node, sup, 7u32, T).unwrap();
+    supervisor::replace_child_spec(&node, sup, template(10), T).unwrap();
+    assert_eq!(arg_of(&node, seven), 7, "not restarted by the change");
+    crash(&node, seven);
+    let again = eventually("the dynamic child to be restarted", || {
+        pids(&node, sup).into_iter().flatten().find(|&p| p != seven)
+    });
+    assert_eq!(arg_of(&node, again), 70, "the new template, the child's own argument");
+    let other_id = ChildSpec::with_args("other", |_: &Message| Box::new(Worker { arg: 0 }));
+    assert!(matches!(
+        supervisor::replace_child_spec(&node, sup, other_id, T),
+        Err(SupervisorError::NotFound(_))
+    ));
+    node.shutdown();
+}
+
+#[test]
+fn changed_flags_apply_at_the_next_restart_and_simple_one_for_one_stays_itself() {
+    let node = node();
+    // Intensity 0: the first crash would take the supervisor down.
+    let spec = SupervisorSpec {
+        intensity: 0,
+        ..SupervisorSpec::new(Strategy::OneForOne, vec![worker("a"), worker("b")])
+    };
+    let sup = supervisor::start(&node, spec).unwrap();
+    let old = supervisor::flags(&node, sup, T).unwrap();
+    assert_eq!((old.strategy, old.intensity), (Strategy::OneForOne, 0));
+    let wanted =
+        supervisor::Flags { strategy: Strategy::OneForAll, intensity: 3, period: Duration::from_secs(60) };
+    assert_eq!(supervisor::change_flags(&node, sup, wanted, T).unwrap(), old);
+    assert_eq!(supervisor::flags(&node, sup, T).unwrap(), wanted);
+    let before = pids(&node, sup);
+    crash(&node, before[0].unwrap());
+    // one_for_all now: both come back, and the supervisor lives on.
+    let after = eventually("both children restarted", || {
+        let now = pids(&node, sup);
+        now.iter().zip(&before).all(|(n, b)| n.is_some() && n != b).then_some(now)
+    });
+    assert_eq!(after.len(), 2);
+    assert!(node.is_alive(sup));
+    let simple = supervisor::Flags { strategy: Strategy::SimpleOneForOne, ..wanted };
+    let refused = supervisor::change_flags(&node, sup, simple, T).unwrap_err();
+    assert_eq!(
+        refused,
+        SupervisorError::StrategyChange { from: Strategy::OneForAll, to: Strategy::SimpleOneForOne }
+    );
+    assert!(refused.to_string().contains("stop it and start it again"), "{refused}");
+    node.shutdown();
+}
+
+/// A template for module-style calls: its children answer with the
+/// MessagePack arguments they were started with, read as JSON.
+fn json_echo() -> ChildSpec {
+    struct Echo(serde_json::Value);
+    impl Actor for Echo {
+        fn handle(&mut self, _message: Message, _ctx: &mut Ctx<'_>) {}
+        fn handle_call(&mut self, _request: Message, reply: ReplyTo, _ctx: &mut Ctx<'_>) {
+            reply.reply_with(self.0.clone())
+        }
+    }
+    ChildSpec::with_args("room", |args: &Message| {
+        let payload = args.downcast_ref::<relive_runtime::Payload>().expect("a module's arguments");
+        Box::new(Echo(relive_runtime::module::payload_to_json(payload).unwrap()))
+    })
+}
+
+#[test]
+fn modules_start_and_stop_dynamic_children_with_messagepack_calls() {
+    use serde_json::json;
+    let node = node();
+    let spec = SupervisorSpec {
+        name: Some("rooms".into()),
+        ..SupervisorSpec::new(Strategy::SimpleOneForOne, vec![json_echo()])
+    };
+    let sup = supervisor::start(&node, spec).unwrap();
+    // `call_json` sends MessagePack and reads a module reply, exactly as a
+    // module's `ctx.call_named` does.
+    let started = node.call_json("rooms", &json!({"start_child": {"topic": "rust"}}), T).unwrap();
+    let pid = Pid::from_u64(started["pid"].as_u64().expect("{\"pid\": n}")).unwrap();
+    assert_eq!(
+        node.call(pid, (), T).unwrap().downcast::<serde_json::Value>().unwrap(),
+        json!({"topic": "rust"})
+    );
+    let listed = node.call_json("rooms", &json!("which_children"), T).unwrap();
+    assert_eq!(
+        listed,
+        json!([{"id": "room", "pid": pid.as_u64(), "supervisor": false, "restarting": false, "restarts": 0}])
+    );
+    let exited = node.exit_waiter(pid);
+    assert_eq!(node.call_json("rooms", &json!({"terminate_child": pid.as_u64()}), T).unwrap(), json!(null));
+    assert_eq!(exited.wait(T), Some(ExitReason::Shutdown));
+    assert!(children(&node, sup).is_empty());
+
+    // Every refusal is an answer naming the problem.
+    let refused = |request: serde_json::Value| match node.call_json("rooms", &request, T) {
+        Err(relive_runtime::JsonCallError::Refused(text)) => text,
+        other => panic!("{request}: expected a refusal, got {other:?}"),
+    };
+    let text = refused(json!({"terminate_child": pid.as_u64()}));
+    assert!(text.contains("no child"), "{text}");
+    let text = refused(json!({"terminate_child": "soon"}));
+    assert!(text.contains("64-bit"), "{text}");
+    let text = refused(json!({"restart_everything": true}));
+    assert!(text.contains("start_child") && text.contains("restart_everything"), "{text}");
+    let flat = supervisor::start(
+        &node,
+        SupervisorSpec {
+            name: Some("flat".into()),
+            ..SupervisorSpec::new(Strategy::OneForOne, vec![worker("a")])
+        },
+    )
+    .unwrap();
+    assert!(node.is_alive(flat));
+    let text = match node.call_json("flat", &json!({"start_child": {}}), T) {
+        Err(relive_runtime::JsonCallError::Refused(text)) => text,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    assert!(text.contains("not simple_one_for_one"), "{text}");
+    node.shutdown();
+}
+
+/// Asks the supervisor `rooms` for a child from inside its own handler, as
+/// a module process's `ctx.call_named` does (MessagePack in, a module
+/// reply out), and answers with what it got.
+struct Opener;
+
+impl Actor for Opener {
+    fn handle(&mut self, _message: Message, _ctx: &mut Ctx<'_>) {}
+
+    fn handle_call(&mut self, request: Message, reply: ReplyTo, ctx: &mut Ctx<'_>) {
+        let args = request.downcast::<serde_json::Value>().expect("JSON arguments");
+        let request =
+            relive_runtime::module::json_to_payload(&serde_json::json!({ "start_child": args })).unwrap();
+        let answer =
+            ctx.call("rooms", request, T).unwrap().downcast::<relive_runtime::ModuleReply>().unwrap();
+        reply.reply_with(answer.map(|payload| relive_runtime::module::payload_to_json(&payload).unwrap()))
+    }
+}
+
+#[test]
+fn a_process_starts_dynamic_children_from_its_own_handler() {
+    use serde_json::json;
+    let node = node();
+    let spec = SupervisorSpec {
+        name: Some("rooms".into()),
+        ..SupervisorSpec::new(Strategy::SimpleOneForOne, vec![json_echo()])
+    };
+    let sup = supervisor::start(&node, spec).unwrap();
+    let opener = node.spawn(Opener).unwrap();
+    // Many, one after the other: each call runs a child's init while the
+    // caller waits on its worker.
+    for i in 0..50 {
+        let answer = node.call(opener, json!({ "n": i }), T).unwrap();
+        let answer = answer.downcast::<Result<serde_json::Value, String>>().unwrap().unwrap();
+        let pid = Pid::from_u64(answer["pid"].as_u64().unwrap()).unwrap();
+        assert_eq!(
+            node.call(pid, (), T).unwrap().downcast::<serde_json::Value>().unwrap(),
+            json!({ "n": i })
+        );
+    }
+    assert_eq!(children(&node, sup).len(), 50);
+    node.shutdown();
+}

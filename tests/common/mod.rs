@@ -191,21 +191,38 @@ impl NodeGuard {
         let mut guard = NodeGuard { root: root.to_path_buf(), pids: Vec::new(), uid, exe: exe.to_path_buf() };
         let mut command = guard.command(&["node", "start", "--root", root.to_str().unwrap()]);
         command.args(args);
+        guard.started(command, args);
+        guard
+    }
+
+    /// `exe node start ARGS` run in `dir`, as a person in a project's
+    /// directory types it: relative paths in ARGS are `dir`'s, and the
+    /// node's root is the default `./.relive` (`dir/.relive`).
+    pub fn start_in(dir: &Path, args: &[&str], exe: &Path) -> NodeGuard {
+        let mut guard =
+            NodeGuard { root: dir.join(".relive"), pids: Vec::new(), uid: None, exe: exe.to_path_buf() };
+        let mut command = guard.command(&["node", "start"]);
+        command.args(args).current_dir(dir).env_remove("RELIVE_ROOT");
+        guard.started(command, args);
+        guard
+    }
+
+    /// Runs `command` (a `node start`) and records the pids it prints.
+    fn started(&mut self, mut command: Command, args: &[&str]) {
         let out = command.output().expect("running relive node start");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
         // "node started (pid N[, heart pid M]) on ROOT: ..."
         for marker in ["(pid ", "heart pid "] {
             if let Some(rest) = stdout.split(marker).nth(1) {
                 let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
-                guard.pids.extend(digits.parse::<u32>().ok());
+                self.pids.extend(digits.parse::<u32>().ok());
             }
         }
         assert!(
-            out.status.success() && !guard.pids.is_empty(),
+            out.status.success() && !self.pids.is_empty(),
             "relive node start {args:?} failed: {stdout}{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        guard
     }
 
     /// `exe ARGS`, as the node's user (from a directory that user can

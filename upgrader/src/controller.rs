@@ -1,6 +1,20 @@
 //! The upgrade controller: applies a plan to a running node as one
 //! transaction, watches the result, and undoes it when asked or when the
 //! new code misbehaves.
+//!
+//! Every instruction that changes something pushes what undoes it: a load
+//! its unload, a move its way back, a started child (or subtree) its stop,
+//! a stopped child its start (from the spec kept before the stop, should
+//! its supervisor forget it), a `change_child` the spec it replaced, a
+//! `change_supervisor` the flags it replaced, a `change_config` the
+//! configuration it replaced (set again, and every module process that
+//! took the new one runs `config_change` back to the old one). A failure,
+//! a failed canary or health window, or an explicit rollback runs the undo
+//! in reverse; children stopped by the plan start again last, once their
+//! old code is current again.
+//!
+//! A dry run checks only the migrations (`code_change` on copies of the
+//! states): it changes no supervisor and runs no `config_change`.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -8,17 +22,18 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use relive_runtime::supervisor;
+use relive_runtime::supervisor::{self, ChildSpec};
 use relive_runtime::{
-    CodeServer, MailboxCounts, ModuleCode, Node, Pid, SupervisorError, VersionStatsSnapshot,
+    CodeServer, MailboxCounts, ModuleCode, Node, Payload, Pid, SupervisorError, VersionStatsSnapshot,
 };
 
 use crate::migrate::{self, BatchOutcome, Limits, MovedSet};
-use crate::plan::{Instruction, Plan, Processes, PurgeMode, ReleaseStep};
+use crate::plan::{ChildDef, Instruction, Plan, ProcessDef, Processes, PurgeMode, ReleaseStep};
 use crate::report::{
     CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,
     RollbackReport, StepReport, UpgradeError,
 };
+use crate::tree;
 
 /// How an upgrade runs.
 #[derive(Clone, Debug)]
@@ -152,9 +167,30 @@ enum Undo {
         supervisor: String,
         id: String,
     },
+    /// `spec`: the child's spec before it stopped, to start it again if
+    /// its supervisor forgot it (a temporary child's is forgotten).
     Stopped {
         supervisor: String,
         id: String,
+        spec: Option<ChildSpec>,
+    },
+    /// The spec a `change_child` replaced.
+    SpecChanged {
+        supervisor: String,
+        old: ChildSpec,
+    },
+    /// The flags a `change_supervisor` replaced.
+    FlagsChanged {
+        supervisor: String,
+        old: supervisor::Flags,
+    },
+    /// The configuration a `change_config` replaced; `refused`: the
+    /// processes that did not take the new one (not told of the old one
+    /// again).
+    ConfigChanged {
+        old: Arc<Payload>,
+        new: Arc<Payload>,
+        refused: Vec<Pid>,
     },
     Restarted {
         supervisor: String,
@@ -679,31 +715,80 @@ impl<'a> Transaction<'a> {
                 self.undo.push(Undo::Deleted { module: module.clone() });
                 Ok(())
             }
-            Instruction::StartChild { supervisor: sup, id, module, args } => {
-                let init = relive_runtime::module::json_to_payload(args).map_err(|e| fail(None, e))?.0;
+            Instruction::StartChild { supervisor: sup, id, module, args, restart, shutdown } => {
                 if self.code().current(module).is_none() {
                     return Err(fail(None, format!("{module} is not loaded")));
                 }
-                let spec = self.controller.code.child_spec(id, module, init).registered(id.as_str());
-                let started = match supervisor::start_child(self.node(), sup.as_str(), spec.clone(), timeout)
+                let def = ChildDef::Process(ProcessDef {
+                    id: id.clone(),
+                    module: module.clone(),
+                    args: args.clone(),
+                    restart: *restart,
+                    shutdown: *shutdown,
+                });
+                self.start_child(sup, &def).map_err(|e| fail(None, e))
+            }
+            Instruction::StartSupervisor { supervisor: sup, spec } => {
+                // Every module of the subtree must be there before any of
+                // it starts.
+                if let Some(missing) =
+                    spec.processes().into_iter().find(|p| self.code().current(&p.module).is_none())
                 {
-                    // The spec an earlier stop_child left (a release that
-                    // went down and comes back up): it does not run, and
-                    // this one replaces it.
-                    Err(SupervisorError::AlreadyPresent(_)) => {
-                        supervisor::delete_child(self.node(), sup.as_str(), id, timeout)
-                            .and_then(|()| supervisor::start_child(self.node(), sup.as_str(), spec, timeout))
-                    }
-                    other => other,
-                };
-                started.map_err(|e| fail(None, format!("starting child {id} under {sup}: {e}")))?;
-                self.undo.push(Undo::Started { supervisor: sup.clone(), id: id.clone() });
+                    return Err(fail(
+                        None,
+                        format!("{} (of process {} in the tree) is not loaded", missing.module, missing.id),
+                    ));
+                }
+                self.start_child(sup, &ChildDef::Supervisor(spec.clone())).map_err(|e| fail(None, e))
+            }
+            Instruction::ChangeChild { supervisor: sup, child } => {
+                // The template of a simple_one_for_one supervisor is not
+                // registered: ask the supervisor which it is.
+                let flags = supervisor::flags(self.node(), sup.as_str(), timeout)
+                    .map_err(|e| fail(None, format!("changing child {} under {sup}: {e}", child.id())))?;
+                let in_simple = flags.strategy == supervisor::Strategy::SimpleOneForOne;
+                let spec =
+                    tree::child_spec(&self.controller.code, child, in_simple).map_err(|e| fail(None, e))?;
+                let old = supervisor::replace_child_spec(self.node(), sup.as_str(), spec, timeout)
+                    .map_err(|e| fail(None, format!("changing child {} under {sup}: {e}", child.id())))?;
+                self.undo.push(Undo::SpecChanged { supervisor: sup.clone(), old });
+                Ok(())
+            }
+            Instruction::ChangeConfig { config } => {
+                let config = if config.is_null() { serde_json::json!({}) } else { config.clone() };
+                let new = relive_runtime::module::json_to_payload(&config).map_err(|e| fail(None, e))?;
+                let new = Arc::new(new);
+                let old = self.node().set_config((*new).clone());
+                let outcome = migrate::config_change_all(
+                    self.node(),
+                    &self.module_processes(),
+                    &old,
+                    &new,
+                    &self.limits(),
+                );
+                let first = outcome.failures.first().cloned();
+                self.undo.push(Undo::ConfigChanged {
+                    old,
+                    new,
+                    refused: outcome.failures.iter().map(|(pid, ..)| *pid).collect(),
+                });
+                match first {
+                    None => Ok(()),
+                    Some((pid, module, error)) => Err(Failure { module, ..fail(Some(pid), error) }),
+                }
+            }
+            Instruction::ChangeSupervisor { supervisor: sup, flags } => {
+                let old = supervisor::change_flags(self.node(), sup.as_str(), flags.to_runtime(), timeout)
+                    .map_err(|e| fail(None, format!("changing supervisor {sup}: {e}")))?;
+                self.undo.push(Undo::FlagsChanged { supervisor: sup.clone(), old });
                 Ok(())
             }
             Instruction::StopChild { supervisor: sup, id } => {
+                // Kept in case the supervisor forgets it on the stop.
+                let spec = supervisor::child_spec(self.node(), sup.as_str(), id, timeout).ok();
                 supervisor::terminate_child(self.node(), sup.as_str(), id.as_str(), timeout)
                     .map_err(|e| fail(None, format!("stopping child {id} under {sup}: {e}")))?;
-                self.undo.push(Undo::Stopped { supervisor: sup.clone(), id: id.clone() });
+                self.undo.push(Undo::Stopped { supervisor: sup.clone(), id: id.clone(), spec });
                 Ok(())
             }
             Instruction::Restart { supervisor: sup, id } => {
@@ -721,6 +806,41 @@ impl<'a> Transaction<'a> {
                 Ok(())
             }
         }
+    }
+
+    /// Every running module process, on any version.
+    fn module_processes(&self) -> Vec<Pid> {
+        let mut pids: Vec<Pid> = self
+            .code()
+            .which_modules()
+            .into_iter()
+            .flat_map(|m| [self.code().current(&m.name), self.code().old(&m.name)])
+            .flatten()
+            .flat_map(|code| code.processes())
+            .collect();
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+
+    /// Starts `child` under the running supervisor `sup` (replacing a
+    /// stopped spec of the same id) and records its undo.
+    fn start_child(&mut self, sup: &str, child: &ChildDef) -> Result<(), String> {
+        let timeout = self.options.child_timeout;
+        let id = child.id();
+        let spec = tree::child_spec(&self.controller.code, child, false)?;
+        let started = match supervisor::start_child(self.node(), sup, spec.clone(), timeout) {
+            // The spec an earlier stop_child left (a release that went down
+            // and comes back up): it does not run, and this one replaces it.
+            Err(SupervisorError::AlreadyPresent(_)) => {
+                supervisor::delete_child(self.node(), sup, id, timeout)
+                    .and_then(|()| supervisor::start_child(self.node(), sup, spec, timeout))
+            }
+            other => other,
+        };
+        started.map_err(|e| format!("starting child {id} under {sup}: {e}"))?;
+        self.undo.push(Undo::Started { supervisor: sup.to_string(), id: id.to_string() });
+        Ok(())
     }
 
     fn update(
@@ -1014,21 +1134,58 @@ impl<'a> Transaction<'a> {
                         report.errors.push(format!("removing child {id} under {sup}: {error}"));
                     }
                 }
+                Undo::SpecChanged { supervisor: sup, old } => {
+                    let id = old.id.clone();
+                    if let Err(error) =
+                        supervisor::replace_child_spec(self.node(), sup.as_str(), old, timeout)
+                    {
+                        report.errors.push(format!("restoring the spec of child {id} under {sup}: {error}"));
+                    }
+                }
+                Undo::ConfigChanged { old, new, refused } => {
+                    self.node().set_config((*old).clone());
+                    let told: Vec<Pid> =
+                        self.module_processes().into_iter().filter(|pid| !refused.contains(pid)).collect();
+                    let back = migrate::config_change_all(self.node(), &told, &new, &old, &limits);
+                    for (pid, _, error) in back.failures {
+                        report.errors.push(format!("telling {pid} of the old configuration: {error}"));
+                    }
+                }
+                Undo::FlagsChanged { supervisor: sup, old } => {
+                    if let Err(error) = supervisor::change_flags(self.node(), sup.as_str(), old, timeout) {
+                        report.errors.push(format!("restoring the flags of supervisor {sup}: {error}"));
+                    }
+                }
                 step @ (Undo::Stopped { .. } | Undo::Restarted { .. }) => later.push(step),
             }
         }
+        // Reversed above already: the last stopped starts first, so a
+        // subtree's children come back in their start order.
         for step in later {
-            let (Undo::Stopped { supervisor: sup, id } | Undo::Restarted { supervisor: sup, id }) = step
-            else {
-                continue;
+            let (sup, id, spec) = match step {
+                Undo::Stopped { supervisor, id, spec } => (supervisor, id, spec),
+                Undo::Restarted { supervisor, id } => (supervisor, id, None),
+                _ => continue,
             };
-            if self.restart_child(&sup, &id, timeout).is_err() {
-                let retried = supervisor::terminate_child(self.node(), sup.as_str(), id.as_str(), timeout)
-                    .and_then(|()| supervisor::restart_child(self.node(), sup.as_str(), &id, timeout));
-                if let Err(error) = retried {
-                    report.errors.push(format!("starting child {id} under {sup} again: {error}"));
+            let error = match self.restart_child(&sup, &id, timeout) {
+                Ok(_) => continue,
+                // Forgotten by its supervisor (a temporary child): its
+                // spec was kept.
+                Err(SupervisorError::NotFound(_)) if spec.is_some() => {
+                    let spec = spec.expect("checked");
+                    match supervisor::start_child(self.node(), sup.as_str(), spec, timeout) {
+                        Ok(_) => continue,
+                        Err(error) => error,
+                    }
                 }
-            }
+                Err(_) => match supervisor::terminate_child(self.node(), sup.as_str(), id.as_str(), timeout)
+                    .and_then(|()| supervisor::restart_child(self.node(), sup.as_str(), &id, timeout))
+                {
+                    Ok(_) => continue,
+                    Err(error) => error,
+                },
+            };
+            report.errors.push(format!("starting child {id} under {sup} again: {error}"));
         }
         report.pause = PauseStats::of(&pauses);
         report.pauses = pauses;

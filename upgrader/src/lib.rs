@@ -12,14 +12,20 @@
 //!    mailbox keeps accepting, and all processes migrate in parallel on
 //!    every worker. `suspend_together` is the exception a plan asks for when
 //!    processes must not see each other mid-upgrade;
-//! 3. on any failure (a refused or panicking `code_change`, a process that
-//!    does not reach its migration in time, a child that does not start)
-//!    everything done is undone in reverse, and the error names the
-//!    instruction, process and module;
-//! 4. an optional canary moves a share first and compares crashes and
+//! 3. the supervision tree follows the release's: changed child specs and
+//!    supervisor flags are replaced in place (nothing running restarts;
+//!    they apply at the next restart, as OTP's supervisor `code_change`),
+//!    whole subtrees stop and start, and a changed application
+//!    configuration is set and every running module process's
+//!    `config_change` runs (see [`plan`] and [`tree`]);
+//! 4. on any failure (a refused or panicking `code_change` or
+//!    `config_change`, a process that does not reach its migration in
+//!    time, a child that does not start) everything done is undone in
+//!    reverse, and the error names the instruction, process and module;
+//! 5. an optional canary moves a share first and compares crashes and
 //!    handler time per version; an optional health window watches the new
 //!    code and rolls back past a crash threshold;
-//! 5. commit: purges run (they cannot be undone), kept old states are freed.
+//! 6. commit: purges run (they cannot be undone), kept old states are freed.
 //!
 //! # Invariants
 //!
@@ -36,10 +42,14 @@ mod migrate;
 pub mod plan;
 pub mod planner;
 mod report;
+pub mod tree;
 
 pub use controller::{Canary, Controller, Options, Phase, PhaseHook};
-pub use plan::{Instruction, Plan, PlanError, Processes, PurgeMode, ReleaseId, ReleaseStep};
-pub use planner::{ModuleView, Planned, PlannerError, ProcessView, ReleaseView};
+pub use plan::{
+    ChildDef, Flags, Instruction, Plan, PlanError, ProcessDef, Processes, PurgeMode, ReleaseId, ReleaseStep,
+    Restart, Shutdown, Strategy, SupervisorDef,
+};
+pub use planner::{ModuleView, Planned, PlannerError, ReleaseView};
 pub use report::{
     CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,
     RollbackReport, StepReport, UpgradeError,

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use relive_runtime::system::{TaskError, TaskGroup, TaskGuard};
-use relive_runtime::{Actor, MailboxCounts, ModuleCode, ModuleState, Node, Pid};
+use relive_runtime::{Actor, MailboxCounts, ModuleCode, ModuleState, Node, Payload, Pid};
 
 use crate::controller::{Phase, PhaseHook};
 
@@ -300,6 +300,70 @@ pub(crate) fn move_back(node: &Node, set: MovedSet, limits: &Limits) -> BackOutc
             },
             Err(TaskError::Exited) => {}
             Err(error) => outcome.failed.push((pid, error.to_string())),
+        }
+    }
+    outcome
+}
+
+/// What telling processes of a new configuration did.
+#[derive(Default)]
+pub(crate) struct ConfigOutcome {
+    /// The processes that took it.
+    pub(crate) told: Vec<Pid>,
+    /// The ones that refused it or did not get to it: pid, module, why.
+    pub(crate) failures: Vec<(Pid, Option<String>, String)>,
+}
+
+/// Runs `config_change(old → new)` in every process of `pids` at once,
+/// each in its own turn between two of its messages (a system task, as a
+/// migration). Processes that are not module processes, or that exited,
+/// are skipped. Set the node's configuration to `new` first: the callbacks
+/// read it.
+pub(crate) fn config_change_all(
+    node: &Node,
+    pids: &[Pid],
+    old: &Arc<Payload>,
+    new: &Arc<Payload>,
+    limits: &Limits,
+) -> ConfigOutcome {
+    let mut outcome = ConfigOutcome::default();
+    let mut group = TaskGroup::new();
+    for &pid in pids {
+        let (node, old, new) = (node.clone(), Arc::clone(old), Arc::clone(new));
+        // A process that is gone has nothing to be told.
+        let _ = group.queue(&node.clone(), pid, move |actor, guard| {
+            let Some(process) = actor.as_module_process() else { return Ok(None) };
+            let module = process.code().name().to_string();
+            if !guard.commit() {
+                return Err((Some(module), "abandoned".to_string()));
+            }
+            match process.config_change(&node, &old, &new) {
+                Ok(()) => Ok(Some(())),
+                Err(error) => {
+                    Err((Some(module), format!("config_change refused the new configuration: {error}")))
+                }
+            }
+        });
+    }
+    for (pid, result) in group.collect(limits.reach, limits.code_change) {
+        match result {
+            Ok(done) => match done.value {
+                Ok(Some(())) => outcome.told.push(pid),
+                Ok(None) => {}
+                Err((module, error)) => outcome.failures.push((pid, module, error)),
+            },
+            Err(TaskError::Exited) => {}
+            Err(TaskError::NotStarted(limit)) => outcome.failures.push((
+                pid,
+                None,
+                format!("it did not reach its config_change within {limit:?} (busy in a handler, suspended, or a long queue)"),
+            )),
+            Err(TaskError::Overran(limit)) => {
+                outcome.failures.push((pid, None, format!("config_change did not return within {limit:?}")))
+            }
+            Err(TaskError::Panicked(text)) => {
+                outcome.failures.push((pid, None, format!("config_change panicked: {text}")))
+            }
         }
     }
     outcome

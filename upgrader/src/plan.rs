@@ -8,6 +8,36 @@
 //! a module loaded twice, an update before its load, or a purge before the
 //! update that still needs the old code are refused with the instruction's
 //! number.
+//!
+//! # Supervision trees
+//!
+//! A release's processes run in a tree of supervisors, described by
+//! [`SupervisorDef`] and [`ChildDef`] (the planner's views and the plan's
+//! instructions use the same types; [`crate::tree`] turns them into the
+//! runtime's specs). The instructions on a tree, each undone by a rollback:
+//!
+//! - `start_child`: a module process under a running supervisor (appended
+//!   after its children). Undone by stopping and deleting it.
+//! - `start_supervisor`: a supervisor with its whole subtree under a running
+//!   supervisor; it starts its children in order, as at boot. Undone by
+//!   stopping it (it stops its children, last started first) and deleting
+//!   its spec.
+//! - `stop_child`: a child, worker or supervisor (a supervisor stops its
+//!   children first); its spec is kept until commit. Undone by starting it
+//!   again (from the spec kept, even for a temporary child, whose spec its
+//!   supervisor forgets).
+//! - `change_child`: replaces a child's stored spec (args, restart,
+//!   shutdown; for a supervisor child, its whole subtree), as OTP's
+//!   supervisor `code_change`: the running child is **not** restarted, the
+//!   new spec applies at its next (re)start. For a simple_one_for_one
+//!   supervisor, the child is its template. Undone by putting the old spec
+//!   back.
+//! - `change_supervisor`: the strategy, intensity and period of a running
+//!   supervisor (not to or from simple_one_for_one: that takes a stop and a
+//!   start). Undone by setting the old ones again.
+//!
+//! `change_config` sets the application configuration and runs every
+//! running module process's `config_change` (see [`Instruction::ChangeConfig`]).
 
 use std::fmt;
 use std::path::PathBuf;
@@ -108,6 +138,49 @@ pub enum Instruction {
         /// Its init argument.
         #[serde(default)]
         args: serde_json::Value,
+        /// When its supervisor restarts it (default permanent).
+        #[serde(default)]
+        restart: Restart,
+        /// How its supervisor stops it (default 5000 ms).
+        #[serde(default)]
+        shutdown: Shutdown,
+    },
+    /// Starts a supervisor with its subtree under a running supervisor.
+    StartSupervisor {
+        /// The parent's registered name.
+        supervisor: String,
+        /// The new supervisor (its `id` is also its registered name) and
+        /// its children.
+        spec: SupervisorDef,
+    },
+    /// Replaces the stored spec of a running supervisor's child (by the
+    /// child's id); the running child is not restarted.
+    ChangeChild {
+        /// The supervisor's registered name.
+        supervisor: String,
+        /// The child's new spec.
+        child: ChildDef,
+    },
+    /// Sets the node's application configuration (a release's `[config]`)
+    /// and runs `config_change` in every running module process, all at
+    /// once, each in its own turn. One that refuses (an error or a panic)
+    /// aborts the upgrade like a failed `code_change`: the old
+    /// configuration is set again and the processes that took the new one
+    /// are told of the old one. Processes started later in the plan read
+    /// the new configuration in their `init`. Undone the same way.
+    ChangeConfig {
+        /// The new configuration, a JSON object (`null`: an empty one). In
+        /// a release's own instructions it may be left out: the release's
+        /// `[config]` is filled in.
+        #[serde(default)]
+        config: serde_json::Value,
+    },
+    /// Sets a running supervisor's strategy, intensity and period.
+    ChangeSupervisor {
+        /// The supervisor's registered name.
+        supervisor: String,
+        /// Its new flags.
+        flags: Flags,
     },
     /// Stops a supervisor's child (its spec is kept until the plan is
     /// committed, so a rollback starts it again).
@@ -135,6 +208,261 @@ pub enum Instruction {
         #[serde(default)]
         mode: PurgeMode,
     },
+}
+
+/// A supervisor's restart strategy, as in OTP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Only the child that exited is restarted.
+    #[default]
+    OneForOne,
+    /// All children are restarted.
+    OneForAll,
+    /// The child that exited and those started after it are restarted.
+    RestForOne,
+    /// One template; children are started at run time.
+    SimpleOneForOne,
+}
+
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Strategy::OneForOne => "one_for_one",
+            Strategy::OneForAll => "one_for_all",
+            Strategy::RestForOne => "rest_for_one",
+            Strategy::SimpleOneForOne => "simple_one_for_one",
+        })
+    }
+}
+
+/// When a supervisor restarts a child, as in OTP.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Restart {
+    /// Always.
+    #[default]
+    Permanent,
+    /// After an abnormal exit only.
+    Transient,
+    /// Never.
+    Temporary,
+}
+
+impl fmt::Display for Restart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Restart::Permanent => "permanent",
+            Restart::Transient => "transient",
+            Restart::Temporary => "temporary",
+        })
+    }
+}
+
+/// How a supervisor stops a child: `"brutal_kill"`, a number of
+/// milliseconds, or `"infinity"` in plan files.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shutdown {
+    /// Killed at once.
+    BrutalKill,
+    /// Asked to stop, killed after this many milliseconds.
+    Millis(u64),
+    /// Asked to stop and waited for.
+    Infinity,
+}
+
+impl Default for Shutdown {
+    /// A worker's default: 5000 ms, as OTP's.
+    fn default() -> Shutdown {
+        Shutdown::Millis(5000)
+    }
+}
+
+impl Serialize for Shutdown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Shutdown::BrutalKill => s.serialize_str("brutal_kill"),
+            Shutdown::Infinity => s.serialize_str("infinity"),
+            Shutdown::Millis(ms) => s.serialize_u64(*ms),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Shutdown {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Text {
+            Millis(u64),
+            Word(String),
+        }
+        match Text::deserialize(d)? {
+            Text::Millis(ms) => Ok(Shutdown::Millis(ms)),
+            Text::Word(word) if word == "brutal_kill" => Ok(Shutdown::BrutalKill),
+            Text::Word(word) if word == "infinity" => Ok(Shutdown::Infinity),
+            Text::Word(word) => Err(serde::de::Error::custom(format!(
+                "shutdown: expected \"brutal_kill\", \"infinity\" or milliseconds, found {word:?}"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Shutdown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Shutdown::BrutalKill => f.write_str("brutal_kill"),
+            Shutdown::Infinity => f.write_str("infinity"),
+            Shutdown::Millis(ms) => write!(f, "{ms} ms"),
+        }
+    }
+}
+
+/// A supervisor's strategy, intensity and period.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Flags {
+    /// Its strategy.
+    pub strategy: Strategy,
+    /// Most restarts within `period_ms`.
+    pub intensity: u32,
+    /// The window of `intensity`, in milliseconds.
+    pub period_ms: u64,
+}
+
+impl Default for Flags {
+    /// one_for_one, at most 5 restarts in 10 s: a release's top supervisor
+    /// when its manifest says nothing.
+    fn default() -> Flags {
+        Flags { strategy: Strategy::OneForOne, intensity: 5, period_ms: 10_000 }
+    }
+}
+
+impl fmt::Display for Flags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}, at most {} restarts in {} ms", self.strategy, self.intensity, self.period_ms)
+    }
+}
+
+/// A module process in a supervision tree (also the template of a
+/// simple_one_for_one supervisor's children).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessDef {
+    /// Its id under its supervisor, and the name it is registered under
+    /// (a template's children are not registered).
+    pub id: String,
+    /// The module it runs (its current version at each start).
+    pub module: String,
+    /// Its init argument. A template's children get the arguments they
+    /// are started with, merged over these when both are tables.
+    #[serde(default)]
+    pub args: serde_json::Value,
+    /// When its supervisor restarts it.
+    #[serde(default)]
+    pub restart: Restart,
+    /// How its supervisor stops it.
+    #[serde(default)]
+    pub shutdown: Shutdown,
+}
+
+/// A supervisor with its children, in start order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorDef {
+    /// Its id under its parent, and its registered name.
+    pub id: String,
+    /// Its strategy, intensity and period.
+    pub flags: Flags,
+    /// When its parent restarts it.
+    #[serde(default)]
+    pub restart: Restart,
+    /// How its parent stops it (a supervisor's default: infinity).
+    #[serde(default = "infinity")]
+    pub shutdown: Shutdown,
+    /// Its children in start order; for simple_one_for_one, the one
+    /// template.
+    #[serde(default)]
+    pub children: Vec<ChildDef>,
+}
+
+fn infinity() -> Shutdown {
+    Shutdown::Infinity
+}
+
+/// A child in a supervision tree.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChildDef {
+    /// A module process.
+    Process(ProcessDef),
+    /// A supervisor and its subtree.
+    Supervisor(SupervisorDef),
+}
+
+impl ChildDef {
+    /// Its id under its supervisor.
+    pub fn id(&self) -> &str {
+        match self {
+            ChildDef::Process(p) => &p.id,
+            ChildDef::Supervisor(s) => &s.id,
+        }
+    }
+}
+
+impl SupervisorDef {
+    /// Whether it starts its children at run time (simple_one_for_one).
+    pub fn is_simple(&self) -> bool {
+        self.flags.strategy == Strategy::SimpleOneForOne
+    }
+
+    /// Every module process it starts with its subtree (not the templates
+    /// of simple_one_for_one supervisors), depth first in start order.
+    pub fn processes(&self) -> Vec<&ProcessDef> {
+        fn walk<'a>(sup: &'a SupervisorDef, out: &mut Vec<&'a ProcessDef>) {
+            if sup.is_simple() {
+                return;
+            }
+            for child in &sup.children {
+                match child {
+                    ChildDef::Process(p) => out.push(p),
+                    ChildDef::Supervisor(s) => walk(s, out),
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(self, &mut out);
+        out
+    }
+
+    /// Every supervisor of its subtree with its parent's id, itself first
+    /// (parent `None`), depth first in start order.
+    pub fn supervisors(&self) -> Vec<(Option<&str>, &SupervisorDef)> {
+        fn walk<'a>(
+            parent: Option<&'a str>,
+            sup: &'a SupervisorDef,
+            out: &mut Vec<(Option<&'a str>, &'a SupervisorDef)>,
+        ) {
+            out.push((parent, sup));
+            for child in &sup.children {
+                if let ChildDef::Supervisor(s) = child {
+                    walk(Some(&sup.id), s, out);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(None, self, &mut out);
+        out
+    }
+
+    /// How many children, and for each child supervisor its own, it has.
+    fn size(&self) -> usize {
+        self.children
+            .iter()
+            .map(|c| match c {
+                ChildDef::Process(_) => 1,
+                ChildDef::Supervisor(s) => 1 + s.size(),
+            })
+            .sum()
+    }
 }
 
 /// Which processes an `update` moves: `"all"` or a list of registered
@@ -234,6 +562,57 @@ pub enum PlanError {
         /// The field.
         field: &'static str,
     },
+    /// A supervisor in a tree cannot run as described.
+    #[error("instruction {index}: supervisor {supervisor}: {problem}")]
+    BadSupervisor {
+        /// The instruction (1-based).
+        index: usize,
+        /// The supervisor's id.
+        supervisor: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
+
+/// Checks a tree an instruction carries: ids and modules not empty, ids
+/// unique among siblings, a period of at least 1 ms, and exactly one
+/// process template under each simple_one_for_one supervisor.
+fn check_tree(index: usize, child: &ChildDef) -> Result<(), PlanError> {
+    match child {
+        ChildDef::Process(p) => {
+            if p.id.is_empty() {
+                return Err(PlanError::Empty { index, field: "id" });
+            }
+            if p.module.is_empty() {
+                return Err(PlanError::Empty { index, field: "module" });
+            }
+            Ok(())
+        }
+        ChildDef::Supervisor(sup) => {
+            if sup.id.is_empty() {
+                return Err(PlanError::Empty { index, field: "id" });
+            }
+            let bad =
+                |problem: String| PlanError::BadSupervisor { index, supervisor: sup.id.clone(), problem };
+            if sup.flags.period_ms == 0 {
+                return Err(bad("period_ms is 0".into()));
+            }
+            if sup.is_simple() && !matches!(sup.children.as_slice(), [ChildDef::Process(_)]) {
+                return Err(bad(format!(
+                    "a simple_one_for_one supervisor has exactly one process as the template of its children, not {} children",
+                    sup.children.len()
+                )));
+            }
+            let mut ids = std::collections::HashSet::new();
+            for child in &sup.children {
+                if !ids.insert(child.id()) {
+                    return Err(bad(format!("two children have the id {:?}", child.id())));
+                }
+                check_tree(index, child)?;
+            }
+            Ok(())
+        }
+    }
 }
 
 impl Instruction {
@@ -246,7 +625,13 @@ impl Instruction {
             | Instruction::DeleteModule { module }
             | Instruction::StartChild { module, .. }
             | Instruction::Purge { module, .. } => Some(module),
-            Instruction::StopChild { .. } | Instruction::Restart { .. } => None,
+            Instruction::ChangeChild { child: ChildDef::Process(p), .. } => Some(&p.module),
+            Instruction::StopChild { .. }
+            | Instruction::Restart { .. }
+            | Instruction::StartSupervisor { .. }
+            | Instruction::ChangeChild { .. }
+            | Instruction::ChangeConfig { .. }
+            | Instruction::ChangeSupervisor { .. } => None,
         }
     }
 }
@@ -312,6 +697,31 @@ impl Plan {
                         return Err(PlanError::Empty { index, field: "id" });
                     }
                 }
+                Instruction::StartSupervisor { supervisor, spec } => {
+                    if supervisor.is_empty() {
+                        return Err(PlanError::Empty { index, field: "supervisor" });
+                    }
+                    check_tree(index, &ChildDef::Supervisor(spec.clone()))?;
+                }
+                Instruction::ChangeChild { supervisor, child } => {
+                    if supervisor.is_empty() {
+                        return Err(PlanError::Empty { index, field: "supervisor" });
+                    }
+                    check_tree(index, child)?;
+                }
+                Instruction::ChangeConfig { config } => {
+                    if !(config.is_null() || config.is_object()) {
+                        return Err(PlanError::Empty { index, field: "config (a table)" });
+                    }
+                }
+                Instruction::ChangeSupervisor { supervisor, flags } => {
+                    if supervisor.is_empty() {
+                        return Err(PlanError::Empty { index, field: "supervisor" });
+                    }
+                    if flags.period_ms == 0 {
+                        return Err(PlanError::Empty { index, field: "period_ms" });
+                    }
+                }
                 Instruction::DeleteModule { .. } => {}
             }
         }
@@ -343,12 +753,53 @@ impl fmt::Display for Instruction {
                 Ok(())
             }
             Instruction::DeleteModule { module } => write!(f, "delete_module {module}"),
-            Instruction::StartChild { supervisor, id, module, args } => {
+            Instruction::StartChild { supervisor, id, module, args, restart, shutdown } => {
                 write!(f, "start_child {id} ({module}")?;
                 if !args.is_null() {
                     write!(f, " with {args}")?;
                 }
+                if *restart != Restart::default() {
+                    write!(f, ", {restart}")?;
+                }
+                if *shutdown != Shutdown::default() {
+                    write!(f, ", shutdown {shutdown}")?;
+                }
                 write!(f, ") under {supervisor}")
+            }
+            Instruction::StartSupervisor { supervisor, spec } => write!(
+                f,
+                "start_supervisor {} ({}; {} in its tree) under {supervisor}",
+                spec.id,
+                spec.flags,
+                plural(spec.size(), "child", "children")
+            ),
+            Instruction::ChangeChild { supervisor, child: ChildDef::Process(p) } => {
+                write!(f, "change_child {} under {supervisor}: {} {}", p.id, p.module, p.restart)?;
+                if !p.args.is_null() {
+                    write!(f, " with {}", p.args)?;
+                }
+                write!(f, ", shutdown {}", p.shutdown)
+            }
+            Instruction::ChangeChild { supervisor, child: ChildDef::Supervisor(s) } => write!(
+                f,
+                "change_child {} under {supervisor}: supervisor {}, {}, {}; {} in its tree",
+                s.id,
+                s.flags,
+                s.restart,
+                s.shutdown,
+                plural(s.size(), "child", "children")
+            ),
+            Instruction::ChangeSupervisor { supervisor, flags } => {
+                write!(f, "change_supervisor {supervisor}: {flags}")
+            }
+            Instruction::ChangeConfig { config } => {
+                // A configuration may be long: its start is enough to see
+                // which one.
+                let text = if config.is_null() { "{}".to_string() } else { config.to_string() };
+                match text.char_indices().nth(100) {
+                    Some((cut, _)) => write!(f, "change_config {}…", &text[..cut]),
+                    None => write!(f, "change_config {text}"),
+                }
             }
             Instruction::StopChild { supervisor, id } => write!(f, "stop_child {id} under {supervisor}"),
             Instruction::Restart { supervisor, id } => write!(f, "restart {id} under {supervisor}"),
@@ -356,6 +807,10 @@ impl fmt::Display for Instruction {
             Instruction::Purge { module, mode: PurgeMode::Brutal } => write!(f, "brutal_purge {module}"),
         }
     }
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
 }
 
 impl fmt::Display for Plan {
@@ -410,6 +865,67 @@ mod tests {
         assert!(shown.contains("  1. load_module counter from /x/counter.so"), "{shown}");
         assert!(shown.contains("  3. update counter: processes a, b, suspended together"), "{shown}");
         assert!(shown.contains("  4. brutal_purge counter"), "{shown}");
+    }
+
+    #[test]
+    fn tree_instructions_round_trip_and_their_trees_are_checked() {
+        let text = json!({
+            "name": "chat 1 → 2",
+            "instruction": [
+                {"op": "start_supervisor", "supervisor": "chat_sup", "spec": {
+                    "id": "rooms",
+                    "flags": {"strategy": "simple_one_for_one", "intensity": 10, "period_ms": 1000},
+                    "children": [{"process": {"id": "room", "module": "room", "shutdown": "brutal_kill"}}]
+                }},
+                {"op": "change_child", "supervisor": "chat_sup", "child": {"process": {
+                    "id": "lobby", "module": "lobby", "args": {"x": 1}, "restart": "transient", "shutdown": 250
+                }}},
+                {"op": "change_supervisor", "supervisor": "chat_sup",
+                 "flags": {"strategy": "one_for_all", "intensity": 1, "period_ms": 5000}},
+                {"op": "start_child", "supervisor": "chat_sup", "id": "log", "module": "log"},
+            ]
+        });
+        let plan: Plan = serde_json::from_value(text).unwrap();
+        assert_eq!(plan.validate(), Ok(()));
+        let Instruction::StartSupervisor { spec, .. } = &plan.instructions[0] else { panic!() };
+        assert_eq!(spec.shutdown, Shutdown::Infinity, "a supervisor's default");
+        assert!(
+            matches!(&spec.children[0], ChildDef::Process(p) if p.shutdown == Shutdown::BrutalKill && p.restart == Restart::Permanent)
+        );
+        assert!(
+            matches!(
+                &plan.instructions[3],
+                Instruction::StartChild { restart: Restart::Permanent, shutdown: Shutdown::Millis(5000), .. }
+            ),
+            "defaults of a start_child written before restart and shutdown existed"
+        );
+        let again: Plan = serde_json::from_str(&serde_json::to_string(&plan).unwrap()).unwrap();
+        assert_eq!(again, plan);
+        let shown = plan.to_string();
+        assert!(shown.contains("  1. start_supervisor rooms (simple_one_for_one, at most 10 restarts in 1000 ms; 1 child in its tree) under chat_sup"), "{shown}");
+        assert!(
+            shown.contains(
+                "  2. change_child lobby under chat_sup: lobby transient with {\"x\":1}, shutdown 250 ms"
+            ),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("  3. change_supervisor chat_sup: one_for_all, at most 1 restarts in 5000 ms"),
+            "{shown}"
+        );
+
+        let mut two_templates = plan.clone();
+        let Instruction::StartSupervisor { spec, .. } = &mut two_templates.instructions[0] else { panic!() };
+        spec.children.push(spec.children[0].clone());
+        let error = two_templates.validate().unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "instruction 1: supervisor rooms: a simple_one_for_one supervisor has exactly one process"
+            ),
+            "{error}"
+        );
+        let bad_shutdown = json!({"name": "x", "instruction": [{"op": "start_child", "supervisor": "s", "id": "a", "module": "m", "shutdown": "later"}]});
+        assert!(serde_json::from_value::<Plan>(bad_shutdown).is_err());
     }
 
     #[test]

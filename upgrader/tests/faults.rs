@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use relive_runtime::supervisor::{self, Strategy, SupervisorSpec};
 use relive_runtime::{CodeServer, Node, Pid};
-use relive_upgrader::{Controller, Instruction, Options, Plan, Processes, PurgeMode, Report, UpgradeError};
+use relive_upgrader::{
+    Controller, Instruction, Options, Plan, Processes, PurgeMode, Report, Restart, Shutdown, UpgradeError,
+};
 use serde_json::{Value, json};
 use support::{node_with_code, payload};
 
@@ -215,12 +217,16 @@ fn a_child_that_does_not_start_undoes_the_loads_updates_and_children_before_it()
                     id: "good".into(),
                     module: "counter".into(),
                     args: json!({"label": "good", "count": 5}),
+                    restart: Restart::Permanent,
+                    shutdown: Shutdown::default(),
                 },
                 Instruction::StartChild {
                     supervisor: "counters".into(),
                     id: "bad".into(),
                     module: "counter".into(),
                     args: bad_args,
+                    restart: Restart::Permanent,
+                    shutdown: Shutdown::default(),
                 },
             ],
         );
@@ -254,6 +260,8 @@ fn a_child_that_does_not_start_undoes_the_loads_updates_and_children_before_it()
                 id: "good".into(),
                 module: "counter".into(),
                 args: json!({"label": "good", "count": 5}),
+                restart: Restart::Permanent,
+                shutdown: Shutdown::default(),
             },
         ],
     );
@@ -281,6 +289,8 @@ fn a_child_that_does_not_start_undoes_the_loads_updates_and_children_before_it()
             id: "good".into(),
             module: "counter".into(),
             args: json!({"label": "good", "count": 9}),
+            restart: Restart::Permanent,
+            shutdown: Shutdown::default(),
         }],
     );
     let report = controller.apply(&start, &Options::default()).unwrap();

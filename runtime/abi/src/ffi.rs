@@ -8,8 +8,12 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RELIVE\x00\x01");
 
 /// The version of the tables in this file. 2 added the port services
 /// ([`HostVtable::listen`], [`HostVtable::port_send`],
-/// [`HostVtable::port_close`]) and [`INFO_PORT`].
-pub const ABI_VERSION: u32 = 2;
+/// [`HostVtable::port_close`]) and [`INFO_PORT`]. 3 added links, monitors,
+/// exit trapping and signals, the registry, deferred replies, outbound
+/// connections, port hand-over and the node's configuration
+/// ([`HostVtable::link`] to [`HostVtable::config`]),
+/// [`ModuleVtable::config_change`], and the monitor in [`INFO_DOWN`].
+pub const ABI_VERSION: u32 = 3;
 
 /// The symbol a module exports: `extern "C" fn() -> *const ModuleVtable`.
 pub const EXPORT_SYMBOL: &str = "relive_module_vtable";
@@ -25,7 +29,8 @@ pub const INFO_MESSAGE: u32 = 0;
 /// `(from_pid: u64, reason: String)`.
 pub const INFO_EXIT: u32 = 1;
 /// `kind` of [`ModuleVtable::handle_info`]: a monitor's down message,
-/// MessagePack `(pid: u64, reason: String)`.
+/// MessagePack `(monitor: u64, pid: u64, reason: String)` (the monitor's id,
+/// as [`HostVtable::monitor`] returned it; before ABI 3, `(pid, reason)`).
 pub const INFO_DOWN: u32 = 2;
 /// `kind` of [`ModuleVtable::handle_info`]: an event of a port the process
 /// owns, MessagePack of [`crate::PortEvent`] (an externally tagged enum:
@@ -236,6 +241,74 @@ pub struct HostVtable {
     /// first); no `Closed` event follows. [`Status::Error`] if it is unknown
     /// or already closed.
     pub port_close: unsafe extern "C" fn(host: *mut c_void, port: u64) -> u32,
+    /// Since ABI 3. Links the calling process with `pid` (both ways).
+    /// [`Status::Error`] with the text in `out` if `pid` is not alive; a
+    /// `noproc` exit signal then reaches the caller too, as in Erlang.
+    pub link: unsafe extern "C" fn(host: *mut c_void, pid: u64, out: *mut OutBuf) -> u32,
+    /// Since ABI 3. Removes a link with `pid` (both ways), if there is one.
+    pub unlink: unsafe extern "C" fn(host: *mut c_void, pid: u64),
+    /// Since ABI 3. Monitors `pid`; returns the monitor's id (never 0). A
+    /// down message ([`INFO_DOWN`]) follows when `pid` exits, at once with
+    /// reason `noproc` if it is not alive.
+    pub monitor: unsafe extern "C" fn(host: *mut c_void, pid: u64) -> u64,
+    /// Since ABI 3. Removes monitor `monitor` on `pid`; 1 if it had not
+    /// fired.
+    pub demonitor: unsafe extern "C" fn(host: *mut c_void, monitor: u64, pid: u64) -> u32,
+    /// Since ABI 3. Turns exit trapping on (`on != 0`) or off; returns the
+    /// previous setting (1 or 0). Trapped exits arrive as [`INFO_EXIT`].
+    pub trap_exit: unsafe extern "C" fn(host: *mut c_void, on: u32) -> u32,
+    /// Since ABI 3. Registers the calling process as `name`;
+    /// [`Status::Error`] with the text in `out` if the name is taken or the
+    /// process already has one.
+    pub register: unsafe extern "C" fn(host: *mut c_void, name: RStr, out: *mut OutBuf) -> u32,
+    /// Since ABI 3. Removes a registered name (whoever holds it); 1 if it
+    /// was registered.
+    pub unregister: unsafe extern "C" fn(host: *mut c_void, name: RStr) -> u32,
+    /// Since ABI 3. Writes the pid registered as `name` to `pid_out`;
+    /// returns 1 if there is one, 0 if not.
+    pub whereis: unsafe extern "C" fn(host: *mut c_void, name: RStr, pid_out: *mut u64) -> u32,
+    /// Since ABI 3. Sends an exit signal with `reason` from the calling
+    /// process to `pid` (`"kill"` cannot be trapped; `"normal"` is ignored
+    /// by a process that does not trap exits). Nothing happens if `pid` is
+    /// not alive.
+    pub exit: unsafe extern "C" fn(host: *mut c_void, pid: u64, reason: RStr),
+    /// Since ABI 3. Inside `handle_call` only: the call will be answered
+    /// later with [`HostVtable::reply`]; what `handle_call` returns is then
+    /// dropped. Writes the token's id to `token_out`, or the error text to
+    /// `out` (outside `handle_call`, or deferred twice).
+    pub defer_reply: unsafe extern "C" fn(host: *mut c_void, token_out: *mut u64, out: *mut OutBuf) -> u32,
+    /// Since ABI 3. Answers the call deferred as token `token` by process
+    /// `owner` with `reply` (MessagePack). Only `owner` may answer, from any
+    /// of its callbacks and any code version. [`Status::Error`] with the
+    /// text in `out` for a token already answered, unknown, or another
+    /// process's.
+    pub reply: unsafe extern "C" fn(
+        host: *mut c_void,
+        owner: u64,
+        token: u64,
+        reply: RBytes,
+        out: *mut OutBuf,
+    ) -> u32,
+    /// Since ABI 3. Opens a TCP connection to `addr` (`"host:port"`), owned
+    /// by the calling process like an accepted one (bytes unframed, as
+    /// [`INFO_PORT`] events). Waits at most `timeout_ms` for the connection
+    /// (the node connects on its I/O thread). Writes the port id to
+    /// `port_out`, or the error text to `out`.
+    pub connect: unsafe extern "C" fn(
+        host: *mut c_void,
+        addr: RStr,
+        timeout_ms: u64,
+        port_out: *mut u64,
+        out: *mut OutBuf,
+    ) -> u32,
+    /// Since ABI 3. Gives `port` to process `pid`: its later events go to
+    /// `pid`, and it closes when `pid` exits. Only the port's owner may give
+    /// it away; [`Status::Error`] with the text in `out` otherwise, or if
+    /// the port is closed or `pid` is not alive.
+    pub port_set_owner: unsafe extern "C" fn(host: *mut c_void, port: u64, pid: u64, out: *mut OutBuf) -> u32,
+    /// Since ABI 3. Writes the node's configuration (MessagePack; an empty
+    /// map when none was set) to `out`.
+    pub config: unsafe extern "C" fn(host: *mut c_void, out: *mut OutBuf) -> u32,
 }
 
 /// A module: what its exported function returns. Every function pointer is
@@ -300,6 +373,16 @@ pub struct ModuleVtable {
     pub downgrade: unsafe extern "C" fn(state: *mut c_void, to_version: RStr, out: *mut OutBuf) -> u32,
     /// Frees a state made by this version.
     pub drop_state: unsafe extern "C" fn(state: *mut c_void),
+    /// Since ABI 3. Tells the state that the node's configuration changed
+    /// from `old` to `new` (both MessagePack); an error or a panic refuses
+    /// the change (text in `out`).
+    pub config_change: unsafe extern "C" fn(
+        state: *mut c_void,
+        host: *const HostCtx,
+        old: RBytes,
+        new: RBytes,
+        out: *mut OutBuf,
+    ) -> u32,
 }
 
 // SAFETY: a ModuleVtable only holds function pointers and pointers to

@@ -14,7 +14,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use serde::de::DeserializeOwned;
 use serde_reflection::{Samples, Tracer, TracerConfig};
 
-use crate::author::{Behaviour, Ctx, Error, Extra, Info, Pid, PortEvent, StateBytes};
+use crate::author::{
+    Behaviour, ConfigChange, Ctx, Error, Extra, Info, MonitorRef, Pid, PortEvent, StateBytes,
+};
 use crate::ffi::{
     ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC, ModuleVtable, OutBuf, RBytes,
     RStr, Status,
@@ -37,6 +39,7 @@ pub const fn vtable<B: Behaviour>(name: &'static str, version: &'static str) -> 
         code_change: code_change::<B>,
         downgrade: downgrade::<B>,
         drop_state: drop_state::<B>,
+        config_change: config_change::<B>,
     }
 }
 
@@ -201,8 +204,8 @@ unsafe extern "C" fn handle_info<B: Behaviour>(
                     Info::Exit { from: Pid(from), reason }
                 }
                 INFO_DOWN => {
-                    let (pid, reason): (u64, String) = decode(bytes, "a down message")?;
-                    Info::Down { pid: Pid(pid), reason }
+                    let (monitor, pid, reason): (u64, u64, String) = decode(bytes, "a down message")?;
+                    Info::Down { monitor: MonitorRef { id: monitor, pid: Pid(pid) }, pid: Pid(pid), reason }
                 }
                 INFO_PORT => Info::Port(decode::<PortEvent>(bytes, "a port event")?),
                 other => return Err((Status::BadInput, format!("unknown message kind {other}"))),
@@ -258,6 +261,23 @@ unsafe extern "C" fn downgrade<B: Behaviour>(state: *mut c_void, to_version: RSt
             let bytes = state_mut::<B>(state).downgrade(&to).map_err(failed)?;
             out.push(&bytes.0);
             Ok(())
+        })
+    }
+}
+
+unsafe extern "C" fn config_change<B: Behaviour>(
+    state: *mut c_void,
+    host: *const HostCtx,
+    old: RBytes,
+    new: RBytes,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: valid pointers for the call (host's promise); see state_mut.
+    unsafe {
+        guarded(out, |_| {
+            let change = ConfigChange::from_bytes(old.as_slice().to_vec(), new.as_slice().to_vec());
+            let mut ctx = Ctx::from_host(&*host);
+            state_mut::<B>(state).config_change(change, &mut ctx).map_err(failed)
         })
     }
 }

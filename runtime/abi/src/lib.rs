@@ -23,14 +23,23 @@
 //! - Every exported function runs the author's code under `catch_unwind`: a
 //!   panic becomes [`Status::Panic`] with the message in the out buffer, never
 //!   an unwind across the boundary.
-//! - The module reaches the node (send, call, spawn, timers, log, TCP ports)
-//!   through the [`HostVtable`] in the [`HostCtx`] passed to each call. A
-//!   process can listen on TCP ([`Ctx::listen`]); the node owns the sockets
-//!   and lends them to the process, whose `handle_info` gets their events
-//!   ([`Info::Port`] with a [`PortEvent`], kind [`INFO_PORT`]), so a client's
-//!   connection outlives any code version.
+//! - The module reaches the node through the [`HostVtable`] in the
+//!   [`HostCtx`] passed to each call: send, call, spawn, timers, log; links,
+//!   monitors, exit trapping and exit signals, the registry ([`Ctx::link`],
+//!   [`Ctx::monitor`], [`Ctx::trap_exit`], [`Ctx::exit`], [`Ctx::register`]);
+//!   deferred replies ([`Ctx::defer_reply`], [`Ctx::reply`]); TCP ports
+//!   ([`Ctx::listen`], [`Ctx::connect`], [`Ctx::port_set_owner`]); and the
+//!   node's configuration ([`Ctx::config`], [`Behaviour::config_change`]).
+//!   The node owns everything those make (links, monitors, names, pending
+//!   calls, sockets) on the process's behalf, not on its code's, so all of
+//!   it outlives any code version: a monitor set by version 1 fires into
+//!   version 2, a call deferred by version 1 is answered by version 2, a
+//!   client's connection stays open. Port events reach `handle_info` as
+//!   [`Info::Port`] with a [`PortEvent`] (kind [`INFO_PORT`]).
 //! - New host services are only ever appended to the [`HostVtable`], and
-//!   each addition bumps [`ABI_VERSION`] (2: the port services).
+//!   each addition bumps [`ABI_VERSION`] (2: the port services; 3: links,
+//!   monitors, signals, registry, deferred replies, connect, port hand-over,
+//!   configuration). A node loads only libraries of its own ABI version.
 //! - [`ModuleVtable::describe_types`] writes a description of the state and
 //!   message types (their serde shape, traced with serde-reflection); the node
 //!   fingerprints it so a layout change without a version bump is refused.
@@ -51,6 +60,27 @@
 //! }
 //! relive_abi::export_module!(Counter, name = "counter");
 //! ```
+//!
+//! # Migrating from ABI 2
+//!
+//! A node built with ABI 3 refuses libraries built against an earlier
+//! relive-abi, naming the file and both ABI versions: rebuild every module
+//! against this crate. Source changes are needed only where a module uses
+//! the one changed type:
+//!
+//! - [`Info::Down`] gained `monitor: MonitorRef` (the monitor that fired):
+//!   a pattern `Info::Down { pid, reason }` becomes
+//!   `Info::Down { pid, reason, .. }` (or names `monitor`).
+//! - Implementors of [`Behaviour`] gain [`Behaviour::config_change`], with
+//!   a default that accepts every change: nothing to write unless the
+//!   module wants to react to a new configuration.
+//! - A caller's timeout error now reads "call timed out after ... waiting
+//!   for `<pid>` to reply": code that matched the old text must follow.
+//!
+//! Everything else is new and optional: links, monitors, exit signals and
+//! trapping, the registry, deferred replies, outbound connections, port
+//! hand-over and the configuration (MIGRATING.md, next to this crate's
+//! Cargo.toml, has the list and the ABI details).
 
 #![deny(missing_docs)]
 
@@ -60,7 +90,8 @@ mod ffi;
 pub mod glue;
 
 pub use author::{
-    Behaviour, Ctx, Error, Extra, Info, LogLevel, Pid, PortEvent, PortId, StateBytes, TimerRef,
+    Behaviour, ConfigChange, Ctx, Error, Extra, Info, LogLevel, MonitorRef, Pid, PortEvent, PortId,
+    ReplyToken, StateBytes, TimerRef,
 };
 pub use ffi::{
     ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC,
@@ -74,7 +105,8 @@ pub const ABI_CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What a module author needs in scope.
 pub mod prelude {
     pub use crate::{
-        Behaviour, Ctx, Error, Extra, Info, LogLevel, Pid, PortEvent, PortId, StateBytes, TimerRef, Version,
+        Behaviour, ConfigChange, Ctx, Error, Extra, Info, LogLevel, MonitorRef, Pid, PortEvent, PortId,
+        ReplyToken, StateBytes, TimerRef, Version,
     };
     pub use serde::{Deserialize, Serialize};
 }
