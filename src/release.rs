@@ -152,7 +152,8 @@ pub fn run(command: ReleaseCommand) -> anyhow::Result<()> {
         ReleaseCommand::Build { app_dir, out, sign, target_dir, previous } => {
             let key = sign.as_deref().map(archive::load_signing_key).transpose()?;
             let out = out.unwrap_or_else(|| PathBuf::from("."));
-            let path = build_checked(&app_dir, &out, key.as_ref(), target_dir.as_deref(), previous.as_deref())?;
+            let path =
+                build_checked(&app_dir, &out, key.as_ref(), target_dir.as_deref(), previous.as_deref())?;
             println!("{}", path.display());
             Ok(())
         }
@@ -336,8 +337,10 @@ pub(crate) fn check_library(
             cargo_toml.display()
         ),
         Err(error) => {
-            return Err(anyhow::Error::new(error)
-                .context(format!("module {module}: the library built from {} is refused", crate_dir.display())));
+            return Err(anyhow::Error::new(error).context(format!(
+                "module {module}: the library built from {} is refused",
+                crate_dir.display()
+            )));
         }
     };
     if metadata.name != module {
@@ -387,7 +390,9 @@ fn check_types_against(
     let cargo_toml = crate_dir.join("Cargo.toml");
     let what = match changed_roles(&old.types, &new.types) {
         Some(roles) if roles.contains(&"state") => format!("state type of {module} changed"),
-        Some(roles) if !roles.is_empty() => format!("message types of {module} changed ({})", roles.join(", ")),
+        Some(roles) if !roles.is_empty() => {
+            format!("message types of {module} changed ({})", roles.join(", "))
+        }
         _ => format!("state or message types of {module} changed"),
     };
     let code_change = if what.starts_with("state") { " and write code_change" } else { "" };
@@ -406,47 +411,53 @@ fn check_types_against(
 /// does or when a named type it reaches does. `None` when a description
 /// does not read as one.
 fn changed_roles(old: &str, new: &str) -> Option<Vec<&'static str>> {
-    let (old_roles, old_registry) = parse_description(old)?;
-    let (new_roles, new_registry) = parse_description(new)?;
+    let (old, new) = (TypeDescription::parse(old)?, TypeDescription::parse(new)?);
     let mut changed = Vec::new();
     for role in ["state", "init", "call", "cast", "info", "reply"] {
-        let (before, after) = (old_roles.get(role)?, new_roles.get(role)?);
-        let reached = |format: &str, registry: &BTreeMap<String, String>| {
-            let mut seen = BTreeSet::new();
-            let mut queue: Vec<String> = type_names(format);
-            while let Some(name) = queue.pop() {
-                if seen.insert(name.clone()) {
-                    queue.extend(registry.get(&name).map(|f| type_names(f)).unwrap_or_default());
-                }
-            }
-            seen
-        };
-        let names: BTreeSet<String> =
-            reached(before, &old_registry).into_iter().chain(reached(after, &new_registry)).collect();
-        if before != after || names.iter().any(|name| old_registry.get(name) != new_registry.get(name)) {
+        let (before, after) = (old.roles.get(role)?, new.roles.get(role)?);
+        let mut names = old.reached(before);
+        names.extend(new.reached(after));
+        if before != after || names.iter().any(|name| old.registry.get(name) != new.registry.get(name)) {
             changed.push(role);
         }
     }
     Some(changed)
 }
 
-/// A description's `role → format` lines and its registry (`name →
-/// format`).
-fn parse_description(text: &str) -> Option<(BTreeMap<&str, &str>, BTreeMap<String, String>)> {
-    let mut roles = BTreeMap::new();
-    let mut registry = BTreeMap::new();
-    for line in text.lines() {
-        if let Some(body) = line.strip_prefix('{') {
-            let body = body.strip_suffix('}')?;
-            for entry in split_top_level(body) {
-                let (name, format) = entry.trim().split_once("\": ")?;
-                registry.insert(name.strip_prefix('"')?.to_string(), format.to_string());
+/// A type description read back: its `role: format` lines and its
+/// registry of named types (`name → format`).
+struct TypeDescription<'a> {
+    roles: BTreeMap<&'a str, &'a str>,
+    registry: BTreeMap<&'a str, &'a str>,
+}
+
+impl<'a> TypeDescription<'a> {
+    fn parse(text: &'a str) -> Option<TypeDescription<'a>> {
+        let mut description = TypeDescription { roles: BTreeMap::new(), registry: BTreeMap::new() };
+        for line in text.lines() {
+            if let Some(body) = line.strip_prefix('{') {
+                for entry in split_top_level(body.strip_suffix('}')?) {
+                    let (name, format) = entry.trim().split_once("\": ")?;
+                    description.registry.insert(name.strip_prefix('"')?, format);
+                }
+            } else if let Some((role, format)) = line.split_once(": ") {
+                description.roles.insert(role, format);
             }
-        } else if let Some((role, format)) = line.split_once(": ") {
-            roles.insert(role, format);
         }
+        Some(description)
     }
-    Some((roles, registry))
+
+    /// The named types `format` refers to, directly or through others.
+    fn reached(&self, format: &'a str) -> BTreeSet<&'a str> {
+        let mut seen = BTreeSet::new();
+        let mut queue = type_names(format);
+        while let Some(name) = queue.pop() {
+            if seen.insert(name) {
+                queue.extend(self.registry.get(name).map(|f| type_names(f)).unwrap_or_default());
+            }
+        }
+        seen
+    }
 }
 
 /// `body` split at the commas outside brackets and quotes.
@@ -473,11 +484,11 @@ fn split_top_level(body: &str) -> Vec<&str> {
 }
 
 /// The named types a format refers to (`TypeName("X")`).
-fn type_names(format: &str) -> Vec<String> {
+fn type_names(format: &str) -> Vec<&str> {
     format
         .split("TypeName(\"")
         .skip(1)
-        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name.to_string()))
+        .filter_map(|rest| rest.split_once('"').map(|(name, _)| name))
         .collect()
 }
 
@@ -581,7 +592,10 @@ pub(crate) fn build_module(
         )
     })?;
     let crate_version = package_version(&package_id).with_context(|| {
-        format!("module {module}: cargo's package id {package_id:?} of {} names no version", cargo_toml.display())
+        format!(
+            "module {module}: cargo's package id {package_id:?} of {} names no version",
+            cargo_toml.display()
+        )
     })?;
     Ok(BuiltModule { library, crate_version })
 }
@@ -702,5 +716,51 @@ fn app_name(store: &Store, name: Option<String>) -> anyhow::Result<String> {
             store.root().display(),
             many.join(", ")
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{changed_roles, package_version};
+
+    /// counter-v1's description (relive-abi's describe_types).
+    const V1: &str = r#"state: TypeName("Counter")
+init: TypeName("Start")
+call: TypeName("Request")
+cast: TypeName("Cast")
+info: U64
+reply: counter_v1::Reply
+{"Cast": Enum({0: Named { name: "Add", value: NewType(U64) }, 1: Named { name: "Stop", value: NewType(Str) }}), "Counter": Struct([Named { name: "count", value: U64 }, Named { name: "label", value: Str }]), "Request": Enum({0: Named { name: "Get", value: Unit }, 1: Named { name: "Add", value: NewType(U64) }}), "Start": Struct([Named { name: "label", value: Str }, Named { name: "count", value: U64 }])}"#;
+
+    #[test]
+    fn changed_roles_follow_the_named_types_each_role_reaches() {
+        assert_eq!(changed_roles(V1, V1), Some(vec![]));
+        let add = V1.replace(r#"name: "Add", value: NewType(U64)"#, r#"name: "Add", value: NewType(I64)"#);
+        assert_eq!(changed_roles(V1, &add), Some(vec!["call", "cast"]), "both have an Add");
+        let state_only = V1.replace(
+            r#""Counter": Struct([Named { name: "count""#,
+            r#""Counter": Struct([Named { name: "total""#,
+        );
+        assert_eq!(changed_roles(V1, &state_only), Some(vec!["state"]));
+        let call = V1.replace(
+            r#"{0: Named { name: "Get", value: Unit }"#,
+            r#"{0: Named { name: "Get", value: NewType(Str) }"#,
+        );
+        assert_eq!(changed_roles(V1, &call), Some(vec!["call"]));
+        let info = V1.replace("info: U64", "info: Str");
+        assert_eq!(changed_roles(V1, &info), Some(vec!["info"]));
+        assert_eq!(changed_roles(V1, "registry incomplete"), None);
+    }
+
+    #[test]
+    fn package_versions_in_every_cargo_spelling() {
+        for (id, version) in [
+            ("path+file:///work/examples/counter-v1#1.0.0", "1.0.0"),
+            ("path+file:///work/app/watched#counter@2.1.0-dev.5", "2.1.0-dev.5"),
+            ("counter 1.2.3 (path+file:///work/app/counter)", "1.2.3"),
+        ] {
+            assert_eq!(package_version(id), Some(version.parse().unwrap()), "{id}");
+        }
+        assert_eq!(package_version("path+file:///work/app#counter"), None);
     }
 }

@@ -91,7 +91,9 @@ pub(crate) fn parse(spec: &LinesSpec) -> Result<Lines, String> {
         (Some(one), None) => vec![one.clone()],
         (None, Some(many)) if !many.is_empty() => many.clone(),
         (None, Some(_)) => return Err("lines: clients = []: name at least one client".into()),
-        (Some(_), Some(_)) => return Err("lines: write `client = \"NAME\"` or `clients = [...]`, not both".into()),
+        (Some(_), Some(_)) => {
+            return Err("lines: write `client = \"NAME\"` or `clients = [...]`, not both".into());
+        }
         (None, None) => {
             return Err("lines: name the client: client = \"alice\" or clients = [\"alice\", \"bob\"]".into());
         }
@@ -259,7 +261,7 @@ impl Client {
     fn unchecked(&self) -> String {
         let shown: Vec<String> = self.lines.iter().take(QUOTED).map(|l| format!("{l:?}")).collect();
         match self.lines.len() {
-            0 => "nothing else".into(),
+            0 => "nothing after it yet".into(),
             n if n > QUOTED => format!("then {} … ({n} lines)", shown.join(", ")),
             _ => format!("then {}", shown.join(", ")),
         }
@@ -311,6 +313,9 @@ impl Clients {
         failures: &mut Vec<String>,
     ) -> anyhow::Result<String> {
         let mut detail = Vec::new();
+        // Clients whose connect failed (a failure already): the rest of
+        // the step skips them.
+        let mut unreachable = Vec::new();
         if let Some(addr) = &step.connect {
             let addr = addr.as_deref().unwrap_or(app_addr);
             let mut connected = 0;
@@ -323,13 +328,16 @@ impl Clients {
                         self.open.insert(name.clone(), client);
                         connected += 1;
                     }
-                    Err(error) => failures.push(format!("{name}: {error}")),
+                    Err(error) => {
+                        failures.push(format!("{name}: {error}"));
+                        unreachable.push(name.as_str());
+                    }
                 }
             }
             detail.push(format!("{connected} connected to {addr}"));
         }
         for name in &step.clients {
-            if !self.open.contains_key(name) {
+            if !self.open.contains_key(name) && !unreachable.contains(&name.as_str()) {
                 let open: Vec<&str> = self.open.keys().map(String::as_str).collect();
                 bail!(
                     "no client {name} is open (open: {}): connect it first with connect = true; clients stay \
@@ -342,7 +350,7 @@ impl Clients {
             let mut text = step.send.join("\n");
             text.push('\n');
             for name in &step.clients {
-                let client = self.open.get_mut(name).expect("checked above");
+                let Some(client) = self.open.get_mut(name) else { continue };
                 if let Err(error) = client.stream.write_all(text.as_bytes()) {
                     failures.push(format!("{name}: sending to {}: {error}", client.addr));
                 }
@@ -352,7 +360,7 @@ impl Clients {
         if !step.expect.is_empty() {
             let mut matched = 0;
             for name in &step.clients {
-                let client = self.open.get_mut(name).expect("checked above");
+                let Some(client) = self.open.get_mut(name) else { continue };
                 let deadline = Instant::now() + step.within;
                 for pattern in &step.expect {
                     let at = client.checked + 1;
@@ -379,12 +387,13 @@ impl Clients {
                     }
                 }
             }
-            detail.push(format!("{matched} of {} line(s) as expected", step.expect.len() * step.clients.len()));
+            detail
+                .push(format!("{matched} of {} line(s) as expected", step.expect.len() * step.clients.len()));
         }
         if step.expect_closed {
             let mut closed = 0;
             for name in &step.clients {
-                let mut client = self.open.remove(name).expect("checked above");
+                let Some(mut client) = self.open.remove(name) else { continue };
                 let deadline = Instant::now() + step.within;
                 loop {
                     match client.next_line(deadline) {
@@ -412,7 +421,7 @@ impl Clients {
         }
         if step.close {
             for name in &step.clients {
-                let client = self.open.remove(name).expect("checked above");
+                let Some(client) = self.open.remove(name) else { continue };
                 let _ = client.stream.shutdown(Shutdown::Both);
             }
             detail.push(format!("{} closed", step.clients.len()));
@@ -443,7 +452,8 @@ mod tests {
 
     #[test]
     fn steps_parse_and_refuse_what_cannot_run() {
-        let step = spec("clients = [\"a\", \"b\"]\nconnect = true\nexpect = [\"OK*\"]\nwithin = \"2s\"").unwrap();
+        let step =
+            spec("clients = [\"a\", \"b\"]\nconnect = true\nexpect = [\"OK*\"]\nwithin = \"2s\"").unwrap();
         assert_eq!(step.clients, ["a", "b"]);
         assert_eq!(step.connect, Some(None));
         assert_eq!(step.within, Duration::from_secs(2));
@@ -457,8 +467,12 @@ mod tests {
         assert!(spec("client = \"a\"\nsend = [\"x\\ny\"]").unwrap_err().contains("newline"));
         assert!(spec("client = \"a\"\nclose = true\nwithin = \"1s\"").unwrap_err().contains("within"));
         assert!(spec("client = \"a\"\nexpect = [\"x\"]\nwithin = \"soon\"").unwrap_err().contains("within:"));
-        assert!(spec("client = \"a\"\nexpect_closed = true\nclose = true").unwrap_err().contains("drop close"));
-        assert!(spec("client = \"a\"\nclose = true\nbogus = 1").unwrap_err().contains("unknown field `bogus`"));
+        assert!(
+            spec("client = \"a\"\nexpect_closed = true\nclose = true").unwrap_err().contains("drop close")
+        );
+        assert!(
+            spec("client = \"a\"\nclose = true\nbogus = 1").unwrap_err().contains("unknown field `bogus`")
+        );
     }
 
     /// A server that greets, echoes one line as `echo: LINE`, then closes.
@@ -490,7 +504,11 @@ mod tests {
             .unwrap();
         // The second line came in two reads; it is checked by a later step.
         let detail = clients
-            .run(&step("client = \"a\"\nsend = [\"ping\"]\nexpect = [\"partial line\", \"echo: p*\"]"), &addr, &mut failures)
+            .run(
+                &step("client = \"a\"\nsend = [\"ping\"]\nexpect = [\"partial line\", \"echo: p*\"]"),
+                &addr,
+                &mut failures,
+            )
             .unwrap();
         assert!(failures.is_empty(), "{failures:?}");
         assert!(detail.contains("2 of 2 line(s) as expected"), "{detail}");
@@ -529,7 +547,8 @@ mod tests {
         assert!(failures[0].contains("the server closed the connection before line 4"), "{failures:?}");
         // Nothing listens there any more.
         failures.clear();
-        clients.run(&step("client = \"b\"\nconnect = true"), &addr, &mut failures).unwrap();
+        // The rest of the step skips it.
+        clients.run(&step("client = \"b\"\nconnect = true\nsend = [\"x\"]"), &addr, &mut failures).unwrap();
         assert!(failures.len() == 1 && failures[0].starts_with("b: connecting to"), "{failures:?}");
     }
 }

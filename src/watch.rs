@@ -184,7 +184,9 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
 fn is_content_change(kind: &EventKind) -> bool {
     match kind {
         EventKind::Create(_) | EventKind::Remove(_) => true,
-        EventKind::Modify(modify) => matches!(modify, ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any),
+        EventKind::Modify(modify) => {
+            matches!(modify, ModifyKind::Data(_) | ModifyKind::Name(_) | ModifyKind::Any)
+        }
         EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
     }
 }
@@ -192,7 +194,11 @@ fn is_content_change(kind: &EventKind) -> bool {
 /// Whether a file or directory name is never a source: cargo's output,
 /// hidden files and directories, editors' backups and autosaves.
 fn is_ignored(name: &str) -> bool {
-    name == "target" || name == "Cargo.lock" || name.starts_with('.') || name.starts_with('#') || name.ends_with('~')
+    name == "target"
+        || name == "Cargo.lock"
+        || name.starts_with('.')
+        || name.starts_with('#')
+        || name.ends_with('~')
 }
 
 /// Watches `dir` and each directory below it that is not ignored, one
@@ -244,14 +250,20 @@ impl Sources {
             return true;
         }
         self.crates.iter().any(|dir| {
-            path.strip_prefix(dir)
-                .is_ok_and(|inside| !inside.components().any(|c| is_ignored(&c.as_os_str().to_string_lossy())))
+            path.strip_prefix(dir).is_ok_and(|inside| {
+                !inside.components().any(|c| is_ignored(&c.as_os_str().to_string_lossy()))
+            })
         })
     }
 
     /// Whether `event` touches a source; a directory created under a
     /// crate is watched from now on.
-    fn note(&self, event: &notify::Event, watcher: &mut impl Watcher, watched: &mut HashSet<PathBuf>) -> bool {
+    fn note(
+        &self,
+        event: &notify::Event,
+        watcher: &mut impl Watcher,
+        watched: &mut HashSet<PathBuf>,
+    ) -> bool {
         let mut touched = false;
         for path in &event.paths {
             if !self.holds(path) {
@@ -319,7 +331,8 @@ fn deploy_once(
     let rejected = |error: anyhow::Error| (Outcome::Rejected, error);
     let manifest_path = app_dir.join("release.toml");
     let mut manifest = Manifest::from_path(&manifest_path).map_err(|e| rejected(e.into()))?;
-    let status = Client::connect(root).and_then(|mut client| client.status()).map_err(|e| not_deployed(e.into()))?;
+    let status =
+        Client::connect(root).and_then(|mut client| client.status()).map_err(|e| not_deployed(e.into()))?;
     let running_name = &status.release.name;
     if *running_name != manifest.release.name {
         return Err(rejected(anyhow::anyhow!(
@@ -344,13 +357,20 @@ fn deploy_once(
         let version = development_version(&base, stamp);
         let crate_dir = app_dir.join(&module.krate);
         eprintln!("{} relive watch: building {} {version}", clock(), module.name);
-        let built = build_module(&module.name, &crate_dir, args.target_dir.as_deref(), Some(&version.to_string()), profile)
-            .map_err(rejected)?;
+        let built = build_module(
+            &module.name,
+            &crate_dir,
+            args.target_dir.as_deref(),
+            Some(&version.to_string()),
+            profile,
+        )
+        .map_err(rejected)?;
         libraries.push((module.name.clone(), built.library));
     }
     let build_time = build_started.elapsed();
     manifest.release.version = release_version.clone();
-    manifest.release.upgrade_from = Some(VersionReq::parse(&format!("={running}")).expect("an exact version"));
+    manifest.release.upgrade_from =
+        Some(VersionReq::parse(&format!("={running}")).expect("an exact version"));
     let out = tempfile::tempdir().context("a temporary directory for the archive").map_err(rejected)?;
     let options = BuildOptions {
         compression: match profile {
@@ -359,8 +379,8 @@ fn deploy_once(
         },
         ..BuildOptions::default()
     };
-    let archive =
-        archive::build_with(&manifest, app_dir, &libraries, out.path(), options).map_err(|e| rejected(e.into()))?;
+    let archive = archive::build_with(&manifest, app_dir, &libraries, out.path(), options)
+        .map_err(|e| rejected(e.into()))?;
     let request = DeployRequest {
         archive: std::path::absolute(&archive).unwrap_or(archive),
         health_window_ms: args.health_window.map_or(0, |window| window.as_millis() as u64),
@@ -381,7 +401,9 @@ fn deploy_once(
         changed_at.elapsed().as_secs_f64(),
         build_time.as_secs_f64()
     );
-    if let Err(error) = remove_older_development_releases(root, &deployed.release.version, &deployed.from.version) {
+    if let Err(error) =
+        remove_older_development_releases(root, &deployed.release.version, &deployed.from.version)
+    {
         eprintln!("relive watch: removing older development releases from the store: {error:#}");
     }
     Ok(())
@@ -404,7 +426,8 @@ fn remove_older_development_releases(root: &Path, new: &Version, previous: &Vers
         {
             continue;
         }
-        let request = Request::Remove(RemoveRequest { name: Some(app.clone()), version: release.version.clone() });
+        let request =
+            Request::Remove(RemoveRequest { name: Some(app.clone()), version: release.version.clone() });
         client.request(&request, None).with_context(|| format!("removing {app} {}", release.version))?;
     }
     Ok(())
@@ -425,7 +448,9 @@ fn development_version(running: &Version, stamp: u64) -> Version {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode};
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, MetadataKind, RemoveKind, RenameMode,
+    };
 
     #[test]
     fn development_versions_move_up() {

@@ -2,8 +2,10 @@
 //! `status`, `releases`, `call` through the binary, on the counter
 //! application (examples/releases/): a node booted from an archive, a live
 //! deploy that keeps the state, rollback, heart restarting a killed node on
-//! the permanent release, and the refusals (no node, a second node, another
-//! application, a deploy during a deploy, another uid).
+//! the permanent release, the refusals (no node, a second node, another
+//! application, a deploy during a deploy, another uid), and `relive watch`
+//! (an edit deployed once, no build without a change, a build error
+//! reported once, its older development releases removed).
 
 mod common;
 
@@ -385,69 +387,119 @@ fn watched_app(dir: &Path) -> PathBuf {
     app
 }
 
+/// A `relive watch` process; dropping it kills it, even when the test
+/// failed.
+struct WatchGuard(std::process::Child);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
-fn watch_rebuilds_and_deploys_on_each_change_and_survives_a_build_error() {
+fn watch_deploys_each_edit_once_settles_reports_a_build_error_once_and_prunes_its_releases() {
     let (v1, _) = archives();
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().join("node");
     let node = NodeGuard::start(&root, &["--boot", v1.to_str().unwrap()]);
     node.call("main_counter", r#"{"Add": 5}"#);
     let app = watched_app(dir.path());
-    // The examples' target directory, whose dependencies are built already;
+    // The examples' target directory, where the module's dependencies are
+    // built once for every run of this test (watch builds the dev profile);
     // the crate is "watched", so its builds replace no example library.
     let target = repo().join("target").join("examples");
-    let watch = Command::new(env!("CARGO_BIN_EXE_relive"))
-        .args([
-            "watch",
-            app.to_str().unwrap(),
-            "--root",
-            node.root(),
-            "--target-dir",
-            target.to_str().unwrap(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("watch.log")).unwrap())
-        .spawn()
-        .expect("starting relive watch");
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let watch_log = || std::fs::read_to_string(dir.path().join("watch.log")).unwrap_or_default();
+    let (out, err) = (dir.path().join("watch.out"), dir.path().join("watch.err"));
+    // Declared after the node: dropped (killed) before it.
+    let _watch = WatchGuard(
+        Command::new(env!("CARGO_BIN_EXE_relive"))
+            .args([
+                "watch",
+                app.to_str().unwrap(),
+                "--root",
+                node.root(),
+                "--target-dir",
+                target.to_str().unwrap(),
+            ])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("starting relive watch"),
+    );
+    let read = |path: &Path| std::fs::read_to_string(path).unwrap_or_default();
+    let deploys =
+        || read(&out).lines().filter(|l| l.contains(" deployed ")).map(str::to_string).collect::<Vec<_>>();
+    let builds = || read(&err).matches("relive watch: building counter").count();
     let release_version = |node: &NodeGuard| release_of(&node.status()).1;
-
-    // The first build deploys at once, above the running release.
-    wait_until("the first development build runs", Duration::from_secs(240), || {
-        release_version(&node).starts_with("1.0.1-dev.")
-    });
-    let first = release_version(&node);
-    assert_eq!(node.call("main_counter", r#""Get""#), Value::from(5), "the state moved with it");
-
-    // An edit is rebuilt and deployed live.
     let lib = app.join("watched/src/lib.rs");
     let source = std::fs::read_to_string(&lib).unwrap();
-    let edited = source.replace(
-        r#"Request::Version => Reply::Text(env!("CARGO_PKG_VERSION").to_string())"#,
-        r#"Request::Version => Reply::Text("edited".to_string())"#,
+    let version_line = r#"Request::Version => Reply::Text(env!("CARGO_PKG_VERSION").to_string())"#;
+    assert!(source.contains(version_line), "the counter's Version line changed; update this test");
+    let answering = |text: &str| {
+        source.replace(version_line, &format!("Request::Version => Reply::Text({text:?}.to_string())"))
+    };
+
+    // The sources as they are, built and deployed at once, above the
+    // running release.
+    wait_until("the first development build is deployed", Duration::from_secs(600), || deploys().len() == 1);
+    let first = release_version(&node);
+    assert!(first.starts_with("1.0.1-dev."), "{first}");
+    let line = &deploys()[0];
+    let (clock, rest) = line.split_once(' ').unwrap();
+    assert!(clock.len() == 8 && clock.chars().filter(|c| *c == ':').count() == 2, "HH:MM:SS: {line}");
+    assert!(
+        rest.starts_with(&format!("deployed counter {first}: live in ")) && rest.contains(" s (build "),
+        "{line}"
     );
-    assert_ne!(edited, source, "the counter's Version line changed; update this test");
-    std::fs::write(&lib, &edited).unwrap();
-    wait_until("the edit runs", Duration::from_secs(240), || {
+    assert_eq!(node.call("main_counter", r#""Get""#), Value::from(5), "the state moved with it");
+
+    // One edit: one build, one deploy, answering with the new code.
+    std::fs::write(&lib, answering("edited")).unwrap();
+    wait_until("the edit answers", Duration::from_secs(240), || {
         node.call("main_counter", r#""Version""#) == "edited"
     });
-    assert_ne!(release_version(&node), first);
+    wait_until("the edit's deploy is reported", Duration::from_secs(30), || deploys().len() == 2);
+    let second = release_version(&node);
+    assert!(second.starts_with("1.0.1-dev.") && second != first, "{second}");
     assert_eq!(node.call("main_counter", r#""Get""#), Value::from(5));
 
-    // A build error is shown; the node keeps what it runs.
-    let running = release_version(&node);
-    std::fs::write(&lib, format!("{edited}\nthis is not Rust\n")).unwrap();
+    // The same bytes written again, and a few idle seconds: nothing builds.
+    std::fs::write(&lib, answering("edited")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!((builds(), deploys().len()), (2, 2), "a build without a change:\n{}", read(&err));
+
+    // A build error is reported once, also when the broken file is saved
+    // again; the node keeps what it runs.
+    let broken = format!("{}\nthis is not Rust\n", answering("edited"));
+    std::fs::write(&lib, &broken).unwrap();
     wait_until("the build error is reported", Duration::from_secs(240), || {
-        watch_log().contains("the node keeps the version it runs")
+        read(&err).contains("the node keeps the version it runs")
     });
-    assert_eq!(release_version(&node), running);
+    std::fs::write(&lib, &broken).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    let log = read(&err);
+    assert_eq!(log.matches("building module counter failed").count(), 1, "{log}");
+    assert_eq!(log.matches("the node keeps the version it runs").count(), 1, "{log}");
+    assert_eq!(builds(), 3, "{log}");
+    assert_eq!(release_version(&node), second);
     assert_eq!(node.call("main_counter", r#""Version""#), Value::from("edited"));
-    drop(Kill(watch));
+
+    // Fixed: deployed, and the development releases before the previous
+    // one are gone from the store (the previous one stays for rollback).
+    std::fs::write(&lib, answering("fixed")).unwrap();
+    wait_until("the fix answers", Duration::from_secs(240), || {
+        node.call("main_counter", r#""Version""#) == "fixed"
+    });
+    wait_until("the fix's deploy is reported", Duration::from_secs(30), || deploys().len() == 3);
+    let third = release_version(&node);
+    let expected = vec![
+        rel("counter", "1.0.0", "permanent"),
+        rel("counter", &second, "old"),
+        rel("counter", &third, "current"),
+    ];
+    wait_until("the first development release is removed", Duration::from_secs(30), || {
+        node.releases() == expected
+    });
+    assert_eq!(node.call("main_counter", r#""Get""#), Value::from(5));
 }

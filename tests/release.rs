@@ -1,7 +1,10 @@
 //! `relive release build|inspect|unpack|list` and `relive plan` on the
 //! counter application in two versions (examples/releases/), through the
-//! binary: the round trip of issue 6, and bad archives refused with the
-//! store left as it was.
+//! binary: the round trip of issue 6, bad archives refused with the
+//! store left as it was, and what `release build` refuses before packing
+//! (a library exporting another module name; with `--previous`, types that
+//! changed under the same module version), built from the real example
+//! crates.
 
 mod common;
 
@@ -159,4 +162,98 @@ fn a_signed_archive_is_accepted_only_with_its_key_trusted() {
     std::fs::copy(dir.path().join("signer.pub"), root.join("keys").join("signer.pub")).unwrap();
     let said = ok(&["release", "unpack", signed.to_str().unwrap(), "--root", root_arg, "--require-signed"]);
     assert!(said.starts_with("unpacked counter 1.0.0"), "{said}");
+}
+
+/// An application directory in `dir` with one module `module` built from
+/// the example crate `krate` (examples/KRATE), release `version`.
+fn app_with(dir: &Path, module: &str, krate: &str, version: &str) -> PathBuf {
+    let app = dir.join(format!("{module}-{krate}-{version}"));
+    std::fs::create_dir_all(&app).unwrap();
+    let krate = repo().join("examples").join(krate);
+    std::fs::write(
+        app.join("release.toml"),
+        format!(
+            "[release]\nname = \"counter\"\nversion = \"{version}\"\n\n[[module]]\nname = \"{module}\"\n\
+             crate = {:?}\n\n[[process]]\nname = \"main_counter\"\nmodule = \"{module}\"\n",
+            krate.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    app
+}
+
+/// `relive release build APP --out OUT [--previous ARCHIVE]` in the
+/// examples' target directory: the command's output.
+fn release_build(app: &Path, out: &Path, previous: Option<&Path>) -> std::process::Output {
+    let target = repo().join("target").join("examples");
+    let mut args = vec![
+        "release",
+        "build",
+        app.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--target-dir",
+        target.to_str().unwrap(),
+    ];
+    if let Some(previous) = previous {
+        args.extend(["--previous", previous.to_str().unwrap()]);
+    }
+    common::relive(&args)
+}
+
+fn refused(output: &std::process::Output) -> String {
+    assert!(!output.status.success(), "built: {}", String::from_utf8_lossy(&output.stdout));
+    String::from_utf8_lossy(&output.stderr).to_string()
+}
+
+#[test]
+fn a_library_exporting_another_module_name_is_refused_at_build() {
+    let dir = tempfile::tempdir().unwrap();
+    // counter-v1 exports `counter`; this release calls it `greeter`.
+    let app = app_with(dir.path(), "greeter", "counter-v1", "1.0.0");
+    let out = dir.path().join("out");
+    let error = refused(&release_build(&app, &out, None));
+    let manifest = app.join("release.toml");
+    let crate_dir = repo().join("examples").join("counter-v1");
+    for needed in [
+        "module greeter",
+        "exports module `counter`",
+        "names it `greeter`",
+        manifest.to_str().unwrap(),
+        crate_dir.to_str().unwrap(),
+    ] {
+        assert!(error.contains(needed), "{needed:?} missing from: {error}");
+    }
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "an archive was written");
+}
+
+#[test]
+fn previous_refuses_changed_types_under_the_same_version_and_passes_the_rest() {
+    let (v1, _) = archives();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+
+    // counter-v1-clash is counter 1.0.0 too, with another state.
+    let clash = app_with(dir.path(), "counter", "counter-v1-clash", "1.0.1");
+    let error = refused(&release_build(&clash, &out, Some(v1)));
+    let cargo_toml = repo().join("examples").join("counter-v1-clash").join("Cargo.toml");
+    let expected = format!(
+        "state type of counter changed: bump `version` in {} and write code_change",
+        cargo_toml.display()
+    );
+    assert!(error.contains(&expected), "{expected:?} missing from: {error}");
+    assert!(error.contains(v1.to_str().unwrap()), "the previous archive is not named: {error}");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none(), "an archive was written");
+    // Without --previous nothing tells the two apart.
+    assert!(release_build(&clash, &out, None).status.success());
+
+    // The same types under the same version, and other types under a new
+    // version, pass.
+    for (krate, version) in [("counter-v1", "1.0.1"), ("counter-v2", "2.0.0")] {
+        let app = app_with(dir.path(), "counter", krate, version);
+        let built = release_build(&app, &out, Some(v1));
+        assert!(built.status.success(), "{krate}: {}", String::from_utf8_lossy(&built.stderr));
+        let archive = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
+        assert_eq!(archive, out.join(format!("counter-{version}.tar.gz")));
+    }
 }

@@ -1029,8 +1029,10 @@ impl ReleaseHandler {
                 (sup.name.as_str(), children)
             })
             .collect();
-        let info =
-            |sup: &str, id: &str| children.get(sup).and_then(|list| list.iter().find(|c| &*c.id == id));
+        // By supervisor and id: a release may run tens of thousands.
+        let by_id: std::collections::HashMap<(&str, &str), &supervisor::ChildInfo> =
+            children.iter().flat_map(|(sup, list)| list.iter().map(move |c| ((*sup, &*c.id), c))).collect();
+        let info = |sup: &str, id: &str| by_id.get(&(sup, id)).copied();
         let supervisors = flat
             .iter()
             .map(|(parent, sup)| {

@@ -270,7 +270,13 @@ pub fn build(
     out_dir: &Path,
     signing_key: Option<&SigningKey>,
 ) -> Result<PathBuf> {
-    build_with(manifest, manifest_dir, libraries, out_dir, BuildOptions { signing_key, ..BuildOptions::default() })
+    build_with(
+        manifest,
+        manifest_dir,
+        libraries,
+        out_dir,
+        BuildOptions { signing_key, ..BuildOptions::default() },
+    )
 }
 
 /// How [`build_with`] writes an archive.
@@ -1159,7 +1165,9 @@ mod tests {
         let libraries = [("m".to_string(), PathBuf::from("libm.so"))];
         let key = SigningKey::from_bytes(&[7; 32]);
         let mut archives = Vec::new();
-        for (out, compression) in [("default", ArchiveCompression::Default), ("fast", ArchiveCompression::Fast)] {
+        for (out, compression) in
+            [("default", ArchiveCompression::Default), ("fast", ArchiveCompression::Fast)]
+        {
             let options = BuildOptions { signing_key: Some(&key), compression };
             let path = build_with(&manifest, app, &libraries, &app.join(out), options).unwrap();
             let contents = read(&path, Some(&[key.verifying_key()]), true).unwrap();

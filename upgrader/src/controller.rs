@@ -28,7 +28,9 @@ use relive_runtime::{
 };
 
 use crate::migrate::{self, BatchOutcome, Limits, MovedSet};
-use crate::plan::{ChildDef, Instruction, Plan, ProcessDef, Processes, PurgeMode, ReleaseStep};
+use crate::plan::{
+    ChildDef, Instruction, Plan, ProcessDef, Processes, PurgeMode, ReleaseStep, SupervisorDef,
+};
 use crate::report::{
     CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,
     RollbackReport, StepReport, UpgradeError,
@@ -729,10 +731,20 @@ impl<'a> Transaction<'a> {
                 self.start_child(sup, &def).map_err(|e| fail(None, e))
             }
             Instruction::StartSupervisor { supervisor: sup, spec } => {
-                // Every module of the subtree must be there before any of
-                // it starts.
+                // Every module of the subtree (templates included) must be
+                // there before any of it starts.
+                fn modules<'a>(sup: &'a SupervisorDef, out: &mut Vec<&'a ProcessDef>) {
+                    for child in &sup.children {
+                        match child {
+                            ChildDef::Process(p) => out.push(p),
+                            ChildDef::Supervisor(s) => modules(s, out),
+                        }
+                    }
+                }
+                let mut processes = Vec::new();
+                modules(spec, &mut processes);
                 if let Some(missing) =
-                    spec.processes().into_iter().find(|p| self.code().current(&p.module).is_none())
+                    processes.into_iter().find(|p| self.code().current(&p.module).is_none())
                 {
                     return Err(fail(
                         None,

@@ -115,6 +115,7 @@ impl Behaviour for Room {
             RoomCall::Info => RoomReply::Info(RoomInfo {
                 name: self.name.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                count: self.members.len(),
                 members: self.nicks(),
                 history: 0,
                 history_limit: 0,

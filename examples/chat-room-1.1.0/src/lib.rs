@@ -1,15 +1,18 @@
 //! A chat room (module `chat_room`), version 1.1.0: 1.0.0 (see
 //! examples/chat-room-1.0.0) with members kept in a map by session pid,
 //! each with the time it joined, and the room's last messages (at most
-//! `history`, the start argument: 10 unless the release says otherwise),
-//! which a session gets when it joins.
+//! `history`, the start argument: the chat 1.1.0 release's template says
+//! 5; 10 when absent), which a session gets when it joins.
 //!
 //! The state's type changed, so the upgrade from 1.0.0 runs `code_change`:
 //! every member of 1.0.0's list goes into the map in the same order (its
 //! join time is unknown: the time of the upgrade stands for it) with an
-//! empty history. `downgrade` to 1.0.0 writes the list back in join order
-//! and drops the history, which 1.0.0 has no place for. The monitors are
-//! the node's, not the code's: they carry over both ways untouched.
+//! empty history of the default size (`code_change` cannot see the
+//! release's template; the template applies when the room next starts, as
+//! a changed child spec does in OTP). `downgrade` to 1.0.0 writes the list
+//! back in join order and drops the history, which 1.0.0 has no place
+//! for. The monitors are the node's, not the code's: they carry over both
+//! ways untouched.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -174,6 +177,7 @@ impl Behaviour for Room {
             RoomCall::Info => RoomReply::Info(RoomInfo {
                 name: self.name.clone(),
                 version: env!("CARGO_PKG_VERSION").to_string(),
+                count: self.members.len(),
                 members: self.nicks(),
                 history: self.history.len(),
                 history_limit: self.history_limit,

@@ -49,7 +49,7 @@ use relive_abi::prelude::*;
 /// down before it gives up (the supervisor restarts a room at once; this
 /// covers a busy node).
 const REJOIN_EVERY: Duration = Duration::from_millis(50);
-const REJOIN_ATTEMPTS: u32 = 100;
+const REJOIN_ATTEMPTS: u32 = 200;
 
 /// The state.
 #[derive(Serialize, Deserialize)]
@@ -325,8 +325,21 @@ impl Session {
         format!("OK rooms: {}", listed.join(" "))
     }
 
+    /// Greets the client, once: when the acceptor says the connection is
+    /// ours, or at its first bytes if they overtake that message (they may:
+    /// the acceptor hands the connection over, then tells us).
+    fn greet(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.attached {
+            self.attached = true;
+            let greeting =
+                format!("OK welcome to relive chat {}; NICK <name> to begin", env!("CARGO_PKG_VERSION"));
+            self.write(&[greeting], ctx);
+        }
+    }
+
     /// Bytes from the client: runs every complete line.
     fn data(&mut self, bytes: &[u8], ctx: &mut Ctx<'_>) {
+        self.greet(ctx);
         let mut out = Vec::new();
         let mut flow = Flow::Continue;
         for input in self.input.push(bytes, self.max_line) {
@@ -394,13 +407,7 @@ impl Session {
 
     fn message(&mut self, message: ToSession, ctx: &mut Ctx<'_>) {
         let line = match message {
-            ToSession::Attached => {
-                if self.attached {
-                    return;
-                }
-                self.attached = true;
-                format!("OK welcome to relive chat {}; NICK <name> to begin", env!("CARGO_PKG_VERSION"))
-            }
+            ToSession::Attached => return self.greet(ctx),
             ToSession::Stray(event) => return self.port_event(event, ctx),
             ToSession::Said { room, nick, text } => said_line(&room, &nick, &text),
             ToSession::Joined { room, nick } => format!("NOTE {nick} joined {room}"),

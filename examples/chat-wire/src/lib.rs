@@ -193,6 +193,8 @@ pub struct RoomInfo {
     pub name: String,
     /// The version of its code.
     pub version: String,
+    /// How many members it has.
+    pub count: usize,
     /// The members' nicks, in the order they joined.
     pub members: Vec<String>,
     /// How many messages its history holds.
