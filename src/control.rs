@@ -318,6 +318,44 @@ pub fn make_permanent(args: Plain) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the supervision tree, one line per supervisor, indented under
+/// its parent (the status lists them depth first). A release with only
+/// its top supervisor prints nothing here: the processes line names it.
+fn print_supervisors(supervisors: &[relive_node::protocol::SupervisorStatus]) {
+    if supervisors.len() < 2 {
+        return;
+    }
+    println!("supervisors:");
+    for supervisor in supervisors {
+        let mut depth = 0;
+        let mut parent = supervisor.parent.as_deref();
+        while let Some(name) = parent {
+            depth += 1;
+            parent = supervisors.iter().find(|s| s.name == name).and_then(|s| s.parent.as_deref());
+            if depth > supervisors.len() {
+                break;
+            }
+        }
+        let restarts = match supervisor.restarts {
+            0 => String::new(),
+            1 => ", restarted once".to_string(),
+            n => format!(", restarted {n} times"),
+        };
+        println!(
+            "  {:indent$}{} {} ({} restarts in {:.1} s) {}: {} children, {} running{restarts}",
+            "",
+            supervisor.name,
+            supervisor.strategy,
+            supervisor.intensity,
+            supervisor.period_ms as f64 / 1e3,
+            supervisor.pid.as_deref().unwrap_or("not running"),
+            supervisor.children,
+            supervisor.running,
+            indent = depth * 2
+        );
+    }
+}
+
 /// Prints a status for people.
 pub fn print_status(status: &Status) {
     println!(
@@ -347,6 +385,7 @@ pub fn print_status(status: &Status) {
         };
         println!("  {:<20} current {}, old {}", module.name, version(&module.current), version(&module.old));
     }
+    print_supervisors(&status.supervisors);
     let total: usize = status.processes.iter().map(|g| g.children.len()).sum();
     let running: usize = status.processes.iter().map(|g| g.running).sum();
     println!("processes (under {}): {running} running, {} not running", status.supervisor, total - running);

@@ -274,7 +274,7 @@ fn standalone_dependency(
 /// directory renamed into place.
 fn write_project(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()> {
     let shown = dir.display();
-    match std::fs::read_dir(dir) {
+    let exists = match std::fs::read_dir(dir) {
         Ok(mut entries) => {
             if entries.next().is_some() {
                 bail!(
@@ -282,32 +282,63 @@ fn write_project(dir: &Path, files: &[(PathBuf, Vec<u8>)]) -> anyhow::Result<()>
                      choose another with --dir, or remove what is there"
                 );
             }
+            true
         }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => false,
         Err(error) if error.kind() == std::io::ErrorKind::NotADirectory => {
             bail!("{shown} exists and is not a directory: choose another with --dir")
         }
         Err(error) => return Err(error).with_context(|| format!("reading {shown}")),
-    }
-    let absolute = std::path::absolute(dir).with_context(|| format!("resolving {shown}"))?;
-    let parent = absolute.parent().context("the project's directory cannot be /")?;
-    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let leaf = absolute.file_name().map_or("project".into(), |n| n.to_string_lossy().into_owned());
-    let staging = parent.join(format!(".{leaf}.relive-new-{}", std::process::id()));
+    };
+    // An existing directory (perhaps the shell's current one, `--dir .`)
+    // stays: the files are staged inside it and moved up. A new one is
+    // staged beside it and renamed into place whole.
+    let (target, staging) = if exists {
+        let target = dir.canonicalize().with_context(|| format!("resolving {shown}"))?;
+        let staging = target.join(format!(".relive-new-{}", std::process::id()));
+        (target, staging)
+    } else {
+        let target = std::path::absolute(dir).with_context(|| format!("resolving {shown}"))?;
+        let parent = target.parent().context("the project's directory cannot be /")?;
+        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+        let leaf = target.file_name().map_or("project".into(), |n| n.to_string_lossy().into_owned());
+        let staging = parent.join(format!(".{leaf}.relive-new-{}", std::process::id()));
+        (target, staging)
+    };
+    let mut moved = Vec::new();
     let written = (|| -> anyhow::Result<()> {
         for (path, contents) in files {
-            let target = staging.join(path);
-            if let Some(parent) = target.parent() {
+            let file = staging.join(path);
+            if let Some(parent) = file.parent() {
                 std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
             }
-            std::fs::write(&target, contents).with_context(|| format!("writing {}", target.display()))?;
+            std::fs::write(&file, contents).with_context(|| format!("writing {}", file.display()))?;
         }
-        // Replaces an empty directory; fails if one with files appeared
-        // meanwhile.
-        std::fs::rename(&staging, &absolute).with_context(|| format!("moving the new project to {shown}"))
+        if !exists {
+            // Fails if a directory with files appeared there meanwhile.
+            return std::fs::rename(&staging, &target)
+                .with_context(|| format!("moving the new project to {shown}"));
+        }
+        for entry in std::fs::read_dir(&staging).with_context(|| format!("reading {}", staging.display()))? {
+            let entry = entry.with_context(|| format!("reading {}", staging.display()))?;
+            let to = target.join(entry.file_name());
+            if std::fs::symlink_metadata(&to).is_ok() {
+                bail!(
+                    "{} appeared while relive new wrote the project: remove it and try again",
+                    to.display()
+                );
+            }
+            std::fs::rename(entry.path(), &to)
+                .with_context(|| format!("moving {} into {shown}", to.display()))?;
+            moved.push(to);
+        }
+        std::fs::remove_dir(&staging).with_context(|| format!("removing {}", staging.display()))
     })();
     if written.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
+        for path in moved {
+            let _ = std::fs::remove_dir_all(&path).or_else(|_| std::fs::remove_file(&path));
+        }
     }
     written
 }
@@ -449,8 +480,15 @@ mod tests {
         assert!(new.join("module/Cargo.toml").is_file());
         let empty = tmp.path().join("empty");
         std::fs::create_dir(&empty).unwrap();
-        write_project(&empty, &files).unwrap();
+        write_project(&empty.join("."), &files).unwrap();
         assert!(empty.join("release.toml").is_file());
+        assert!(empty.join("vendor/relive-abi/src/lib.rs").is_file());
+        let hidden: Vec<_> = std::fs::read_dir(&empty)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".relive-new"))
+            .collect();
+        assert!(hidden.is_empty(), "{hidden:?}");
 
         // A directory with anything in it is refused, and left as it was.
         let busy = tmp.path().join("busy");

@@ -48,7 +48,7 @@
 //! sources change again; a deploy that fails (the node refused it or does
 //! not answer) is tried again on the next change event, edit or not.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -62,7 +62,7 @@ use relive_node::client::{Client, ClientError};
 use relive_node::protocol::{DeployRequest, RemoveRequest, Request};
 use relive_releases::archive::{self, ArchiveCompression, BuildOptions};
 use relive_releases::manifest::Manifest;
-use relive_releases::store::ReleaseState;
+use relive_releases::store::{ReleaseInfo, ReleaseState};
 use semver::{Prerelease, Version, VersionReq};
 
 use crate::control;
@@ -109,7 +109,7 @@ enum Outcome {
 pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     let root = args.root.path();
     let app_dir = std::path::absolute(&args.app_dir).unwrap_or_else(|_| args.app_dir.clone());
-    let sources = Sources::of(&app_dir)?;
+    let mut sources = Sources::of(&app_dir)?;
     let profile = if args.release { Profile::Release } else { Profile::Dev };
     if args.once {
         return match deploy_once(&args, &root, &app_dir, profile, Instant::now()) {
@@ -122,13 +122,13 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         if let Ok(event) = event
             && is_content_change(&event.kind)
         {
-            let _ = events.send(event);
+            // Stamped now: a change made during a build is read after it.
+            let _ = events.send((Instant::now(), event));
         }
     })
     .context("starting the file watcher")?;
-    let mut watched = HashSet::new();
     for dir in &sources.crates {
-        watch_tree(&mut watcher, dir, &mut watched)?;
+        watch_tree(&mut watcher, dir)?;
     }
     watcher
         .watch(&app_dir, RecursiveMode::NonRecursive)
@@ -144,6 +144,15 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
     let mut last: Option<(u64, Outcome)> = None;
     let mut changed_at = Instant::now();
     loop {
+        // release.toml may name other crates now.
+        if let Ok(now) = Sources::of(&app_dir)
+            && now.crates != sources.crates
+        {
+            for dir in now.crates.iter().filter(|dir| !sources.crates.contains(dir)) {
+                watch_tree(&mut watcher, dir)?;
+            }
+            sources = now;
+        }
         let hash = sources.hash();
         let settled = matches!(last, Some((built, Outcome::Deployed | Outcome::Rejected)) if built == hash);
         if !settled {
@@ -166,14 +175,13 @@ pub fn run(args: WatchArgs) -> anyhow::Result<()> {
         // The next batch: wait for a change to a source, then until the
         // sources have been quiet for SETTLE.
         changed_at = loop {
-            let event = changes.recv().context("the file watcher stopped")?;
-            let at = Instant::now();
-            if sources.note(&event, &mut watcher, &mut watched) {
+            let (at, event) = changes.recv().context("the file watcher stopped")?;
+            if sources.note(&event, &mut watcher) {
                 break at;
             }
         };
-        while let Ok(event) = changes.recv_timeout(SETTLE) {
-            sources.note(&event, &mut watcher, &mut watched);
+        while let Ok((_, event)) = changes.recv_timeout(SETTLE) {
+            sources.note(&event, &mut watcher);
         }
     }
 }
@@ -202,17 +210,15 @@ fn is_ignored(name: &str) -> bool {
 }
 
 /// Watches `dir` and each directory below it that is not ignored, one
-/// directory at a time, so that no build output is ever watched.
-fn watch_tree(watcher: &mut impl Watcher, dir: &Path, watched: &mut HashSet<PathBuf>) -> anyhow::Result<()> {
-    if !watched.insert(dir.to_path_buf()) {
-        return Ok(());
-    }
+/// directory at a time, so that no build output is ever watched. Watching
+/// a directory again is harmless (one removed and made again needs it).
+fn watch_tree(watcher: &mut impl Watcher, dir: &Path) -> anyhow::Result<()> {
     watcher.watch(dir, RecursiveMode::NonRecursive).with_context(|| format!("watching {}", dir.display()))?;
     let entries = std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))?;
     for entry in entries.flatten() {
         let name = entry.file_name();
         if entry.file_type().is_ok_and(|t| t.is_dir()) && !is_ignored(&name.to_string_lossy()) {
-            watch_tree(watcher, &entry.path(), watched)?;
+            watch_tree(watcher, &entry.path())?;
         }
     }
     Ok(())
@@ -258,12 +264,7 @@ impl Sources {
 
     /// Whether `event` touches a source; a directory created under a
     /// crate is watched from now on.
-    fn note(
-        &self,
-        event: &notify::Event,
-        watcher: &mut impl Watcher,
-        watched: &mut HashSet<PathBuf>,
-    ) -> bool {
+    fn note(&self, event: &notify::Event, watcher: &mut impl Watcher) -> bool {
         let mut touched = false;
         for path in &event.paths {
             if !self.holds(path) {
@@ -271,7 +272,7 @@ impl Sources {
             }
             touched = true;
             if path.is_dir()
-                && let Err(error) = watch_tree(watcher, path, watched)
+                && let Err(error) = watch_tree(watcher, path)
             {
                 eprintln!("relive watch: {error:#}: changes in it are not seen");
             }
@@ -401,27 +402,29 @@ fn deploy_once(
         changed_at.elapsed().as_secs_f64(),
         build_time.as_secs_f64()
     );
-    if let Err(error) =
-        remove_older_development_releases(root, &deployed.release.version, &deployed.from.version)
-    {
+    if let Err(error) = remove_older_development_releases(root, &deployed.release, &deployed.from.version) {
         eprintln!("relive watch: removing older development releases from the store: {error:#}");
     }
     Ok(())
 }
 
-/// Removes the development releases of the running application from the
-/// node's store, but `new` and `previous` (the one a rollback returns to).
-fn remove_older_development_releases(root: &Path, new: &Version, previous: &Version) -> anyhow::Result<()> {
+/// Removes the development releases of the application `new` belongs to
+/// from the node's store, but `new` and `previous` (the one a rollback
+/// returns to).
+fn remove_older_development_releases(
+    root: &Path,
+    new: &ReleaseInfo,
+    previous: &Version,
+) -> anyhow::Result<()> {
     let mut client = Client::connect(root)?;
-    let status = client.status()?;
-    let app = status.release.name;
+    let app = &new.name;
     for release in client.releases()? {
         let is_development = release.version.pre.as_str().starts_with("dev.");
         let in_use = matches!(release.state, ReleaseState::Current | ReleaseState::Permanent);
-        if release.name != app
+        if release.name != *app
             || !is_development
             || in_use
-            || release.version == *new
+            || release.version == new.version
             || release.version == *previous
         {
             continue;

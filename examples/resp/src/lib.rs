@@ -1,22 +1,649 @@
 //! RESP2, the Redis serialization protocol, as far as a server needs it:
-//! an incremental request parser ([`parse`]) and reply writers.
+//! an incremental request [`Parser`], kept per connection, and reply
+//! writers.
 //!
 //! Requests are arrays of bulk strings (`*2\r\n$3\r\nGET\r\n$1\r\na\r\n`), as
 //! redis-cli and redis-benchmark send them, or inline commands (`PING\r\n`,
-//! words separated by spaces), as people type them over telnet. A request
-//! may arrive split across reads and one read may hold many (pipelining):
-//! the caller keeps a buffer per connection, appends what it reads, and
-//! calls [`parse`] until it answers [`Parsed::Incomplete`].
+//! words separated by spaces, with Redis's quoting: `SET "a b" '\x'`), as
+//! people type them over telnet. A request may arrive split across reads and
+//! one read may hold many (pipelining).
+//!
+//! # The parser's contract
+//! A connection owns one [`Parser`]: it [`Parser::feed`]s each read, then
+//! calls [`Parser::next_request`] until it answers `Ok(None)`.
+//! - Every byte is examined once: a partly received request is never parsed
+//!   again from its start. The parser remembers where it stopped (the header
+//!   line it was searching, the bulk string it waits for, the arguments
+//!   found so far as ranges of its buffer).
+//! - Every byte is copied once into the parser's buffer (a read that starts
+//!   a request becomes the buffer, with no copy), plus the buffer's growth,
+//!   which doubles (never past the end of the bulk string it waits for), so
+//!   a bulk string of up to [`MAX_BULK`] bytes costs O(n) however it is cut.
+//!   The buffer is allocated as bytes arrive, not as a header announces
+//!   them: a client that announces 512 MB and sends nothing holds nothing.
+//! - Arguments are borrowed from the buffer ([`Args`]); bytes of requests
+//!   handed out are dropped at the next [`Parser::feed`], and a buffer left
+//!   empty is freed, so a connection that sent a large value does not keep
+//!   its memory.
+//! - What is accepted and refused, and the words of each refusal, are
+//!   Redis 7's (networking.c: `processInlineBuffer`,
+//!   `processMultibulkBuffer`; sds.c: `sdssplitargs`; util.c: `string2ll`),
+//!   with this library's limit on arguments ([`MAX_ARGS`]). After an error
+//!   the caller answers it ([`ProtocolError::reply`]) and closes the
+//!   connection, as Redis does; the parser answers the same error again if
+//!   asked.
+//! - Across an upgrade a parser is kept as its unconsumed bytes (its serde
+//!   form is those bytes); the next version parses them once more.
+//!
+//! [`parse`] is the one-shot form over a caller's buffer (the kv versions
+//! before 2.1.0 keep their own buffers), with the same rules.
 
-/// The longest inline command, and the longest buffered partial one, as in
-/// Redis (64 KiB).
+use std::fmt;
+use std::ops::{Index, Range};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// The longest inline command, and the longest header line or buffered
+/// partial inline command, as in Redis (64 KiB, `PROTO_INLINE_MAX_SIZE`).
 pub const MAX_INLINE: usize = 64 * 1024;
-/// The most arguments one request may have (Redis: 1024 * 1024).
+/// The most arguments one request may have (Redis allows `INT_MAX`; kv
+/// takes 1024 * 1024).
 pub const MAX_ARGS: i64 = 1024 * 1024;
-/// The longest bulk string (Redis: 512 MiB).
+/// The longest bulk string (Redis: `proto-max-bulk-len`, 512 MiB).
 pub const MAX_BULK: i64 = 512 * 1024 * 1024;
-/// The longest `*N` or `$N` header line.
-const MAX_HEADER: usize = 32;
+/// Arguments reserved up front for an array, whatever its header says (as
+/// Redis): a header cannot make the parser allocate much.
+const ARGS_UP_FRONT: usize = 1024;
+/// A buffer at least this large, holding a quarter of it or less in
+/// unconsumed bytes, is replaced by a fitting one rather than compacted.
+const SHRINK_ABOVE: usize = 64 * 1024;
+
+/// Why bytes are not RESP; the Redis words are its [`fmt::Display`]
+/// (`Protocol error: invalid bulk length`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProtocolError {
+    /// No newline in the first [`MAX_INLINE`] bytes of an inline command.
+    TooBigInlineRequest,
+    /// An inline command with an unclosed quote, or a closing quote
+    /// followed by something other than a space.
+    UnbalancedQuotes,
+    /// No line end in the first [`MAX_INLINE`] bytes of a `*N` header.
+    TooBigMultibulkCount,
+    /// A `*N` header that is not a decimal integer up to [`MAX_ARGS`].
+    InvalidMultibulkLength,
+    /// No line end in the first [`MAX_INLINE`] bytes of a `$N` header.
+    TooBigBulkCount,
+    /// An array element that is not a bulk string: the byte found.
+    ExpectedDollar(u8),
+    /// A `$N` header that is not a decimal integer from 0 to [`MAX_BULK`].
+    InvalidBulkLength,
+}
+
+impl ProtocolError {
+    /// What follows `Protocol error: `, as Redis words it.
+    fn detail(&self) -> String {
+        match self {
+            ProtocolError::TooBigInlineRequest => "too big inline request".into(),
+            ProtocolError::UnbalancedQuotes => "unbalanced quotes in request".into(),
+            ProtocolError::TooBigMultibulkCount => "too big mbulk count string".into(),
+            ProtocolError::InvalidMultibulkLength => "invalid multibulk length".into(),
+            ProtocolError::TooBigBulkCount => "too big bulk count string".into(),
+            ProtocolError::ExpectedDollar(byte) => format!("expected '$', got '{}'", char::from(*byte)),
+            ProtocolError::InvalidBulkLength => "invalid bulk length".into(),
+        }
+    }
+
+    /// Appends the error reply Redis sends before it closes the connection
+    /// (`-ERR Protocol error: ...`), byte for byte: the byte of
+    /// [`ProtocolError::ExpectedDollar`] goes out as it came.
+    pub fn reply(&self, out: &mut Vec<u8>) {
+        match self {
+            ProtocolError::ExpectedDollar(byte) => {
+                out.extend_from_slice(b"-ERR Protocol error: expected '$', got '");
+                out.push(if matches!(byte, b'\r' | b'\n') { b' ' } else { *byte });
+                out.extend_from_slice(b"'\r\n");
+            }
+            other => error(out, &format!("ERR {other}")),
+        }
+    }
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Protocol error: {}", self.detail())
+    }
+}
+
+impl std::error::Error for ProtocolError {}
+
+/// The arguments of one request (the first is the command; never empty),
+/// borrowed from the parser.
+#[derive(Clone, Copy)]
+pub struct Args<'a> {
+    source: &'a [u8],
+    ranges: &'a [Range<usize>],
+}
+
+impl<'a> Args<'a> {
+    /// How many arguments, the command included.
+    pub fn len(&self) -> usize {
+        self.ranges.len()
+    }
+
+    /// Never true for a request a parser hands out.
+    pub fn is_empty(&self) -> bool {
+        self.ranges.is_empty()
+    }
+
+    /// Argument `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
+        self.ranges.get(i).map(|range| &self.source[range.clone()])
+    }
+
+    /// Every argument, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a [u8]> + 'a {
+        let source = self.source;
+        self.ranges.iter().map(move |range| &source[range.clone()])
+    }
+
+    /// Owned copies of every argument.
+    pub fn to_vecs(&self) -> Vec<Vec<u8>> {
+        self.iter().map(<[u8]>::to_vec).collect()
+    }
+}
+
+impl Index<usize> for Args<'_> {
+    type Output = [u8];
+
+    fn index(&self, i: usize) -> &[u8] {
+        &self.source[self.ranges[i].clone()]
+    }
+}
+
+impl fmt::Debug for Args<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter().map(lossy)).finish()
+    }
+}
+
+/// Where the parse of the request under way stands.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Between requests.
+    #[default]
+    Start,
+    /// In an inline command, searching for its `\n`.
+    Inline,
+    /// In a `*N` header, searching for its `\r`.
+    Count,
+    /// In an array: `remaining` bulk strings to go; `len` is the length of
+    /// the current one once its `$N` header has come.
+    Bulks { remaining: usize, len: Option<usize> },
+}
+
+/// What one step of the parse found.
+enum Step {
+    /// A whole request: its arguments are in `Progress::args`, ranges of the
+    /// buffer (or of `Progress::inline` if `inline`).
+    Request { inline: bool },
+    /// Bytes with nothing to run (an empty line, an array of zero or fewer
+    /// elements): they are consumed.
+    Skip,
+    /// More bytes are needed.
+    Incomplete,
+    /// Not RESP.
+    Error(ProtocolError),
+}
+
+/// The parse of one request, over a buffer that only grows at its end
+/// while the request is under way. Positions are the buffer's.
+#[derive(Debug, Default)]
+struct Progress {
+    /// The next byte to parse.
+    at: usize,
+    /// How far the search for the current line's end has looked (at least
+    /// `at`): a line that arrives a byte at a time is searched once.
+    scanned: usize,
+    stage: Stage,
+    /// The arguments found so far.
+    args: Vec<Range<usize>>,
+    /// An inline command's arguments, unquoted (`args` are its ranges).
+    inline: Vec<u8>,
+    /// Bytes searched for a line end, over the parser's life (tests check
+    /// that each byte is searched once).
+    #[cfg(test)]
+    searched: usize,
+}
+
+impl Progress {
+    /// Parses from `at` until a request, a skip, the end of `buf`, or an
+    /// error.
+    fn step(&mut self, buf: &[u8]) -> Step {
+        loop {
+            match self.stage {
+                Stage::Start => {
+                    let Some(&first) = buf.get(self.at) else { return Step::Incomplete };
+                    self.scanned = self.at;
+                    self.args.clear();
+                    self.stage = if first == b'*' { Stage::Count } else { Stage::Inline };
+                }
+                Stage::Inline => {
+                    let Some(newline) = self.find(buf, b'\n') else {
+                        return if buf.len() - self.at > MAX_INLINE {
+                            Step::Error(ProtocolError::TooBigInlineRequest)
+                        } else {
+                            Step::Incomplete
+                        };
+                    };
+                    let line = &buf[self.at..newline];
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let split = split_inline(line, &mut self.inline, &mut self.args);
+                    self.advance(newline + 1);
+                    self.stage = Stage::Start;
+                    return match split {
+                        Err(error) => Step::Error(error),
+                        Ok(()) if self.args.is_empty() => Step::Skip,
+                        Ok(()) => Step::Request { inline: true },
+                    };
+                }
+                Stage::Count => {
+                    let cr = match self.header(buf, ProtocolError::TooBigMultibulkCount) {
+                        Ok(Some(cr)) => cr,
+                        Ok(None) => return Step::Incomplete,
+                        Err(error) => return Step::Error(error),
+                    };
+                    let count = match parse_i64(&buf[self.at + 1..cr]) {
+                        Some(n) if n <= MAX_ARGS => n,
+                        _ => return Step::Error(ProtocolError::InvalidMultibulkLength),
+                    };
+                    self.advance(cr + 2);
+                    if count <= 0 {
+                        self.stage = Stage::Start;
+                        return Step::Skip;
+                    }
+                    let count = count as usize;
+                    self.args.reserve(count.min(ARGS_UP_FRONT));
+                    self.stage = Stage::Bulks { remaining: count, len: None };
+                }
+                Stage::Bulks { remaining, len: None } => {
+                    let cr = match self.header(buf, ProtocolError::TooBigBulkCount) {
+                        Ok(Some(cr)) => cr,
+                        Ok(None) => return Step::Incomplete,
+                        Err(error) => return Step::Error(error),
+                    };
+                    if buf[self.at] != b'$' {
+                        return Step::Error(ProtocolError::ExpectedDollar(buf[self.at]));
+                    }
+                    let len = match parse_i64(&buf[self.at + 1..cr]) {
+                        Some(n) if (0..=MAX_BULK).contains(&n) => n as usize,
+                        _ => return Step::Error(ProtocolError::InvalidBulkLength),
+                    };
+                    self.advance(cr + 2);
+                    self.stage = Stage::Bulks { remaining, len: Some(len) };
+                }
+                Stage::Bulks { remaining, len: Some(len) } => {
+                    // The two bytes after a bulk string are not checked, as
+                    // in Redis.
+                    if buf.len() - self.at < len + 2 {
+                        return Step::Incomplete;
+                    }
+                    self.args.push(self.at..self.at + len);
+                    self.advance(self.at + len + 2);
+                    if remaining == 1 {
+                        self.stage = Stage::Start;
+                        return Step::Request { inline: false };
+                    }
+                    self.stage = Stage::Bulks { remaining: remaining - 1, len: None };
+                }
+            }
+        }
+    }
+
+    fn advance(&mut self, to: usize) {
+        self.at = to;
+        self.scanned = to;
+    }
+
+    /// The first `byte` at or after `at`, searching only what was not
+    /// searched before.
+    fn find(&mut self, buf: &[u8], byte: u8) -> Option<usize> {
+        let from = self.scanned.max(self.at);
+        let found = buf[from..].iter().position(|&b| b == byte).map(|offset| from + offset);
+        // A found byte is where the next search starts (the line may still
+        // wait for the byte after it).
+        self.scanned = found.unwrap_or(buf.len());
+        #[cfg(test)]
+        {
+            self.searched += found.map_or(buf.len(), |at| at + 1) - from;
+        }
+        found
+    }
+
+    /// The `\r` ending the header line at `at`, once the byte after it has
+    /// come too (Redis takes that byte as the `\n` without looking).
+    fn header(&mut self, buf: &[u8], too_big: ProtocolError) -> Result<Option<usize>, ProtocolError> {
+        match self.find(buf, b'\r') {
+            None if buf.len() - self.at > MAX_INLINE => Err(too_big),
+            Some(cr) if cr + 1 < buf.len() => Ok(Some(cr)),
+            _ => Ok(None),
+        }
+    }
+
+    /// The request just found, over `buf`.
+    fn request<'a>(&'a self, buf: &'a [u8], inline: bool) -> Args<'a> {
+        Args { source: if inline { &self.inline } else { buf }, ranges: &self.args }
+    }
+
+    /// The buffer lost its first `by` bytes (all before `at`).
+    fn shift(&mut self, by: usize) {
+        self.at -= by;
+        self.scanned -= by;
+        // Only an array under way has ranges of the buffer (those of a
+        // request handed out are stale, and an inline command's are not
+        // the buffer's).
+        if let Stage::Bulks { .. } = self.stage {
+            for range in &mut self.args {
+                *range = range.start - by..range.end - by;
+            }
+        }
+    }
+
+    /// Frees what a large request left (called between requests).
+    fn release(&mut self) {
+        if self.args.capacity() > ARGS_UP_FRONT {
+            self.args = Vec::new();
+        }
+        if self.inline.capacity() > SHRINK_ABOVE {
+            self.inline = Vec::new();
+        }
+    }
+
+    /// Where the bulk string being read ends (with its line end), if one
+    /// is being read.
+    fn bulk_end(&self) -> Option<usize> {
+        match self.stage {
+            Stage::Bulks { len: Some(len), .. } => Some(self.at + len + 2),
+            _ => None,
+        }
+    }
+}
+
+/// Splits an inline command as Redis's `sdssplitargs` does: words separated
+/// by spaces; `"..."` with `\n \r \t \b \a \\ \"` and `\xHH` escapes;
+/// `'...'` with `\'`; a closing quote must be followed by a space or the
+/// end; a NUL byte ends the line.
+fn split_inline(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) -> Result<(), ProtocolError> {
+    out.clear();
+    ranges.clear();
+    let line = line.iter().position(|&b| b == 0).map_or(line, |nul| &line[..nul]);
+    let is_space = |b: u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c);
+    let hex = |b: Option<&u8>| b.and_then(|b| (*b as char).to_digit(16));
+    let ends_word = |i: usize| line.get(i + 1).is_none_or(|&b| is_space(b));
+    let mut i = 0;
+    loop {
+        while line.get(i).is_some_and(|&b| is_space(b)) {
+            i += 1;
+        }
+        if i == line.len() {
+            return Ok(());
+        }
+        let start = out.len();
+        let (mut in_double, mut in_single, mut done) = (false, false, false);
+        while !done {
+            let c = line.get(i).copied();
+            if in_double {
+                match c {
+                    Some(b'\\') if line.get(i + 1) == Some(&b'x') => {
+                        match (hex(line.get(i + 2)), hex(line.get(i + 3))) {
+                            (Some(high), Some(low)) => {
+                                out.push((high * 16 + low) as u8);
+                                i += 3;
+                            }
+                            _ => {
+                                i += 1;
+                                out.push(b'x');
+                            }
+                        }
+                    }
+                    Some(b'\\') if i + 1 < line.len() => {
+                        i += 1;
+                        out.push(match line[i] {
+                            b'n' => b'\n',
+                            b'r' => b'\r',
+                            b't' => b'\t',
+                            b'b' => 0x08,
+                            b'a' => 0x07,
+                            other => other,
+                        });
+                    }
+                    Some(b'"') if ends_word(i) => done = true,
+                    Some(b'"') | None => return Err(ProtocolError::UnbalancedQuotes),
+                    Some(b) => out.push(b),
+                }
+            } else if in_single {
+                match c {
+                    Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                        i += 1;
+                        out.push(b'\'');
+                    }
+                    Some(b'\'') if ends_word(i) => done = true,
+                    Some(b'\'') | None => return Err(ProtocolError::UnbalancedQuotes),
+                    Some(b) => out.push(b),
+                }
+            } else {
+                match c {
+                    None | Some(b' ' | b'\n' | b'\r' | b'\t') => done = true,
+                    Some(b'"') => in_double = true,
+                    Some(b'\'') => in_single = true,
+                    Some(b) => out.push(b),
+                }
+            }
+            if i < line.len() {
+                i += 1;
+            }
+        }
+        ranges.push(start..out.len());
+    }
+}
+
+/// A connection's request parser: see the crate doc for its contract.
+///
+/// ```
+/// let mut parser = resp::Parser::new();
+/// parser.feed(b"*2\r\n$3\r\nGET\r\n$1".to_vec());
+/// assert!(parser.next_request().unwrap().is_none());
+/// parser.feed(b"\r\na\r\nPING\r\n".to_vec());
+/// assert_eq!(parser.next_request().unwrap().unwrap().to_vecs(), [b"GET".to_vec(), b"a".to_vec()]);
+/// assert_eq!(&parser.next_request().unwrap().unwrap()[0], b"PING");
+/// assert!(parser.next_request().unwrap().is_none());
+/// ```
+#[derive(Debug, Default)]
+pub struct Parser {
+    /// Bytes received: those before `start` were handed out as requests.
+    buf: Vec<u8>,
+    /// Where the request under way starts.
+    start: usize,
+    progress: Progress,
+    /// The error found, answered again if asked.
+    failed: Option<ProtocolError>,
+}
+
+impl Parser {
+    /// A parser with nothing received.
+    pub fn new() -> Parser {
+        Parser::default()
+    }
+
+    /// A parser that received `bytes` and parsed none of them (the form a
+    /// parser is kept in across an upgrade).
+    pub fn from_pending(bytes: Vec<u8>) -> Parser {
+        Parser { buf: bytes, ..Parser::default() }
+    }
+
+    /// Bytes received and not handed out as requests yet.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Bytes this parser holds in memory (its buffer's capacity).
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+            + self.progress.inline.capacity()
+            + self.progress.args.capacity() * std::mem::size_of::<Range<usize>>()
+    }
+
+    /// Appends the bytes of a read.
+    pub fn feed(&mut self, bytes: Vec<u8>) {
+        if self.start == self.buf.len() {
+            // Nothing pending: the read becomes the buffer.
+            self.progress.shift(self.start);
+            self.buf = bytes;
+            self.start = 0;
+            return;
+        }
+        self.compact(bytes.len());
+        self.append(&bytes);
+    }
+
+    /// As [`Parser::feed`], from a slice.
+    pub fn feed_slice(&mut self, bytes: &[u8]) {
+        self.compact(bytes.len());
+        self.append(bytes);
+    }
+
+    /// Drops the bytes handed out, before `incoming` more bytes arrive.
+    fn compact(&mut self, incoming: usize) {
+        if self.start == 0 {
+            return;
+        }
+        let keep = self.buf.len() - self.start;
+        if self.buf.capacity() > SHRINK_ABOVE && (keep + incoming) * 4 <= self.buf.capacity() {
+            let mut fresh = Vec::with_capacity(keep + incoming);
+            fresh.extend_from_slice(&self.buf[self.start..]);
+            self.buf = fresh;
+        } else {
+            self.buf.drain(..self.start);
+        }
+        self.progress.shift(self.start);
+        self.start = 0;
+    }
+
+    /// Appends `bytes`, growing the buffer geometrically but never past the
+    /// end of the bulk string under way (if `bytes` do not cross it).
+    fn append(&mut self, bytes: &[u8]) {
+        let needed = self.buf.len() + bytes.len();
+        if needed > self.buf.capacity() {
+            let doubled = (self.buf.capacity() * 2).max(needed);
+            let target = match self.progress.bulk_end() {
+                Some(end) if end >= needed => doubled.min(end),
+                _ => doubled,
+            };
+            self.buf.reserve_exact(target - self.buf.len());
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// The next whole request in what was fed, if there is one. Errors are
+    /// Redis's; after one, answer it and close the connection.
+    ///
+    /// # Errors
+    /// [`ProtocolError`]: the bytes are not RESP.
+    pub fn next_request(&mut self) -> Result<Option<Args<'_>>, ProtocolError> {
+        if let Some(error) = self.failed {
+            return Err(error);
+        }
+        loop {
+            match self.progress.step(&self.buf) {
+                Step::Request { inline } => {
+                    self.start = self.progress.at;
+                    return Ok(Some(self.progress.request(&self.buf, inline)));
+                }
+                Step::Skip => self.start = self.progress.at,
+                Step::Incomplete => {
+                    if self.start == self.buf.len() {
+                        // All handed out: the memory goes back now, not at
+                        // the next read.
+                        self.progress.shift(self.start);
+                        self.buf = Vec::new();
+                        self.start = 0;
+                        self.progress.release();
+                    }
+                    return Ok(None);
+                }
+                Step::Error(error) => {
+                    self.failed = Some(error);
+                    return Err(error);
+                }
+            }
+        }
+    }
+}
+
+/// Kept as its unconsumed bytes (MessagePack `bin`).
+impl Serialize for Parser {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(self.pending())
+    }
+}
+
+/// Reads the bytes [`Parser`]'s `Serialize` wrote (or a sequence of
+/// integers, or text: any form of bytes).
+impl<'de> Deserialize<'de> for Parser {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Parser, D::Error> {
+        bytes::deserialize::<D, Vec<u8>>(deserializer).map(Parser::from_pending)
+    }
+}
+
+/// Byte strings as MessagePack `bin` for serde (`#[serde(with =
+/// "resp::bytes")]` on a `Vec<u8>` or `Box<[u8]>`): serde's default is an
+/// array of integers, up to twice the size and much slower. Reads `bin`,
+/// an array of integers or text.
+pub mod bytes {
+    use serde::de::{Deserializer, SeqAccess, Visitor};
+    use serde::ser::Serializer;
+
+    /// Writes `bytes` as `bin`.
+    ///
+    /// # Errors
+    /// The serializer's.
+    pub fn serialize<S: Serializer, T: AsRef<[u8]> + ?Sized>(
+        bytes: &T,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(bytes.as_ref())
+    }
+
+    /// Reads bytes in any of their forms.
+    ///
+    /// # Errors
+    /// The deserializer's, for anything that is not bytes.
+    pub fn deserialize<'de, D: Deserializer<'de>, T: From<Vec<u8>>>(deserializer: D) -> Result<T, D::Error> {
+        struct Bytes;
+        impl<'de> Visitor<'de> for Bytes {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
+                Ok(v.as_bytes().to_vec())
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        deserializer.deserialize_byte_buf(Bytes).map(T::from)
+    }
+}
 
 /// What [`parse`] found at the start of a buffer.
 #[derive(Debug, PartialEq, Eq)]
@@ -37,96 +664,50 @@ pub enum Parsed {
     },
     /// Not a whole request yet: read more.
     Incomplete,
-    /// The bytes are not RESP; answer the error (`Protocol error: ...`) and
-    /// close the connection, as Redis does.
+    /// The bytes are not RESP; answer the error (`ERR Protocol error: ` and
+    /// this text) and close the connection, as Redis does.
     Error(String),
 }
 
-/// Parses the request at the start of `buf`.
+/// Parses the request at the start of `buf`, from its first byte whatever
+/// earlier calls saw (the one-shot form; a connection should keep a
+/// [`Parser`]).
 pub fn parse(buf: &[u8]) -> Parsed {
-    match buf.first() {
-        None => Parsed::Incomplete,
-        Some(b'*') => parse_array(buf),
-        Some(_) => parse_inline(buf),
-    }
-}
-
-/// The line starting at `from` (without its `\r\n`) and where the next
-/// starts, or `None` if no `\r\n` came yet. Header lines are short: a longer
-/// one is an error.
-fn header(buf: &[u8], from: usize) -> Result<Option<(&[u8], usize)>, String> {
-    let rest = &buf[from..];
-    let window = &rest[..rest.len().min(MAX_HEADER + 2)];
-    match window.windows(2).position(|w| w == b"\r\n") {
-        Some(at) => Ok(Some((&rest[..at], from + at + 2))),
-        None if window.len() > MAX_HEADER => Err("too big header line".to_string()),
-        None => Ok(None),
-    }
-}
-
-fn number(text: &[u8]) -> Option<i64> {
-    std::str::from_utf8(text).ok()?.parse().ok()
-}
-
-fn parse_array(buf: &[u8]) -> Parsed {
-    let (line, mut at) = match header(buf, 0) {
-        Ok(Some(found)) => found,
-        Ok(None) => return Parsed::Incomplete,
-        Err(e) => return Parsed::Error(e),
-    };
-    let count = match number(&line[1..]) {
-        Some(n) if n <= MAX_ARGS => n,
-        _ => return Parsed::Error("invalid multibulk length".to_string()),
-    };
-    if count <= 0 {
-        return Parsed::Skip { consumed: at };
-    }
-    let mut args = Vec::with_capacity(count as usize);
-    for _ in 0..count {
-        let Some(&first) = buf.get(at) else { return Parsed::Incomplete };
-        if first != b'$' {
-            return Parsed::Error(format!("expected '$', got '{}'", first as char));
+    let mut progress = Progress::default();
+    match progress.step(buf) {
+        Step::Request { inline } => {
+            Parsed::Request { args: progress.request(buf, inline).to_vecs(), consumed: progress.at }
         }
-        let (line, start) = match header(buf, at) {
-            Ok(Some(found)) => found,
-            Ok(None) => return Parsed::Incomplete,
-            Err(e) => return Parsed::Error(e),
-        };
-        let len = match number(&line[1..]) {
-            Some(n) if (0..=MAX_BULK).contains(&n) => n as usize,
-            _ => return Parsed::Error("invalid bulk length".to_string()),
-        };
-        let end = start + len;
-        if buf.len() < end + 2 {
-            return Parsed::Incomplete;
-        }
-        if &buf[end..end + 2] != b"\r\n" {
-            return Parsed::Error("bulk string not followed by CRLF".to_string());
-        }
-        args.push(buf[start..end].to_vec());
-        at = end + 2;
+        Step::Skip => Parsed::Skip { consumed: progress.at },
+        Step::Incomplete => Parsed::Incomplete,
+        Step::Error(error) => Parsed::Error(error.detail()),
     }
-    Parsed::Request { args, consumed: at }
 }
 
-fn parse_inline(buf: &[u8]) -> Parsed {
-    let Some(newline) = buf.iter().take(MAX_INLINE + 1).position(|&b| b == b'\n') else {
-        return if buf.len() > MAX_INLINE {
-            Parsed::Error("too big inline request".to_string())
-        } else {
-            Parsed::Incomplete
-        };
+/// A decimal integer as Redis's `string2ll` reads one: an optional `-`,
+/// then digits without leading zeros (`0` alone is zero), no sign `+`, no
+/// spaces, within i64.
+pub fn parse_i64(text: &[u8]) -> Option<i64> {
+    let (negative, digits) = match text {
+        [b'0'] => return Some(0),
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
     };
-    let mut line = &buf[..newline];
-    if line.last() == Some(&b'\r') {
-        line = &line[..line.len() - 1];
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
     }
-    let args: Vec<Vec<u8>> =
-        line.split(|b| b.is_ascii_whitespace()).filter(|w| !w.is_empty()).map(<[u8]>::to_vec).collect();
-    if args.is_empty() {
-        Parsed::Skip { consumed: newline + 1 }
+    let mut value: u64 = 0;
+    for &digit in digits {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        value = value.checked_mul(10)?.checked_add(u64::from(digit - b'0'))?;
+    }
+    if negative {
+        if value > i64::MAX as u64 + 1 { None } else { Some((value as i64).wrapping_neg()) }
     } else {
-        Parsed::Request { args, consumed: newline + 1 }
+        i64::try_from(value).ok()
     }
 }
 
@@ -145,10 +726,29 @@ pub fn error(out: &mut Vec<u8>, text: &str) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Appends `n` in decimal.
+fn decimal(out: &mut Vec<u8>, n: i64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = n.unsigned_abs();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        out.push(b'-');
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Appends an integer (`:3`).
 pub fn integer(out: &mut Vec<u8>, n: i64) {
     out.push(b':');
-    out.extend_from_slice(n.to_string().as_bytes());
+    decimal(out, n);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -158,7 +758,7 @@ pub fn bulk(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
         None => out.extend_from_slice(b"$-1\r\n"),
         Some(bytes) => {
             out.push(b'$');
-            out.extend_from_slice(bytes.len().to_string().as_bytes());
+            decimal(out, bytes.len() as i64);
             out.extend_from_slice(b"\r\n");
             out.extend_from_slice(bytes);
             out.extend_from_slice(b"\r\n");
@@ -169,15 +769,18 @@ pub fn bulk(out: &mut Vec<u8>, bytes: Option<&[u8]>) {
 /// Appends an array header (`*n`); its `n` elements follow.
 pub fn array(out: &mut Vec<u8>, n: usize) {
     out.push(b'*');
-    out.extend_from_slice(n.to_string().as_bytes());
+    decimal(out, n as i64);
     out.extend_from_slice(b"\r\n");
 }
 
-/// The error Redis gives for a command it does not know.
-pub fn unknown_command(out: &mut Vec<u8>, args: &[Vec<u8>]) {
-    let mut text = format!("ERR unknown command '{}', with args beginning with:", lossy(&args[0]));
-    for arg in args[1..].iter().take(4) {
-        text.push_str(&format!(" '{}'", lossy(arg)));
+/// The error Redis gives for a command it does not know (`args` from the
+/// command on).
+pub fn unknown_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: impl IntoIterator<Item = A>) {
+    let mut args = args.into_iter();
+    let command = args.next().map(|c| lossy(c.as_ref())).unwrap_or_default();
+    let mut text = format!("ERR unknown command '{command}', with args beginning with:");
+    for arg in args.take(4) {
+        text.push_str(&format!(" '{}'", lossy(arg.as_ref())));
     }
     error(out, &text);
 }
@@ -192,9 +795,33 @@ pub fn lossy(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-/// An argument as a decimal integer (RESP sends numbers as text).
+/// Bytes as Redis quotes them in messages and redis-cli shows them
+/// (`sdscatrepr`): printable ASCII as is, `\n \r \t \a \b \\ \"` escaped,
+/// anything else as `\xHH`, in double quotes.
+pub fn quoted(bytes: &[u8]) -> String {
+    let mut text = String::with_capacity(bytes.len() + 2);
+    text.push('"');
+    for &b in bytes {
+        match b {
+            b'\\' => text.push_str("\\\\"),
+            b'"' => text.push_str("\\\""),
+            b'\n' => text.push_str("\\n"),
+            b'\r' => text.push_str("\\r"),
+            b'\t' => text.push_str("\\t"),
+            0x07 => text.push_str("\\a"),
+            0x08 => text.push_str("\\b"),
+            b if b.is_ascii_graphic() || b == b' ' => text.push(b as char),
+            b => text.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    text.push('"');
+    text
+}
+
+/// An argument as a decimal integer (RESP sends numbers as text), read as
+/// Redis reads one ([`parse_i64`]).
 pub fn int_arg(bytes: &[u8]) -> Option<i64> {
-    number(bytes)
+    parse_i64(bytes)
 }
 
 #[cfg(test)]
@@ -205,8 +832,233 @@ mod tests {
         Parsed::Request { args: args.iter().map(|a| a.as_bytes().to_vec()).collect(), consumed }
     }
 
+    fn encode(args: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    /// Every request `parser` has whole now, or the error.
+    fn drain(parser: &mut Parser, into: &mut Vec<Vec<Vec<u8>>>) -> Result<(), ProtocolError> {
+        while let Some(args) = parser.next_request()? {
+            into.push(args.to_vecs());
+        }
+        Ok(())
+    }
+
+    /// The requests in `stream`, fed in pieces cut at `cuts`.
+    fn requests_cut_at(stream: &[u8], cuts: &[usize]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut parser = Parser::new();
+        let mut found = Vec::new();
+        let mut from = 0;
+        for &cut in cuts.iter().chain([&stream.len()]) {
+            parser.feed(stream[from..cut].to_vec());
+            drain(&mut parser, &mut found)?;
+            from = cut;
+        }
+        Ok(found)
+    }
+
+    /// A stream of every kind of request: arrays, inline commands with
+    /// quotes and escapes, empty lines and arrays, binary bulk strings.
+    fn mixed_stream() -> (Vec<u8>, Vec<Vec<Vec<u8>>>) {
+        let mut stream = Vec::new();
+        let mut expected: Vec<Vec<Vec<u8>>> = Vec::new();
+        let mut array = |stream: &mut Vec<u8>, args: &[&[u8]]| {
+            stream.extend_from_slice(&encode(args));
+            expected.push(args.iter().map(|a| a.to_vec()).collect());
+        };
+        array(&mut stream, &[b"SET", b"a", b"10"]);
+        stream.extend_from_slice(b"PING\r\n");
+        stream.extend_from_slice(b"\r\n*0\r\n*-1\r\n\n");
+        stream.extend_from_slice(b"set \"two words\" 'it\\'s' \"\\xff\\x00\\n\"\n");
+        array(&mut stream, &[b"GET", b"\xff\xfe\r\n\0"]);
+        array(&mut stream, &[b"SET", b"", &[b'x'; 300]]);
+        let mut expected = expected;
+        expected.insert(1, vec![b"PING".to_vec()]);
+        expected.insert(
+            2,
+            vec![b"set".to_vec(), b"two words".to_vec(), b"it's".to_vec(), b"\xff\x00\n".to_vec()],
+        );
+        (stream, expected)
+    }
+
     #[test]
-    fn arrays_inline_and_partial() {
+    fn a_stream_split_at_every_offset_gives_the_same_requests() {
+        let (stream, expected) = mixed_stream();
+        assert_eq!(requests_cut_at(&stream, &[]).unwrap(), expected);
+        for cut in 0..=stream.len() {
+            assert_eq!(requests_cut_at(&stream, &[cut]).unwrap(), expected, "cut at {cut}");
+        }
+        for a in (0..=stream.len()).step_by(7) {
+            for b in a..=stream.len() {
+                assert_eq!(requests_cut_at(&stream, &[a, b]).unwrap(), expected, "cut at {a} and {b}");
+            }
+        }
+        let every_byte: Vec<usize> = (1..stream.len()).collect();
+        assert_eq!(requests_cut_at(&stream, &every_byte).unwrap(), expected);
+    }
+
+    #[test]
+    fn each_byte_is_searched_once_however_the_request_is_cut() {
+        // The hostile case of issue 15: a million-element array in 4 KiB
+        // reads. Parsed again from its start at each read, it would search
+        // about 900 times its 6 MiB.
+        let count = MAX_ARGS as usize;
+        let mut stream = format!("*{count}\r\n").into_bytes();
+        for _ in 0..count {
+            stream.extend_from_slice(b"$1\r\nx\r\n");
+        }
+        let mut parser = Parser::new();
+        let mut found = None;
+        for chunk in stream.chunks(4096) {
+            parser.feed(chunk.to_vec());
+            if let Some(args) = parser.next_request().unwrap() {
+                found = Some((args.len(), args.iter().all(|a| a == b"x")));
+            }
+        }
+        assert_eq!(found, Some((count, true)));
+        assert!(
+            parser.progress.searched <= stream.len(),
+            "searched {} bytes of {}",
+            parser.progress.searched,
+            stream.len()
+        );
+
+        // A long inline command a byte at a time.
+        let mut parser = Parser::new();
+        let line = [&[b'a'; 60_000][..], b"\r\n"].concat();
+        for &b in &line {
+            parser.feed(vec![b]);
+            if let Some(args) = parser.next_request().unwrap() {
+                assert_eq!(args[0].len(), 60_000);
+            }
+        }
+        assert!(parser.progress.searched <= line.len(), "searched {}", parser.progress.searched);
+    }
+
+    #[test]
+    fn a_huge_bulk_string_grows_the_buffer_to_its_size_and_no_further() {
+        let len = 16 * 1024 * 1024 + 3;
+        let header = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${len}\r\n");
+        let mut parser = Parser::new();
+        parser.feed(header.clone().into_bytes());
+        assert!(parser.next_request().unwrap().is_none());
+        let chunk = vec![b'v'; 65_536];
+        let mut sent = 0;
+        while sent < len {
+            let n = chunk.len().min(len - sent);
+            parser.feed_slice(&chunk[..n]);
+            assert!(parser.next_request().unwrap().is_none());
+            sent += n;
+        }
+        assert!(
+            parser.buf.capacity() <= header.len() + len + 2,
+            "capacity {} for a request of {}",
+            parser.buf.capacity(),
+            header.len() + len + 2
+        );
+        parser.feed(b"\r\n".to_vec());
+        let args = parser.next_request().unwrap().expect("the SET, whole");
+        assert_eq!(args.len(), 3);
+        assert_eq!(args[2].len(), len);
+        assert!(args[2].iter().all(|&b| b == b'v'));
+        assert!(parser.next_request().unwrap().is_none());
+        assert_eq!(parser.buf.capacity(), 0, "the buffer is freed once handed out");
+
+        // Announcing the largest bulk string allocates nothing.
+        let mut parser = Parser::new();
+        parser.feed(format!("*1\r\n${MAX_BULK}\r\n").into_bytes());
+        assert!(parser.next_request().unwrap().is_none());
+        assert!(parser.capacity() < 1024, "{}", parser.capacity());
+        let mut parser = Parser::new();
+        parser.feed(format!("*1\r\n${}\r\n", MAX_BULK + 1).into_bytes());
+        assert_eq!(parser.next_request().unwrap_err(), ProtocolError::InvalidBulkLength);
+    }
+
+    #[test]
+    fn consumed_bytes_are_dropped_and_large_buffers_given_back() {
+        let mut parser = Parser::new();
+        let big = encode(&[b"SET", b"k", &vec![b'v'; 1 << 20]]);
+        let mut stream = big.clone();
+        stream.extend_from_slice(b"*2\r\n$3\r\nGET");
+        parser.feed(stream);
+        assert_eq!(parser.next_request().unwrap().unwrap()[2].len(), 1 << 20);
+        assert!(parser.next_request().unwrap().is_none());
+        assert_eq!(parser.pending(), b"*2\r\n$3\r\nGET");
+        parser.feed(b"\r\n$1\r\nk\r\n".to_vec());
+        assert!(parser.capacity() < 1024, "the 1 MiB buffer was replaced: {}", parser.capacity());
+        assert_eq!(parser.next_request().unwrap().unwrap().to_vecs(), [b"GET".to_vec(), b"k".to_vec()]);
+    }
+
+    #[test]
+    fn a_parser_is_kept_as_its_pending_bytes() {
+        let mut parser = Parser::new();
+        parser.feed(b"PING\r\n*2\r\n$3\r\nGET\r\n$1\r\n".to_vec());
+        assert_eq!(&parser.next_request().unwrap().unwrap()[0], b"PING");
+        assert!(parser.next_request().unwrap().is_none());
+        let mut kept = Parser::from_pending(parser.pending().to_vec());
+        kept.feed(b"k\r\n".to_vec());
+        assert_eq!(kept.next_request().unwrap().unwrap().to_vecs(), [b"GET".to_vec(), b"k".to_vec()]);
+    }
+
+    #[test]
+    fn protocol_errors_are_redis_words() {
+        let error = |bytes: &[u8]| {
+            let mut parser = Parser::new();
+            parser.feed(bytes.to_vec());
+            loop {
+                match parser.next_request() {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return None,
+                    Err(error) => {
+                        assert_eq!(parser.next_request().unwrap_err(), error, "the error sticks");
+                        let mut out = Vec::new();
+                        error.reply(&mut out);
+                        return Some(String::from_utf8_lossy(&out).into_owned());
+                    }
+                }
+            }
+        };
+        let reply = |text: &str| Some(format!("-ERR Protocol error: {text}\r\n"));
+        // Each as redis-server 7.0 answers it.
+        assert_eq!(error(b"*x\r\n"), reply("invalid multibulk length"));
+        assert_eq!(error(b"*+1\r\n"), reply("invalid multibulk length"));
+        assert_eq!(error(b"*01\r\n"), reply("invalid multibulk length"));
+        assert_eq!(error(b"*1 \r\n"), reply("invalid multibulk length"));
+        assert_eq!(error(b"*3000000000\r\n"), reply("invalid multibulk length"));
+        assert_eq!(error(b"*1\r\n+a\r\n"), reply("expected '$', got '+'"));
+        assert_eq!(error(b"*1\r\n$-3\r\n"), reply("invalid bulk length"));
+        assert_eq!(error(b"*1\r\n$-1\r\n"), reply("invalid bulk length"));
+        assert_eq!(error(b"*1\r\n$+4\r\n"), reply("invalid bulk length"));
+        assert_eq!(error(b"*1\r\n$600000000\r\n"), reply("invalid bulk length"));
+        assert_eq!(
+            error(&[b"*".as_slice(), &[b'1'; MAX_INLINE + 1]].concat()),
+            reply("too big mbulk count string")
+        );
+        assert_eq!(
+            error(&[b"*1\r\n$".as_slice(), &[b'1'; MAX_INLINE]].concat()),
+            reply("too big bulk count string")
+        );
+        assert_eq!(error(&[b'a'; MAX_INLINE + 1]), reply("too big inline request"));
+        assert_eq!(error(b"SET \"a b c\r\n"), reply("unbalanced quotes in request"));
+        assert_eq!(error(b"SET \"a\"b c\r\n"), reply("unbalanced quotes in request"));
+        assert_eq!(error(b"GET 'a\r\n"), reply("unbalanced quotes in request"));
+        // Not errors: waiting for more, or what Redis accepts.
+        assert_eq!(error(&[b'a'; MAX_INLINE]), None);
+        assert_eq!(error(b"*1\r\n$4\r\nPINGxx"), None, "the bulk string's line end is not checked");
+        assert_eq!(error(b"*1\r"), None, "the byte after \\r is awaited");
+        let mut out = Vec::new();
+        ProtocolError::ExpectedDollar(0xff).reply(&mut out);
+        assert_eq!(out, b"-ERR Protocol error: expected '$', got '\xff'\r\n");
+    }
+
+    #[test]
+    fn one_shot_parse() {
         let set = b"*3\r\n$3\r\nSET\r\n$1\r\na\r\n$2\r\n10\r\n";
         assert_eq!(parse(set), request(&["SET", "a", "10"], set.len()));
         for cut in 0..set.len() {
@@ -221,16 +1073,31 @@ mod tests {
         two.extend_from_slice(b"PING\r\n");
         assert_eq!(parse(&two), request(&["SET", "a", "10"], set.len()));
         assert_eq!(parse(&two[set.len()..]), request(&["PING"], 6));
+        assert_eq!(parse(b"*1\r\n+a\r\n"), Parsed::Error("expected '$', got '+'".into()));
     }
 
     #[test]
-    fn protocol_errors() {
-        assert!(matches!(parse(b"*x\r\n"), Parsed::Error(_)));
-        assert!(matches!(parse(b"*1\r\n+a\r\n"), Parsed::Error(_)));
-        assert!(matches!(parse(b"*1\r\n$-3\r\n"), Parsed::Error(_)));
-        assert!(matches!(parse(b"*1\r\n$1\r\nabc"), Parsed::Error(_)));
-        assert!(matches!(parse(&[b'*'; 100]), Parsed::Error(_)));
-        assert!(matches!(parse(&vec![b'a'; MAX_INLINE + 1]), Parsed::Error(_)));
+    fn integers_as_redis_reads_them() {
+        for (text, value) in [
+            ("0", Some(0)),
+            ("-1", Some(-1)),
+            ("42", Some(42)),
+            ("9223372036854775807", Some(i64::MAX)),
+            ("-9223372036854775808", Some(i64::MIN)),
+            ("9223372036854775808", None),
+            ("-9223372036854775809", None),
+            ("99999999999999999999", None),
+            ("01", None),
+            ("-0", None),
+            ("+1", None),
+            (" 1", None),
+            ("1 ", None),
+            ("", None),
+            ("-", None),
+            ("1.5", None),
+        ] {
+            assert_eq!(parse_i64(text.as_bytes()), value, "{text:?}");
+        }
     }
 
     #[test]
@@ -238,13 +1105,15 @@ mod tests {
         let mut out = Vec::new();
         simple(&mut out, "OK");
         integer(&mut out, -2);
+        integer(&mut out, i64::MIN);
         bulk(&mut out, Some(b"hi"));
         bulk(&mut out, None);
         array(&mut out, 0);
-        unknown_command(&mut out, &[b"foo".to_vec(), b"x".to_vec()]);
+        unknown_command(&mut out, [b"foo".as_slice(), b"x"]);
         assert_eq!(
-            out,
-            b"+OK\r\n:-2\r\n$2\r\nhi\r\n$-1\r\n*0\r\n-ERR unknown command 'foo', with args beginning with: 'x'\r\n"
+            String::from_utf8(out).unwrap(),
+            "+OK\r\n:-2\r\n:-9223372036854775808\r\n$2\r\nhi\r\n$-1\r\n*0\r\n-ERR unknown command 'foo', with args beginning with: 'x'\r\n"
         );
+        assert_eq!(quoted(b"a \"b\"\xff\n\\"), r#""a \"b\"\xff\n\\""#);
     }
 }
