@@ -363,6 +363,7 @@ fn run(config: &Config) -> anyhow::Result<()> {
     let root = &config.root;
     // Installed before boot, so a signal during a long boot is not lost.
     let terminate = termination_flag()?;
+    let client_cap = client_connection_cap();
     let handler = match ReleaseHandler::boot(config) {
         Ok(handler) => handler,
         Err(error @ BootError::StoreInUse(_)) => {
@@ -380,6 +381,10 @@ fn run(config: &Config) -> anyhow::Result<()> {
             return Err(error);
         }
     };
+    // Clients can never take the descriptors the control socket and the
+    // store need: past the cap they are refused, not left to exhaust the
+    // process's limit.
+    handler.node().set_max_connections(Some(client_cap));
     let daemon = Arc::new(Daemon {
         handler,
         uid: rustix::process::getuid().as_raw(),
@@ -413,6 +418,31 @@ fn run(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// File descriptors kept out of clients' reach for the control socket,
+/// its connections, the store, logs and staged libraries.
+const FD_RESERVE: usize = 128;
+
+/// Raises the soft limit on open files to the hard one (a node serves many
+/// clients) and returns how many client connections fit under it with
+/// [`FD_RESERVE`] descriptors to spare (a quarter of a tiny limit).
+fn client_connection_cap() -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let mut soft = limit.current;
+    if limit.current < limit.maximum {
+        let raised = Rlimit { current: limit.maximum, maximum: limit.maximum };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => soft = limit.maximum,
+            Err(error) => eprintln!("node: could not raise the open-file limit to its maximum: {error}"),
+        }
+    }
+    let soft = soft.map_or(usize::MAX, |soft| usize::try_from(soft).unwrap_or(usize::MAX));
+    let reserve = FD_RESERVE.min(soft / 4);
+    let cap = soft.saturating_sub(reserve);
+    eprintln!("node: open-file limit {soft}; at most {cap} client connections ({reserve} descriptors reserved)");
+    cap
 }
 
 /// Binds the control socket, 0600, replacing a stale socket file only if

@@ -303,7 +303,7 @@ fn build_checked(
     for module in &manifest.modules {
         let crate_dir = app_dir.join(&module.krate);
         let built = build_module(&module.name, &crate_dir, target_dir, None, Profile::Release)?;
-        let metadata = check_library(&manifest_path, &module.name, &crate_dir, &built, &built.crate_version)?;
+        let metadata = check_library(&manifest_path, &module.name, &crate_dir, &built)?;
         if let Some((path, contents)) = &previous
             && let Some(library) = contents.library(&module.name)
         {
@@ -317,16 +317,15 @@ fn build_checked(
 /// Opens a library just built and checks that the node will take it as
 /// the `[[module]]` it was built for: the module name it exports is
 /// `module`, its ABI version is the one this relive's nodes speak (the
-/// loader refuses any other), and its version is `version`. Each refusal
-/// names the crate directory and what to change.
-pub(crate) fn check_library(
+/// loader refuses any other), and its version is its crate's. Each
+/// refusal names the crate directory and what to change.
+fn check_library(
     manifest_path: &Path,
     module: &str,
     crate_dir: &Path,
     built: &BuiltModule,
-    version: &semver::Version,
 ) -> anyhow::Result<relive_runtime::LibraryMetadata> {
-    let library = &built.library;
+    let (library, version) = (&built.library, &built.crate_version);
     let cargo_toml = crate_dir.join("Cargo.toml");
     let metadata = match relive_runtime::inspect_library(library) {
         Ok(metadata) => metadata,
@@ -382,8 +381,23 @@ fn check_types_against(
     let dir = tempfile::tempdir().context("a temporary directory for the previous release's library")?;
     let file = dir.path().join(archive::library_entry(module).replace('/', "-"));
     std::fs::write(&file, &old_library.bytes).with_context(|| format!("writing {}", file.display()))?;
-    let old = relive_runtime::inspect_library(&file)
-        .with_context(|| format!("--previous {}: its library of module {module}", previous.display()))?;
+    let old = match relive_runtime::inspect_library(&file) {
+        Ok(old) => old,
+        // No node of this relive can run it, so none runs its states:
+        // nothing to keep apart.
+        Err(relive_runtime::LoadError::AbiMismatch { found, .. }) => {
+            eprintln!(
+                "relive: --previous {}: its library of module {module} speaks module ABI {found}, which this \
+                 relive's nodes do not load; its types are not compared",
+                previous.display()
+            );
+            return Ok(());
+        }
+        Err(error) => {
+            return Err(anyhow::Error::new(error)
+                .context(format!("--previous {}: its library of module {module}", previous.display())));
+        }
+    };
     if old.version != new.version || old.fingerprint == new.fingerprint {
         return Ok(());
     }

@@ -77,6 +77,9 @@ pub struct Down {
 pub(crate) enum Envelope {
     /// A plain message (`send`, timers, ports, system messages).
     Info(Message),
+    /// A port's `Data` event, counted as unhandled (for the port's
+    /// backpressure) until the handler returns.
+    PortData(Message, crate::port::PortCredit),
     /// A `cast`: fire-and-forget request.
     Cast(Message),
     /// A `call`: request with a one-shot reply cell.

@@ -556,14 +556,44 @@ impl Node {
         self.inner.ports.listen(&self.inner, addr, owner, opts)
     }
 
-    /// Queues bytes to be written on a connection, from any thread; bytes
-    /// queued from one thread go out in order.
+    /// Writes bytes on a connection, from any thread, without waiting:
+    /// straight to the socket from the caller's thread while nothing is
+    /// queued before them; what the socket does not take at once is queued
+    /// and written by the port I/O thread. Bytes sent from one thread go
+    /// out in order. A write error, or more unsent output than the
+    /// connection's limit allows, closes the connection (its owner gets
+    /// `Closed` with the reason).
     ///
     /// # Errors
     /// [`PortError::Closed`], [`PortError::Unknown`],
     /// [`PortError::NotAConnection`], [`PortError::ShuttingDown`].
     pub fn port_send(&self, port: PortId, bytes: impl Into<Vec<u8>>) -> Result<(), PortError> {
-        self.inner.ports.send(port, bytes.into())
+        self.inner.ports.send(port, std::borrow::Cow::Owned(bytes.into()))
+    }
+
+    /// As [`Node::port_send`] for borrowed bytes: copied only if the socket
+    /// does not take them all at once.
+    ///
+    /// # Errors
+    /// As [`Node::port_send`].
+    pub fn port_send_slice(&self, port: PortId, bytes: &[u8]) -> Result<(), PortError> {
+        self.inner.ports.send(port, std::borrow::Cow::Borrowed(bytes))
+    }
+
+    /// Caps the connections (accepted and outbound, over all listeners) the
+    /// node's ports hold at once; `None` lifts the cap. A client accepted
+    /// over it is refused as over a listener's own cap
+    /// ([`crate::ListenOpts::max_connections`]), and [`Node::connect`]
+    /// fails with [`PortError::TooManyConnections`]. A daemon sets it below
+    /// its file-descriptor limit, so clients can never take the descriptors
+    /// its control socket and store need.
+    pub fn set_max_connections(&self, max: Option<usize>) {
+        self.inner.ports.set_max_connections(max);
+    }
+
+    /// Connections whose socket is open now (accepted and outbound).
+    pub fn port_connections(&self) -> usize {
+        self.inner.ports.connections()
     }
 
     /// Closes a port; queued output is still written. No `Closed` event is
@@ -865,6 +895,8 @@ impl NodeInner {
                 })),
                 Next::Deliver(envelope) => catch_unwind(AssertUnwindSafe(|| match envelope {
                     Envelope::Info(message) => actor.handle(message, &mut ctx),
+                    // The credit is given back once the handler returns.
+                    Envelope::PortData(message, _credit) => actor.handle(message, &mut ctx),
                     Envelope::Cast(message) => actor.handle_cast(message, &mut ctx),
                     Envelope::Call(request, reply) => actor.handle_call(request, reply, &mut ctx),
                     Envelope::InitAck(reply) => reply.reply_with(()),

@@ -21,14 +21,19 @@
 //!
 //! # Threads
 //!
-//! All socket I/O runs on one dedicated thread, `relive-ports`, on a mio
-//! poller; never on a scheduler worker, so a busy scheduler cannot starve the
-//! network and a slow socket cannot stall a process. The thread starts on the
-//! first [`Node::listen`] and stops in [`Node::shutdown`], which joins it and
+//! Reading, accepting and writing what could not be written at once run on
+//! one dedicated thread, `relive-ports`, on a mio poller; never on a
+//! scheduler worker, so a busy scheduler cannot starve the network and a
+//! slow socket cannot stall a process. The thread starts on the first
+//! [`Node::listen`] and stops in [`Node::shutdown`], which joins it and
 //! closes every socket. Other threads talk to it through a channel and a
-//! `mio::Waker`: [`Node::port_send`], [`Node::port_close`] and the owner's
-//! exit queue a command and return at once. Reads take turns: one connection
-//! reads at most [`READS_PER_TURN`] buffers before the others get a go.
+//! `mio::Waker`: [`Node::port_close`] and the owner's exit queue a command
+//! and return at once. Writes skip the hop: [`Node::port_send`] writes
+//! straight to the non-blocking socket from the owner's own turn, and only
+//! what the socket does not take is queued for the I/O thread, which writes
+//! it when the poller says the socket is writable. Reads take turns: one
+//! connection reads at most [`READS_PER_TURN`] buffers, delivered together,
+//! before the others get a go.
 //!
 //! The accept handler ([`ListenOpts::handler`]) runs on the I/O thread: it
 //! should spawn a process and return, never block. Accepted connections
@@ -58,15 +63,25 @@
 //! [`ListenOpts::max_line`] closes the connection, and a partial line left at
 //! end of stream is delivered before `Closed`.
 //!
-//! # Limits (honestly)
+//! # Limits against hostile peers
 //!
-//! There is no backpressure yet beyond the owner's mailbox: the I/O thread
-//! reads as fast as the peer sends and queues every event, and
-//! `port_send` buffers without bound. A peer that sends faster than its
-//! owner handles, or reads slower than the owner writes, grows memory.
-//! Buffered output and a partial input line live on the I/O thread and are
-//! not yet part of what the raw-fd table exposes.
+//! - Backpressure both ways ([`ConnLimits`]): a port stops reading while
+//!   its owner has too many of its bytes unhandled, or while too much of
+//!   its output is unsent, and a connection whose unsent output keeps
+//!   growing closes ([`CloseReason::OutputOverflow`]).
+//! - Idle connections close after [`ConnLimits::idle_timeout`]
+//!   ([`CloseReason::IdleTimeout`]).
+//! - Connection caps: per listener ([`ListenOpts::max_connections`]) and
+//!   per node ([`Node::set_max_connections`]); a client over either is
+//!   sent [`ListenOpts::refusal`] and closed, never left hanging.
+//! - An accept that fails (out of file descriptors) is retried after a
+//!   pause that doubles up to a second, not at once, and logged at most
+//!   once a second with the count of failures left out.
+//!
+//! Buffered output and a partial input line are not yet part of what the
+//! raw-fd table exposes.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read, Write};
@@ -74,7 +89,7 @@ use std::net::SocketAddr;
 #[cfg(unix)]
 use std::os::fd::{AsRawFd, RawFd};
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, OnceLock, Weak};
 use std::thread::{self, JoinHandle};
@@ -102,9 +117,13 @@ const ACCEPTS_PER_TURN: usize = 64;
 /// Size of the I/O thread's read buffer.
 const READ_BUFFER: usize = 64 * 1024;
 
-/// How long a listener waits before accepting again after an error such as
-/// running out of file descriptors.
-const ACCEPT_RETRY: Duration = Duration::from_millis(100);
+/// How long a listener first waits before accepting again after an error
+/// such as running out of file descriptors; the wait doubles while the
+/// error repeats, up to [`ACCEPT_RETRY_MAX`].
+const ACCEPT_RETRY_MIN: Duration = Duration::from_millis(10);
+
+/// The longest wait between accept attempts that keep failing.
+const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// "Operation now in progress", which `peer_addr` of a connecting socket
 /// may report instead of `NotConnected` (mio's advice; its `ErrorKind` is
@@ -161,6 +180,51 @@ pub enum Framing {
 /// closed at once). Runs on the port I/O thread: it must not block.
 pub type AcceptHandler = Arc<dyn Fn(&Node, PortId) -> Option<Pid> + Send + Sync>;
 
+/// Defaults of the per-connection limits ([`ConnLimits`]).
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 512 * 1024 * 1024;
+/// Default of [`ConnLimits::max_unhandled_bytes`].
+pub const DEFAULT_MAX_UNHANDLED_BYTES: usize = 4 * 1024 * 1024;
+
+/// Limits of one connection, set by its listener ([`ListenOpts::limits`])
+/// or by [`ConnectOpts::limits`].
+///
+/// # Backpressure, both ways
+///
+/// - Input: the port stops reading while its owner has more than
+///   `max_unhandled_bytes` of its bytes unhandled (`Data` events delivered
+///   to the mailbox whose handler has not returned yet), and reads again
+///   when the owner catches up. The peer's further bytes wait in the
+///   kernel, so TCP slows the peer down; nothing is dropped.
+/// - Output: the port also stops reading while more than
+///   `max_buffered_bytes` of output are unsent (a peer that does not read
+///   its replies gets no more requests served), and the connection closes
+///   with [`CloseReason::OutputOverflow`] if the owner keeps writing until
+///   twice that is unsent. Stopping first keeps a slow but honest reader
+///   connected; the hard cap bounds an owner that writes without being
+///   asked (a push stream).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnLimits {
+    /// Output bytes that may wait unsent before reading stops (twice this
+    /// closes the connection).
+    pub max_buffered_bytes: usize,
+    /// Bytes delivered to the owner and not yet handled before reading
+    /// stops.
+    pub max_unhandled_bytes: usize,
+    /// A connection with no bytes read or written for this long (and none
+    /// waiting for its owner) closes with [`CloseReason::IdleTimeout`].
+    pub idle_timeout: Option<Duration>,
+}
+
+impl Default for ConnLimits {
+    fn default() -> ConnLimits {
+        ConnLimits {
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            max_unhandled_bytes: DEFAULT_MAX_UNHANDLED_BYTES,
+            idle_timeout: None,
+        }
+    }
+}
+
 /// Options of [`Node::listen`].
 #[derive(Clone)]
 pub struct ListenOpts {
@@ -172,11 +236,28 @@ pub struct ListenOpts {
     /// Longest line [`Framing::Line`] accepts (without its newline); a
     /// longer one closes the connection with [`CloseReason::LineTooLong`].
     pub max_line: usize,
+    /// Connections of this listener open at once; a client over it is
+    /// accepted, sent [`ListenOpts::refusal`] (if any) and closed, as
+    /// Redis's `maxclients`. The node's own cap
+    /// ([`Node::set_max_connections`]) applies as well.
+    pub max_connections: Option<usize>,
+    /// Written (best effort, without blocking) to a client refused for a
+    /// cap before its close, e.g. `-ERR max number of clients reached\r\n`.
+    pub refusal: Vec<u8>,
+    /// Limits of each accepted connection.
+    pub limits: ConnLimits,
 }
 
 impl Default for ListenOpts {
     fn default() -> ListenOpts {
-        ListenOpts { framing: Framing::Line, handler: None, max_line: 1024 * 1024 }
+        ListenOpts {
+            framing: Framing::Line,
+            handler: None,
+            max_line: 1024 * 1024,
+            max_connections: None,
+            refusal: Vec::new(),
+            limits: ConnLimits::default(),
+        }
     }
 }
 
@@ -199,6 +280,20 @@ impl ListenOpts {
         self.handler = Some(Arc::new(handler));
         self
     }
+
+    /// Caps the connections open at once; `refusal` is written to a client
+    /// over the cap before its close (empty: just closed).
+    pub fn with_max_connections(mut self, max: usize, refusal: impl Into<Vec<u8>>) -> ListenOpts {
+        self.max_connections = Some(max);
+        self.refusal = refusal.into();
+        self
+    }
+
+    /// Sets the limits of each accepted connection.
+    pub fn with_limits(mut self, limits: ConnLimits) -> ListenOpts {
+        self.limits = limits;
+        self
+    }
 }
 
 impl fmt::Debug for ListenOpts {
@@ -207,6 +302,9 @@ impl fmt::Debug for ListenOpts {
             .field("framing", &self.framing)
             .field("handler", &self.handler.as_ref().map(|_| ".."))
             .field("max_line", &self.max_line)
+            .field("max_connections", &self.max_connections)
+            .field("refusal", &String::from_utf8_lossy(&self.refusal))
+            .field("limits", &self.limits)
             .finish()
     }
 }
@@ -218,11 +316,13 @@ pub struct ConnectOpts {
     pub framing: Framing,
     /// Longest line [`Framing::Line`] accepts (see [`ListenOpts::max_line`]).
     pub max_line: usize,
+    /// The connection's limits.
+    pub limits: ConnLimits,
 }
 
 impl Default for ConnectOpts {
     fn default() -> ConnectOpts {
-        ConnectOpts { framing: Framing::Line, max_line: ListenOpts::default().max_line }
+        ConnectOpts { framing: Framing::Line, max_line: ListenOpts::default().max_line, limits: ConnLimits::default() }
     }
 }
 
@@ -300,6 +400,17 @@ pub enum CloseReason {
         /// The limit it broke.
         limit: usize,
     },
+    /// More than twice [`ConnLimits::max_buffered_bytes`] of output was
+    /// waiting for a peer that does not read it.
+    OutputOverflow {
+        /// The limit it broke (twice the configured one).
+        limit: usize,
+    },
+    /// No bytes moved either way for [`ConnLimits::idle_timeout`].
+    IdleTimeout {
+        /// The timeout.
+        after: Duration,
+    },
     /// Reading or writing failed.
     Error {
         /// The kind of I/O error.
@@ -322,6 +433,10 @@ impl fmt::Display for CloseReason {
             CloseReason::LineTooLong { limit } => {
                 write!(f, "line longer than {limit} bytes")
             }
+            CloseReason::OutputOverflow { limit } => {
+                write!(f, "more than {limit} bytes of output unsent: the peer does not read its replies")
+            }
+            CloseReason::IdleTimeout { after } => write!(f, "idle timeout: no bytes for {after:?}"),
             CloseReason::Error { message, .. } => write!(f, "i/o error: {message}"),
         }
     }
@@ -353,6 +468,11 @@ pub struct PortInfo {
     pub bytes_in: u64,
     /// Bytes written to the socket so far.
     pub bytes_out: u64,
+    /// Output waiting for the socket to take it (see [`ConnLimits`]).
+    pub bytes_queued: usize,
+    /// Bytes delivered to the owner and not yet handled (see
+    /// [`ConnLimits`]).
+    pub bytes_unhandled: usize,
 }
 
 /// Why a port operation failed.
@@ -406,6 +526,13 @@ pub enum PortError {
         /// The time allowed.
         timeout: Duration,
     },
+    /// The node holds as many connections as it may
+    /// ([`Node::set_max_connections`]).
+    #[error("cannot open a connection: the node holds its maximum of {max} connections; close some or raise the cap")]
+    TooManyConnections {
+        /// The cap.
+        max: usize,
+    },
     /// The node is shutting down.
     #[error("the node is shutting down; ports can no longer be used")]
     ShuttingDown,
@@ -440,6 +567,203 @@ struct PortShared {
     state: Mutex<PortState>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    /// A connection's socket and queues (none for a listener).
+    conn: Option<Arc<ConnShared>>,
+}
+
+/// A connection's socket and what both its owner's thread and the I/O
+/// thread touch: the owner writes straight to the socket from its own turn
+/// while nothing is queued, the I/O thread reads and writes out the rest.
+struct ConnShared {
+    id: PortId,
+    /// Registered for both readiness kinds once (edge-triggered), so
+    /// neither side ever re-registers it.
+    stream: TcpStream,
+    /// Output the socket would not take yet. Whoever leaves it non-empty
+    /// has just seen the socket refuse more (or queued a `Fail`), so a
+    /// writable event is due.
+    out: Mutex<Outbox>,
+    /// `out`'s byte count, read without its lock.
+    queued: AtomicUsize,
+    limits: ConnLimits,
+    /// Bytes delivered as `Data` and not yet handled by the owner.
+    unhandled: AtomicUsize,
+    /// Reading stopped for backpressure; whoever clears it asks the I/O
+    /// thread to read again.
+    paused: AtomicBool,
+    /// When a byte last moved, in milliseconds since [`clock_ms`]'s start.
+    last_active: AtomicU64,
+    link: Arc<Link>,
+    /// Counted against the connection caps until the socket closes.
+    _slots: ConnSlots,
+}
+
+#[derive(Default)]
+struct Outbox {
+    /// The front chunk is written from `sent`.
+    queue: VecDeque<Vec<u8>>,
+    sent: usize,
+}
+
+/// Places taken in connection counters, given back when the socket closes.
+struct ConnSlots(Vec<Arc<AtomicUsize>>);
+
+impl Drop for ConnSlots {
+    fn drop(&mut self) {
+        for counter in &self.0 {
+            counter.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// Milliseconds since the first call: a cheap clock for idle timeouts.
+fn clock_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+impl ConnShared {
+    fn new(id: PortId, stream: TcpStream, limits: ConnLimits, link: Arc<Link>, slots: ConnSlots) -> ConnShared {
+        ConnShared {
+            id,
+            stream,
+            out: Mutex::new(Outbox::default()),
+            queued: AtomicUsize::new(0),
+            limits,
+            unhandled: AtomicUsize::new(0),
+            paused: AtomicBool::new(false),
+            last_active: AtomicU64::new(clock_ms()),
+            link,
+            _slots: slots,
+        }
+    }
+
+    fn touch(&self) {
+        self.last_active.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    fn over_limits(&self) -> bool {
+        self.unhandled.load(Ordering::SeqCst) > self.limits.max_unhandled_bytes
+            || self.queued.load(Ordering::SeqCst) > self.limits.max_buffered_bytes
+    }
+
+    /// Stops reading if a limit is passed; true if reading stays stopped.
+    /// The flag is set before the limits are checked again, so an owner
+    /// that catches up in between either sees the flag (and asks for a
+    /// resume) or is seen here.
+    fn pause_if_over(&self) -> bool {
+        if !self.over_limits() {
+            return false;
+        }
+        self.paused.store(true, Ordering::SeqCst);
+        if self.over_limits() {
+            return true;
+        }
+        // Caught up meanwhile. If someone else cleared the flag, its resume
+        // is on the way; otherwise keep reading now.
+        !self.paused.swap(false, Ordering::SeqCst)
+    }
+
+    /// Resumes reading if it was stopped and no limit is passed any more.
+    fn resume_if_under(&self) -> bool {
+        !self.over_limits() && self.paused.load(Ordering::SeqCst) && self.paused.swap(false, Ordering::SeqCst)
+    }
+
+    /// Writes queued output until all is written or the socket is full.
+    fn pump(&self, out: &mut Outbox, bytes_out: &AtomicU64) -> io::Result<()> {
+        while let Some(front) = out.queue.front() {
+            match (&self.stream).write(&front[out.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+                    self.queued.fetch_sub(n, Ordering::SeqCst);
+                    self.touch();
+                    out.sent += n;
+                    if out.sent == front.len() {
+                        out.queue.pop_front();
+                        out.sent = 0;
+                    }
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `bytes` from the caller's thread, straight to the socket when
+    /// nothing is queued before them; queues what the socket does not take.
+    /// An error or an overflow is left to the I/O thread to close on.
+    fn write(&self, bytes: Cow<'_, [u8]>, bytes_out: &AtomicU64) {
+        let mut out = self.out.lock();
+        let mut written = 0;
+        let mut failed = None;
+        if out.queue.is_empty() {
+            while written < bytes.len() {
+                match (&self.stream).write(&bytes[written..]) {
+                    Ok(0) => {
+                        failed = Some(io::Error::from(io::ErrorKind::WriteZero));
+                        break;
+                    }
+                    Ok(n) => written += n,
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                    Err(err) => {
+                        failed = Some(err);
+                        break;
+                    }
+                }
+            }
+            if written > 0 {
+                bytes_out.fetch_add(written as u64, Ordering::Relaxed);
+                self.touch();
+            }
+        }
+        if written < bytes.len() {
+            let rest = match bytes {
+                Cow::Owned(mut owned) if written == 0 => {
+                    owned.shrink_to_fit();
+                    owned
+                }
+                bytes => bytes[written..].to_vec(),
+            };
+            let queued = self.queued.fetch_add(rest.len(), Ordering::SeqCst) + rest.len();
+            out.queue.push_back(rest);
+            let hard_limit = self.limits.max_buffered_bytes.saturating_mul(2);
+            if failed.is_none() && queued > hard_limit {
+                drop(out);
+                let _ = self.link.send(Command::Fail(self.id, CloseReason::OutputOverflow { limit: hard_limit }));
+                return;
+            }
+        }
+        drop(out);
+        if let Some(err) = failed {
+            let _ = self.link.send(Command::Fail(self.id, CloseReason::io(&err)));
+        }
+    }
+}
+
+/// Bytes of one `Data` event counted as unhandled until the event is
+/// dropped: after the owner's handler returns, or with its mailbox. It
+/// travels beside the message ([`Envelope::PortData`]), so the event the
+/// owner sees is a plain [`PortEvent`].
+pub(crate) struct PortCredit {
+    conn: Weak<ConnShared>,
+    bytes: usize,
+}
+
+impl Drop for PortCredit {
+    fn drop(&mut self) {
+        // A port already gone needs no resume.
+        let Some(conn) = self.conn.upgrade() else {
+            return;
+        };
+        conn.unhandled.fetch_sub(self.bytes, Ordering::SeqCst);
+        if conn.resume_if_under() {
+            let _ = conn.link.send(Command::Resume(conn.id));
+        }
+    }
 }
 
 struct PortState {
@@ -462,14 +786,22 @@ impl PortShared {
         self.state.lock().owner
     }
 
-    /// Delivers events in order while holding the state lock.
+    /// Delivers events in order while holding the state lock; each `Data`
+    /// counts as unhandled until its owner has handled it.
     fn deliver(&self, node: &NodeInner, events: impl IntoIterator<Item = PortEvent>) -> Delivery {
         let state = self.state.lock();
         if state.closed {
             return Delivery::Stop;
         }
         for event in events {
-            let envelope = Envelope::Info(Message::new(event));
+            let envelope = match (&event, &self.conn) {
+                (PortEvent::Data { bytes, .. }, Some(conn)) => {
+                    conn.unhandled.fetch_add(bytes.len(), Ordering::SeqCst);
+                    let credit = PortCredit { conn: Arc::downgrade(conn), bytes: bytes.len() };
+                    Envelope::PortData(Message::new(event), credit)
+                }
+                _ => Envelope::Info(Message::new(event)),
+            };
             if node.deliver(state.owner, envelope, Sched::Global).is_err() {
                 return Delivery::Stop;
             }
@@ -482,7 +814,11 @@ enum Command {
     Listen(Arc<PortShared>, TcpListener, ListenOpts),
     /// A connect in progress, and when to give up on it.
     Connect(Connecting, Instant),
-    Send(PortId, Vec<u8>),
+    /// Read again: the owner caught up.
+    Resume(PortId),
+    /// Close with this reason (a write failed or overflowed on the owner's
+    /// thread).
+    Fail(PortId, CloseReason),
     Close(PortId),
     Shutdown,
 }
@@ -509,6 +845,20 @@ impl Link {
     }
 }
 
+/// The node-wide connection cap ([`Node::set_max_connections`]).
+struct NodeCaps {
+    /// Connections whose socket is open (accepted or outbound).
+    live: Arc<AtomicUsize>,
+    max: AtomicUsize,
+}
+
+impl NodeCaps {
+    fn full(&self) -> Option<usize> {
+        let max = self.max.load(Ordering::Relaxed);
+        (self.live.load(Ordering::Acquire) >= max).then_some(max)
+    }
+}
+
 #[derive(Default)]
 struct Lifecycle {
     thread: Option<JoinHandle<()>>,
@@ -519,7 +869,8 @@ struct Lifecycle {
 pub(crate) struct Ports {
     table: Arc<Mutex<HashMap<PortId, Arc<PortShared>>>>,
     next_id: AtomicU64,
-    link: OnceLock<Link>,
+    link: OnceLock<Arc<Link>>,
+    caps: Arc<NodeCaps>,
     lifecycle: Mutex<Lifecycle>,
     stopped: AtomicBool,
 }
@@ -530,6 +881,7 @@ impl Ports {
             table: Arc::default(),
             next_id: AtomicU64::new(1),
             link: OnceLock::new(),
+            caps: Arc::new(NodeCaps { live: Arc::new(AtomicUsize::new(0)), max: AtomicUsize::new(usize::MAX) }),
             lifecycle: Mutex::new(Lifecycle::default()),
             stopped: AtomicBool::new(false),
         }
@@ -540,7 +892,7 @@ impl Ports {
     }
 
     /// The link to the I/O thread, starting it on first use.
-    fn link(&self, node: &Arc<NodeInner>) -> Result<&Link, PortError> {
+    fn link(&self, node: &Arc<NodeInner>) -> Result<&Arc<Link>, PortError> {
         if let Some(link) = self.link.get() {
             return Ok(link);
         }
@@ -556,15 +908,19 @@ impl Ports {
         let registry = poll.registry().try_clone().map_err(PortError::Start)?;
         let (tx, rx) = mpsc::channel();
         let wake_pending = Arc::new(AtomicBool::new(false));
+        let link = Arc::new(Link { tx, waker, registry, wake_pending: wake_pending.clone() });
         let io = Io {
             poll,
             node: Arc::downgrade(node),
             table: self.table.clone(),
             rx,
-            wake_pending: wake_pending.clone(),
+            wake_pending,
+            link: link.clone(),
+            caps: self.caps.clone(),
             socks: HashMap::new(),
             again: Vec::new(),
             timers: Vec::new(),
+            idle_sweep: None,
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
         };
         let thread = thread::Builder::new()
@@ -572,8 +928,19 @@ impl Ports {
             .spawn(move || run_io(io))
             .map_err(PortError::Start)?;
         lifecycle.thread = Some(thread);
-        let _ = self.link.set(Link { tx, waker, registry, wake_pending });
+        let _ = self.link.set(link);
         self.link.get().ok_or(PortError::IoThreadGone)
+    }
+
+    /// Caps the connections (accepted and outbound) the node holds at once;
+    /// `None` lifts the cap.
+    pub(crate) fn set_max_connections(&self, max: Option<usize>) {
+        self.caps.max.store(max.unwrap_or(usize::MAX), Ordering::Relaxed);
+    }
+
+    /// Connections whose socket is open now.
+    pub(crate) fn connections(&self) -> usize {
+        self.caps.live.load(Ordering::Acquire)
     }
 
     fn alloc_id(&self) -> PortId {
@@ -626,6 +993,7 @@ impl Ports {
             state: Mutex::new(PortState { owner, closed: false }),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            conn: None,
         });
         // In the table before the owner's relations, so an owner exiting in
         // between finds the port to close.
@@ -651,16 +1019,18 @@ impl Ports {
         Ok(ListenerInfo { port: id, local_addr })
     }
 
-    pub(crate) fn send(&self, port: PortId, bytes: Vec<u8>) -> Result<(), PortError> {
+    /// Writes `bytes` on `port` from the caller's thread (see
+    /// [`ConnShared::write`]); copies them only if the socket does not take
+    /// them all at once (a `Cow::Owned` is queued as it is).
+    pub(crate) fn send(&self, port: PortId, bytes: Cow<'_, [u8]>) -> Result<(), PortError> {
         let shared = self.get(port)?;
-        if shared.kind != PortKind::Connection {
+        let Some(conn) = &shared.conn else {
             return Err(PortError::NotAConnection(port));
+        };
+        if !bytes.is_empty() {
+            conn.write(bytes, &shared.bytes_out);
         }
-        if bytes.is_empty() {
-            return Ok(());
-        }
-        let link = self.link.get().ok_or(PortError::Closed(port))?;
-        link.send(Command::Send(port, bytes)).map_err(|()| self.gone())
+        Ok(())
     }
 
     pub(crate) fn close(&self, node: &NodeInner, port: PortId) -> Result<(), PortError> {
@@ -694,23 +1064,34 @@ impl Ports {
         if node.table.get(owner).is_none() {
             return Err(PortError::NoProc(owner));
         }
-        let link = self.link(node)?;
+        let link = self.link(node)?.clone();
+        let slot = self.caps.live.fetch_add(1, Ordering::AcqRel);
+        let slots = ConnSlots(vec![self.caps.live.clone()]);
+        let max = self.caps.max.load(Ordering::Relaxed);
+        if slot >= max {
+            return Err(PortError::TooManyConnections { max });
+        }
         let mut stream = TcpStream::connect(addr).map_err(|source| PortError::Connect { addr, source })?;
         let id = self.alloc_id();
         link.registry
             .register(&mut stream, token(id), Interest::READABLE | Interest::WRITABLE)
             .map_err(|source| PortError::Register { port: id, source })?;
         let unspecified = SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0);
+        let local_addr = stream.local_addr().unwrap_or(unspecified);
+        #[cfg(unix)]
+        let fd = stream.as_raw_fd();
+        let conn = Arc::new(ConnShared::new(id, stream, opts.limits, link.clone(), slots));
         let shared = Arc::new(PortShared {
             id,
             kind: PortKind::Connection,
-            local_addr: stream.local_addr().unwrap_or(unspecified),
+            local_addr,
             peer: Some(addr),
             #[cfg(unix)]
-            fd: stream.as_raw_fd(),
+            fd,
             state: Mutex::new(PortState { owner, closed: false }),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            conn: Some(conn.clone()),
         });
         self.table.lock().insert(id, shared.clone());
         {
@@ -719,13 +1100,12 @@ impl Ports {
                 state.closed = true;
                 drop(state);
                 self.table.lock().remove(&id);
-                let _ = link.registry.deregister(&mut stream);
                 return Err(PortError::NoProc(owner));
             }
         }
         let (done, outcome) = mpsc::sync_channel(1);
         let deadline = Instant::now() + timeout;
-        let connecting = Connecting { stream, shared: shared.clone(), opts, done };
+        let connecting = Connecting { shared: shared.clone(), conn, opts, done };
         if link.send(Command::Connect(connecting, deadline)).is_err() {
             let mut state = shared.state.lock();
             state.closed = true;
@@ -808,6 +1188,8 @@ impl Ports {
             peer: shared.peer,
             bytes_in: shared.bytes_in.load(Ordering::Relaxed),
             bytes_out: shared.bytes_out.load(Ordering::Relaxed),
+            bytes_queued: shared.conn.as_ref().map_or(0, |c| c.queued.load(Ordering::Relaxed)),
+            bytes_unhandled: shared.conn.as_ref().map_or(0, |c| c.unhandled.load(Ordering::Relaxed)),
         })
     }
 
@@ -927,8 +1309,8 @@ enum Sock {
 
 /// An outbound connection whose connect is in progress.
 struct Connecting {
-    stream: TcpStream,
     shared: Arc<PortShared>,
+    conn: Arc<ConnShared>,
     opts: ConnectOpts,
     /// Told once: connected, or why not.
     done: mpsc::SyncSender<io::Result<()>>,
@@ -938,51 +1320,52 @@ struct ListenerSock {
     socket: TcpListener,
     shared: Arc<PortShared>,
     opts: ListenOpts,
+    /// Its connections whose socket is open.
+    live: Arc<AtomicUsize>,
+    /// How long to wait before accepting again after a failure; doubles
+    /// while accepting keeps failing.
+    backoff: Duration,
+    /// Accept failures, logged at most once a second.
+    failures: RateLog,
+    /// Clients refused for a cap, logged at most once a second.
+    refusals: RateLog,
+}
+
+/// At most one log line a second for a repeated event, counting the ones
+/// left out.
+#[derive(Default)]
+struct RateLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLog {
+    /// `Some(left out since the last line)` when a line may be logged now.
+    fn allow(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self.last.is_some_and(|last| now.duration_since(last) < Duration::from_secs(1)) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 struct ConnSock {
-    stream: TcpStream,
     shared: Arc<PortShared>,
+    conn: Arc<ConnShared>,
     framing: Framing,
     max_line: usize,
     /// The partial line (Line framing).
     line: Vec<u8>,
-    /// Output not yet written; the front chunk is written from `sent`.
-    out: VecDeque<Vec<u8>>,
-    sent: usize,
-    /// WRITABLE is part of the registered interest.
-    write_interest: bool,
-    /// Closed, writing out what is left until this deadline.
+    /// Closed, writing out what is left until its linger deadline.
     lingering: bool,
 }
 
 impl ConnSock {
-    /// Writes queued output until done or the socket is full; true once
-    /// all of it is written. Keeps the registered interest in step.
-    fn pump(&mut self, registry: &Registry) -> io::Result<bool> {
-        while let Some(front) = self.out.front() {
-            match self.stream.write(&front[self.sent..]) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.shared.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-                    self.sent += n;
-                    if self.sent == front.len() {
-                        self.out.pop_front();
-                        self.sent = 0;
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => break,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
-                Err(err) => return Err(err),
-            }
-        }
-        let drained = self.out.is_empty();
-        if drained == self.write_interest && !self.lingering {
-            let interest = if drained { Interest::READABLE } else { Interest::READABLE | Interest::WRITABLE };
-            registry.reregister(&mut self.stream, token(self.shared.id), interest)?;
-            self.write_interest = !drained;
-        }
-        Ok(drained)
+    fn new(shared: Arc<PortShared>, conn: Arc<ConnShared>, framing: Framing, max_line: usize) -> ConnSock {
+        ConnSock { shared, conn, framing, max_line, line: Vec::new(), lingering: false }
     }
 
     /// Cuts `data` into events.
@@ -1023,6 +1406,8 @@ enum Timer {
     Linger(PortId),
     /// Give up a connect still in progress.
     Connect(PortId),
+    /// Close the connections idle for longer than their timeout.
+    IdleSweep,
 }
 
 /// The I/O thread's state.
@@ -1032,10 +1417,15 @@ struct Io {
     table: Arc<Mutex<HashMap<PortId, Arc<PortShared>>>>,
     rx: Receiver<Command>,
     wake_pending: Arc<AtomicBool>,
+    link: Arc<Link>,
+    caps: Arc<NodeCaps>,
     socks: HashMap<PortId, Sock>,
     /// Sockets that may have more to read or accept (their turn ran out).
     again: Vec<PortId>,
     timers: Vec<(Instant, Timer)>,
+    /// How often idle connections are looked for (the shortest idle
+    /// timeout seen, divided by four), once one has a timeout.
+    idle_sweep: Option<Duration>,
     buf: Box<[u8]>,
 }
 
@@ -1147,7 +1537,53 @@ impl Io {
                         self.connect_failed(node, id, timed_out);
                     }
                 }
+                Timer::IdleSweep => self.sweep_idle(node),
             }
+        }
+    }
+
+    /// Watches `limits.idle_timeout` of a new connection: the sweep runs
+    /// at least four times per shortest timeout.
+    fn watch_idle(&mut self, limits: &ConnLimits) {
+        let Some(timeout) = limits.idle_timeout else {
+            return;
+        };
+        let period = (timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        match self.idle_sweep {
+            Some(current) if current <= period => {}
+            Some(_) => self.idle_sweep = Some(period),
+            None => {
+                self.idle_sweep = Some(period);
+                self.timers.push((Instant::now() + period, Timer::IdleSweep));
+            }
+        }
+    }
+
+    /// Closes every connection that moved no byte for its idle timeout and
+    /// has nothing waiting for its owner (an owner busy with its bytes is
+    /// not the peer's idleness).
+    fn sweep_idle(&mut self, node: &NodeInner) {
+        let now = clock_ms();
+        let mut watched = false;
+        let mut idle = Vec::new();
+        for (id, sock) in &self.socks {
+            let Sock::Conn(conn) = sock else { continue };
+            let Some(timeout) = conn.conn.limits.idle_timeout else { continue };
+            if conn.lingering {
+                continue;
+            }
+            watched = true;
+            let quiet = now.saturating_sub(conn.conn.last_active.load(Ordering::Relaxed));
+            if u128::from(quiet) >= timeout.as_millis() && conn.conn.unhandled.load(Ordering::SeqCst) == 0 {
+                idle.push((*id, timeout));
+            }
+        }
+        for (id, after) in idle {
+            self.close(node, id, Some(CloseReason::IdleTimeout { after }), false);
+        }
+        match self.idle_sweep {
+            Some(period) if watched => self.timers.push((Instant::now() + period, Timer::IdleSweep)),
+            _ => self.idle_sweep = None,
         }
     }
 
@@ -1163,7 +1599,16 @@ impl Io {
                 Command::Shutdown => return Flow::Stop,
                 Command::Listen(shared, socket, opts) => {
                     let id = shared.id;
-                    self.socks.insert(id, Sock::Listener(ListenerSock { socket, shared, opts }));
+                    let listener = ListenerSock {
+                        socket,
+                        shared,
+                        opts,
+                        live: Arc::new(AtomicUsize::new(0)),
+                        backoff: Duration::ZERO,
+                        failures: RateLog::default(),
+                        refusals: RateLog::default(),
+                    };
+                    self.socks.insert(id, Sock::Listener(listener));
                     // Registered before it got here: connections may wait.
                     self.again.push(id);
                 }
@@ -1174,20 +1619,8 @@ impl Io {
                     // Registered before it got here: its event may be gone.
                     self.again.push(id);
                 }
-                Command::Send(id, bytes) => {
-                    let Some(Sock::Conn(conn)) = self.socks.get_mut(&id) else {
-                        continue;
-                    };
-                    if conn.lingering {
-                        continue;
-                    }
-                    conn.out.push_back(bytes);
-                    if conn.out.len() == 1
-                        && let Err(err) = conn.pump(self.poll.registry())
-                    {
-                        self.close(node, id, Some(CloseReason::io(&err)), false);
-                    }
-                }
+                Command::Resume(id) => self.again.push(id),
+                Command::Fail(id, reason) => self.close(node, id, Some(reason), false),
                 Command::Close(id) => self.close(node, id, None, true),
             }
         }
@@ -1211,13 +1644,13 @@ impl Io {
 
     fn accept(&mut self, node: &Arc<NodeInner>, id: PortId) {
         for _ in 0..ACCEPTS_PER_TURN {
-            let Some(Sock::Listener(listener)) = self.socks.get(&id) else {
+            let Some(Sock::Listener(listener)) = self.socks.get_mut(&id) else {
                 return;
             };
             match listener.socket.accept() {
                 Ok((stream, peer)) => {
-                    let (shared, opts) = (listener.shared.clone(), listener.opts.clone());
-                    self.accepted(node, &shared, &opts, stream, peer);
+                    listener.backoff = Duration::ZERO;
+                    self.accepted(node, id, stream, peer);
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
                 Err(err)
@@ -1228,8 +1661,15 @@ impl Io {
                             | io::ErrorKind::ConnectionReset
                     ) => {}
                 Err(err) => {
-                    tracing::warn!(port = %id, %err, "accept failed; retrying shortly");
-                    self.timers.push((Instant::now() + ACCEPT_RETRY, Timer::Accept(id)));
+                    // Typically out of file descriptors: retrying at once
+                    // would spin (the pending client stays ready), so wait,
+                    // longer each time it fails again.
+                    listener.backoff = (listener.backoff * 2).clamp(ACCEPT_RETRY_MIN, ACCEPT_RETRY_MAX);
+                    let backoff = listener.backoff;
+                    if let Some(suppressed) = listener.failures.allow() {
+                        tracing::warn!(port = %id, %err, ?backoff, suppressed, "accept failed; retrying after a pause (suppressed: like failures left out of the log in the last second)");
+                    }
+                    self.timers.push((Instant::now() + backoff, Timer::Accept(id)));
                     return;
                 }
             }
@@ -1237,14 +1677,29 @@ impl Io {
         self.again.push(id);
     }
 
-    fn accepted(
-        &mut self,
-        node: &Arc<NodeInner>,
-        listener: &Arc<PortShared>,
-        opts: &ListenOpts,
-        stream: TcpStream,
-        peer: SocketAddr,
-    ) {
+    /// Takes an accepted connection: refused over a cap, else given an
+    /// owner and watched.
+    fn accepted(&mut self, node: &Arc<NodeInner>, listener_id: PortId, stream: TcpStream, peer: SocketAddr) {
+        let Some(Sock::Listener(listener)) = self.socks.get_mut(&listener_id) else {
+            return;
+        };
+        let listener_cap = listener.opts.max_connections.filter(|max| listener.live.load(Ordering::Acquire) >= *max);
+        if let Some(max) = listener_cap.or_else(|| self.caps.full()) {
+            // Best effort: a client that reads gets the reason, none waits.
+            if !listener.opts.refusal.is_empty() {
+                let _ = (&stream).write(&listener.opts.refusal);
+            }
+            if let Some(suppressed) = listener.refusals.allow() {
+                let cap = if listener_cap.is_some() { "the listener's" } else { "the node's" };
+                tracing::warn!(port = %listener_id, %peer, max, suppressed, "connection refused: {cap} maximum of {max} connections is reached (suppressed: refusals left out of the log in the last second)");
+            }
+            return;
+        }
+        let slots = ConnSlots(vec![listener.live.clone(), self.caps.live.clone()]);
+        for counter in &slots.0 {
+            counter.fetch_add(1, Ordering::AcqRel);
+        }
+        let (listener, opts) = (listener.shared.clone(), listener.opts.clone());
         let listener_owner = {
             let state = listener.state.lock();
             if state.closed {
@@ -1252,18 +1707,30 @@ impl Io {
             }
             state.owner
         };
-        let id = node.ports.alloc_id();
+        let mut stream = stream;
         let _ = stream.set_nodelay(true);
+        let id = node.ports.alloc_id();
+        // Both kinds at once, edge-triggered: never registered again.
+        if let Err(err) = self.poll.registry().register(&mut stream, token(id), Interest::READABLE | Interest::WRITABLE)
+        {
+            tracing::warn!(port = %id, %err, "cannot watch an accepted connection; closing it");
+            return;
+        }
+        let local_addr = stream.local_addr().unwrap_or(listener.local_addr);
+        #[cfg(unix)]
+        let fd = stream.as_raw_fd();
+        let conn = Arc::new(ConnShared::new(id, stream, opts.limits, self.link.clone(), slots));
         let shared = Arc::new(PortShared {
             id,
             kind: PortKind::Connection,
-            local_addr: stream.local_addr().unwrap_or(listener.local_addr),
+            local_addr,
             peer: Some(peer),
             #[cfg(unix)]
-            fd: stream.as_raw_fd(),
+            fd,
             state: Mutex::new(PortState { owner: Pid::NODE, closed: false }),
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
+            conn: Some(conn.clone()),
         });
         self.table.lock().insert(id, shared.clone());
         let owner = match &opts.handler {
@@ -1300,24 +1767,8 @@ impl Io {
             self.table.lock().remove(&id);
             return;
         }
-        let mut conn = ConnSock {
-            stream,
-            shared: shared.clone(),
-            framing: opts.framing,
-            max_line: opts.max_line,
-            line: Vec::new(),
-            out: VecDeque::new(),
-            sent: 0,
-            write_interest: false,
-            lingering: false,
-        };
-        if let Err(err) = self.poll.registry().register(&mut conn.stream, token(id), Interest::READABLE) {
-            tracing::warn!(port = %id, %err, "cannot watch an accepted connection; closing it");
-            self.socks.insert(id, Sock::Conn(conn));
-            self.close(node, id, Some(CloseReason::io(&err)), false);
-            return;
-        }
-        self.socks.insert(id, Sock::Conn(conn));
+        self.watch_idle(&opts.limits);
+        self.socks.insert(id, Sock::Conn(ConnSock::new(shared, conn, opts.framing, opts.max_line)));
         tracing::debug!(listener = %listener.id, port = %id, %peer, "accepted");
         let accepted = PortEvent::Accepted { listener: listener.id, port: id, peer };
         // Told even if the listener was closed meanwhile: the connection
@@ -1330,6 +1781,9 @@ impl Io {
         if owner_gone {
             self.close(node, listener.id, None, false);
         }
+        // Bytes may have come with the connection (registered after they
+        // did): read them now.
+        self.again.push(id);
     }
 
     /// Sees an outbound connect through: connected (it becomes a
@@ -1338,7 +1792,7 @@ impl Io {
         let Some(Sock::Connecting(connecting)) = self.socks.get(&id) else {
             return;
         };
-        let stream = &connecting.stream;
+        let stream = &connecting.conn.stream;
         let outcome = match stream.take_error() {
             Ok(Some(error)) | Err(error) => Err(error),
             Ok(None) => match stream.peer_addr() {
@@ -1355,27 +1809,12 @@ impl Io {
         if let Err(error) = outcome {
             return self.connect_failed(node, id, error);
         }
-        let Some(Sock::Connecting(Connecting { mut stream, shared, opts, done })) = self.socks.remove(&id)
-        else {
+        let Some(Sock::Connecting(Connecting { shared, conn, opts, done })) = self.socks.remove(&id) else {
             return;
         };
-        let _ = stream.set_nodelay(true);
-        if let Err(error) = self.poll.registry().reregister(&mut stream, token(id), Interest::READABLE) {
-            self.socks.insert(id, Sock::Connecting(Connecting { stream, shared, opts, done }));
-            return self.connect_failed(node, id, error);
-        }
-        let conn = ConnSock {
-            stream,
-            shared,
-            framing: opts.framing,
-            max_line: opts.max_line,
-            line: Vec::new(),
-            out: VecDeque::new(),
-            sent: 0,
-            write_interest: false,
-            lingering: false,
-        };
-        self.socks.insert(id, Sock::Conn(conn));
+        let _ = conn.stream.set_nodelay(true);
+        self.watch_idle(&opts.limits);
+        self.socks.insert(id, Sock::Conn(ConnSock::new(shared, conn, opts.framing, opts.max_line)));
         if done.send(Ok(())).is_err() {
             // The caller gave up; it closes the port (queued after this).
             tracing::debug!(port = %id, "connected after the caller gave up");
@@ -1402,64 +1841,108 @@ impl Io {
         self.finish(id);
     }
 
+    /// Reads a connection: up to [`READS_PER_TURN`] reads, all delivered
+    /// at once, unless a limit stops reading first (see [`ConnLimits`]).
     fn readable(&mut self, node: &Arc<NodeInner>, id: PortId) {
-        let Some(Sock::Conn(conn)) = self.socks.get_mut(&id) else {
+        let Some(Sock::Conn(sock)) = self.socks.get_mut(&id) else {
             return;
         };
-        if conn.lingering {
+        if sock.lingering {
             return;
         }
+        let conn = sock.conn.clone();
+        if conn.pause_if_over() {
+            return;
+        }
+        enum Then {
+            Drained,
+            TurnOver,
+            Pause,
+            Close(CloseReason),
+        }
         let mut events = Vec::new();
+        let mut read = 0;
+        let mut then = Then::TurnOver;
         for _ in 0..READS_PER_TURN {
-            let outcome = match conn.stream.read(&mut self.buf) {
-                Ok(0) => Err(CloseReason::PeerClosed),
+            match (&conn.stream).read(&mut self.buf) {
+                Ok(0) => {
+                    then = Then::Close(CloseReason::PeerClosed);
+                    break;
+                }
                 Ok(n) => {
-                    conn.shared.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                    conn.frame(&self.buf[..n], &mut events)
+                    read += n;
+                    if let Err(reason) = sock.frame(&self.buf[..n], &mut events) {
+                        then = Then::Close(reason);
+                        break;
+                    }
+                    // What this turn read counts before it is delivered.
+                    if conn.unhandled.load(Ordering::SeqCst).saturating_add(read) > conn.limits.max_unhandled_bytes {
+                        then = Then::Pause;
+                        break;
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
-                    if let Delivery::Stop = conn.shared.deliver(node, events) {
-                        self.close(node, id, None, true);
-                    }
-                    return;
+                    then = Then::Drained;
+                    break;
                 }
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => Ok(()),
-                Err(err) => Err(CloseReason::io(&err)),
-            };
-            if let Err(reason) = outcome {
-                if reason == CloseReason::PeerClosed && !conn.line.is_empty() {
-                    let rest = std::mem::take(&mut conn.line);
-                    events.push(PortEvent::Data { port: id, bytes: rest });
+                Err(err) if err.kind() == io::ErrorKind::Interrupted => {}
+                Err(err) => {
+                    then = Then::Close(CloseReason::io(&err));
+                    break;
                 }
-                let linger = matches!(reason, CloseReason::PeerClosed);
-                if let Delivery::Stop = conn.shared.deliver(node, events) {
-                    self.close(node, id, None, linger);
-                } else {
-                    self.close(node, id, Some(reason), linger);
-                }
-                return;
             }
         }
-        match conn.shared.deliver(node, events) {
-            Delivery::Delivered => self.again.push(id),
-            Delivery::Stop => self.close(node, id, None, true),
+        if read > 0 {
+            sock.shared.bytes_in.fetch_add(read as u64, Ordering::Relaxed);
+            conn.touch();
+        }
+        if let Then::Close(CloseReason::PeerClosed) = then
+            && !sock.line.is_empty()
+        {
+            let rest = std::mem::take(&mut sock.line);
+            events.push(PortEvent::Data { port: id, bytes: rest });
+        }
+        let delivery = sock.shared.deliver(node, events);
+        match (then, delivery) {
+            (Then::Close(reason), Delivery::Delivered) => {
+                let linger = reason == CloseReason::PeerClosed;
+                self.close(node, id, Some(reason), linger);
+            }
+            (Then::Close(reason), Delivery::Stop) => {
+                self.close(node, id, None, reason == CloseReason::PeerClosed);
+            }
+            (_, Delivery::Stop) => self.close(node, id, None, true),
+            (Then::Drained, Delivery::Delivered) => {}
+            (Then::TurnOver | Then::Pause, Delivery::Delivered) => {
+                // Paused: the credit of the last event handled resumes it.
+                if !conn.pause_if_over() {
+                    self.again.push(id);
+                }
+            }
         }
     }
 
+    /// Writes out what owners queued; reading resumes once output is
+    /// under its limit again.
     fn writable(&mut self, node: &NodeInner, id: PortId) {
-        let Some(Sock::Conn(conn)) = self.socks.get_mut(&id) else {
+        let Some(Sock::Conn(sock)) = self.socks.get(&id) else {
             return;
         };
-        match conn.pump(self.poll.registry()) {
-            Ok(true) if conn.lingering => self.finish(id),
-            Ok(_) => {}
-            Err(err) => {
-                if conn.lingering {
-                    self.finish(id);
-                } else {
-                    self.close(node, id, Some(CloseReason::io(&err)), false);
+        let conn = &sock.conn;
+        let written = {
+            let mut out = conn.out.lock();
+            conn.pump(&mut out, &sock.shared.bytes_out).map(|()| out.queue.is_empty())
+        };
+        match written {
+            Ok(true) if sock.lingering => self.finish(id),
+            Ok(_) if sock.lingering => {}
+            Ok(_) => {
+                if conn.resume_if_under() {
+                    self.again.push(id);
                 }
             }
+            Err(_) if sock.lingering => self.finish(id),
+            Err(err) => self.close(node, id, Some(CloseReason::io(&err)), false),
         }
     }
 
@@ -1489,17 +1972,13 @@ impl Io {
             }
         }
         match sock {
-            Sock::Conn(mut conn) if linger && !conn.out.is_empty() => {
+            Sock::Conn(mut conn) if linger && conn.conn.queued.load(Ordering::SeqCst) > 0 => {
+                // A writable event is due (the queue is only left non-empty
+                // after the socket refused more).
                 conn.lingering = true;
                 conn.line = Vec::new();
-                let registered =
-                    self.poll.registry().reregister(&mut conn.stream, token(id), Interest::WRITABLE);
                 self.socks.insert(id, Sock::Conn(conn));
-                if registered.is_ok() {
-                    self.timers.push((Instant::now() + CLOSE_LINGER, Timer::Linger(id)));
-                } else {
-                    self.finish(id);
-                }
+                self.timers.push((Instant::now() + CLOSE_LINGER, Timer::Linger(id)));
             }
             sock => {
                 self.socks.insert(id, sock);
@@ -1508,20 +1987,12 @@ impl Io {
         }
     }
 
-    /// Drops a closed port's socket and its table entry.
+    /// Drops a closed port's socket and its table entry. A connection's
+    /// socket closes (and leaves the poller) with the last reference to
+    /// it, at once unless an owner is writing to it this instant.
     fn finish(&mut self, id: PortId) {
-        let registry = self.poll.registry();
-        match self.socks.remove(&id) {
-            Some(Sock::Listener(mut l)) => {
-                let _ = registry.deregister(&mut l.socket);
-            }
-            Some(Sock::Conn(mut c)) => {
-                let _ = registry.deregister(&mut c.stream);
-            }
-            Some(Sock::Connecting(mut c)) => {
-                let _ = registry.deregister(&mut c.stream);
-            }
-            None => {}
+        if let Some(Sock::Listener(mut l)) = self.socks.remove(&id) {
+            let _ = self.poll.registry().deregister(&mut l.socket);
         }
         self.table.lock().remove(&id);
     }
@@ -1543,6 +2014,15 @@ impl Ctx<'_> {
     /// As [`Node::port_send`].
     pub fn port_send(&self, port: PortId, bytes: impl Into<Vec<u8>>) -> Result<(), PortError> {
         self.node().port_send(port, bytes)
+    }
+
+    /// Writes borrowed bytes on a connection (see
+    /// [`Node::port_send_slice`]).
+    ///
+    /// # Errors
+    /// As [`Node::port_send`].
+    pub fn port_send_slice(&self, port: PortId, bytes: &[u8]) -> Result<(), PortError> {
+        self.node().port_send_slice(port, bytes)
     }
 
     /// Closes a port (see [`Node::port_close`]).

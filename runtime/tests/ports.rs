@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use relive_runtime::{
-    Actor, CloseReason, ExitReason, ListenOpts, Listening, Node, NodeConfig, Pid, PortError, PortEvent,
+    Actor, CloseReason, ConnLimits, ExitReason, ListenOpts, Listening, Node, NodeConfig, Pid, PortError, PortEvent,
     PortId, PortKind, actor_fn,
 };
 
@@ -516,5 +516,262 @@ fn errors_say_what_failed() {
         node.listen(any_port(), dead, ListenOpts::line()),
         Err(PortError::NoProc(p)) if p == dead
     ));
+    node.shutdown();
+}
+
+const REFUSAL: &str = "-ERR max number of clients reached\r\n";
+
+#[test]
+fn clients_over_the_listener_cap_get_the_refusal_and_a_close_and_the_node_keeps_serving() {
+    let node = Node::start(NodeConfig::default());
+    let owner = node.spawn(upper_echo(String::new(), None)).unwrap();
+    let opts = ListenOpts::line().with_max_connections(50, REFUSAL);
+    let listener = node.listen(any_port(), owner, opts).unwrap();
+
+    let mut served: Vec<_> = (0..50).map(|_| connect(listener.local_addr)).collect();
+    assert!(eventually(|| node.port_connections() == 50), "the first 50 clients are held");
+    // 150 more: each is told why and closed, none is left hanging.
+    for _ in 0..150 {
+        let mut refused = connect(listener.local_addr);
+        let mut line = String::new();
+        refused.read_line(&mut line).expect("reading the refusal");
+        assert_eq!(line, REFUSAL);
+        assert!(sees_close(&mut refused));
+    }
+    assert_eq!(node.port_connections(), 50);
+    // The held clients are served all along.
+    send(&mut served[0], "still here\n");
+    assert_eq!(read_line(&mut served[0]), "STILL HERE");
+    // A place freed is a place for the next client.
+    served.truncate(40);
+    assert!(eventually(|| node.port_connections() == 40));
+    let mut late = connect(listener.local_addr);
+    send(&mut late, "late\n");
+    assert_eq!(read_line(&mut late), "LATE");
+    node.shutdown();
+}
+
+#[test]
+fn the_node_cap_counts_every_listener() {
+    let node = Node::start(NodeConfig::default());
+    let owner = node.spawn(upper_echo(String::new(), None)).unwrap();
+    node.set_max_connections(Some(3));
+    let a = node.listen(any_port(), owner, ListenOpts::line().with_max_connections(100, REFUSAL)).unwrap();
+    let b = node.listen(any_port(), owner, ListenOpts::line()).unwrap();
+    let _held = [connect(a.local_addr), connect(a.local_addr), connect(b.local_addr)];
+    assert!(eventually(|| node.port_connections() == 3));
+    let mut refused = connect(a.local_addr);
+    let mut line = String::new();
+    refused.read_line(&mut line).unwrap();
+    assert_eq!(line, REFUSAL, "the node's cap refuses with the listener's refusal");
+    let mut closed = connect(b.local_addr);
+    assert!(sees_close(&mut closed), "a listener without a refusal just closes");
+    let err = node.connect(a.local_addr, owner, Default::default(), TIMEOUT).unwrap_err();
+    assert!(matches!(err, PortError::TooManyConnections { max: 3 }), "{err}");
+    node.shutdown();
+}
+
+#[test]
+fn an_idle_connection_closes_with_idle_timeout_and_a_busy_one_stays() {
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let owner = node.spawn(upper_echo(String::new(), Some(tx))).unwrap();
+    let limits = ConnLimits { idle_timeout: Some(Duration::from_millis(300)), ..ConnLimits::default() };
+    let listener = node.listen(any_port(), owner, ListenOpts::line().with_limits(limits)).unwrap();
+
+    let mut idle = connect(listener.local_addr);
+    let idle_port = accepted_port(&events);
+    send(&mut idle, "once\n");
+    assert_eq!(read_line(&mut idle), "ONCE");
+    assert!(matches!(next_event(&events), PortEvent::Data { .. }));
+    let mut busy = connect(listener.local_addr);
+    let busy_port = accepted_port(&events);
+    // Talks ten times as often as the timeout allows, for longer than it.
+    for i in 0..20 {
+        send(&mut busy, &format!("tick {i}\n"));
+        assert_eq!(read_line(&mut busy), format!("TICK {i}"));
+        thread::sleep(Duration::from_millis(30));
+    }
+    let closed = loop {
+        match events.recv_timeout(Duration::from_secs(5)).expect("the idle client is closed") {
+            PortEvent::Closed { port, reason } => break (port, reason),
+            PortEvent::Data { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(closed.0, idle_port);
+    assert_eq!(closed.1, CloseReason::IdleTimeout { after: Duration::from_millis(300) });
+    assert!(closed.1.to_string().starts_with("idle timeout"), "{}", closed.1);
+    assert!(sees_close(&mut idle));
+    assert!(node.port_info(busy_port).is_some() || !node.ports().contains(&busy_port));
+    node.shutdown();
+}
+
+/// Echoes each `Data` `factor` times over (a request with a large reply),
+/// after waiting for `gate` once if given.
+fn amplifier(factor: usize, gate: Option<Receiver<()>>, received: Sender<usize>) -> impl Actor {
+    let mut gate = gate;
+    actor_fn(move |message, ctx| {
+        let Ok(PortEvent::Data { port, bytes }) = message.downcast::<PortEvent>() else {
+            return;
+        };
+        if let Some(gate) = gate.take() {
+            let _ = gate.recv();
+        }
+        let _ = received.send(bytes.len());
+        // A closed port (the case the overflow test wants) is fine.
+        if factor > 0 {
+            let _ = ctx.port_send(port, bytes.repeat(factor));
+        }
+    })
+}
+
+/// Writes `total` bytes, blocking as TCP makes it; returns what it wrote.
+fn flood(addr: SocketAddr, total: usize) -> (TcpStream, thread::JoinHandle<usize>) {
+    let stream = TcpStream::connect_timeout(&addr, TIMEOUT).unwrap();
+    let mut writer = stream.try_clone().unwrap();
+    let handle = thread::spawn(move || {
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            match writer.write(&chunk[..(total - sent).min(chunk.len())]) {
+                Ok(n) => sent += n,
+                Err(_) => break,
+            }
+        }
+        sent
+    });
+    (stream, handle)
+}
+
+#[test]
+fn a_slow_owner_stops_its_port_reading_until_it_catches_up() {
+    let node = Node::start(NodeConfig::default());
+    let (gate_tx, gate) = mpsc::channel();
+    let (received_tx, received) = mpsc::channel();
+    let owner = node.spawn(amplifier(0, Some(gate), received_tx)).unwrap();
+    let limits = ConnLimits { max_unhandled_bytes: 256 * 1024, ..ConnLimits::default() };
+    let listener = node.listen(any_port(), owner, ListenOpts::raw().with_limits(limits)).unwrap();
+    let other_owner = node.spawn(upper_echo(String::new(), None)).unwrap();
+    let other = node.listen(any_port(), other_owner, ListenOpts::line()).unwrap();
+
+    let total = 32 * 1024 * 1024;
+    let (_client, writer) = flood(listener.local_addr, total);
+    let port = loop {
+        if let Some(&port) = node.ports().iter().find(|p| node.port_info(**p).is_some_and(|i| i.peer.is_some() && i.owner == owner)) {
+            break port;
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    assert!(eventually(|| node.port_info(port).unwrap().bytes_in >= 256 * 1024));
+    // The owner is stuck on its first message: the port reads at most one
+    // buffer past the limit, however long the client keeps sending.
+    thread::sleep(Duration::from_millis(300));
+    let info = node.port_info(port).unwrap();
+    let bound = 256 * 1024 + 64 * 1024;
+    assert!(info.bytes_in <= bound as u64, "read {} bytes for a stuck owner", info.bytes_in);
+    assert!(info.bytes_unhandled <= bound, "{} unhandled", info.bytes_unhandled);
+    // Another connection is served meanwhile.
+    let mut bystander = connect(other.local_addr);
+    send(&mut bystander, "ping\n");
+    assert_eq!(read_line(&mut bystander), "PING");
+    // Once the owner catches up, every byte arrives.
+    gate_tx.send(()).unwrap();
+    let mut got = 0;
+    while got < total {
+        got += received.recv_timeout(Duration::from_secs(10)).expect("the rest of the flood arrives");
+    }
+    assert_eq!(got, total);
+    assert_eq!(writer.join().unwrap(), total);
+    node.shutdown();
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_stops_its_port_and_others_are_served() {
+    let node = Node::start(NodeConfig::default());
+    let (received_tx, received) = mpsc::channel();
+    // Each request byte makes 16 reply bytes, as GET of a large value.
+    let owner = node.spawn(amplifier(16, None, received_tx)).unwrap();
+    // Little input in flight, so what is asked before reading stops stays
+    // under the hard cap.
+    let limits = ConnLimits {
+        max_buffered_bytes: 4 * 1024 * 1024,
+        max_unhandled_bytes: 64 * 1024,
+        ..ConnLimits::default()
+    };
+    let listener = node.listen(any_port(), owner, ListenOpts::raw().with_limits(limits)).unwrap();
+    let other_owner = node.spawn(upper_echo(String::new(), None)).unwrap();
+    let other = node.listen(any_port(), other_owner, ListenOpts::line()).unwrap();
+
+    let total = 32 * 1024 * 1024;
+    let (client, writer) = flood(listener.local_addr, total);
+    let port = loop {
+        if let Some(&port) = node.ports().iter().find(|p| node.port_info(**p).is_some_and(|i| i.peer.is_some() && i.owner == owner)) {
+            break port;
+        }
+        thread::sleep(Duration::from_millis(1));
+    };
+    assert!(eventually(|| node.port_info(port).unwrap().bytes_queued > 4 * 1024 * 1024));
+    thread::sleep(Duration::from_millis(300));
+    let info = node.port_info(port).expect("the connection stays open");
+    // Reading stopped: unsent output stays under the hard cap (twice the
+    // limit), and the connection is still open for a reader that wakes up.
+    assert!(info.bytes_queued <= 8 * 1024 * 1024, "{} bytes queued", info.bytes_queued);
+    assert!(info.bytes_in < total as u64 / 4, "read {} of {total} bytes", info.bytes_in);
+    let mut bystander = connect(other.local_addr);
+    send(&mut bystander, "ping\n");
+    assert_eq!(read_line(&mut bystander), "PING");
+    // The client reads at last: everything it asked for comes back.
+    let mut reader = client.try_clone().unwrap();
+    reader.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 1024 * 1024];
+    let mut replies = 0usize;
+    while replies < 16 * total {
+        let n = reader.read(&mut buf).expect("reading the replies");
+        assert!(n > 0, "closed after {replies} reply bytes");
+        replies += n;
+    }
+    assert_eq!(writer.join().unwrap(), total);
+    drop(received);
+    node.shutdown();
+}
+
+#[test]
+fn an_owner_that_outwrites_a_peer_that_never_reads_closes_it_with_output_overflow() {
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let pushed = vec![b'y'; 1024 * 1024];
+    // Pushes 64 MB for every line, as a stream nobody asked to slow down.
+    let owner = node
+        .spawn(actor_fn(move |message, ctx| {
+            let Ok(event) = message.downcast::<PortEvent>() else { return };
+            if let PortEvent::Data { port, .. } = &event {
+                for _ in 0..64 {
+                    if ctx.port_send_slice(*port, &pushed).is_err() {
+                        break;
+                    }
+                }
+            }
+            let _ = tx.send(event);
+        }))
+        .unwrap();
+    let limits = ConnLimits { max_buffered_bytes: 1024 * 1024, ..ConnLimits::default() };
+    let listener = node.listen(any_port(), owner, ListenOpts::line().with_limits(limits)).unwrap();
+    let mut client = connect(listener.local_addr);
+    let port = accepted_port(&events);
+    send(&mut client, "subscribe\n");
+    loop {
+        match next_event(&events) {
+            PortEvent::Data { .. } => {}
+            PortEvent::Closed { port: closed, reason } => {
+                assert_eq!(closed, port);
+                assert_eq!(reason, CloseReason::OutputOverflow { limit: 2 * 1024 * 1024 });
+                assert!(reason.to_string().contains("does not read"), "{reason}");
+                break;
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(eventually(|| node.port_info(port).is_none()));
     node.shutdown();
 }

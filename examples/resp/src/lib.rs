@@ -866,24 +866,23 @@ mod tests {
     /// A stream of every kind of request: arrays, inline commands with
     /// quotes and escapes, empty lines and arrays, binary bulk strings.
     fn mixed_stream() -> (Vec<u8>, Vec<Vec<Vec<u8>>>) {
-        let mut stream = Vec::new();
-        let mut expected: Vec<Vec<Vec<u8>>> = Vec::new();
-        let mut array = |stream: &mut Vec<u8>, args: &[&[u8]]| {
-            stream.extend_from_slice(&encode(args));
-            expected.push(args.iter().map(|a| a.to_vec()).collect());
-        };
-        array(&mut stream, &[b"SET", b"a", b"10"]);
+        let big = [b'x'; 300];
+        let arrays: [&[&[u8]]; 3] =
+            [&[b"SET", b"a", b"10"], &[b"GET", b"\xff\xfe\r\n\0"], &[b"SET", b"", &big]];
+        let mut stream = encode(arrays[0]);
         stream.extend_from_slice(b"PING\r\n");
         stream.extend_from_slice(b"\r\n*0\r\n*-1\r\n\n");
         stream.extend_from_slice(b"set \"two words\" 'it\\'s' \"\\xff\\x00\\n\"\n");
-        array(&mut stream, &[b"GET", b"\xff\xfe\r\n\0"]);
-        array(&mut stream, &[b"SET", b"", &[b'x'; 300]]);
-        let mut expected = expected;
-        expected.insert(1, vec![b"PING".to_vec()]);
-        expected.insert(
-            2,
-            vec![b"set".to_vec(), b"two words".to_vec(), b"it's".to_vec(), b"\xff\x00\n".to_vec()],
-        );
+        stream.extend_from_slice(&encode(arrays[1]));
+        stream.extend_from_slice(&encode(arrays[2]));
+        let owned = |args: &[&[u8]]| args.iter().map(|a| a.to_vec()).collect::<Vec<_>>();
+        let expected = vec![
+            owned(arrays[0]),
+            owned(&[b"PING"]),
+            owned(&[b"set", b"two words", b"it's", b"\xff\x00\n"]),
+            owned(arrays[1]),
+            owned(arrays[2]),
+        ];
         (stream, expected)
     }
 

@@ -1,0 +1,983 @@
+//! The kv module, version 2.1.0: 2.0.0 (see examples/kv-2.0.0) made safe
+//! against any client that can reach its port.
+//!
+//! - Keys and values are bytes, not text: `\xff` and `\xfe` are two keys
+//!   (2.0.0 read every key as lossy UTF-8, so they were one). The state
+//!   type changed: `code_change` from 2.0.x turns each text key into its
+//!   bytes and keeps every value, expiry, hit count, connection and pending
+//!   request; `downgrade` to 2.0.x writes 2.0.0's state back.
+//! - Going back to 2.0.0 is refused while a key is not UTF-8 text, which
+//!   2.0.0 cannot hold: the error counts them and names the first few, and
+//!   kv keeps running 2.1.0 with every key (DEL or rename them, then go
+//!   back). Dropping them instead would make a rollback lose data that no
+//!   log line brings back.
+//! - Requests go through `resp::Parser`, one per connection: a large or
+//!   slowly sent request costs O(n) however it is cut, and a connection
+//!   holds no memory once its requests are answered.
+//! - Numbers are read as Redis reads them, with its errors: expiries out of
+//!   range (`SET k v PX 9223372036854775807` → `ERR invalid expire time in
+//!   'set' command`, the same for EXPIRE and PEXPIRE), increments that
+//!   would overflow.
+//! - Memory goes back after DEL, expiry and FLUSHALL: FLUSHALL replaces the
+//!   map, and a map whose length falls below a quarter of its capacity is
+//!   shrunk. DBSIZE is O(1) as in Redis (it may count keys that expired
+//!   since the last sweep, every second).
+//! - New commands: MGET, MSET; SET takes NX, XX, GET, KEEPTTL, EX, PX, EXAT
+//!   and PXAT; EXPIRE and PEXPIRE take NX, XX, GT and LT; FLUSHALL takes
+//!   ASYNC or SYNC (both run at once).
+//!
+//! The rest is 2.0.0's: active expiry on its own timer (with a generation,
+//! so one chain runs), counts cast to `stats` in batches, INFO answered by
+//! stats, and the `call` API (`Request`), whose keys are text.
+
+use std::borrow::Borrow;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::Hash;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use relive_abi::prelude::*;
+use resp::Args;
+
+/// How often expired keys are removed and counts flushed.
+const TICK: Duration = Duration::from_secs(1);
+/// Commands after which counts are sent to stats without waiting for a tick.
+const BATCH: u64 = 256;
+/// How long INFO waits for stats.
+const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Maps smaller than this are never shrunk (the rehash is not worth it).
+const SHRINK_FROM: usize = 1024;
+/// Keys that are not UTF-8 named in the error of a refused downgrade.
+const NAMED_IN_ERRORS: usize = 3;
+
+/// A key: bytes (binary-safe). Looked up by `&[u8]` without a copy.
+#[derive(Serialize, Deserialize, Clone, PartialEq, Eq, Hash)]
+#[serde(transparent)]
+pub struct Key(#[serde(with = "resp::bytes")] Box<[u8]>);
+
+impl Borrow<[u8]> for Key {
+    fn borrow(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl From<&[u8]> for Key {
+    fn from(bytes: &[u8]) -> Key {
+        Key(bytes.into())
+    }
+}
+
+/// The state: the values, the connections this process serves, the counts
+/// not yet sent to stats, and the timer's generation.
+#[derive(Serialize, Deserialize)]
+pub struct Kv {
+    /// Every key's value, expiry and statistics.
+    values: HashMap<Key, Entry>,
+    /// Open connections by port number.
+    conns: HashMap<u64, Conn>,
+    /// The listener's port number.
+    listener: u64,
+    /// The address it is bound to.
+    addr: String,
+    /// Requests answered.
+    requests: u64,
+    /// Counts not yet sent to stats.
+    pending: Counts,
+    /// The generation of the live timer chain.
+    generation: u64,
+    /// Whether a tick of `generation` is pending.
+    ticking: bool,
+}
+
+/// A stored value.
+#[derive(Serialize, Deserialize, Clone)]
+pub struct Entry {
+    /// The value's bytes.
+    #[serde(with = "resp::bytes")]
+    value: Box<[u8]>,
+    /// When it expires, in milliseconds since the Unix epoch (at most
+    /// `i64::MAX`, as in Redis).
+    expires_at: Option<u64>,
+    /// Reads that found it.
+    hits: u64,
+    /// When it was set, in milliseconds since the Unix epoch.
+    created_at: u64,
+}
+
+/// A connection: its peer, and its parser (which holds the bytes of a
+/// request not yet complete).
+#[derive(Serialize, Deserialize, Default)]
+pub struct Conn {
+    peer: String,
+    parser: resp::Parser,
+}
+
+/// Version 2.0's state, as its bytes read (and as 2.0.0 reads them back:
+/// serde's forms, keys as text, bytes as arrays of integers).
+#[derive(Serialize, Deserialize)]
+struct KvV20 {
+    values: HashMap<String, EntryV20>,
+    conns: HashMap<u64, ConnV20>,
+    listener: u64,
+    addr: String,
+    requests: u64,
+    pending: Counts,
+    generation: u64,
+    ticking: bool,
+}
+
+/// Version 2.0's stored value.
+#[derive(Serialize, Deserialize)]
+struct EntryV20 {
+    value: Vec<u8>,
+    expires_at: Option<u64>,
+    hits: u64,
+    created_at: u64,
+}
+
+/// Version 2.0's connection: the bytes of a request not yet complete.
+#[derive(Serialize, Deserialize)]
+struct ConnV20 {
+    peer: String,
+    buf: Vec<u8>,
+}
+
+/// Counts for stats: the increments since the last batch sent. The same
+/// shape as stats's `Counts` (examples/kv-stats).
+#[derive(Serialize, Deserialize, Default, Clone)]
+pub struct Counts {
+    /// Commands processed, by lowercase name.
+    commands: BTreeMap<String, u64>,
+    /// Connections accepted.
+    connections: u64,
+    /// Reads that found their key.
+    hits: u64,
+    /// Reads that did not.
+    misses: u64,
+    /// Keys removed because they expired.
+    expired: u64,
+}
+
+impl Counts {
+    fn is_empty(&self) -> bool {
+        self.commands.is_empty()
+            && self.connections == 0
+            && self.hits == 0
+            && self.misses == 0
+            && self.expired == 0
+    }
+
+    fn commands(&self) -> u64 {
+        self.commands.values().sum()
+    }
+
+    /// Counts one command, under its own name if kv knows it, else under
+    /// `unknown` (a client cannot grow the table without bound).
+    fn command(&mut self, name: &str) {
+        match self.commands.get_mut(name) {
+            Some(count) => *count += 1,
+            None if KNOWN.contains(&name) => {
+                self.commands.insert(name.to_string(), 1);
+            }
+            None => *self.commands.entry("unknown".to_string()).or_default() += 1,
+        }
+    }
+}
+
+/// What stats's `Cast` takes.
+#[derive(Serialize)]
+enum StatsCast<'a> {
+    Add(&'a Counts),
+}
+
+/// What stats's `Request` takes.
+#[derive(Serialize)]
+enum StatsRequest<'a> {
+    Info { counts: &'a Counts, server: Server, section: Option<String> },
+}
+
+/// What only kv knows, for INFO (stats's `Server`).
+#[derive(Serialize)]
+struct Server {
+    version: String,
+    addr: String,
+    clients: u64,
+    keys: u64,
+    expires: u64,
+}
+
+/// stats's reply to `Info`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StatsReply {
+    Text(String),
+}
+
+/// Init argument.
+#[derive(Deserialize)]
+pub struct Start {
+    /// Where to listen (`host:port`).
+    listen: String,
+}
+
+/// Requests of the `call` API: 2.0.0's (keys given as text).
+#[derive(Deserialize)]
+pub enum Request {
+    /// A key's value as text, bytes that are not UTF-8 replaced (`null`
+    /// if unset or expired).
+    Get(String),
+    /// How many live keys there are.
+    Keys,
+    /// How many connections are open.
+    Connections,
+    /// The address the listener is bound to.
+    Addr,
+    /// The version of the code answering.
+    Version,
+    /// Requests answered so far.
+    Requests,
+    /// A key's remaining time to live in milliseconds: -1 without expiry,
+    /// -2 if missing.
+    Ttl(String),
+    /// A key's hit count: -2 if missing.
+    Hits(String),
+}
+
+/// Casts: 1.1's sweeper's, still accepted.
+#[derive(Deserialize)]
+pub enum Cast {
+    /// Drop every key that has expired.
+    Sweep,
+}
+
+/// The timer's message: its generation.
+#[derive(Serialize, Deserialize)]
+pub struct Tick(u64);
+
+/// Replies.
+#[derive(Serialize)]
+#[serde(untagged)]
+pub enum Reply {
+    /// A value, or none.
+    Value(Option<String>),
+    /// A number.
+    Number(u64),
+    /// A signed number.
+    Int(i64),
+    /// A text.
+    Text(String),
+}
+
+/// What a connection does after a request.
+#[derive(PartialEq, Eq)]
+enum After {
+    Continue,
+    Close,
+}
+
+/// How SET and EXPIRE read a time.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unit {
+    /// EX, EXPIRE: seconds from now.
+    Seconds,
+    /// PX, PEXPIRE: milliseconds from now.
+    Millis,
+    /// EXAT: a Unix time in seconds.
+    UnixSeconds,
+    /// PXAT: a Unix time in milliseconds.
+    UnixMillis,
+}
+
+impl Unit {
+    fn in_seconds(self) -> bool {
+        matches!(self, Unit::Seconds | Unit::UnixSeconds)
+    }
+
+    fn relative(self) -> bool {
+        matches!(self, Unit::Seconds | Unit::Millis)
+    }
+}
+
+/// SET's options, as Redis reads them.
+#[derive(Default)]
+struct SetOptions<'a> {
+    nx: bool,
+    xx: bool,
+    get: bool,
+    keep_ttl: bool,
+    expire: Option<(Unit, &'a [u8])>,
+}
+
+impl<'a> SetOptions<'a> {
+    /// The options after `SET key value`, or `None` for a syntax error. An
+    /// option may repeat (the last value wins) but not meet one it excludes.
+    fn parse(args: &Args<'a>) -> Option<SetOptions<'a>> {
+        let mut options = SetOptions::default();
+        let mut i = 3;
+        while let Some(option) = args.get(i) {
+            let next = args.get(i + 1);
+            let unit = match option.to_ascii_lowercase().as_slice() {
+                b"nx" if !options.xx => {
+                    options.nx = true;
+                    None
+                }
+                b"xx" if !options.nx => {
+                    options.xx = true;
+                    None
+                }
+                b"get" => {
+                    options.get = true;
+                    None
+                }
+                b"keepttl" if options.expire.is_none() => {
+                    options.keep_ttl = true;
+                    None
+                }
+                b"ex" => Some(Unit::Seconds),
+                b"px" => Some(Unit::Millis),
+                b"exat" => Some(Unit::UnixSeconds),
+                b"pxat" => Some(Unit::UnixMillis),
+                _ => return None,
+            };
+            if let Some(unit) = unit {
+                let value = next?;
+                if options.keep_ttl || options.expire.is_some_and(|(other, _)| other != unit) {
+                    return None;
+                }
+                options.expire = Some((unit, value));
+                i += 1;
+            }
+            i += 1;
+        }
+        Some(options)
+    }
+}
+
+/// EXPIRE's and PEXPIRE's conditions.
+#[derive(Default)]
+struct ExpireFlags {
+    nx: bool,
+    xx: bool,
+    gt: bool,
+    lt: bool,
+}
+
+impl ExpireFlags {
+    /// The flags after `EXPIRE key time`, or Redis's error.
+    fn parse(args: &Args<'_>) -> Result<ExpireFlags, String> {
+        let mut flags = ExpireFlags::default();
+        for option in args.iter().skip(3) {
+            match option.to_ascii_lowercase().as_slice() {
+                b"nx" => flags.nx = true,
+                b"xx" => flags.xx = true,
+                b"gt" => flags.gt = true,
+                b"lt" => flags.lt = true,
+                _ => return Err(format!("ERR Unsupported option {}", resp::lossy(option))),
+            }
+        }
+        if flags.nx && (flags.xx || flags.gt || flags.lt) {
+            return Err("ERR NX and XX, GT or LT options at the same time are not compatible".into());
+        }
+        if flags.gt && flags.lt {
+            return Err("ERR GT and LT options at the same time are not compatible".into());
+        }
+        Ok(flags)
+    }
+
+    /// Whether a key whose expiry is `current` takes the expiry `when`.
+    fn allow(&self, current: Option<u64>, when: i64) -> bool {
+        let current = current.map(|at| at as i64);
+        !(self.nx && current.is_some()
+            || self.xx && current.is_none()
+            // GT: a key without expiry counts as expiring never.
+            || self.gt && current.is_none_or(|at| when <= at)
+            || self.lt && current.is_some_and(|at| when >= at))
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Entry {
+    fn new(value: &[u8], expires_at: Option<u64>, now: u64) -> Entry {
+        Entry { value: value.into(), expires_at, hits: 0, created_at: now }
+    }
+
+    fn live(&self, now: u64) -> bool {
+        self.expires_at.is_none_or(|at| at > now)
+    }
+}
+
+/// Gives memory back once a map holds under a quarter of its capacity.
+fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() >= SHRINK_FROM && map.len() * 4 < map.capacity() {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+/// The command's name in lowercase, without allocating (`""` for a name
+/// longer than any command kv knows, or not UTF-8).
+fn command_name<'a>(raw: &[u8], lower: &'a mut [u8; 16]) -> &'a str {
+    let Some(lower) = lower.get_mut(..raw.len()) else { return "" };
+    for (to, from) in lower.iter_mut().zip(raw) {
+        *to = from.to_ascii_lowercase();
+    }
+    std::str::from_utf8(lower).unwrap_or("")
+}
+
+impl Kv {
+    /// The live entry of `key`, removing it if it has expired.
+    fn entry(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
+        if self.values.get(key).is_some_and(|e| !e.live(now)) {
+            self.remove(key);
+            self.pending.expired += 1;
+        }
+        self.values.get_mut(key)
+    }
+
+    /// Removes `key` (live or not), shrinking the map if it got sparse.
+    fn remove(&mut self, key: &[u8]) -> Option<Entry> {
+        let removed = self.values.remove(key);
+        if removed.is_some() {
+            shrink(&mut self.values);
+        }
+        removed
+    }
+
+    /// A read of `key`: counts a hit (on the key and for stats) or a miss.
+    fn read(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
+        let found = self.entry(key, now).is_some();
+        if found {
+            self.pending.hits += 1;
+        } else {
+            self.pending.misses += 1;
+        }
+        let entry = self.values.get_mut(key)?;
+        entry.hits += 1;
+        Some(entry)
+    }
+
+    fn live_keys(&self, now: u64) -> usize {
+        self.values.values().filter(|e| e.live(now)).count()
+    }
+
+    /// Removes every expired key.
+    fn sweep(&mut self, now: u64) {
+        let before = self.values.len();
+        self.values.retain(|_, e| e.live(now));
+        if self.values.len() < before {
+            self.pending.expired += (before - self.values.len()) as u64;
+            shrink(&mut self.values);
+        }
+    }
+
+    /// Starts the timer chain if none runs for this generation.
+    fn arm(&mut self, ctx: &mut Ctx<'_>) {
+        if self.ticking {
+            return;
+        }
+        let me = ctx.pid();
+        if ctx.send_after(me, &Tick(self.generation), TICK).is_ok() {
+            self.ticking = true;
+        }
+    }
+
+    /// Sends the pending counts to stats; they stay pending if no stats
+    /// process is registered.
+    fn flush(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.pending.is_empty() && ctx.cast_named("stats", &StatsCast::Add(&self.pending)).is_ok() {
+            self.pending = Counts::default();
+        }
+    }
+
+    /// INFO [section]: the text stats builds, with the pending counts.
+    fn info(&mut self, section: Option<String>, now: u64, ctx: &mut Ctx<'_>, out: &mut Vec<u8>) {
+        let server = Server {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            addr: self.addr.clone(),
+            clients: self.conns.len() as u64,
+            keys: self.values.len() as u64,
+            expires: self.values.values().filter(|e| e.live(now) && e.expires_at.is_some()).count() as u64,
+        };
+        let request = StatsRequest::Info { counts: &self.pending, server, section };
+        match ctx.call_named::<_, StatsReply>("stats", &request, STATS_TIMEOUT) {
+            Ok(StatsReply::Text(text)) => {
+                self.pending = Counts::default();
+                resp::bulk(out, Some(text.as_bytes()));
+            }
+            Err(e) => resp::error(out, &format!("ERR stats unavailable: {}", e.message())),
+        }
+    }
+
+    /// Runs one request, appending its reply to `out`.
+    fn execute(&mut self, args: Args<'_>, ctx: &mut Ctx<'_>, out: &mut Vec<u8>) -> After {
+        self.requests += 1;
+        let mut lower = [0u8; 16];
+        let command = command_name(&args[0], &mut lower);
+        self.pending.command(command);
+        let n = args.len();
+        let now = now_ms();
+        match command {
+            "ping" if n == 1 => resp::simple(out, "PONG"),
+            "ping" | "echo" if n == 2 => resp::bulk(out, Some(&args[1])),
+            "get" if n == 2 => resp::bulk(out, self.read(&args[1], now).map(|e| &*e.value)),
+            "set" if n >= 3 => self.set(&args, now, out),
+            "mget" if n >= 2 => {
+                resp::array(out, n - 1);
+                for key in args.iter().skip(1) {
+                    resp::bulk(out, self.read(key, now).map(|e| &*e.value));
+                }
+            }
+            "mset" if n >= 3 && n % 2 == 1 => {
+                let mut pairs = args.iter().skip(1);
+                while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
+                    self.values.insert(Key::from(key), Entry::new(value, None, now));
+                }
+                resp::simple(out, "OK");
+            }
+            "del" if n >= 2 => {
+                let removed =
+                    args.iter().skip(1).filter(|k| self.remove(k).is_some_and(|e| e.live(now))).count();
+                resp::integer(out, removed as i64);
+            }
+            "exists" if n >= 2 => {
+                let found = args.iter().skip(1).filter(|k| self.entry(k, now).is_some()).count();
+                resp::integer(out, found as i64);
+            }
+            "dbsize" if n == 1 => resp::integer(out, self.values.len() as i64),
+            "incr" if n == 2 => self.incr_by(&args[1], 1, now, out),
+            "decr" if n == 2 => self.incr_by(&args[1], -1, now, out),
+            "incrby" | "decrby" if n == 3 => match resp::int_arg(&args[2]) {
+                Some(by) if command == "incrby" => self.incr_by(&args[1], by, now, out),
+                Some(i64::MIN) => resp::error(out, "ERR decrement would overflow"),
+                Some(by) => self.incr_by(&args[1], -by, now, out),
+                None => resp::error(out, "ERR value is not an integer or out of range"),
+            },
+            "expire" if n >= 3 => self.expire(&args, Unit::Seconds, command, now, out),
+            "pexpire" if n >= 3 => self.expire(&args, Unit::Millis, command, now, out),
+            "ttl" | "pttl" if n == 2 => {
+                let ms = self.ttl_ms(&args[1], now);
+                // Redis rounds TTL to the nearest second.
+                let reply = if ms < 0 || command == "pttl" { ms } else { ms.saturating_add(500) / 1000 };
+                resp::integer(out, reply);
+            }
+            "persist" if n == 2 => match self.entry(&args[1], now) {
+                Some(entry) if entry.expires_at.is_some() => {
+                    entry.expires_at = None;
+                    resp::integer(out, 1);
+                }
+                _ => resp::integer(out, 0),
+            },
+            "object" if n == 3 && args[1].eq_ignore_ascii_case(b"freq") => match self.entry(&args[2], now) {
+                Some(entry) => resp::integer(out, entry.hits.min(i64::MAX as u64) as i64),
+                None => resp::error(out, "ERR no such key"),
+            },
+            "object" if n == 3 && args[1].eq_ignore_ascii_case(b"idletime") => {
+                // Seconds since the key was set (kv keeps no access time).
+                match self.entry(&args[2], now) {
+                    Some(entry) => resp::integer(out, (now.saturating_sub(entry.created_at) / 1000) as i64),
+                    None => resp::error(out, "ERR no such key"),
+                }
+            }
+            "info" if n <= 2 => {
+                let section = args.get(1).map(resp::lossy);
+                self.info(section, now, ctx, out);
+            }
+            "flushall" | "flushdb" if n == 1 || n == 2 && is_flush_mode(&args[1]) => {
+                // A new map: the old one's memory goes back at once (a
+                // cleared map would keep its capacity).
+                self.values = HashMap::new();
+                resp::simple(out, "OK");
+            }
+            "flushall" | "flushdb" => resp::error(out, "ERR syntax error"),
+            "select" if n == 2 => match resp::int_arg(&args[1]) {
+                Some(0) => resp::simple(out, "OK"),
+                _ => resp::error(out, "ERR DB index is out of range"),
+            },
+            "command" => resp::array(out, 0),
+            "config" => config(&args, out),
+            "quit" => {
+                resp::simple(out, "OK");
+                return After::Close;
+            }
+            "ping" | "echo" | "get" | "set" | "mget" | "mset" | "del" | "exists" | "dbsize" | "select"
+            | "incr" | "decr" | "incrby" | "decrby" | "expire" | "pexpire" | "ttl" | "pttl" | "persist"
+            | "info" => resp::wrong_arity(out, command),
+            "object" => {
+                resp::error(out, "ERR unknown subcommand or wrong number of arguments for 'object' command")
+            }
+            _ => resp::unknown_command(out, args.iter()),
+        }
+        After::Continue
+    }
+
+    /// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms |
+    /// KEEPTTL], as Redis 7 runs it: options first (a syntax error), then
+    /// the expiry (its errors), then GET's old value, then NX/XX.
+    fn set(&mut self, args: &Args<'_>, now: u64, out: &mut Vec<u8>) {
+        let Some(options) = SetOptions::parse(args) else { return resp::error(out, "ERR syntax error") };
+        let expires_at = match options.expire {
+            None => None,
+            Some((unit, text)) => match set_expiry(unit, text, now) {
+                Ok(at) => Some(at),
+                Err(error) => return resp::error(out, error),
+            },
+        };
+        let key = &args[1];
+        let old = if options.get {
+            let old = self.read(key, now).map(|e| e.value.clone());
+            resp::bulk(out, old.as_deref());
+            old.map(|_| ())
+        } else {
+            self.entry(key, now).map(|_| ())
+        };
+        if options.nx && old.is_some() || options.xx && old.is_none() {
+            if !options.get {
+                resp::bulk(out, None);
+            }
+            return;
+        }
+        let kept = if options.keep_ttl { self.values.get(key).and_then(|e| e.expires_at) } else { None };
+        self.values.insert(Key::from(key), Entry::new(&args[2], expires_at.or(kept), now));
+        if !options.get {
+            resp::simple(out, "OK");
+        }
+    }
+
+    /// EXPIRE and PEXPIRE key time [NX | XX | GT | LT], as Redis 7 runs
+    /// them: a time that overflows once in milliseconds from now is an
+    /// error, a time in the past deletes the key.
+    fn expire(&mut self, args: &Args<'_>, unit: Unit, command: &str, now: u64, out: &mut Vec<u8>) {
+        let flags = match ExpireFlags::parse(args) {
+            Ok(flags) => flags,
+            Err(error) => return resp::error(out, &error),
+        };
+        let Some(time) = resp::int_arg(&args[2]) else {
+            return resp::error(out, "ERR value is not an integer or out of range");
+        };
+        let when = if unit == Unit::Seconds { time.checked_mul(1000) } else { Some(time) };
+        let Some(when) = when.and_then(|ms| ms.checked_add(now as i64)) else {
+            return resp::error(out, &format!("ERR invalid expire time in '{command}' command"));
+        };
+        let key = &args[1];
+        let Some(entry) = self.entry(key, now) else { return resp::integer(out, 0) };
+        if !flags.allow(entry.expires_at, when) {
+            return resp::integer(out, 0);
+        }
+        if when <= now as i64 {
+            self.remove(key);
+        } else {
+            entry.expires_at = Some(when as u64);
+        }
+        resp::integer(out, 1);
+    }
+
+    /// INCR and friends: the value as a decimal i64 plus `by`; keeps the
+    /// key's expiry, hits and creation time.
+    fn incr_by(&mut self, key: &[u8], by: i64, now: u64, out: &mut Vec<u8>) {
+        let entry = match self.entry(key, now) {
+            Some(entry) => entry,
+            None => self.values.entry(Key::from(key)).or_insert(Entry::new(b"0", None, now)),
+        };
+        let Some(value) = resp::int_arg(&entry.value) else {
+            return resp::error(out, "ERR value is not an integer or out of range");
+        };
+        match value.checked_add(by) {
+            Some(n) => {
+                entry.value = n.to_string().into_bytes().into();
+                resp::integer(out, n);
+            }
+            None => resp::error(out, "ERR increment or decrement would overflow"),
+        }
+    }
+
+    fn ttl_ms(&mut self, key: &[u8], now: u64) -> i64 {
+        match self.entry(key, now) {
+            None => -2,
+            Some(Entry { expires_at: None, .. }) => -1,
+            Some(Entry { expires_at: Some(at), .. }) => at.saturating_sub(now).min(i64::MAX as u64) as i64,
+        }
+    }
+
+    /// Bytes arrived on `port`: answers every complete request, in one
+    /// write.
+    fn data(&mut self, port: PortId, bytes: Vec<u8>, ctx: &mut Ctx<'_>) {
+        let mut parser = std::mem::take(&mut self.conns.entry(port.0).or_default().parser);
+        parser.feed(bytes);
+        let (mut out, mut after) = (Vec::new(), After::Continue);
+        while after == After::Continue {
+            match parser.next_request() {
+                Ok(Some(args)) => after = self.execute(args, ctx, &mut out),
+                Ok(None) => break,
+                Err(error) => {
+                    error.reply(&mut out);
+                    after = After::Close;
+                }
+            }
+        }
+        if !out.is_empty() {
+            let _ = ctx.port_send(port, &out);
+        }
+        if after == After::Close {
+            self.close(port, ctx);
+        } else if let Some(conn) = self.conns.get_mut(&port.0) {
+            conn.parser = parser;
+        }
+        if self.pending.commands() >= BATCH {
+            self.flush(ctx);
+        }
+    }
+
+    fn close(&mut self, port: PortId, ctx: &mut Ctx<'_>) {
+        self.conns.remove(&port.0);
+        shrink(&mut self.conns);
+        let _ = ctx.port_close(port);
+    }
+
+    /// This state in 2.0's format, unless a key is not UTF-8 (2.0.0 keeps
+    /// keys as text): then an error that counts and names them.
+    fn to_v20(&self) -> Result<KvV20, Error> {
+        let mut values = HashMap::with_capacity(self.values.len());
+        let mut binary = Vec::new();
+        for (key, entry) in &self.values {
+            match std::str::from_utf8(&key.0) {
+                Ok(text) => {
+                    let old = EntryV20 {
+                        value: entry.value.to_vec(),
+                        expires_at: entry.expires_at,
+                        hits: entry.hits,
+                        created_at: entry.created_at,
+                    };
+                    values.insert(text.to_string(), old);
+                }
+                Err(_) => binary.push(&key.0),
+            }
+        }
+        if !binary.is_empty() {
+            binary.sort();
+            let named: Vec<String> = binary.iter().take(NAMED_IN_ERRORS).map(|k| resp::quoted(k)).collect();
+            let more = binary.len().saturating_sub(NAMED_IN_ERRORS);
+            return Err(Error::new(format!(
+                "kv 2.1.0 refuses to go back to 2.0, which keeps keys as UTF-8 text: {} key{} {} not ({}{}); \
+                 kv keeps running 2.1.0 with every key. DEL them (or SET their values under text keys), then go back again",
+                binary.len(),
+                if binary.len() == 1 { "" } else { "s" },
+                if binary.len() == 1 { "is" } else { "are" },
+                named.join(", "),
+                if more > 0 { format!(" and {more} more") } else { String::new() },
+            )));
+        }
+        let conns = self
+            .conns
+            .iter()
+            .map(|(&port, conn)| {
+                (port, ConnV20 { peer: conn.peer.clone(), buf: conn.parser.pending().to_vec() })
+            })
+            .collect();
+        Ok(KvV20 {
+            values,
+            conns,
+            listener: self.listener,
+            addr: self.addr.clone(),
+            requests: self.requests,
+            pending: self.pending.clone(),
+            generation: self.generation,
+            ticking: self.ticking,
+        })
+    }
+
+    /// 2.0's state in this version's format.
+    fn from_v20(old: KvV20) -> Kv {
+        let values = old
+            .values
+            .into_iter()
+            .map(|(key, e)| {
+                let entry = Entry {
+                    value: e.value.into(),
+                    expires_at: e.expires_at,
+                    hits: e.hits,
+                    created_at: e.created_at,
+                };
+                (Key(key.into_bytes().into()), entry)
+            })
+            .collect();
+        let conns = old
+            .conns
+            .into_iter()
+            .map(|(port, conn)| {
+                (port, Conn { peer: conn.peer, parser: resp::Parser::from_pending(conn.buf) })
+            })
+            .collect();
+        Kv {
+            values,
+            conns,
+            listener: old.listener,
+            addr: old.addr,
+            requests: old.requests,
+            pending: old.pending,
+            generation: old.generation,
+            ticking: old.ticking,
+        }
+    }
+}
+
+/// SET's expiry in milliseconds since the Unix epoch, or Redis's error.
+fn set_expiry(unit: Unit, text: &[u8], now: u64) -> Result<u64, &'static str> {
+    const INVALID: &str = "ERR invalid expire time in 'set' command";
+    let time = resp::int_arg(text).ok_or("ERR value is not an integer or out of range")?;
+    if time <= 0 || unit.in_seconds() && time > i64::MAX / 1000 {
+        return Err(INVALID);
+    }
+    let ms = if unit.in_seconds() { time * 1000 } else { time };
+    let at = if unit.relative() { ms.checked_add(now as i64).ok_or(INVALID)? } else { ms };
+    Ok(at as u64)
+}
+
+/// FLUSHALL's and FLUSHDB's optional mode.
+fn is_flush_mode(arg: &[u8]) -> bool {
+    arg.eq_ignore_ascii_case(b"async") || arg.eq_ignore_ascii_case(b"sync")
+}
+
+/// Commands counted under their own name in INFO commandstats.
+const KNOWN: [&str; 29] = [
+    "ping", "echo", "get", "set", "mget", "mset", "del", "exists", "dbsize", "incr", "decr", "incrby",
+    "decrby", "expire", "pexpire", "ttl", "pttl", "persist", "object", "info", "flushall", "flushdb",
+    "select", "command", "config", "quit", "client", "hello", "auth",
+];
+
+/// CONFIG GET for what clients ask (redis-benchmark: save, appendonly);
+/// CONFIG SET/RESETSTAT are accepted and ignored.
+fn config(args: &Args<'_>, out: &mut Vec<u8>) {
+    let sub = args.get(1).map(<[u8]>::to_ascii_lowercase);
+    match sub.as_deref() {
+        Some(b"get") if args.len() >= 3 => {
+            const KNOWN: [(&str, &str); 3] = [("save", ""), ("appendonly", "no"), ("databases", "1")];
+            let mut pairs = Vec::new();
+            for pattern in args.iter().skip(2) {
+                let pattern = pattern.to_ascii_lowercase();
+                for (name, value) in KNOWN {
+                    if (pattern == b"*" || pattern == name.as_bytes())
+                        && !pairs.iter().any(|(n, _)| *n == name)
+                    {
+                        pairs.push((name, value));
+                    }
+                }
+            }
+            resp::array(out, pairs.len() * 2);
+            for (name, value) in pairs {
+                resp::bulk(out, Some(name.as_bytes()));
+                resp::bulk(out, Some(value.as_bytes()));
+            }
+        }
+        Some(b"set") | Some(b"resetstat") => resp::simple(out, "OK"),
+        _ => resp::error(out, "ERR unknown subcommand or wrong number of arguments for 'config' command"),
+    }
+}
+
+impl Behaviour for Kv {
+    type Init = Start;
+    type Call = Request;
+    type Reply = Reply;
+    type Cast = Cast;
+    type Info = Tick;
+
+    fn init(start: Start, ctx: &mut Ctx<'_>) -> Result<Self, Error> {
+        let (listener, addr) = ctx.listen_at(&start.listen)?;
+        ctx.log(LogLevel::Info, &format!("kv {} listening on {addr}", env!("CARGO_PKG_VERSION")));
+        let mut kv = Kv {
+            values: HashMap::new(),
+            conns: HashMap::new(),
+            listener: listener.0,
+            addr,
+            requests: 0,
+            pending: Counts::default(),
+            generation: now_ms(),
+            ticking: false,
+        };
+        kv.arm(ctx);
+        Ok(kv)
+    }
+
+    fn handle_call(&mut self, request: Request, ctx: &mut Ctx<'_>) -> Reply {
+        self.arm(ctx);
+        let now = now_ms();
+        match request {
+            Request::Get(k) => Reply::Value(self.entry(k.as_bytes(), now).map(|e| resp::lossy(&e.value))),
+            Request::Keys => Reply::Number(self.live_keys(now) as u64),
+            Request::Connections => Reply::Number(self.conns.len() as u64),
+            Request::Addr => Reply::Text(self.addr.clone()),
+            Request::Version => Reply::Text(env!("CARGO_PKG_VERSION").to_string()),
+            Request::Requests => Reply::Number(self.requests),
+            Request::Ttl(k) => Reply::Int(self.ttl_ms(k.as_bytes(), now)),
+            Request::Hits(k) => {
+                Reply::Int(self.entry(k.as_bytes(), now).map_or(-2, |e| e.hits.min(i64::MAX as u64) as i64))
+            }
+        }
+    }
+
+    fn handle_cast(&mut self, cast: Cast, ctx: &mut Ctx<'_>) {
+        self.arm(ctx);
+        match cast {
+            Cast::Sweep => self.sweep(now_ms()),
+        }
+    }
+
+    fn handle_info(&mut self, info: Info<Tick>, ctx: &mut Ctx<'_>) {
+        match info {
+            Info::Message(Tick(generation)) => {
+                if generation != self.generation {
+                    // From an earlier life of this process: its chain ends.
+                    return;
+                }
+                self.ticking = false;
+                self.sweep(now_ms());
+                self.flush(ctx);
+                self.arm(ctx);
+            }
+            Info::Port(event) => {
+                self.arm(ctx);
+                match event {
+                    PortEvent::Accepted { port, peer, .. } => {
+                        self.pending.connections += 1;
+                        self.conns.insert(port.0, Conn { peer, parser: resp::Parser::new() });
+                    }
+                    PortEvent::Data { port, bytes } => self.data(port, bytes, ctx),
+                    PortEvent::Closed { port, .. } => {
+                        self.conns.remove(&port.0);
+                        shrink(&mut self.conns);
+                    }
+                }
+            }
+            Info::Exit { .. } | Info::Down { .. } => {}
+        }
+    }
+
+    fn code_change(from: &Version, old: StateBytes, _extra: Extra) -> Result<Self, Error> {
+        let mut kv = match (from.major, from.minor) {
+            (2, 0) => Kv::from_v20(old.decode()?),
+            // Our own format: a restart of 2.1, or a downgrade from a later
+            // 2.x that writes it.
+            (2, _) => old.decode()?,
+            _ => {
+                return Err(Error::new(format!(
+                    "kv 2.1.0 upgrades live from 2.0.x only, not from {from}: deploy kv 2.0.0 first"
+                )));
+            }
+        };
+        // A new timer chain: the old one's ticks are ignored (their
+        // generation is older), and the first message handled starts it.
+        kv.generation = kv.generation.max(now_ms()).wrapping_add(1);
+        kv.ticking = false;
+        Ok(kv)
+    }
+
+    fn downgrade(&self, to: &Version) -> Result<StateBytes, Error> {
+        match (to.major, to.minor) {
+            (2, 0) => StateBytes::encode(&self.to_v20()?),
+            (2, _) => StateBytes::encode(self),
+            _ => Err(Error::new(format!("kv 2.1.0 goes back live to 2.0.x only, not to {to}"))),
+        }
+    }
+}
+
+relive_abi::export_module!(Kv, name = "kv");
