@@ -32,6 +32,7 @@
 //! | `kill = "-9"` / `kill = "graceful"` | SIGKILLs the node / stops it through its control socket |
 //! | `restart = true` | starts the node again on the same root (it boots the permanent release) |
 //! | `wait = "200ms"` | sleeps |
+//! | `wait_busy = "10s"` | waits, up to that long, until the node says a change runs (a `background` deploy has passed its archive checks and holds the node); fails the step otherwise |
 //! | `call = { name = "kv", message = "Version", equals = "1.1.0", pointer = "/a/b", within = "5s" }` | calls a process with a JSON message (written as TOML); `equals` compares the reply (or the part `pointer` selects), asking again until it holds for up to `within`; `name = "counter-{0..9999}"` calls each of those processes; `error_contains = "..."` instead expects the call to fail with that text |
 //! | `cast = { name = "kv", message = { Add = 1 } }` | casts a JSON message (written as TOML) to a process (or each of a range, as for `call`); `error_contains = "..."` expects the node to refuse it |
 //! | `resp = { command = ["SET", "k", "v"], reply = "+OK", reply_contains = "..." }` | sends one RESP command on a probe connection and checks the reply |
@@ -146,6 +147,7 @@ struct RawStep {
     kill: Option<Spanned<String>>,
     restart: Option<bool>,
     wait: Option<Spanned<String>>,
+    wait_busy: Option<Spanned<String>>,
     call: Option<CallSpec>,
     cast: Option<CastSpec>,
     resp: Option<RespSpec>,
@@ -330,6 +332,7 @@ enum Action {
     },
     Restart,
     Wait(Duration),
+    WaitBusy(Duration),
     Call {
         spec: CallSpec,
         names: Vec<String>,
@@ -425,6 +428,7 @@ impl Action {
             Action::Kill { hard: false } => "stop (graceful)".into(),
             Action::Restart => "restart".into(),
             Action::Wait(d) => format!("wait {d:?}"),
+            Action::WaitBusy(d) => format!("wait up to {d:?} for the node to be busy"),
             Action::Call { spec, names, .. } if names.len() > 1 => {
                 format!("call {} ({} processes) {}", spec.name, names.len(), toml_json(&spec.message))
             }
@@ -451,6 +455,7 @@ impl Action {
             Action::Kill { .. } => "kill",
             Action::Restart => "restart",
             Action::Wait(_) => "wait",
+            Action::WaitBusy(_) => "wait_busy",
             Action::Call { .. } => "call",
             Action::Cast { .. } => "cast",
             Action::Resp(_) => "resp",
@@ -774,6 +779,9 @@ fn parse_text(file: &Path, text: &str) -> anyhow::Result<Scenario> {
         }
         if let Some(d) = &raw.wait {
             actions.push(Action::Wait(duration(d, "wait")?));
+        }
+        if let Some(d) = &raw.wait_busy {
+            actions.push(Action::WaitBusy(duration(d, "wait_busy")?));
         }
         if let Some(c) = &raw.call {
             let names = expand_names(&c.name).map_err(|e| err(None, format!("call: name: {e}")))?;
@@ -1439,6 +1447,19 @@ impl Runner<'_> {
             Action::Wait(duration) => {
                 std::thread::sleep(*duration);
                 format!("{} ms", duration.as_millis())
+            }
+            Action::WaitBusy(limit) => {
+                let started = Instant::now();
+                loop {
+                    if let Some(busy) = self.status()?.busy {
+                        break format!("busy after {} ms: {busy}", started.elapsed().as_millis());
+                    }
+                    if started.elapsed() >= *limit {
+                        failures.push(format!("the node was not busy within {} ms", limit.as_millis()));
+                        break "not busy".to_string();
+                    }
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
             Action::Call { spec, names, within } => self.call(spec, names, *within, &mut failures)?,
             Action::Cast { spec, names } => {

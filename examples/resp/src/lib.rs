@@ -720,9 +720,15 @@ pub fn simple(out: &mut Vec<u8>, text: &str) {
 
 /// Appends an error (`-ERR ...`); `text` starts with its kind (`ERR`).
 pub fn error(out: &mut Vec<u8>, text: &str) {
+    error_bytes(out, text.as_bytes());
+}
+
+/// Appends an error whose text is bytes (as Redis quotes arguments in
+/// errors: as they came).
+pub fn error_bytes(out: &mut Vec<u8>, text: &[u8]) {
     out.push(b'-');
     // An error is one line.
-    out.extend(text.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+    out.extend(text.iter().map(|&b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
     out.extend_from_slice(b"\r\n");
 }
 
@@ -773,16 +779,30 @@ pub fn array(out: &mut Vec<u8>, n: usize) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The error Redis gives for a command it does not know (`args` from the
-/// command on).
+/// The error Redis 7 gives for a command it does not know (`args` from the
+/// command on), byte for byte: the command and the first arguments quoted,
+/// each cut at a NUL byte, 128 bytes of each at most.
 pub fn unknown_command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: impl IntoIterator<Item = A>) {
+    const ROOM: usize = 128;
+    let c_string = |bytes: &[u8]| -> Vec<u8> { bytes.iter().copied().take_while(|&b| b != 0).collect() };
     let mut args = args.into_iter();
-    let command = args.next().map(|c| lossy(c.as_ref())).unwrap_or_default();
-    let mut text = format!("ERR unknown command '{command}', with args beginning with:");
-    for arg in args.take(4) {
-        text.push_str(&format!(" '{}'", lossy(arg.as_ref())));
+    let mut text = b"ERR unknown command '".to_vec();
+    if let Some(command) = args.next() {
+        text.extend(c_string(command.as_ref()).into_iter().take(ROOM));
     }
-    error(out, &text);
+    text.extend_from_slice(b"', with args beginning with: ");
+    let mut listed = Vec::new();
+    for arg in args {
+        if listed.len() >= ROOM {
+            break;
+        }
+        let room = ROOM - listed.len();
+        listed.push(b'\'');
+        listed.extend(c_string(arg.as_ref()).into_iter().take(room));
+        listed.extend_from_slice(b"' ");
+    }
+    text.extend_from_slice(&listed);
+    error_bytes(out, &text);
 }
 
 /// The error Redis gives for a wrong number of arguments.
@@ -1111,8 +1131,19 @@ mod tests {
         unknown_command(&mut out, [b"foo".as_slice(), b"x"]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "+OK\r\n:-2\r\n:-9223372036854775808\r\n$2\r\nhi\r\n$-1\r\n*0\r\n-ERR unknown command 'foo', with args beginning with: 'x'\r\n"
+            "+OK\r\n:-2\r\n:-9223372036854775808\r\n$2\r\nhi\r\n$-1\r\n*0\r\n-ERR unknown command 'foo', with args beginning with: 'x' \r\n"
         );
         assert_eq!(quoted(b"a \"b\"\xff\n\\"), r#""a \"b\"\xff\n\\""#);
+        let mut out = Vec::new();
+        unknown_command(&mut out, [b"nosuch".as_slice()]);
+        let long = [b'a'; 200];
+        unknown_command(&mut out, [b"x\0y".as_slice(), &long[..100], &long[..100], b"never"]);
+        let expected = format!(
+            "-ERR unknown command 'nosuch', with args beginning with: \r\n\
+             -ERR unknown command 'x', with args beginning with: '{}' '{}' \r\n",
+            "a".repeat(100),
+            "a".repeat(25)
+        );
+        assert_eq!(String::from_utf8(out).unwrap(), expected, "as redis-server 7.0 words them");
     }
 }
