@@ -441,7 +441,9 @@ fn client_connection_cap() -> usize {
     let soft = soft.map_or(usize::MAX, |soft| usize::try_from(soft).unwrap_or(usize::MAX));
     let reserve = FD_RESERVE.min(soft / 4);
     let cap = soft.saturating_sub(reserve);
-    eprintln!("node: open-file limit {soft}; at most {cap} client connections ({reserve} descriptors reserved)");
+    eprintln!(
+        "node: open-file limit {soft}; at most {cap} client connections ({reserve} descriptors reserved)"
+    );
     cap
 }
 

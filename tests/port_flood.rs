@@ -34,7 +34,10 @@ fn a_flood_past_the_cap_is_refused_and_status_keeps_answering() {
     let wrapper = dir.path().join("relive-low-nofile");
     std::fs::write(
         &wrapper,
-        format!("#!/bin/sh\nexec prlimit --nofile={NOFILE}:{NOFILE} {} \"$@\"\n", env!("CARGO_BIN_EXE_relive")),
+        format!(
+            "#!/bin/sh\nexec prlimit --nofile={NOFILE}:{NOFILE} {} \"$@\"\n",
+            env!("CARGO_BIN_EXE_relive")
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();

@@ -88,8 +88,8 @@ pub use module::{ModuleProcess, ModuleReply, Payload, STATS_BATCH};
 pub use node::{Dest, ExitWaiter, Node, NodeConfig};
 pub use pid::{ExitReason, MonitorRef, ParsePidError, Pid, TimerRef};
 pub use port::{
-    AcceptHandler, CloseReason, ConnLimits, ConnectOpts, Framing, ListenOpts, ListenerInfo, Listening, PortError,
-    PortEvent, PortId, PortInfo, PortKind,
+    AcceptHandler, CloseReason, ConnLimits, ConnectOpts, Framing, ListenOpts, ListenerInfo, Listening,
+    PortError, PortEvent, PortId, PortInfo, PortKind,
 };
 pub use process::{Actor, actor_fn};
 pub use supervisor::{ChildSpec, Supervisor, SupervisorError, SupervisorSpec};

@@ -951,7 +951,11 @@ unsafe extern "C" fn host_port_send(host: *mut c_void, port: u64, msg: RBytes) -
     // SAFETY: handle and bytes from the module's current callback.
     unsafe {
         with_host(host, Status::Error as u32, |h| {
-            match h.node().ports.send(crate::port::PortId::from_u64(port), std::borrow::Cow::Borrowed(bytes(msg))) {
+            match h
+                .node()
+                .ports
+                .send(crate::port::PortId::from_u64(port), std::borrow::Cow::Borrowed(bytes(msg)))
+            {
                 Ok(()) => Status::Ok as u32,
                 Err(error) => {
                     tracing::debug!(pid = %h.pid(), %error, "port_send failed");

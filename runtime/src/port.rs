@@ -322,7 +322,11 @@ pub struct ConnectOpts {
 
 impl Default for ConnectOpts {
     fn default() -> ConnectOpts {
-        ConnectOpts { framing: Framing::Line, max_line: ListenOpts::default().max_line, limits: ConnLimits::default() }
+        ConnectOpts {
+            framing: Framing::Line,
+            max_line: ListenOpts::default().max_line,
+            limits: ConnLimits::default(),
+        }
     }
 }
 
@@ -528,7 +532,9 @@ pub enum PortError {
     },
     /// The node holds as many connections as it may
     /// ([`Node::set_max_connections`]).
-    #[error("cannot open a connection: the node holds its maximum of {max} connections; close some or raise the cap")]
+    #[error(
+        "cannot open a connection: the node holds its maximum of {max} connections; close some or raise the cap"
+    )]
     TooManyConnections {
         /// The cap.
         max: usize,
@@ -623,7 +629,13 @@ fn clock_ms() -> u64 {
 }
 
 impl ConnShared {
-    fn new(id: PortId, stream: TcpStream, limits: ConnLimits, link: Arc<Link>, slots: ConnSlots) -> ConnShared {
+    fn new(
+        id: PortId,
+        stream: TcpStream,
+        limits: ConnLimits,
+        link: Arc<Link>,
+        slots: ConnSlots,
+    ) -> ConnShared {
         ConnShared {
             id,
             stream,
@@ -733,7 +745,8 @@ impl ConnShared {
             let hard_limit = self.limits.max_buffered_bytes.saturating_mul(2);
             if failed.is_none() && queued > hard_limit {
                 drop(out);
-                let _ = self.link.send(Command::Fail(self.id, CloseReason::OutputOverflow { limit: hard_limit }));
+                let _ =
+                    self.link.send(Command::Fail(self.id, CloseReason::OutputOverflow { limit: hard_limit }));
                 return;
             }
         }
@@ -881,7 +894,10 @@ impl Ports {
             table: Arc::default(),
             next_id: AtomicU64::new(1),
             link: OnceLock::new(),
-            caps: Arc::new(NodeCaps { live: Arc::new(AtomicUsize::new(0)), max: AtomicUsize::new(usize::MAX) }),
+            caps: Arc::new(NodeCaps {
+                live: Arc::new(AtomicUsize::new(0)),
+                max: AtomicUsize::new(usize::MAX),
+            }),
             lifecycle: Mutex::new(Lifecycle::default()),
             stopped: AtomicBool::new(false),
         }
@@ -1683,7 +1699,8 @@ impl Io {
         let Some(Sock::Listener(listener)) = self.socks.get_mut(&listener_id) else {
             return;
         };
-        let listener_cap = listener.opts.max_connections.filter(|max| listener.live.load(Ordering::Acquire) >= *max);
+        let listener_cap =
+            listener.opts.max_connections.filter(|max| listener.live.load(Ordering::Acquire) >= *max);
         if let Some(max) = listener_cap.or_else(|| self.caps.full()) {
             // Best effort: a client that reads gets the reason, none waits.
             if !listener.opts.refusal.is_empty() {
@@ -1711,7 +1728,8 @@ impl Io {
         let _ = stream.set_nodelay(true);
         let id = node.ports.alloc_id();
         // Both kinds at once, edge-triggered: never registered again.
-        if let Err(err) = self.poll.registry().register(&mut stream, token(id), Interest::READABLE | Interest::WRITABLE)
+        if let Err(err) =
+            self.poll.registry().register(&mut stream, token(id), Interest::READABLE | Interest::WRITABLE)
         {
             tracing::warn!(port = %id, %err, "cannot watch an accepted connection; closing it");
             return;
@@ -1876,7 +1894,9 @@ impl Io {
                         break;
                     }
                     // What this turn read counts before it is delivered.
-                    if conn.unhandled.load(Ordering::SeqCst).saturating_add(read) > conn.limits.max_unhandled_bytes {
+                    if conn.unhandled.load(Ordering::SeqCst).saturating_add(read)
+                        > conn.limits.max_unhandled_bytes
+                    {
                         then = Then::Pause;
                         break;
                     }

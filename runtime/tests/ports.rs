@@ -7,8 +7,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use relive_runtime::{
-    Actor, CloseReason, ConnLimits, ExitReason, ListenOpts, Listening, Node, NodeConfig, Pid, PortError, PortEvent,
-    PortId, PortKind, actor_fn,
+    Actor, CloseReason, ConnLimits, ExitReason, ListenOpts, Listening, Node, NodeConfig, Pid, PortError,
+    PortEvent, PortId, PortKind, actor_fn,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -658,7 +658,11 @@ fn a_slow_owner_stops_its_port_reading_until_it_catches_up() {
     let total = 32 * 1024 * 1024;
     let (_client, writer) = flood(listener.local_addr, total);
     let port = loop {
-        if let Some(&port) = node.ports().iter().find(|p| node.port_info(**p).is_some_and(|i| i.peer.is_some() && i.owner == owner)) {
+        if let Some(&port) = node
+            .ports()
+            .iter()
+            .find(|p| node.port_info(**p).is_some_and(|i| i.peer.is_some() && i.owner == owner))
+        {
             break port;
         }
         thread::sleep(Duration::from_millis(1));
@@ -706,7 +710,11 @@ fn a_client_that_never_reads_its_replies_stops_its_port_and_others_are_served() 
     let total = 32 * 1024 * 1024;
     let (client, writer) = flood(listener.local_addr, total);
     let port = loop {
-        if let Some(&port) = node.ports().iter().find(|p| node.port_info(**p).is_some_and(|i| i.peer.is_some() && i.owner == owner)) {
+        if let Some(&port) = node
+            .ports()
+            .iter()
+            .find(|p| node.port_info(**p).is_some_and(|i| i.peer.is_some() && i.owner == owner))
+        {
             break port;
         }
         thread::sleep(Duration::from_millis(1));

@@ -76,16 +76,7 @@ pub struct RoomArgs {
 /// # Errors
 /// No such supervisor, or the child failed to start (its reason).
 pub fn start_child<A: Serialize>(ctx: &mut Ctx<'_>, supervisor: &str, args: &A) -> Result<Pid, Error> {
-    #[derive(Serialize)]
-    struct StartChild<'a, A> {
-        start_child: &'a A,
-    }
-    #[derive(Deserialize)]
-    struct Started {
-        pid: u64,
-    }
-    let started: Started = ctx.call_named(supervisor, &StartChild { start_child: args }, CALL_TIMEOUT)?;
-    Ok(Pid(started.pid))
+    ctx.start_child(supervisor, args, CALL_TIMEOUT)
 }
 
 /// One child as a supervisor's `"which_children"` lists it.

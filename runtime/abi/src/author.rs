@@ -565,6 +565,52 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// The release's supervisors, by their registered names (`[[supervisor]]`
+/// in release.toml). Built on [`Ctx::call_named`]: every supervisor answers
+/// `{"start_child": ARGS}`, `{"terminate_child": PID}` and
+/// `"which_children"` as MessagePack calls.
+impl Ctx<'_> {
+    /// Starts a child of the simple_one_for_one supervisor `supervisor`
+    /// from its template (the one `[[process]]` under it), with `args`
+    /// merged over the template's `args` (when both are tables, `args`'
+    /// keys win; otherwise `args` replaces them). The child's `init` has
+    /// run when this returns, and the supervisor restarts it as its
+    /// `restart` says.
+    ///
+    /// # Errors
+    /// No such supervisor, it is not simple_one_for_one, the child's init
+    /// failed (its reason), or no answer within `timeout`.
+    pub fn start_child<A: Serialize>(
+        &mut self,
+        supervisor: &str,
+        args: &A,
+        timeout: Duration,
+    ) -> Result<Pid, Error> {
+        #[derive(Serialize)]
+        struct StartChild<'a, A> {
+            start_child: &'a A,
+        }
+        #[derive(Deserialize)]
+        struct Started {
+            pid: u64,
+        }
+        let started: Started = self.call_named(supervisor, &StartChild { start_child: args }, timeout)?;
+        Ok(Pid(started.pid))
+    }
+
+    /// Stops `child`, a child of `supervisor`, as its `shutdown` says.
+    ///
+    /// # Errors
+    /// No such supervisor or child, or no answer within `timeout`.
+    pub fn terminate_child(&mut self, supervisor: &str, child: Pid, timeout: Duration) -> Result<(), Error> {
+        #[derive(Serialize)]
+        struct TerminateChild {
+            terminate_child: u64,
+        }
+        self.call_named::<_, ()>(supervisor, &TerminateChild { terminate_child: child.0 }, timeout)
+    }
+}
+
 /// Ports: TCP listeners and connections the node owns, lent to this
 /// process.
 impl Ctx<'_> {
