@@ -6,7 +6,7 @@
 # the new reply is printed, then the median. Then 30 s without edits: watch
 # must build nothing (a build with no change fails the script).
 #
-#   scripts/watch-latency.sh            # builds target/release/relive first
+#   scripts/watch-latency.sh            # builds the release relive first
 #   RELIVE=path/to/relive scripts/watch-latency.sh
 #   EDITS=10 IDLE=60 scripts/watch-latency.sh
 #
@@ -20,7 +20,7 @@ edits="${EDITS:-5}"
 idle="${IDLE:-30}"
 if [ -z "${RELIVE:-}" ]; then
   cargo build --release --quiet --manifest-path "$repo/Cargo.toml" --bin relive
-  RELIVE="$repo/target/release/relive"
+  RELIVE="${CARGO_TARGET_DIR:-$repo/target}/release/relive"
 fi
 
 work="$(mktemp -d "${TMPDIR:-/tmp}/relive-watch-latency.XXXXXX")"

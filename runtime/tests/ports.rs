@@ -585,7 +585,7 @@ fn an_idle_connection_closes_with_idle_timeout_and_a_busy_one_stays() {
     assert_eq!(read_line(&mut idle), "ONCE");
     assert!(matches!(next_event(&events), PortEvent::Data { .. }));
     let mut busy = connect(listener.local_addr);
-    let busy_port = accepted_port(&events);
+    accepted_port(&events);
     // Talks ten times as often as the timeout allows, for longer than it.
     for i in 0..20 {
         send(&mut busy, &format!("tick {i}\n"));
@@ -603,7 +603,6 @@ fn an_idle_connection_closes_with_idle_timeout_and_a_busy_one_stays() {
     assert_eq!(closed.1, CloseReason::IdleTimeout { after: Duration::from_millis(300) });
     assert!(closed.1.to_string().starts_with("idle timeout"), "{}", closed.1);
     assert!(sees_close(&mut idle));
-    assert!(node.port_info(busy_port).is_some() || !node.ports().contains(&busy_port));
     node.shutdown();
 }
 

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Same-run comparison of kv 2.1.0 on a relive node with a stock redis-server:
+# redis-benchmark -t set,get,incr -n N (default 200000) at -c 20 and -c 50,
+# -P 1 and -P 16; each figure is the median of 3 runs, kv and Redis
+# alternated within each round so both see the same machine. Prints requests
+# per second and the ratio kv/redis for the 12 figures.
+#
+# Cores: on a machine with 2 cores or more, each server (the whole node, every
+# thread of it, and redis-server) runs pinned to core 0 and redis-benchmark to
+# core 1 (taskset), for both; with one core everything shares it. Override
+# with SERVER_CPUS / BENCH_CPUS (taskset lists, e.g. "0-1").
+#
+# Needs redis-server and redis-benchmark (Debian: redis-server redis-tools),
+# cargo, python3, taskset. Builds the relive binary (cargo build --release)
+# and the kv 2.1.0 release (its module crates into target/examples, as the
+# tests do). Everything it starts (the node, redis-server) and its temporary
+# directory are removed on exit, however it exits.
+#
+# Usage: scripts/compare-redis.sh   (REQUESTS=200000 ROUNDS=3)
+set -euo pipefail
+
+root="$(cd "$(dirname "$0")/.." && pwd)"
+requests=${REQUESTS:-200000}
+rounds=${ROUNDS:-3}
+
+for tool in redis-server redis-benchmark redis-cli cargo python3 taskset; do
+  command -v "$tool" >/dev/null || {
+    echo "compare-redis: $tool not found (Debian: apt-get install redis-server redis-tools util-linux)" >&2
+    exit 2
+  }
+done
+
+if [ "$(nproc)" -ge 2 ]; then
+  server_cpus=${SERVER_CPUS:-0}
+  bench_cpus=${BENCH_CPUS:-1}
+else
+  server_cpus=${SERVER_CPUS:-0}
+  bench_cpus=${BENCH_CPUS:-0}
+fi
+
+work="$(mktemp -d -t compare-redis.XXXXXX)"
+redis_pid=""
+node_root="$work/node"
+relive="${CARGO_TARGET_DIR:-$root/target}/release/relive"
+
+cleanup() {
+  local status=$?
+  if [ -S "$node_root/control.sock" ]; then
+    "$relive" node stop --root "$node_root" >/dev/null 2>&1 || true
+  fi
+  if [ -n "$redis_pid" ] && kill -0 "$redis_pid" 2>/dev/null; then
+    kill "$redis_pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$redis_pid" 2>/dev/null || break; sleep 0.1; done
+    kill -9 "$redis_pid" 2>/dev/null || true
+  fi
+  rm -rf "$work"
+  exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Waits until a RESP server answers PING on port $1.
+wait_for() {
+  for _ in $(seq 200); do
+    [ "$(redis-cli -p "$1" PING 2>/dev/null)" = PONG ] && return 0
+    sleep 0.05
+  done
+  echo "compare-redis: nothing answers PING on port $1" >&2
+  return 1
+}
+
+echo "building relive and the kv 2.1.0 release..." >&2
+cargo build --release --quiet --bin relive --manifest-path "$root/Cargo.toml"
+kv_port=$(free_port)
+app="$work/kv-2.1.0"
+mkdir -p "$app"
+sed -e "s/127\.0\.0\.1:6380/127.0.0.1:$kv_port/" -e "s#crate = \"\.\./\.\./#crate = \"$root/examples/#" \
+  "$root/examples/releases/kv-2.1.0/release.toml" >"$app/release.toml"
+archive=$("$relive" release build "$app" --out "$work/archives" --target-dir "$root/target/examples")
+
+# The node detaches; its threads inherit the affinity.
+taskset -c "$server_cpus" "$relive" node start --root "$node_root" --boot "$archive" >/dev/null
+wait_for "$kv_port"
+
+redis_port=$(free_port)
+taskset -c "$server_cpus" redis-server --port "$redis_port" --bind 127.0.0.1 --save '' --appendonly no \
+  --io-threads 1 --daemonize no --logfile "$work/redis.log" &
+redis_pid=$!
+wait_for "$redis_port"
+
+# rps of test $4 (SET, GET, INCR) with -c $2 -P $3 on port $1: one run of all
+# three tests, so one call per (port, clients, pipeline) and round.
+run_bench() {
+  taskset -c "$bench_cpus" redis-benchmark -p "$1" -t set,get,incr -n "$requests" -c "$2" -P "$3" --csv 2>/dev/null |
+    python3 -c 'import csv, sys
+rows = {r["test"]: r["rps"] for r in csv.DictReader(sys.stdin)}
+print(" ".join(rows.get(t, "nan") for t in ("SET", "GET", "INCR")))'
+}
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
+
+echo "kv 2.1.0 on a relive node (port $kv_port) vs redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') (port $redis_port)" >&2
+echo "servers on cpu $server_cpus, redis-benchmark on cpu $bench_cpus; -n $requests, median of $rounds" >&2
+declare -A runs=()
+for round in $(seq "$rounds"); do
+  for clients in 20 50; do
+    for pipeline in 1 16; do
+      for server in kv redis; do
+        port=$kv_port
+        [ "$server" = redis ] && port=$redis_port
+        read -r set get incr <<<"$(run_bench "$port" "$clients" "$pipeline")"
+        runs[$server,$clients,$pipeline,SET]+="$set "
+        runs[$server,$clients,$pipeline,GET]+="$get "
+        runs[$server,$clients,$pipeline,INCR]+="$incr "
+      done
+    done
+  done
+  echo "round $round of $rounds done" >&2
+done
+
+printf '%-5s %-4s %-4s %14s %14s %8s\n' test "-c" "-P" "kv req/s" "redis req/s" "kv/redis"
+for clients in 20 50; do
+  for pipeline in 1 16; do
+    for test in SET GET INCR; do
+      kv=$(echo "${runs[kv,$clients,$pipeline,$test]}" | median)
+      redis=$(echo "${runs[redis,$clients,$pipeline,$test]}" | median)
+      ratio=$(python3 -c "k, r = float('$kv'), float('$redis'); print('%.2f' % (k / r) if r else 'n/a')")
+      printf '%-5s %-4s %-4s %14s %14s %8s\n' "$test" "$clients" "$pipeline" "$kv" "$redis" "$ratio"
+    done
+  done
+done

@@ -1,0 +1,349 @@
+//! kv 2.1.0 (examples/releases/kv-2.1.0) on a node, through the `relive`
+//! binary and raw RESP clients:
+//! - the live way up from 2.0.0 and back (values, expiries, hit counts and
+//!   a half-received request kept both ways), and the way down refused
+//!   while a key is not UTF-8 (2.0.0 cannot hold it), with kv left running
+//!   2.1.0 and every key kept;
+//! - clients as hostile as issue 15's probes: binary keys, out-of-range
+//!   expiries and increments (answered with Redis's words), a request sent
+//!   a byte at a time, a 32 MiB value, a million-element array in 4 KiB
+//!   writes, bytes that are not RESP; other clients are answered meanwhile.
+//!
+//! Each test builds its own copies of the release manifests with a free
+//! port in place of 6380 and absolute crate paths (`common::kv_archive`).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{NodeGuard, failure, free_port, kv_archive, ok};
+
+/// A RESP2 reply.
+#[derive(Debug, PartialEq, Eq)]
+enum Resp {
+    Simple(String),
+    Error(String),
+    Int(i64),
+    Bulk(Option<Vec<u8>>),
+    Array(Vec<Resp>),
+}
+
+fn bulk(bytes: &[u8]) -> Resp {
+    Resp::Bulk(Some(bytes.to_vec()))
+}
+
+fn ok_reply() -> Resp {
+    Resp::Simple("OK".into())
+}
+
+fn error(text: &str) -> Resp {
+    Resp::Error(text.into())
+}
+
+/// One connection, raw RESP over a std TcpStream.
+struct Client {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Client {
+    fn connect(port: u16) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to kv");
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) }
+    }
+
+    fn encode(args: &[&[u8]]) -> Vec<u8> {
+        let mut out = format!("*{}\r\n", args.len()).into_bytes();
+        for arg in args {
+            out.extend_from_slice(format!("${}\r\n", arg.len()).as_bytes());
+            out.extend_from_slice(arg);
+            out.extend_from_slice(b"\r\n");
+        }
+        out
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).expect("writing to kv");
+    }
+
+    /// Sends one request (binary arguments) and reads its reply.
+    fn cmd_bytes(&mut self, args: &[&[u8]]) -> Resp {
+        self.write(&Client::encode(args));
+        self.read()
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> Resp {
+        let args: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        self.cmd_bytes(&args)
+    }
+
+    fn line(&mut self) -> String {
+        let mut line = Vec::new();
+        self.reader.read_until(b'\n', &mut line).expect("reading a reply line");
+        assert!(
+            line.ends_with(b"\r\n"),
+            "reply line {:?} does not end with CRLF",
+            String::from_utf8_lossy(&line)
+        );
+        line.truncate(line.len() - 2);
+        String::from_utf8_lossy(&line).into_owned()
+    }
+
+    fn read(&mut self) -> Resp {
+        let line = self.line();
+        let (kind, rest) = line.split_at(1);
+        match kind {
+            "+" => Resp::Simple(rest.to_string()),
+            "-" => Resp::Error(rest.to_string()),
+            ":" => Resp::Int(rest.parse().expect("an integer reply")),
+            "$" => match rest.parse::<i64>().expect("a bulk length") {
+                -1 => Resp::Bulk(None),
+                n => {
+                    let mut bytes = vec![0; n as usize + 2];
+                    self.reader.read_exact(&mut bytes).expect("reading a bulk string");
+                    assert_eq!(&bytes[n as usize..], b"\r\n");
+                    bytes.truncate(n as usize);
+                    Resp::Bulk(Some(bytes))
+                }
+            },
+            "*" => {
+                let n: i64 = rest.parse().expect("an array length");
+                Resp::Array((0..n.max(0)).map(|_| self.read()).collect())
+            }
+            _ => panic!("not a RESP reply: {line:?}"),
+        }
+    }
+
+    /// True once kv has closed the connection.
+    fn sees_close(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        match self.reader.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                panic!("expected the connection to close, read {:?}", String::from_utf8_lossy(&buf[..n]))
+            }
+            Err(e) => matches!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    }
+}
+
+fn ttl(client: &mut Client, key: &str) -> i64 {
+    match client.cmd(&["TTL", key]) {
+        Resp::Int(ttl) => ttl,
+        other => panic!("TTL {key}: {other:?}"),
+    }
+}
+
+#[test]
+fn kv_2_1_0_upgrades_live_from_2_0_0_and_back_and_refuses_to_go_down_with_binary_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let [v200, v210] = ["2.0.0", "2.1.0"].map(|version| kv_archive(version, port, dir.path()));
+    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", v200.to_str().unwrap()]);
+    let r = node.root();
+
+    // On 2.0.0: a value read once, a key with an expiry, a counter; and a
+    // client in the middle of a request.
+    let mut client = Client::connect(port);
+    assert_eq!(client.cmd(&["SET", "greeting", "hello"]), ok_reply());
+    assert_eq!(client.cmd(&["GET", "greeting"]), bulk(b"hello"));
+    assert_eq!(client.cmd(&["SET", "session", "s1", "EX", "100"]), ok_reply());
+    assert_eq!(client.cmd(&["SET", "counter", "41"]), ok_reply());
+    let mut halfway = Client::connect(port);
+    let set = Client::encode(&[b"SET", b"pending", b"sent across the upgrade"]);
+    let (first, rest) = set.split_at(30);
+    // A PING and half a SET in one small write (one segment on loopback,
+    // read whole): once the PONG is back, the half is in kv's state.
+    halfway.write(&[b"PING\r\n".as_slice(), first].concat());
+    assert_eq!(halfway.read(), Resp::Simple("PONG".into()));
+
+    // Up to 2.1.0, live.
+    let out = ok(&["deploy", v210.to_str().unwrap(), "--root", r]);
+    assert!(out.contains("kv 2.1.0 runs now"), "{out}");
+    assert_eq!(node.call("kv", r#""Version""#), "2.1.0");
+    halfway.write(rest);
+    assert_eq!(halfway.read(), ok_reply(), "the request begun on 2.0.0 is answered by 2.1.0");
+    assert_eq!(client.cmd(&["GET", "pending"]), bulk(b"sent across the upgrade"));
+    assert_eq!(client.cmd(&["GET", "greeting"]), bulk(b"hello"));
+    assert_eq!(client.cmd(&["OBJECT", "FREQ", "greeting"]), Resp::Int(2), "hit counts are kept");
+    assert!((90..=100).contains(&ttl(&mut client, "session")));
+    assert_eq!(client.cmd(&["INCR", "counter"]), Resp::Int(42));
+
+    // Back to 2.0.0 (the controller's undo): kv 2.1.0's downgrade writes
+    // 2.0.0's state, every key being text.
+    let out = ok(&["rollback", "--root", r]);
+    assert!(out.contains("to kv 2.0.0"), "{out}");
+    assert_eq!(node.call("kv", r#""Version""#), "2.0.0");
+    assert_eq!(client.cmd(&["GET", "greeting"]), bulk(b"hello"));
+    assert_eq!(client.cmd(&["GET", "pending"]), bulk(b"sent across the upgrade"));
+    assert_eq!(client.cmd(&["OBJECT", "FREQ", "greeting"]), Resp::Int(3));
+    assert!((80..=100).contains(&ttl(&mut client, "session")));
+    assert_eq!(client.cmd(&["INCR", "counter"]), Resp::Int(43));
+    // 2.0.0 reads keys as lossy UTF-8: two binary keys are one.
+    assert_eq!(client.cmd_bytes(&[b"SET", b"\xff", b"a"]), ok_reply());
+    assert_eq!(client.cmd_bytes(&[b"SET", b"\xfe", b"b"]), ok_reply());
+    assert_eq!(client.cmd_bytes(&[b"GET", b"\xff"]), bulk(b"b"));
+    assert_eq!(client.cmd_bytes(&[b"DEL", b"\xff"]), Resp::Int(1));
+
+    // Up again; binary keys are distinct on 2.1.0.
+    let out = ok(&["deploy", v210.to_str().unwrap(), "--root", r]);
+    assert!(out.contains("kv 2.1.0 runs now"), "{out}");
+    assert_eq!(client.cmd_bytes(&[b"SET", b"\xff", b"a"]), ok_reply());
+    assert_eq!(client.cmd_bytes(&[b"SET", b"\xfe", b"b"]), ok_reply());
+    assert_eq!(client.cmd_bytes(&[b"SET", b"caf\xc3\xa9", b"text"]), ok_reply());
+    assert_eq!(client.cmd_bytes(&[b"GET", b"\xff"]), bulk(b"a"));
+    assert_eq!(client.cmd_bytes(&[b"GET", b"\xfe"]), bulk(b"b"));
+
+    // Down to 2.0.0 through a deploy: refused, naming the keys; kv stays
+    // on 2.1.0 with every key, the client still connected.
+    let err = failure(&["deploy", v200.to_str().unwrap(), "--root", r]);
+    assert!(err.contains("2 keys are not (\"\\xfe\", \"\\xff\")"), "the error counts and names them: {err}");
+    assert!(err.contains("kv keeps running 2.1.0 with every key"), "{err}");
+    assert_eq!(node.call("kv", r#""Version""#), "2.1.0");
+    assert_eq!(client.cmd_bytes(&[b"GET", b"\xff"]), bulk(b"a"));
+    assert_eq!(client.cmd_bytes(&[b"GET", b"\xfe"]), bulk(b"b"));
+    assert_eq!(client.cmd(&["GET", "greeting"]), bulk(b"hello"));
+
+    // Without them, the way down is open and keeps the rest.
+    assert_eq!(client.cmd_bytes(&[b"DEL", b"\xff", b"\xfe"]), Resp::Int(2));
+    ok(&["deploy", v200.to_str().unwrap(), "--root", r]);
+    assert_eq!(node.call("kv", r#""Version""#), "2.0.0");
+    assert_eq!(client.cmd(&["GET", "greeting"]), bulk(b"hello"));
+    assert_eq!(client.cmd_bytes(&[b"GET", "café".as_bytes()]), bulk(b"text"));
+    assert_eq!(client.cmd(&["INCR", "counter"]), Resp::Int(44));
+    assert_eq!(client.cmd(&["PING"]), Resp::Simple("PONG".into()));
+}
+
+#[test]
+fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let v210 = kv_archive("2.1.0", port, dir.path());
+    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", v210.to_str().unwrap()]);
+    let mut c = Client::connect(port);
+    let mut other = Client::connect(port);
+
+    // Binary keys are distinct, by array or by inline escapes.
+    assert_eq!(c.cmd_bytes(&[b"SET", b"\xff", b"ff"]), ok_reply());
+    assert_eq!(c.cmd_bytes(&[b"SET", b"\xfe", b"fe"]), ok_reply());
+    c.write(b"GET \"\\xff\"\r\nGET \"\\xfe\"\r\nSET \"\\x00\\r\\n\" nul\r\n");
+    assert_eq!((c.read(), c.read(), c.read()), (bulk(b"ff"), bulk(b"fe"), ok_reply()));
+    assert_eq!(c.cmd_bytes(&[b"GET", b"\0\r\n"]), bulk(b"nul"));
+    assert_eq!(c.cmd(&["DBSIZE"]), Resp::Int(3));
+
+    // Expiries and increments out of range: Redis 7's errors, and nothing
+    // stored (TTL stays -1, not a negative number).
+    assert_eq!(c.cmd(&["SET", "k", "v"]), ok_reply());
+    for args in [
+        ["SET", "k", "v", "PX", "9223372036854775807"],
+        ["SET", "k", "v", "EX", "9223372036854775807"],
+        ["SET", "k", "v", "EX", "9223372036854775"],
+        ["SET", "k", "v", "EX", "0"],
+        ["SET", "k", "v", "PXAT", "0"],
+    ] {
+        assert_eq!(c.cmd(&args), error("ERR invalid expire time in 'set' command"), "{args:?}");
+    }
+    assert_eq!(c.cmd(&["SET", "k", "v", "PX", "abc"]), error("ERR value is not an integer or out of range"));
+    assert_eq!(
+        c.cmd(&["EXPIRE", "k", "9223372036854775807"]),
+        error("ERR invalid expire time in 'expire' command")
+    );
+    assert_eq!(
+        c.cmd(&["EXPIRE", "k", "9223372036854775"]),
+        error("ERR invalid expire time in 'expire' command")
+    );
+    assert_eq!(
+        c.cmd(&["PEXPIRE", "k", "9223372036854775807"]),
+        error("ERR invalid expire time in 'pexpire' command")
+    );
+    assert_eq!(ttl(&mut c, "k"), -1);
+    assert_eq!(c.cmd(&["EXPIRE", "k", "9223372036854"]), Resp::Int(1), "the largest EXPIRE Redis takes");
+    assert!((9223372036853..=9223372036854).contains(&ttl(&mut c, "k")));
+    assert_eq!(c.cmd(&["EXPIRE", "k", "-5"]), Resp::Int(1), "a time in the past deletes");
+    assert_eq!(c.cmd(&["EXISTS", "k"]), Resp::Int(0));
+    assert_eq!(c.cmd(&["SET", "n", "9223372036854775807"]), ok_reply());
+    assert_eq!(c.cmd(&["INCR", "n"]), error("ERR increment or decrement would overflow"));
+    assert_eq!(c.cmd(&["DECRBY", "n", "-9223372036854775808"]), error("ERR decrement would overflow"));
+    assert_eq!(c.cmd(&["SET", "z", "01"]), ok_reply());
+    assert_eq!(c.cmd(&["INCR", "z"]), error("ERR value is not an integer or out of range"));
+
+    // MSET, MGET, DBSIZE, FLUSHALL.
+    assert_eq!(c.cmd(&["MSET", "a", "1", "b"]), error("ERR wrong number of arguments for 'mset' command"));
+    assert_eq!(c.cmd(&["MSET", "a", "1", "b", "2"]), ok_reply());
+    assert_eq!(
+        c.cmd(&["MGET", "a", "nosuch", "b"]),
+        Resp::Array(vec![bulk(b"1"), Resp::Bulk(None), bulk(b"2")])
+    );
+    assert_eq!(c.cmd(&["FLUSHALL", "FOO"]), error("ERR syntax error"));
+    assert_eq!(c.cmd(&["FLUSHALL"]), ok_reply());
+    assert_eq!(c.cmd(&["DBSIZE"]), Resp::Int(0));
+
+    // A request a byte at a time, another client answered between bytes.
+    let value = vec![b's'; 300];
+    let slow = Client::encode(&[b"SET", b"slow", &value]);
+    for (i, byte) in slow.iter().enumerate() {
+        c.write(&[*byte]);
+        if i % 50 == 0 {
+            assert_eq!(other.cmd(&["PING"]), Resp::Simple("PONG".into()), "PING after byte {i}");
+        } else if i < 40 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(c.read(), ok_reply());
+    assert_eq!(c.cmd(&["GET", "slow"]), bulk(&value));
+
+    // A 32 MiB value: half of it sent, another client is answered, then
+    // the rest.
+    let big: Vec<u8> = (0..32 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let set = Client::encode(&[b"SET", b"big", &big]);
+    let (first, rest) = set.split_at(set.len() / 2);
+    c.write(first);
+    assert_eq!(
+        other.cmd(&["PING"]),
+        Resp::Simple("PONG".into()),
+        "answered while the large SET is half sent"
+    );
+    assert_eq!(other.cmd(&["SET", "small", "x"]), ok_reply());
+    c.write(rest);
+    assert_eq!(c.read(), ok_reply());
+    assert!(c.cmd(&["GET", "big"]) == bulk(&big), "the 32 MiB value reads back whole");
+    assert_eq!(c.cmd(&["DEL", "big"]), Resp::Int(1));
+
+    // A million-element array (MSET of 524,287 pairs) in 4 KiB writes.
+    let pairs = (1 << 19) - 1;
+    let keys: Vec<String> = (0..pairs).map(|i| format!("m{i}")).collect();
+    let mut args: Vec<&[u8]> = vec![b"MSET"];
+    for key in &keys {
+        args.push(key.as_bytes());
+        args.push(b"v");
+    }
+    let mset = Client::encode(&args);
+    assert!(mset.starts_with(b"*1048575\r\n"));
+    let mut writer = c.writer.try_clone().unwrap();
+    let sender = std::thread::spawn(move || {
+        for chunk in mset.chunks(4096) {
+            writer.write_all(chunk).expect("writing the array");
+        }
+    });
+    assert_eq!(other.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    sender.join().unwrap();
+    assert_eq!(c.read(), ok_reply());
+    assert_eq!(c.cmd(&["DBSIZE"]), Resp::Int(pairs as i64 + 2), "the pairs, slow and small");
+    assert_eq!(c.cmd(&["GET", "m524286"]), bulk(b"v"));
+    assert_eq!(c.cmd(&["FLUSHALL"]), ok_reply());
+    assert_eq!(node.call("kv", r#""Keys""#), 0);
+
+    // Bytes that are not RESP: Redis's error, then the connection closes.
+    c.write(b"*1\r\n$-3\r\n");
+    assert_eq!(c.read(), error("ERR Protocol error: invalid bulk length"));
+    assert!(c.sees_close());
+    let mut quotes = Client::connect(port);
+    quotes.write(b"SET \"a b c\r\n");
+    assert_eq!(quotes.read(), error("ERR Protocol error: unbalanced quotes in request"));
+    assert!(quotes.sees_close());
+    assert_eq!(other.cmd(&["PING"]), Resp::Simple("PONG".into()), "kv itself goes on");
+}
