@@ -5,8 +5,13 @@
 #   PEERS="beam tokio actix" (default; add ractor kameo)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
-figures="$root/../shared/peers/figures.sh"
-[ -x "$figures" ] || { echo "compare-peers: $figures not found (shared/ beside the checkout)" >&2; exit 2; }
+# The peers' benchmarks (BEAM, tokio, actix, ractor, kameo: the same
+# workloads, each with a figures.sh that builds and measures one) are not
+# part of this repository; PEERS_DIR names a copy (default: peers/ in the
+# directory that holds the checkout, where the maintainers keep theirs).
+peers_dir="${PEERS_DIR:-$root/../shared/peers}"
+figures="$peers_dir/figures.sh"
+[ -x "$figures" ] || { echo "$(basename "$0"): no peers' benchmarks at $peers_dir (figures.sh missing): set PEERS_DIR to a directory holding them; relive's own figures need none: cargo run --release -- bench ring|spawn|call|upgrade --json" >&2; exit 2; }
 peers=${PEERS:-"beam tokio actix"}
 benches=${*:-"ring spawn call"}
 cargo build --release --quiet --manifest-path "$root/Cargo.toml"

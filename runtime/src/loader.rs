@@ -19,6 +19,8 @@
 //!   the calling process own the listener and, with no accept handler, every
 //!   connection it accepts, and `connect` makes it own the connection; their
 //!   events reach the module as `INFO_PORT` (see `ModuleProcess::handle`).
+//!   `listen_with` decodes the module's `ListenOptions` into the runtime's
+//!   per-listener cap, refusal line and connection limits.
 //! - Every host service acts as one process: in its own turn through its
 //!   `Ctx`, or, for a callback run outside its messages (`config_change`
 //!   from a system task or on a suspended process), through the node's API
@@ -696,6 +698,7 @@ pub(crate) static HOST_VTABLE: HostVtable = HostVtable {
     connect: host_connect,
     port_set_owner: host_port_set_owner,
     config: host_config,
+    listen_with: host_listen_with,
 };
 
 /// Runs a host service for the module callback whose `HostCall` is `host`,
@@ -930,21 +933,92 @@ unsafe extern "C" fn host_listen(host: *mut c_void, addr: RStr, port_out: *mut u
     // callback.
     unsafe {
         with_host(host, Status::Error as u32, |h| {
-            let addr = match socket_addr(text(addr)) {
-                Ok(addr) => addr,
-                Err(error) => return write_error(out, &error),
-            };
-            let node = h.node();
-            match node.ports.listen(node, addr, h.pid(), crate::port::ListenOpts::raw()) {
-                Ok(info) => {
-                    write_u64(port_out, info.port.as_u64());
-                    write_out(out, info.local_addr.to_string().as_bytes());
-                    Status::Ok as u32
-                }
-                Err(error) => write_error(out, &error.to_string()),
+            listen_for(h, text(addr), crate::port::ListenOpts::raw(), port_out, out)
+        })
+    }
+}
+
+unsafe extern "C" fn host_listen_with(
+    host: *mut c_void,
+    addr: RStr,
+    opts: RBytes,
+    port_out: *mut u64,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: handle, string, bytes and out pointers from the module's
+    // current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let addr = text(addr);
+            match module_listen_opts(bytes(opts)) {
+                Ok(opts) => listen_for(h, addr, opts, port_out, out),
+                Err(error) => write_error(out, &format!("cannot listen on {addr}: {error}")),
             }
         })
     }
+}
+
+/// Opens a listener owned by the calling module process.
+///
+/// # Safety
+/// `port_out` and `out` are the module's pointers for this call.
+unsafe fn listen_for(
+    h: &mut HostCall<'_, '_>,
+    addr: &str,
+    opts: crate::port::ListenOpts,
+    port_out: *mut u64,
+    out: *mut OutBuf,
+) -> u32 {
+    let addr = match socket_addr(addr) {
+        Ok(addr) => addr,
+        // SAFETY: the module's out buffer, valid for the call.
+        Err(error) => return unsafe { write_error(out, &error) },
+    };
+    let node = h.node();
+    match node.ports.listen(node, addr, h.pid(), opts) {
+        Ok(info) => {
+            // SAFETY: the module's out pointers, valid for the call.
+            unsafe {
+                write_u64(port_out, info.port.as_u64());
+                write_out(out, info.local_addr.to_string().as_bytes());
+            }
+            Status::Ok as u32
+        }
+        // SAFETY: the module's out buffer, valid for the call.
+        Err(error) => unsafe { write_error(out, &error.to_string()) },
+    }
+}
+
+/// The runtime's listener options for a module's [`relive_abi::ListenOptions`]
+/// (MessagePack, see `HostVtable::listen_with`): raw framing, every option
+/// that is set applied, the others at the runtime's defaults.
+fn module_listen_opts(bytes: &[u8]) -> Result<crate::port::ListenOpts, String> {
+    let options: relive_abi::ListenOptions = rmp_serde::from_slice(bytes)
+        .map_err(|e| format!("bad listen options ({e}); is the module built against a newer relive-abi?"))?;
+    let mut opts = crate::port::ListenOpts::raw();
+    match options.max_connections {
+        Some(0) => return Err("max_connections is 0: give at least 1 (or none for no cap)".into()),
+        Some(max) => opts.max_connections = Some(max as usize),
+        None => {}
+    }
+    opts.refusal = options.refusal.unwrap_or_default();
+    match options.idle_timeout {
+        Some(timeout) if timeout.is_zero() => {
+            return Err("idle_timeout is 0: give a positive duration (or none for no timeout)".into());
+        }
+        timeout => opts.limits.idle_timeout = timeout,
+    }
+    let size = |name: &str, value: u64| {
+        usize::try_from(value)
+            .map_err(|_| format!("{name} {value} does not fit this machine's address space"))
+    };
+    if let Some(max) = options.max_buffered_bytes {
+        opts.limits.max_buffered_bytes = size("max_buffered_bytes", max)?;
+    }
+    if let Some(max) = options.max_unhandled_bytes {
+        opts.limits.max_unhandled_bytes = size("max_unhandled_bytes", max)?;
+    }
+    Ok(opts)
 }
 
 unsafe extern "C" fn host_port_send(host: *mut c_void, port: u64, msg: RBytes) -> u32 {

@@ -74,9 +74,14 @@
 //! - Connection caps: per listener ([`ListenOpts::max_connections`]) and
 //!   per node ([`Node::set_max_connections`]); a client over either is
 //!   sent [`ListenOpts::refusal`] and closed, never left hanging.
-//! - An accept that fails (out of file descriptors) is retried after a
-//!   pause that doubles up to a second, not at once, and logged at most
-//!   once a second with the count of failures left out.
+//! - Out of file descriptors, a client waiting to be accepted is not left
+//!   hanging: the I/O thread keeps one descriptor in reserve, frees it to
+//!   accept the client, sends it [`ListenOpts::refusal`], closes it and
+//!   takes the spare again; clients connected already keep being served.
+//!   An accept that fails otherwise (or when the spare could not be taken
+//!   back) is retried after a pause that doubles up to a second, not at
+//!   once. Either is logged at most once a second, with the count of
+//!   failures left out.
 //!
 //! Buffered output and a partial input line are not yet part of what the
 //! raw-fd table exposes.
@@ -132,6 +137,23 @@ const ACCEPT_RETRY_MAX: Duration = Duration::from_secs(1);
 const EINPROGRESS: Option<i32> = Some(115);
 #[cfg(not(target_os = "linux"))]
 const EINPROGRESS: Option<i32> = None;
+
+/// "Too many open files" for the process and for the system: an accept
+/// that fails with one of them leaves the client in the kernel's queue.
+#[cfg(unix)]
+const OUT_OF_DESCRIPTORS: [i32; 2] = [24, 23];
+#[cfg(not(unix))]
+const OUT_OF_DESCRIPTORS: [i32; 0] = [];
+
+fn out_of_descriptors(err: &io::Error) -> bool {
+    err.raw_os_error().is_some_and(|code| OUT_OF_DESCRIPTORS.contains(&code))
+}
+
+/// A descriptor held in reserve by the I/O thread, so that out of
+/// descriptors it can still accept a waiting client in order to refuse it.
+fn spare_descriptor() -> Option<std::fs::File> {
+    std::fs::File::open(if cfg!(windows) { "NUL" } else { "/dev/null" }).ok()
+}
 
 /// The waker's token; port ids start at 1, so they never collide with it.
 const WAKER: Token = Token(0);
@@ -938,6 +960,7 @@ impl Ports {
             timers: Vec::new(),
             idle_sweep: None,
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
+            spare: spare_descriptor(),
         };
         let thread = thread::Builder::new()
             .name("relive-ports".into())
@@ -1443,6 +1466,9 @@ struct Io {
     /// timeout seen, divided by four), once one has a timeout.
     idle_sweep: Option<Duration>,
     buf: Box<[u8]>,
+    /// Given up to accept (and refuse) a client when the process is out of
+    /// descriptors, then taken again (see [`Io::accept`]).
+    spare: Option<std::fs::File>,
 }
 
 fn run_io(mut io: Io) {
@@ -1659,6 +1685,10 @@ impl Io {
     }
 
     fn accept(&mut self, node: &Arc<NodeInner>, id: PortId) {
+        if self.spare.is_none() {
+            // Freed for a refusal and taken by another thread meanwhile.
+            self.spare = spare_descriptor();
+        }
         for _ in 0..ACCEPTS_PER_TURN {
             let Some(Sock::Listener(listener)) = self.socks.get_mut(&id) else {
                 return;
@@ -1676,21 +1706,57 @@ impl Io {
                             | io::ErrorKind::ConnectionAborted
                             | io::ErrorKind::ConnectionReset
                     ) => {}
-                Err(err) => {
-                    // Typically out of file descriptors: retrying at once
-                    // would spin (the pending client stays ready), so wait,
-                    // longer each time it fails again.
-                    listener.backoff = (listener.backoff * 2).clamp(ACCEPT_RETRY_MIN, ACCEPT_RETRY_MAX);
-                    let backoff = listener.backoff;
-                    if let Some(suppressed) = listener.failures.allow() {
-                        tracing::warn!(port = %id, %err, ?backoff, suppressed, "accept failed; retrying after a pause (suppressed: like failures left out of the log in the last second)");
+                Err(err) if out_of_descriptors(&err) && self.spare.is_some() => {
+                    // The client would wait in the kernel's queue, with no
+                    // answer, until a descriptor frees (if ever): free the
+                    // spare one to accept it, refuse it, and take the spare
+                    // again. Clients connected already keep being served.
+                    self.spare = None;
+                    let shed = listener.socket.accept().map(|(stream, peer)| {
+                        if !listener.opts.refusal.is_empty() {
+                            let _ = (&stream).write(&listener.opts.refusal);
+                        }
+                        peer
+                    });
+                    // The client's socket is closed by now: its descriptor
+                    // becomes the spare again.
+                    self.spare = spare_descriptor();
+                    match shed {
+                        Ok(peer) => {
+                            if let Some(suppressed) = listener.failures.allow() {
+                                tracing::warn!(port = %id, %peer, %err, suppressed, "connection refused: the node is out of file descriptors (suppressed: like failures left out of the log in the last second)");
+                            }
+                        }
+                        Err(shed) if shed.kind() == io::ErrorKind::WouldBlock => return,
+                        Err(shed) => {
+                            self.accept_later(id, &shed);
+                            return;
+                        }
                     }
-                    self.timers.push((Instant::now() + backoff, Timer::Accept(id)));
+                }
+                Err(err) => {
+                    self.accept_later(id, &err);
                     return;
                 }
             }
         }
         self.again.push(id);
+    }
+
+    /// After an accept error: accept again after a pause, longer each time
+    /// it fails again, logging at most once a second. Typically out of file
+    /// descriptors: retrying at once would spin (the pending client stays
+    /// ready).
+    fn accept_later(&mut self, id: PortId, err: &io::Error) {
+        let Some(Sock::Listener(listener)) = self.socks.get_mut(&id) else {
+            return;
+        };
+        listener.backoff = (listener.backoff * 2).clamp(ACCEPT_RETRY_MIN, ACCEPT_RETRY_MAX);
+        let backoff = listener.backoff;
+        if let Some(suppressed) = listener.failures.allow() {
+            tracing::warn!(port = %id, %err, ?backoff, suppressed, "accept failed; retrying after a pause (suppressed: like failures left out of the log in the last second)");
+        }
+        self.timers.push((Instant::now() + backoff, Timer::Accept(id)));
     }
 
     /// Takes an accepted connection: refused over a cap, else given an

@@ -1,9 +1,10 @@
 //! Module ABI 3 end to end, on module processes (examples/abi3-probe-v1 and
 //! -v2, the same probe at two versions): links and exit trapping, monitors,
 //! exit signals, the registry, deferred replies, outbound connections, port
-//! hand-over, the node's configuration and `config_change`, and that what
-//! the node holds for a process (links, monitors, a deferred call, a port,
-//! its name) outlives a switch of its code.
+//! hand-over, listener options (`listen_with`), the node's configuration
+//! and `config_change`, and that what the node holds for a process (links,
+//! monitors, a deferred call, a port, its name) outlives a switch of its
+//! code.
 
 mod support;
 
@@ -321,6 +322,93 @@ fn connect_exchanges_bytes_and_a_port_handed_over_delivers_to_its_new_owner() {
     stop(&node, d, "normal");
     let mut rest = Vec::new();
     assert_eq!(peer.read_to_end(&mut rest).unwrap(), 0, "the peer sees the connection close");
+    node.shutdown();
+}
+
+/// The ports of the connections a listener of `pid` accepted, in order.
+fn accepted(node: &Node, pid: Pid) -> Vec<Value> {
+    events(node, pid).iter().filter_map(|e| e.get("Accepted")).map(|a| a["port"].clone()).collect()
+}
+
+/// The reason `port` closed with, if it did.
+fn closed_reason(node: &Node, pid: Pid, port: &Value) -> Option<String> {
+    events(node, pid)
+        .iter()
+        .filter_map(|e| e.get("Closed"))
+        .find(|c| &c["port"] == port)
+        .map(|c| c["reason"].as_str().unwrap().to_string())
+}
+
+#[test]
+fn listen_with_caps_connections_with_the_refusal_line_and_times_out_idle_ones() {
+    const REFUSAL: &str = "-ERR max number of clients reached\r\n";
+    let (node, _dir) = node();
+    let a = spawn(&node);
+    let listening = call(
+        &node,
+        a,
+        json!({"ListenWith": {"addr": "127.0.0.1:0", "max_connections": 2, "refusal": REFUSAL, "idle_timeout_ms": null}}),
+    );
+    let addr = listening["Listening"]["Ok"][1].as_str().unwrap_or_else(|| panic!("{listening}")).to_string();
+
+    let first = TcpStream::connect(&addr).unwrap();
+    let mut second = TcpStream::connect(&addr).unwrap();
+    wait_until("both clients are accepted", || accepted(&node, a).len() == 2);
+    let mut over = TcpStream::connect(&addr).unwrap();
+    over.set_read_timeout(Some(T)).unwrap();
+    let mut refused = Vec::new();
+    over.read_to_end(&mut refused).unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused), REFUSAL, "the client over the cap gets the line, then EOF");
+    assert_eq!(accepted(&node, a).len(), 2, "the refused client never reaches the module");
+
+    // The clients within the cap are served, and a closed one frees a seat.
+    second.write_all(b"still here").unwrap();
+    let second_port = accepted(&node, a)[1].clone();
+    wait_until("the second client's bytes arrive", || data(&node, a, &second_port) == "still here");
+    let first_port = accepted(&node, a)[0].clone();
+    drop(first);
+    wait_until("the first client's close is seen", || closed_reason(&node, a, &first_port).is_some());
+    let mut third = TcpStream::connect(&addr).unwrap();
+    wait_until("a client fits again", || accepted(&node, a).len() == 3);
+    let third_port = accepted(&node, a)[2].clone();
+    third.write_all(b"in").unwrap();
+    wait_until("the new client is served", || data(&node, a, &third_port) == "in");
+
+    // Idle connections close with a reason the module can read; the client
+    // sees the close.
+    let b = spawn(&node);
+    let listening = call(
+        &node,
+        b,
+        json!({"ListenWith": {"addr": "127.0.0.1:0", "max_connections": null, "refusal": null, "idle_timeout_ms": 100}}),
+    );
+    let addr = listening["Listening"]["Ok"][1].as_str().unwrap_or_else(|| panic!("{listening}")).to_string();
+    let mut idle = TcpStream::connect(&addr).unwrap();
+    idle.set_read_timeout(Some(T)).unwrap();
+    wait_until("the idle client is accepted", || accepted(&node, b).len() == 1);
+    let idle_port = accepted(&node, b)[0].clone();
+    let mut rest = Vec::new();
+    assert_eq!(idle.read_to_end(&mut rest).unwrap(), 0, "the idle client sees its connection close");
+    wait_until("the module hears the idle close", || closed_reason(&node, b, &idle_port).is_some());
+    let reason = closed_reason(&node, b, &idle_port).unwrap();
+    assert!(reason.starts_with("idle timeout"), "{reason}");
+
+    // Options out of range are refused with what to give instead.
+    let zero = call(
+        &node,
+        b,
+        json!({"ListenWith": {"addr": "127.0.0.1:0", "max_connections": 0, "refusal": null, "idle_timeout_ms": null}}),
+    );
+    let text = zero["Listening"]["Err"].as_str().unwrap_or_else(|| panic!("{zero}"));
+    assert!(text.contains("max_connections is 0") && text.contains("127.0.0.1:0"), "{text}");
+    let zero = call(
+        &node,
+        b,
+        json!({"ListenWith": {"addr": "127.0.0.1:0", "max_connections": null, "refusal": null, "idle_timeout_ms": 0}}),
+    );
+    let text = zero["Listening"]["Err"].as_str().unwrap_or_else(|| panic!("{zero}"));
+    assert!(text.contains("idle_timeout is 0"), "{text}");
+    drop((second, third));
     node.shutdown();
 }
 

@@ -782,3 +782,128 @@ fn an_owner_that_outwrites_a_peer_that_never_reads_closes_it_with_output_overflo
     assert!(eventually(|| node.port_info(port).is_none()));
     node.shutdown();
 }
+
+/// Set in the child process that [`out_of_descriptors_clients_are_refused_not_left_hanging`]
+/// runs itself in.
+const EMFILE_CHILD: &str = "RELIVE_TEST_EMFILE_CHILD";
+
+/// The port module's warnings, counted by a minimal subscriber (the I/O
+/// thread logs through `tracing`).
+mod warnings {
+    use std::sync::Mutex;
+
+    use tracing::field::{Field, Visit};
+    use tracing::span::{Attributes, Id, Record};
+    use tracing::{Event, Level, Metadata, Subscriber};
+
+    pub static LINES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+    pub struct Counter;
+
+    struct Text(String);
+
+    impl Visit for Text {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            self.0.push_str(&format!("{}={value:?} ", field.name()));
+        }
+    }
+
+    impl Subscriber for Counter {
+        fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+            *metadata.level() <= Level::WARN
+        }
+        fn new_span(&self, _: &Attributes<'_>) -> Id {
+            Id::from_u64(1)
+        }
+        fn record(&self, _: &Id, _: &Record<'_>) {}
+        fn record_follows_from(&self, _: &Id, _: &Id) {}
+        fn event(&self, event: &Event<'_>) {
+            if event.metadata().target().ends_with("port") {
+                let mut text = Text(String::new());
+                event.record(&mut text);
+                LINES.lock().unwrap().push(text.0);
+            }
+        }
+        fn enter(&self, _: &Id) {}
+        fn exit(&self, _: &Id) {}
+    }
+}
+
+/// Out of file descriptors, a client waiting to be accepted gets the
+/// refusal and a close at once instead of hanging in the kernel's queue;
+/// connected clients keep being served; the log gets at most about a line a
+/// second; and once descriptors free up, clients are served again. Runs in
+/// a child process under a low open-file limit, which it then uses up.
+#[test]
+fn out_of_descriptors_clients_are_refused_not_left_hanging() {
+    const NAME: &str = "out_of_descriptors_clients_are_refused_not_left_hanging";
+    if std::env::var_os(EMFILE_CHILD).is_none() {
+        let output = std::process::Command::new("prlimit")
+            .arg("--nofile=512:512")
+            .arg(std::env::current_exe().unwrap())
+            .args([NAME, "--exact", "--nocapture", "--test-threads=1"])
+            .env(EMFILE_CHILD, "1")
+            .output()
+            .expect("running the test under prlimit (util-linux)");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "the child failed ({})\n{stdout}\n{stderr}", output.status);
+        assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
+        return;
+    }
+
+    tracing::subscriber::set_global_default(warnings::Counter).unwrap();
+    let node = Node::start(NodeConfig::default());
+    let owner = node.spawn(upper_echo(String::new(), None)).unwrap();
+    let opts = ListenOpts { refusal: REFUSAL.as_bytes().to_vec(), ..ListenOpts::line() };
+    let listener = node.listen(any_port(), owner, opts).unwrap();
+    let mut served = connect(listener.local_addr);
+    send(&mut served, "before\n");
+    assert_eq!(read_line(&mut served), "BEFORE");
+
+    // Use up every descriptor; each client below takes the one freed for it.
+    let mut hogs = Vec::new();
+    let exhausted = loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(file) => hogs.push(file),
+            Err(err) => break err,
+        }
+    };
+    assert_eq!(exhausted.raw_os_error(), Some(24), "{exhausted}");
+    drop(hogs.pop());
+
+    let started = Instant::now();
+    for i in 0..200 {
+        let stream = TcpStream::connect(listener.local_addr).expect("the client's own descriptor is free");
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut refused = BufReader::new(stream);
+        let mut line = String::new();
+        refused
+            .read_line(&mut line)
+            .unwrap_or_else(|err| panic!("client {i} waits in the queue instead of being refused: {err}"));
+        assert_eq!(line, REFUSAL, "client {i}");
+        assert!(sees_close(&mut refused), "client {i}");
+        if i == 100 {
+            send(&mut served, "during\n");
+            assert_eq!(read_line(&mut served), "DURING", "a connected client is served meanwhile");
+        }
+    }
+    let elapsed = started.elapsed();
+    let lines = warnings::LINES.lock().unwrap().clone();
+    assert!(
+        lines.iter().all(|line| line.contains("out of file descriptors")),
+        "only refusals are logged: {lines:#?}"
+    );
+    assert!(!lines.is_empty(), "the refusals are logged");
+    assert!(
+        lines.len() as u64 <= elapsed.as_secs() + 1,
+        "{} lines in {elapsed:?}: more than one a second: {lines:#?}",
+        lines.len()
+    );
+
+    drop(hogs);
+    let mut late = connect(listener.local_addr);
+    send(&mut late, "after\n");
+    assert_eq!(read_line(&mut late), "AFTER", "with descriptors back, clients are served");
+    node.shutdown();
+}

@@ -106,6 +106,13 @@ pub enum Call {
         timeout_ms: u64,
     },
     Listen(String),
+    /// Listens with options (`Ctx::listen_with`).
+    ListenWith {
+        addr: String,
+        max_connections: Option<u32>,
+        refusal: Option<String>,
+        idle_timeout_ms: Option<u64>,
+    },
     PortSend {
         port: PortId,
         text: String,
@@ -271,6 +278,15 @@ impl Behaviour for Probe {
                 Reply::Port(ctx.connect(&addr, Duration::from_millis(timeout_ms)).map_err(|e| e.to_string()))
             }
             Call::Listen(addr) => Reply::Listening(ctx.listen_at(&addr).map_err(|e| e.to_string())),
+            Call::ListenWith { addr, max_connections, refusal, idle_timeout_ms } => {
+                let options = ListenOptions {
+                    max_connections,
+                    refusal: refusal.map(String::into_bytes),
+                    idle_timeout: idle_timeout_ms.map(Duration::from_millis),
+                    ..ListenOptions::default()
+                };
+                Reply::Listening(ctx.listen_with(&addr, &options).map_err(|e| e.to_string()))
+            }
             Call::PortSend { port, text } => {
                 Reply::Done(ctx.port_send(port, text.as_bytes()).map_err(|e| e.to_string()))
             }

@@ -8,12 +8,15 @@
 //!   request; `downgrade` to 2.0.x writes 2.0.0's state back.
 //! - Going back to 2.0.0 is refused while a key is not UTF-8 text, which
 //!   2.0.0 cannot hold: the error counts them and names the first few, and
-//!   kv keeps running 2.1.0 with every key (DEL or rename them, then go
-//!   back). Dropping them instead would make a rollback lose data that no
-//!   log line brings back.
+//!   kv keeps running 2.1.0 with every key (DEL them, or SET their values
+//!   under text keys, then go back). Dropping them instead would make a
+//!   rollback lose data that no log line brings back.
 //! - Requests go through `resp::Parser`, one per connection: a large or
-//!   slowly sent request costs O(n) however it is cut, and a connection
-//!   holds no memory once its requests are answered.
+//!   slowly sent request costs O(n) however it is cut, a large value is
+//!   stored in the buffer it was read into (copied once, as in Redis), and
+//!   a connection holds no memory once its requests are answered. Other
+//!   clients are answered while one sends a large value: each read is
+//!   handled as it comes.
 //! - Numbers are read as Redis reads them, with its errors: expiries out of
 //!   range (`SET k v PX 9223372036854775807` → `ERR invalid expire time in
 //!   'set' command`, the same for EXPIRE and PEXPIRE), increments that
@@ -36,7 +39,6 @@ use std::hash::Hash;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use relive_abi::prelude::*;
-use resp::Args;
 
 /// How often expired keys are removed and counts flushed.
 const TICK: Duration = Duration::from_secs(1);
@@ -299,22 +301,25 @@ impl Unit {
 
 /// SET's options, as Redis reads them.
 #[derive(Default)]
-struct SetOptions<'a> {
+struct SetOptions {
     nx: bool,
     xx: bool,
     get: bool,
     keep_ttl: bool,
-    expire: Option<(Unit, &'a [u8])>,
+    /// When the value expires, in milliseconds since the Unix epoch.
+    expires_at: Option<u64>,
 }
 
-impl<'a> SetOptions<'a> {
-    /// The options after `SET key value`, or `None` for a syntax error. An
-    /// option may repeat (the last value wins) but not meet one it excludes.
-    fn parse(args: &Args<'a>) -> Option<SetOptions<'a>> {
+impl SetOptions {
+    /// The options after `SET key value` at time `now`, or Redis's error:
+    /// first a syntax error (an option may repeat, the last value winning,
+    /// but not meet one it excludes), then the expiry's.
+    fn parse(args: &resp::Request<'_>, now: u64) -> Result<SetOptions, &'static str> {
+        const SYNTAX: &str = "ERR syntax error";
         let mut options = SetOptions::default();
+        let mut expire: Option<(Unit, &[u8])> = None;
         let mut i = 3;
         while let Some(option) = args.get(i) {
-            let next = args.get(i + 1);
             let unit = match option.to_ascii_lowercase().as_slice() {
                 b"nx" if !options.xx => {
                     options.nx = true;
@@ -328,7 +333,7 @@ impl<'a> SetOptions<'a> {
                     options.get = true;
                     None
                 }
-                b"keepttl" if options.expire.is_none() => {
+                b"keepttl" if expire.is_none() => {
                     options.keep_ttl = true;
                     None
                 }
@@ -336,19 +341,20 @@ impl<'a> SetOptions<'a> {
                 b"px" => Some(Unit::Millis),
                 b"exat" => Some(Unit::UnixSeconds),
                 b"pxat" => Some(Unit::UnixMillis),
-                _ => return None,
+                _ => return Err(SYNTAX),
             };
             if let Some(unit) = unit {
-                let value = next?;
-                if options.keep_ttl || options.expire.is_some_and(|(other, _)| other != unit) {
-                    return None;
+                let value = args.get(i + 1).ok_or(SYNTAX)?;
+                if options.keep_ttl || expire.is_some_and(|(other, _)| other != unit) {
+                    return Err(SYNTAX);
                 }
-                options.expire = Some((unit, value));
+                expire = Some((unit, value));
                 i += 1;
             }
             i += 1;
         }
-        Some(options)
+        options.expires_at = expire.map(|(unit, text)| set_expiry(unit, text, now)).transpose()?;
+        Ok(options)
     }
 }
 
@@ -363,7 +369,7 @@ struct ExpireFlags {
 
 impl ExpireFlags {
     /// The flags after `EXPIRE key time`, or Redis's error.
-    fn parse(args: &Args<'_>) -> Result<ExpireFlags, String> {
+    fn parse(args: &resp::Request<'_>) -> Result<ExpireFlags, String> {
         let mut flags = ExpireFlags::default();
         for option in args.iter().skip(3) {
             match option.to_ascii_lowercase().as_slice() {
@@ -401,6 +407,12 @@ fn now_ms() -> u64 {
 impl Entry {
     fn new(value: &[u8], expires_at: Option<u64>, now: u64) -> Entry {
         Entry { value: value.into(), expires_at, hits: 0, created_at: now }
+    }
+
+    /// An entry that owns `value` (a large one is not copied: its spare
+    /// capacity is given back in place).
+    fn from_vec(value: Vec<u8>, expires_at: Option<u64>, now: u64) -> Entry {
+        Entry { value: value.into_boxed_slice(), expires_at, hits: 0, created_at: now }
     }
 
     fn live(&self, now: u64) -> bool {
@@ -509,19 +521,24 @@ impl Kv {
         }
     }
 
-    /// Runs one request, appending its reply to `out`.
-    fn execute(&mut self, args: Args<'_>, ctx: &mut Ctx<'_>, out: &mut Vec<u8>) -> After {
+    /// Runs one request at time `now`, appending its reply to `out`.
+    fn execute(
+        &mut self,
+        args: &mut resp::Request<'_>,
+        now: u64,
+        ctx: &mut Ctx<'_>,
+        out: &mut Vec<u8>,
+    ) -> After {
         self.requests += 1;
         let mut lower = [0u8; 16];
         let command = command_name(&args[0], &mut lower);
         self.pending.command(command);
         let n = args.len();
-        let now = now_ms();
         match command {
             "ping" if n == 1 => resp::simple(out, "PONG"),
             "ping" | "echo" if n == 2 => resp::bulk(out, Some(&args[1])),
             "get" if n == 2 => resp::bulk(out, self.read(&args[1], now).map(|e| &*e.value)),
-            "set" if n >= 3 => self.set(&args, now, out),
+            "set" if n >= 3 => self.set(args, now, out),
             "mget" if n >= 2 => {
                 resp::array(out, n - 1);
                 for key in args.iter().skip(1) {
@@ -529,9 +546,9 @@ impl Kv {
                 }
             }
             "mset" if n >= 3 && n % 2 == 1 => {
-                let mut pairs = args.iter().skip(1);
-                while let (Some(key), Some(value)) = (pairs.next(), pairs.next()) {
-                    self.values.insert(Key::from(key), Entry::new(value, None, now));
+                for i in (1..n).step_by(2) {
+                    let key = Key::from(&args[i]);
+                    self.values.insert(key, Entry::from_vec(args.take(i + 1), None, now));
                 }
                 resp::simple(out, "OK");
             }
@@ -553,8 +570,8 @@ impl Kv {
                 Some(by) => self.incr_by(&args[1], -by, now, out),
                 None => resp::error(out, "ERR value is not an integer or out of range"),
             },
-            "expire" if n >= 3 => self.expire(&args, Unit::Seconds, command, now, out),
-            "pexpire" if n >= 3 => self.expire(&args, Unit::Millis, command, now, out),
+            "expire" if n >= 3 => self.expire(args, Unit::Seconds, command, now, out),
+            "pexpire" if n >= 3 => self.expire(args, Unit::Millis, command, now, out),
             "ttl" | "pttl" if n == 2 => {
                 let ms = self.ttl_ms(&args[1], now);
                 // Redis rounds TTL to the nearest second.
@@ -595,7 +612,7 @@ impl Kv {
                 _ => resp::error(out, "ERR DB index is out of range"),
             },
             "command" => resp::array(out, 0),
-            "config" => config(&args, out),
+            "config" => config(args, out),
             "quit" => {
                 resp::simple(out, "OK");
                 return After::Close;
@@ -614,31 +631,29 @@ impl Kv {
     /// SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms |
     /// KEEPTTL], as Redis 7 runs it: options first (a syntax error), then
     /// the expiry (its errors), then GET's old value, then NX/XX.
-    fn set(&mut self, args: &Args<'_>, now: u64, out: &mut Vec<u8>) {
-        let Some(options) = SetOptions::parse(args) else { return resp::error(out, "ERR syntax error") };
-        let expires_at = match options.expire {
-            None => None,
-            Some((unit, text)) => match set_expiry(unit, text, now) {
-                Ok(at) => Some(at),
-                Err(error) => return resp::error(out, error),
-            },
+    fn set(&mut self, args: &mut resp::Request<'_>, now: u64, out: &mut Vec<u8>) {
+        let options = match SetOptions::parse(args, now) {
+            Ok(options) => options,
+            Err(error) => return resp::error(out, error),
         };
-        let key = &args[1];
-        let old = if options.get {
-            let old = self.read(key, now).map(|e| e.value.clone());
-            resp::bulk(out, old.as_deref());
-            old.map(|_| ())
+        let key = Key::from(&args[1]);
+        let found = if options.get {
+            let old = self.read(&key.0, now);
+            resp::bulk(out, old.as_deref().map(|e| &*e.value));
+            old.is_some()
         } else {
-            self.entry(key, now).map(|_| ())
+            self.entry(&key.0, now).is_some()
         };
-        if options.nx && old.is_some() || options.xx && old.is_none() {
+        if options.nx && found || options.xx && !found {
             if !options.get {
                 resp::bulk(out, None);
             }
             return;
         }
-        let kept = if options.keep_ttl { self.values.get(key).and_then(|e| e.expires_at) } else { None };
-        self.values.insert(Key::from(key), Entry::new(&args[2], expires_at.or(kept), now));
+        let kept = if options.keep_ttl { self.values.get(&key).and_then(|e| e.expires_at) } else { None };
+        // A large value is the parser's own buffer, not a copy.
+        let value = args.take(2);
+        self.values.insert(key, Entry::from_vec(value, options.expires_at.or(kept), now));
         if !options.get {
             resp::simple(out, "OK");
         }
@@ -647,7 +662,7 @@ impl Kv {
     /// EXPIRE and PEXPIRE key time [NX | XX | GT | LT], as Redis 7 runs
     /// them: a time that overflows once in milliseconds from now is an
     /// error, a time in the past deletes the key.
-    fn expire(&mut self, args: &Args<'_>, unit: Unit, command: &str, now: u64, out: &mut Vec<u8>) {
+    fn expire(&mut self, args: &resp::Request<'_>, unit: Unit, command: &str, now: u64, out: &mut Vec<u8>) {
         let flags = match ExpireFlags::parse(args) {
             Ok(flags) => flags,
             Err(error) => return resp::error(out, &error),
@@ -704,10 +719,13 @@ impl Kv {
     fn data(&mut self, port: PortId, bytes: Vec<u8>, ctx: &mut Ctx<'_>) {
         let mut parser = std::mem::take(&mut self.conns.entry(port.0).or_default().parser);
         parser.feed(bytes);
+        // One clock read for the requests of one read, as Redis reads it
+        // once per event loop turn.
+        let now = now_ms();
         let (mut out, mut after) = (Vec::new(), After::Continue);
         while after == After::Continue {
             match parser.next_request() {
-                Ok(Some(args)) => after = self.execute(args, ctx, &mut out),
+                Ok(Some(mut request)) => after = self.execute(&mut request, now, ctx, &mut out),
                 Ok(None) => break,
                 Err(error) => {
                     error.reply(&mut out);
@@ -847,7 +865,7 @@ const KNOWN: [&str; 29] = [
 
 /// CONFIG GET for what clients ask (redis-benchmark: save, appendonly);
 /// CONFIG SET/RESETSTAT are accepted and ignored.
-fn config(args: &Args<'_>, out: &mut Vec<u8>) {
+fn config(args: &resp::Request<'_>, out: &mut Vec<u8>) {
     let sub = args.get(1).map(<[u8]>::to_ascii_lowercase);
     match sub.as_deref() {
         Some(b"get") if args.len() >= 3 => {
@@ -981,3 +999,72 @@ impl Behaviour for Kv {
 }
 
 relive_abi::export_module!(Kv, name = "kv");
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kv_with(keys: &[&[u8]]) -> Kv {
+        let mut kv = Kv {
+            values: HashMap::new(),
+            conns: HashMap::new(),
+            listener: 1,
+            addr: "127.0.0.1:6380".into(),
+            requests: 7,
+            pending: Counts::default(),
+            generation: 1,
+            ticking: true,
+        };
+        for key in keys {
+            kv.values.insert(Key::from(*key), Entry::new(b"v", Some(u64::MAX >> 1), 5));
+        }
+        kv
+    }
+
+    #[test]
+    fn the_way_down_counts_and_names_keys_2_0_cannot_hold() {
+        let v20 = Version::new(2, 0, 0);
+        let kv = kv_with(&[b"text", b"\xff", b"\xfe", b"\x80a", b"\xc3", b"caf\xc3\xa9"]);
+        let error = kv.downgrade(&v20).expect_err("refused");
+        assert!(
+            error.message().contains(r#"4 keys are not ("\x80a", "\xc3", "\xfe" and 1 more)"#),
+            "{}",
+            error.message()
+        );
+        assert!(error.message().contains("kv keeps running 2.1.0 with every key"), "{}", error.message());
+        assert!(kv.downgrade(&Version::new(1, 1, 0)).is_err(), "only 2.0 is a way down");
+
+        // Text keys only: 2.0's state, which comes back up whole, a
+        // pending request included.
+        let mut kv = kv_with(&[b"text", b"caf\xc3\xa9"]);
+        let mut parser = resp::Parser::new();
+        parser.feed(b"*2\r\n$3\r\nGET".to_vec());
+        kv.conns.insert(9, Conn { peer: "peer".into(), parser });
+        let down = kv.downgrade(&v20).expect("every key is text");
+        let as_v20: KvV20 = down.decode().unwrap();
+        assert_eq!(as_v20.values.len(), 2);
+        assert_eq!(as_v20.values["café"].value, b"v");
+        assert_eq!(as_v20.conns[&9].buf, b"*2\r\n$3\r\nGET");
+        let up = Kv::code_change(&v20, down, Extra(Vec::new())).expect("2.0's state converts");
+        assert_eq!(up.values.len(), 2);
+        assert_eq!(up.values.get(b"caf\xc3\xa9".as_slice()).map(|e| e.expires_at), Some(Some(u64::MAX >> 1)));
+        assert_eq!(&*up.conns[&9].parser.pending(), b"*2\r\n$3\r\nGET");
+        assert_eq!(up.requests, 7);
+        assert!(!up.ticking, "a new timer chain starts");
+        assert!(Kv::code_change(&Version::new(1, 1, 0), StateBytes(Vec::new()), Extra(Vec::new())).is_err());
+    }
+
+    #[test]
+    fn deleting_most_keys_gives_the_map_memory_back() {
+        let keys: Vec<Vec<u8>> = (0..100_000u32).map(|i| i.to_be_bytes().to_vec()).collect();
+        let refs: Vec<&[u8]> = keys.iter().map(Vec::as_slice).collect();
+        let mut kv = kv_with(&refs);
+        let full = kv.values.capacity();
+        for key in &keys[..99_000] {
+            kv.remove(key);
+        }
+        assert_eq!(kv.values.len(), 1000);
+        assert!(kv.values.capacity() < full / 8, "capacity {} of {full}", kv.values.capacity());
+        assert!(kv.values.contains_key(keys[99_500].as_slice()));
+    }
+}

@@ -15,16 +15,19 @@
 //!   again from its start. The parser remembers where it stopped (the header
 //!   line it was searching, the bulk string it waits for, the arguments
 //!   found so far as ranges of its buffer).
-//! - Every byte is copied once into the parser's buffer (a read that starts
-//!   a request becomes the buffer, with no copy), plus the buffer's growth,
-//!   which doubles (never past the end of the bulk string it waits for), so
-//!   a bulk string of up to [`MAX_BULK`] bytes costs O(n) however it is cut.
-//!   The buffer is allocated as bytes arrive, not as a header announces
-//!   them: a client that announces 512 MB and sends nothing holds nothing.
-//! - Arguments are borrowed from the buffer ([`Args`]); bytes of requests
-//!   handed out are dropped at the next [`Parser::feed`], and a buffer left
-//!   empty is freed, so a connection that sent a large value does not keep
-//!   its memory.
+//! - Every byte is copied once into the parser's buffers (a read that
+//!   starts a request becomes the buffer, with no copy), plus their growth,
+//!   which doubles (never past the end of the bulk string awaited), so a
+//!   bulk string of up to [`MAX_BULK`] bytes costs O(n) however it is cut.
+//!   Buffers are allocated as bytes arrive, not as a header announces them:
+//!   a client that announces 512 MB and sends nothing holds nothing.
+//! - A bulk string of [`BIG_ARG`] bytes or more that has not arrived whole
+//!   is read into a buffer of its own, which [`Request::take`] hands over:
+//!   a large value is copied once, as in Redis, not twice.
+//! - Arguments are borrowed from the buffers ([`Request`]); bytes of
+//!   requests handed out are dropped at the next [`Parser::feed`], and a
+//!   buffer left empty is freed, so a connection that sent a large value
+//!   does not keep its memory.
 //! - What is accepted and refused, and the words of each refusal, are
 //!   Redis 7's (networking.c: `processInlineBuffer`,
 //!   `processMultibulkBuffer`; sds.c: `sdssplitargs`; util.c: `string2ll`),
@@ -33,11 +36,13 @@
 //!   connection, as Redis does; the parser answers the same error again if
 //!   asked.
 //! - Across an upgrade a parser is kept as its unconsumed bytes (its serde
-//!   form is those bytes); the next version parses them once more.
+//!   form is those bytes, [`Parser::pending`]); the next version parses them
+//!   once more.
 //!
 //! [`parse`] is the one-shot form over a caller's buffer (the kv versions
 //! before 2.1.0 keep their own buffers), with the same rules.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::{Index, Range};
 
@@ -51,6 +56,9 @@ pub const MAX_INLINE: usize = 64 * 1024;
 pub const MAX_ARGS: i64 = 1024 * 1024;
 /// The longest bulk string (Redis: `proto-max-bulk-len`, 512 MiB).
 pub const MAX_BULK: i64 = 512 * 1024 * 1024;
+/// Bulk strings from this size on, when not whole in the buffer, are read
+/// into a buffer of their own (Redis: `PROTO_MBULK_BIG_ARG`, 32 KiB).
+pub const BIG_ARG: usize = 32 * 1024;
 /// Arguments reserved up front for an array, whatever its header says (as
 /// Redis): a header cannot make the parser allocate much.
 const ARGS_UP_FRONT: usize = 1024;
@@ -116,51 +124,79 @@ impl fmt::Display for ProtocolError {
 
 impl std::error::Error for ProtocolError {}
 
-/// The arguments of one request (the first is the command; never empty),
-/// borrowed from the parser.
-#[derive(Clone, Copy)]
-pub struct Args<'a> {
-    source: &'a [u8],
-    ranges: &'a [Range<usize>],
+/// Where an argument of the request under way is.
+#[derive(Debug, Clone)]
+enum Arg {
+    /// In the buffer (or, for an inline command, in its unquoted bytes).
+    In(Range<usize>),
+    /// A large bulk string in a buffer of its own: `Progress::big[i]`.
+    Big(usize),
 }
 
-impl<'a> Args<'a> {
+/// One request (the first argument is the command; never empty),
+/// borrowed from the parser until the next [`Parser::next_request`] or
+/// [`Parser::feed`].
+pub struct Request<'a> {
+    source: &'a [u8],
+    args: &'a [Arg],
+    big: &'a mut [Vec<u8>],
+}
+
+impl<'a> Request<'a> {
     /// How many arguments, the command included.
     pub fn len(&self) -> usize {
-        self.ranges.len()
+        self.args.len()
     }
 
     /// Never true for a request a parser hands out.
     pub fn is_empty(&self) -> bool {
-        self.ranges.is_empty()
+        self.args.is_empty()
     }
 
     /// Argument `i`, if there is one.
-    pub fn get(&self, i: usize) -> Option<&'a [u8]> {
-        self.ranges.get(i).map(|range| &self.source[range.clone()])
+    pub fn get(&self, i: usize) -> Option<&[u8]> {
+        self.args.get(i).map(|arg| match arg {
+            Arg::In(range) => &self.source[range.clone()],
+            Arg::Big(k) => self.big[*k].as_slice(),
+        })
     }
 
     /// Every argument, in order.
-    pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a [u8]> + 'a {
-        let source = self.source;
-        self.ranges.iter().map(move |range| &source[range.clone()])
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        (0..self.args.len()).map(|i| &self[i])
     }
 
     /// Owned copies of every argument.
     pub fn to_vecs(&self) -> Vec<Vec<u8>> {
         self.iter().map(<[u8]>::to_vec).collect()
     }
-}
 
-impl Index<usize> for Args<'_> {
-    type Output = [u8];
-
-    fn index(&self, i: usize) -> &[u8] {
-        &self.source[self.ranges[i].clone()]
+    /// Argument `i`, owned: a large bulk string read into its own buffer
+    /// is moved out without a copy (it reads as empty afterwards); any
+    /// other argument is copied.
+    ///
+    /// # Panics
+    /// If there is no argument `i`.
+    pub fn take(&mut self, i: usize) -> Vec<u8> {
+        match &self.args[i] {
+            Arg::In(range) => self.source[range.clone()].to_vec(),
+            Arg::Big(k) => std::mem::take(&mut self.big[*k]),
+        }
     }
 }
 
-impl fmt::Debug for Args<'_> {
+impl Index<usize> for Request<'_> {
+    type Output = [u8];
+
+    fn index(&self, i: usize) -> &[u8] {
+        match &self.args[i] {
+            Arg::In(range) => &self.source[range.clone()],
+            Arg::Big(k) => &self.big[*k],
+        }
+    }
+}
+
+impl fmt::Debug for Request<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_list().entries(self.iter().map(lossy)).finish()
     }
@@ -179,12 +215,15 @@ enum Stage {
     /// In an array: `remaining` bulk strings to go; `len` is the length of
     /// the current one once its `$N` header has come.
     Bulks { remaining: usize, len: Option<usize> },
+    /// In an array, reading a large bulk string of `len` bytes into
+    /// `Progress::filling` (the parser moved it there: [`BIG_ARG`]).
+    BigBulk { remaining: usize, len: usize },
 }
 
 /// What one step of the parse found.
 enum Step {
-    /// A whole request: its arguments are in `Progress::args`, ranges of the
-    /// buffer (or of `Progress::inline` if `inline`).
+    /// A whole request: its arguments are in `Progress::args`, in the
+    /// buffer (or in `Progress::inline` if `inline`) and `Progress::big`.
     Request { inline: bool },
     /// Bytes with nothing to run (an empty line, an array of zero or fewer
     /// elements): they are consumed.
@@ -206,9 +245,14 @@ struct Progress {
     scanned: usize,
     stage: Stage,
     /// The arguments found so far.
-    args: Vec<Range<usize>>,
+    args: Vec<Arg>,
     /// An inline command's arguments, unquoted (`args` are its ranges).
     inline: Vec<u8>,
+    /// The large bulk strings of the request under way.
+    big: Vec<Vec<u8>>,
+    /// The large bulk string being read, with its line end
+    /// ([`Stage::BigBulk`]).
+    filling: Vec<u8>,
     /// Bytes searched for a line end, over the parser's life (tests check
     /// that each byte is searched once).
     #[cfg(test)]
@@ -225,6 +269,7 @@ impl Progress {
                     let Some(&first) = buf.get(self.at) else { return Step::Incomplete };
                     self.scanned = self.at;
                     self.args.clear();
+                    self.big.clear();
                     self.stage = if first == b'*' { Stage::Count } else { Stage::Inline };
                 }
                 Stage::Inline => {
@@ -287,16 +332,36 @@ impl Progress {
                     if buf.len() - self.at < len + 2 {
                         return Step::Incomplete;
                     }
-                    self.args.push(self.at..self.at + len);
+                    self.args.push(Arg::In(self.at..self.at + len));
                     self.advance(self.at + len + 2);
-                    if remaining == 1 {
-                        self.stage = Stage::Start;
-                        return Step::Request { inline: false };
+                    if let Some(step) = self.bulk_done(remaining) {
+                        return step;
                     }
-                    self.stage = Stage::Bulks { remaining: remaining - 1, len: None };
+                }
+                Stage::BigBulk { remaining, len } => {
+                    if self.filling.len() < len + 2 {
+                        return Step::Incomplete;
+                    }
+                    self.filling.truncate(len);
+                    self.args.push(Arg::Big(self.big.len()));
+                    self.big.push(std::mem::take(&mut self.filling));
+                    if let Some(step) = self.bulk_done(remaining) {
+                        return step;
+                    }
                 }
             }
         }
+    }
+
+    /// A bulk string of the array was read, `remaining` counting it: the
+    /// request, or on to the next.
+    fn bulk_done(&mut self, remaining: usize) -> Option<Step> {
+        if remaining == 1 {
+            self.stage = Stage::Start;
+            return Some(Step::Request { inline: false });
+        }
+        self.stage = Stage::Bulks { remaining: remaining - 1, len: None };
+        None
     }
 
     fn advance(&mut self, to: usize) {
@@ -330,8 +395,9 @@ impl Progress {
     }
 
     /// The request just found, over `buf`.
-    fn request<'a>(&'a self, buf: &'a [u8], inline: bool) -> Args<'a> {
-        Args { source: if inline { &self.inline } else { buf }, ranges: &self.args }
+    fn request<'a>(&'a mut self, buf: &'a [u8], inline: bool) -> Request<'a> {
+        let source = if inline { &self.inline[..] } else { buf };
+        Request { source, args: &self.args, big: &mut self.big }
     }
 
     /// The buffer lost its first `by` bytes (all before `at`).
@@ -341,9 +407,11 @@ impl Progress {
         // Only an array under way has ranges of the buffer (those of a
         // request handed out are stale, and an inline command's are not
         // the buffer's).
-        if let Stage::Bulks { .. } = self.stage {
-            for range in &mut self.args {
-                *range = range.start - by..range.end - by;
+        if let Stage::Bulks { .. } | Stage::BigBulk { .. } = self.stage {
+            for arg in &mut self.args {
+                if let Arg::In(range) = arg {
+                    *range = range.start - by..range.end - by;
+                }
             }
         }
     }
@@ -353,17 +421,41 @@ impl Progress {
         if self.args.capacity() > ARGS_UP_FRONT {
             self.args = Vec::new();
         }
+        // Large bulk strings not taken go now.
+        self.big = Vec::new();
         if self.inline.capacity() > SHRINK_ABOVE {
             self.inline = Vec::new();
         }
     }
 
-    /// Where the bulk string being read ends (with its line end), if one
-    /// is being read.
+    /// Where the bulk string being read in the buffer ends (with its line
+    /// end), if one is.
     fn bulk_end(&self) -> Option<usize> {
         match self.stage {
             Stage::Bulks { len: Some(len), .. } => Some(self.at + len + 2),
             _ => None,
+        }
+    }
+
+    /// Moves the large bulk string being read out of `buf` (where only its
+    /// first bytes are, and nothing after them) into a buffer of its own.
+    fn go_big(&mut self, buf: &mut Vec<u8>) {
+        let Stage::Bulks { remaining, len: Some(len) } = self.stage else { return };
+        if len < BIG_ARG {
+            return;
+        }
+        let mut filling = Vec::new();
+        append_capped(&mut filling, &buf[self.at..], Some(len + 2));
+        buf.truncate(self.at);
+        self.filling = filling;
+        self.stage = Stage::BigBulk { remaining, len };
+    }
+
+    /// How many bytes the large bulk string being read still needs.
+    fn filling_needs(&self) -> usize {
+        match self.stage {
+            Stage::BigBulk { len, .. } => len + 2 - self.filling.len(),
+            _ => 0,
         }
     }
 }
@@ -372,7 +464,7 @@ impl Progress {
 /// by spaces; `"..."` with `\n \r \t \b \a \\ \"` and `\xHH` escapes;
 /// `'...'` with `\'`; a closing quote must be followed by a space or the
 /// end; a NUL byte ends the line.
-fn split_inline(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) -> Result<(), ProtocolError> {
+fn split_inline(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Arg>) -> Result<(), ProtocolError> {
     out.clear();
     ranges.clear();
     let line = line.iter().position(|&b| b == 0).map_or(line, |nul| &line[..nul]);
@@ -442,7 +534,7 @@ fn split_inline(line: &[u8], out: &mut Vec<u8>, ranges: &mut Vec<Range<usize>>) 
                 i += 1;
             }
         }
-        ranges.push(start..out.len());
+        ranges.push(Arg::In(start..out.len()));
     }
 }
 
@@ -480,16 +572,49 @@ impl Parser {
         Parser { buf: bytes, ..Parser::default() }
     }
 
-    /// Bytes received and not handed out as requests yet.
-    pub fn pending(&self) -> &[u8] {
-        &self.buf[self.start..]
+    /// Bytes received and not handed out as requests yet, as a client
+    /// would send them: the bytes themselves, or, once large bulk strings
+    /// of the request under way were moved to their own buffers, the same
+    /// request written again (canonical RESP, which parses the same).
+    pub fn pending(&self) -> Cow<'_, [u8]> {
+        let progress = &self.progress;
+        let remaining = match progress.stage {
+            Stage::BigBulk { remaining, .. } => remaining,
+            Stage::Bulks { remaining, .. } if !progress.big.is_empty() => remaining,
+            _ => return Cow::Borrowed(&self.buf[self.start..]),
+        };
+        let mut out = Vec::new();
+        array(&mut out, progress.args.len() + remaining);
+        for arg in &progress.args {
+            bulk(
+                &mut out,
+                Some(match arg {
+                    Arg::In(range) => &self.buf[range.clone()],
+                    Arg::Big(k) => &progress.big[*k],
+                }),
+            );
+        }
+        match progress.stage {
+            Stage::Bulks { len: Some(len), .. } | Stage::BigBulk { len, .. } => {
+                out.push(b'$');
+                decimal(&mut out, len as i64);
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => {}
+        }
+        out.extend_from_slice(&progress.filling);
+        out.extend_from_slice(&self.buf[progress.at..]);
+        Cow::Owned(out)
     }
 
-    /// Bytes this parser holds in memory (its buffer's capacity).
+    /// Bytes this parser holds in memory (its buffers' capacity).
     pub fn capacity(&self) -> usize {
+        let progress = &self.progress;
         self.buf.capacity()
-            + self.progress.inline.capacity()
-            + self.progress.args.capacity() * std::mem::size_of::<Range<usize>>()
+            + progress.inline.capacity()
+            + progress.filling.capacity()
+            + progress.big.iter().map(Vec::capacity).sum::<usize>()
+            + progress.args.capacity() * std::mem::size_of::<Arg>()
     }
 
     /// Appends the bytes of a read.
@@ -501,14 +626,24 @@ impl Parser {
             self.start = 0;
             return;
         }
-        self.compact(bytes.len());
-        self.append(&bytes);
+        self.feed_slice(&bytes);
     }
 
     /// As [`Parser::feed`], from a slice.
-    pub fn feed_slice(&mut self, bytes: &[u8]) {
+    pub fn feed_slice(&mut self, mut bytes: &[u8]) {
+        let needs = self.progress.filling_needs();
+        if needs > 0 {
+            let (into_big, rest) = bytes.split_at(needs.min(bytes.len()));
+            let Stage::BigBulk { len, .. } = self.progress.stage else { unreachable!("needs bytes") };
+            append_capped(&mut self.progress.filling, into_big, Some(len + 2));
+            bytes = rest;
+            if bytes.is_empty() {
+                return;
+            }
+        }
         self.compact(bytes.len());
-        self.append(bytes);
+        let end = self.progress.bulk_end();
+        append_capped(&mut self.buf, bytes, end);
     }
 
     /// Drops the bytes handed out, before `incoming` more bytes arrive.
@@ -528,27 +663,12 @@ impl Parser {
         self.start = 0;
     }
 
-    /// Appends `bytes`, growing the buffer geometrically but never past the
-    /// end of the bulk string under way (if `bytes` do not cross it).
-    fn append(&mut self, bytes: &[u8]) {
-        let needed = self.buf.len() + bytes.len();
-        if needed > self.buf.capacity() {
-            let doubled = (self.buf.capacity() * 2).max(needed);
-            let target = match self.progress.bulk_end() {
-                Some(end) if end >= needed => doubled.min(end),
-                _ => doubled,
-            };
-            self.buf.reserve_exact(target - self.buf.len());
-        }
-        self.buf.extend_from_slice(bytes);
-    }
-
     /// The next whole request in what was fed, if there is one. Errors are
     /// Redis's; after one, answer it and close the connection.
     ///
     /// # Errors
     /// [`ProtocolError`]: the bytes are not RESP.
-    pub fn next_request(&mut self) -> Result<Option<Args<'_>>, ProtocolError> {
+    pub fn next_request(&mut self) -> Result<Option<Request<'_>>, ProtocolError> {
         if let Some(error) = self.failed {
             return Err(error);
         }
@@ -567,6 +687,8 @@ impl Parser {
                         self.buf = Vec::new();
                         self.start = 0;
                         self.progress.release();
+                    } else {
+                        self.progress.go_big(&mut self.buf);
                     }
                     return Ok(None);
                 }
@@ -579,10 +701,25 @@ impl Parser {
     }
 }
 
+/// Appends `bytes` to `vec`, growing it geometrically but never past
+/// `end` if the bytes do not cross it (the end of the bulk string awaited).
+fn append_capped(vec: &mut Vec<u8>, bytes: &[u8], end: Option<usize>) {
+    let needed = vec.len() + bytes.len();
+    if needed > vec.capacity() {
+        let doubled = (vec.capacity() * 2).max(needed).max(64);
+        let target = match end {
+            Some(end) if end >= needed => doubled.min(end),
+            _ => doubled,
+        };
+        vec.reserve_exact(target - vec.len());
+    }
+    vec.extend_from_slice(bytes);
+}
+
 /// Kept as its unconsumed bytes (MessagePack `bin`).
 impl Serialize for Parser {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(self.pending())
+        serializer.serialize_bytes(&self.pending())
     }
 }
 
@@ -676,7 +813,8 @@ pub fn parse(buf: &[u8]) -> Parsed {
     let mut progress = Progress::default();
     match progress.step(buf) {
         Step::Request { inline } => {
-            Parsed::Request { args: progress.request(buf, inline).to_vecs(), consumed: progress.at }
+            let args = progress.request(buf, inline).to_vecs();
+            Parsed::Request { args, consumed: progress.at }
         }
         Step::Skip => Parsed::Skip { consumed: progress.at },
         Step::Incomplete => Parsed::Incomplete,
@@ -961,33 +1099,40 @@ mod tests {
     }
 
     #[test]
-    fn a_huge_bulk_string_grows_the_buffer_to_its_size_and_no_further() {
+    fn a_huge_bulk_string_is_read_into_its_own_buffer_and_handed_over_without_a_copy() {
         let len = 16 * 1024 * 1024 + 3;
         let header = format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${len}\r\n");
         let mut parser = Parser::new();
-        parser.feed(header.clone().into_bytes());
+        // The header and the first bytes of the value in one read.
+        parser.feed([header.as_bytes(), &[b'v'; 100]].concat());
         assert!(parser.next_request().unwrap().is_none());
         let chunk = vec![b'v'; 65_536];
-        let mut sent = 0;
+        let mut sent = 100;
         while sent < len {
             let n = chunk.len().min(len - sent);
             parser.feed_slice(&chunk[..n]);
             assert!(parser.next_request().unwrap().is_none());
             sent += n;
         }
-        assert!(
-            parser.buf.capacity() <= header.len() + len + 2,
-            "capacity {} for a request of {}",
-            parser.buf.capacity(),
-            header.len() + len + 2
-        );
-        parser.feed(b"\r\n".to_vec());
-        let args = parser.next_request().unwrap().expect("the SET, whole");
-        assert_eq!(args.len(), 3);
-        assert_eq!(args[2].len(), len);
-        assert!(args[2].iter().all(|&b| b == b'v'));
+        assert_eq!(parser.progress.filling.capacity(), len + 2, "grown to the value's size and no further");
+        assert!(parser.buf.capacity() < 1024, "the buffer holds the header only: {}", parser.buf.capacity());
+        // The line end, and the next request, in one read.
+        parser.feed(b"\r\nPING\r\n".to_vec());
+        let mut request = parser.next_request().unwrap().expect("the SET, whole");
+        assert_eq!(request.len(), 3);
+        assert_eq!(&request[1], b"k");
+        let value = request.take(2);
+        assert_eq!(value.len(), len);
+        assert_eq!(value.capacity(), len + 2, "the parser's own buffer, not a copy");
+        assert!(value.iter().all(|&b| b == b'v'));
+        assert_eq!(&parser.next_request().unwrap().expect("the PING")[0], b"PING");
         assert!(parser.next_request().unwrap().is_none());
-        assert_eq!(parser.buf.capacity(), 0, "the buffer is freed once handed out");
+        let progress = &parser.progress;
+        assert_eq!(
+            (parser.buf.capacity(), progress.filling.capacity(), progress.big.capacity()),
+            (0, 0, 0),
+            "every buffer is freed once handed out"
+        );
 
         // Announcing the largest bulk string allocates nothing.
         let mut parser = Parser::new();
@@ -1000,6 +1145,41 @@ mod tests {
     }
 
     #[test]
+    fn large_arguments_split_anywhere_and_kept_as_pending_bytes_give_the_same_requests() {
+        let big_a = vec![b'a'; BIG_ARG + 5];
+        let big_b: Vec<u8> = (0..BIG_ARG * 2).map(|i| i as u8).collect();
+        let arrays: [&[&[u8]]; 3] = [
+            &[b"MSET", b"k1", &big_a, b"k2", b"small", b"k3", &big_b],
+            &[b"GET", b"k1"],
+            &[b"SET", b"k", &big_a],
+        ];
+        let stream: Vec<u8> = arrays.iter().flat_map(|args| encode(args)).collect();
+        let expected: Vec<Vec<Vec<u8>>> =
+            arrays.iter().map(|args| args.iter().map(|a| a.to_vec()).collect()).collect();
+        let interesting: Vec<usize> = (0..=stream.len())
+            .filter(|&at| {
+                at < 200 || at % 997 == 0 || stream.len() - at < 200 || (BIG_ARG..BIG_ARG + 64).contains(&at)
+            })
+            .collect();
+        for &cut in &interesting {
+            assert_eq!(requests_cut_at(&stream, &[cut]).unwrap(), expected, "cut at {cut}");
+            // Kept as its pending bytes at the cut (as across an upgrade),
+            // then fed the rest in 4 KiB reads.
+            let mut parser = Parser::new();
+            let mut found = Vec::new();
+            parser.feed(stream[..cut].to_vec());
+            drain(&mut parser, &mut found).unwrap();
+            let mut kept = Parser::from_pending(parser.pending().into_owned());
+            for chunk in stream[cut..].chunks(4096) {
+                kept.feed(chunk.to_vec());
+                drain(&mut kept, &mut found).unwrap();
+            }
+            drain(&mut kept, &mut found).unwrap();
+            assert_eq!(found, expected, "kept at {cut}");
+        }
+    }
+
+    #[test]
     fn consumed_bytes_are_dropped_and_large_buffers_given_back() {
         let mut parser = Parser::new();
         let big = encode(&[b"SET", b"k", &vec![b'v'; 1 << 20]]);
@@ -1008,7 +1188,7 @@ mod tests {
         parser.feed(stream);
         assert_eq!(parser.next_request().unwrap().unwrap()[2].len(), 1 << 20);
         assert!(parser.next_request().unwrap().is_none());
-        assert_eq!(parser.pending(), b"*2\r\n$3\r\nGET");
+        assert_eq!(&*parser.pending(), b"*2\r\n$3\r\nGET");
         parser.feed(b"\r\n$1\r\nk\r\n".to_vec());
         assert!(parser.capacity() < 1024, "the 1 MiB buffer was replaced: {}", parser.capacity());
         assert_eq!(parser.next_request().unwrap().unwrap().to_vecs(), [b"GET".to_vec(), b"k".to_vec()]);

@@ -56,6 +56,113 @@ pub enum PortEvent {
     },
 }
 
+/// Limits of a listener and of each connection it accepts
+/// ([`Ctx::listen_with`]). Every option is optional: `None` keeps the
+/// node's default. Build it with `..ListenOptions::default()` so that code
+/// keeps compiling when options are added:
+///
+/// ```
+/// # use relive_abi::ListenOptions;
+/// # use std::time::Duration;
+/// let opts = ListenOptions {
+///     max_connections: Some(10_000),
+///     refusal: Some(b"-ERR max number of clients reached\r\n".to_vec()),
+///     idle_timeout: Some(Duration::from_secs(300)),
+///     ..ListenOptions::default()
+/// };
+/// ```
+///
+/// The options cross the ABI as MessagePack with only the options that are
+/// set ([`crate::HostVtable::listen_with`]); a node that does not know one
+/// of them refuses the listen with an error naming it rather than ignoring
+/// a limit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenOptions {
+    /// Connections of this listener open at once (at least 1); a client
+    /// over it is sent [`ListenOptions::refusal`] and closed, as Redis's
+    /// `maxclients`. The node's own cap applies as well. `None`: no cap of
+    /// the listener's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<u32>,
+    /// Written to a client refused for a cap before its close, e.g.
+    /// `-ERR max number of clients reached\r\n`. `None`: closed without a
+    /// word.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "some_bytes")]
+    pub refusal: Option<Vec<u8>>,
+    /// A connection with no bytes read or written for this long closes,
+    /// and its owner gets [`PortEvent::Closed`] with a reason starting
+    /// `idle timeout` (Redis's `timeout`). `None`: never (the default).
+    /// Crosses as whole milliseconds, rounded up.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        rename = "idle_timeout_ms",
+        with = "some_millis"
+    )]
+    pub idle_timeout: Option<Duration>,
+    /// Output bytes of a connection that may wait unsent for a peer that
+    /// does not read before the connection stops reading; twice this closes
+    /// it. `None`: the node's default (512 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_buffered_bytes: Option<u64>,
+    /// Bytes of a connection delivered to this process and not yet handled
+    /// before the connection stops reading (backpressure). `None`: the
+    /// node's default (4 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unhandled_bytes: Option<u64>,
+}
+
+/// `Option<Vec<u8>>` as MessagePack `bin` (see [`bytes`]).
+mod some_bytes {
+    use serde::de::Deserializer;
+    use serde::ser::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(
+        bytes: &Option<Vec<u8>>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match bytes {
+            Some(bytes) => serializer.serialize_bytes(bytes),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Vec<u8>>, D::Error> {
+        super::bytes::deserialize(deserializer).map(Some)
+    }
+}
+
+/// `Option<Duration>` as whole milliseconds, rounded up (so a positive
+/// duration never becomes zero).
+mod some_millis {
+    use std::time::Duration;
+
+    use serde::de::{Deserialize, Deserializer};
+    use serde::ser::Serializer;
+
+    pub(super) fn serialize<S: Serializer>(
+        duration: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match duration {
+            Some(duration) => {
+                let millis = duration.as_nanos().div_ceil(1_000_000);
+                serializer.serialize_u64(u64::try_from(millis).unwrap_or(u64::MAX))
+            }
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        u64::deserialize(deserializer).map(|ms| Some(Duration::from_millis(ms)))
+    }
+}
+
 /// `Vec<u8>` as MessagePack `bin` (serde's default is an array of
 /// integers, twice the size and much slower); reads either.
 mod bytes {
@@ -640,6 +747,40 @@ impl Ctx<'_> {
         }
     }
 
+    /// As [`Ctx::listen_at`], with limits for the listener and each
+    /// connection it accepts ([`ListenOptions`]): a connection cap with the
+    /// line a refused client gets, an idle timeout, and the backpressure
+    /// thresholds.
+    ///
+    /// # Errors
+    /// The address does not parse or cannot be bound, an option is out of
+    /// range (`max_connections` or `idle_timeout` of zero), or the node
+    /// does not know an option.
+    pub fn listen_with(&mut self, addr: &str, options: &ListenOptions) -> Result<(PortId, String), Error> {
+        let opts =
+            rmp_serde::to_vec_named(options).map_err(|e| Error(format!("encoding listen options: {e}")))?;
+        let mut port = 0u64;
+        let mut text = Vec::new();
+        let mut out = OutBuf::for_vec(&mut text);
+        // SAFETY: host function with this call's host handle; `addr` and
+        // `opts` live across the call; `port` and `out` are valid for
+        // writes across it.
+        let status = unsafe {
+            (self.vtable().listen_with)(
+                self.host.host,
+                RStr::new(addr),
+                RBytes::from_slice(&opts),
+                &mut port,
+                &mut out,
+            )
+        };
+        let text = String::from_utf8_lossy(&text).into_owned();
+        match Status::from_u32(status) {
+            Status::Ok => Ok((PortId(port), text)),
+            _ => Err(Error(text)),
+        }
+    }
+
     /// Queues `bytes` on connection `port`; they are written in order
     /// without blocking this process.
     pub fn port_send(&mut self, port: PortId, bytes: &[u8]) -> Result<(), Error> {
@@ -889,6 +1030,44 @@ fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only the options that are set cross, by name, with the timeout in
+    /// milliseconds rounded up; they decode back, and an unknown key (an
+    /// option this side does not know) is refused by name.
+    #[test]
+    fn listen_options_cross_as_a_map_of_what_is_set() {
+        #[derive(Debug, PartialEq, Deserialize)]
+        struct Wire {
+            max_connections: u32,
+            #[serde(with = "bytes")]
+            refusal: Vec<u8>,
+            idle_timeout_ms: u64,
+        }
+        let options = ListenOptions {
+            max_connections: Some(3),
+            refusal: Some(b"-ERR full\r\n".to_vec()),
+            idle_timeout: Some(Duration::from_micros(1500)),
+            ..ListenOptions::default()
+        };
+        let bytes = rmp_serde::to_vec_named(&options).unwrap();
+        let wire: Wire = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(wire, Wire { max_connections: 3, refusal: b"-ERR full\r\n".to_vec(), idle_timeout_ms: 2 });
+        let back: ListenOptions = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(back.idle_timeout, Some(Duration::from_millis(2)));
+        assert_eq!(back.max_buffered_bytes, None);
+
+        let none = rmp_serde::to_vec_named(&ListenOptions::default()).unwrap();
+        assert_eq!(none, [0x80], "nothing set: an empty map");
+
+        #[derive(Serialize)]
+        struct Newer {
+            max_connections: u32,
+            max_frobs: u32,
+        }
+        let newer = rmp_serde::to_vec_named(&Newer { max_connections: 1, max_frobs: 2 }).unwrap();
+        let refused = rmp_serde::from_slice::<ListenOptions>(&newer).unwrap_err().to_string();
+        assert!(refused.contains("max_frobs"), "{refused}");
+    }
 
     #[derive(Debug, Default, PartialEq, Deserialize)]
     #[serde(default)]

@@ -11,8 +11,8 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RELIVE\x00\x01");
 /// [`HostVtable::port_close`]) and [`INFO_PORT`]. 3 added links, monitors,
 /// exit trapping and signals, the registry, deferred replies, outbound
 /// connections, port hand-over and the node's configuration
-/// ([`HostVtable::link`] to [`HostVtable::config`]),
-/// [`ModuleVtable::config_change`], and the monitor in [`INFO_DOWN`].
+/// ([`HostVtable::link`] to [`HostVtable::config`]), listener options
+/// ([`HostVtable::listen_with`]), [`ModuleVtable::config_change`], and the monitor in [`INFO_DOWN`].
 pub const ABI_VERSION: u32 = 3;
 
 /// The symbol a module exports: `extern "C" fn() -> *const ModuleVtable`.
@@ -309,6 +309,22 @@ pub struct HostVtable {
     /// Since ABI 3. Writes the node's configuration (MessagePack; an empty
     /// map when none was set) to `out`.
     pub config: unsafe extern "C" fn(host: *mut c_void, out: *mut OutBuf) -> u32,
+    /// Since ABI 3 (appended before its release, so no version bump). As
+    /// [`HostVtable::listen`], with limits for the listener and each
+    /// connection it accepts: `opts` is MessagePack of a map with the
+    /// options that are set, by name (`max_connections`, `refusal`,
+    /// `idle_timeout_ms`, `max_buffered_bytes`, `max_unhandled_bytes`; see
+    /// [`crate::ListenOptions`]); an absent key keeps the node's default.
+    /// The options cross as bytes so that more can be added without another
+    /// change to this table; a node refuses (error text in `out`) a key it
+    /// does not know, so a limit is never silently ignored.
+    pub listen_with: unsafe extern "C" fn(
+        host: *mut c_void,
+        addr: RStr,
+        opts: RBytes,
+        port_out: *mut u64,
+        out: *mut OutBuf,
+    ) -> u32,
 }
 
 /// A module: what its exported function returns. Every function pointer is

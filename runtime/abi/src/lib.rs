@@ -28,7 +28,9 @@
 //!   monitors, exit trapping and exit signals, the registry ([`Ctx::link`],
 //!   [`Ctx::monitor`], [`Ctx::trap_exit`], [`Ctx::exit`], [`Ctx::register`]);
 //!   deferred replies ([`Ctx::defer_reply`], [`Ctx::reply`]); TCP ports
-//!   ([`Ctx::listen`], [`Ctx::connect`], [`Ctx::port_set_owner`]); and the
+//!   ([`Ctx::listen`], [`Ctx::listen_with`] with [`ListenOptions`] for
+//!   connection caps, idle timeouts and backpressure, [`Ctx::connect`],
+//!   [`Ctx::port_set_owner`]); and the
 //!   node's configuration ([`Ctx::config`], [`Behaviour::config_change`]).
 //!   The node owns everything those make (links, monitors, names, pending
 //!   calls, sockets) on the process's behalf, not on its code's, so all of
@@ -37,9 +39,11 @@
 //!   client's connection stays open. Port events reach `handle_info` as
 //!   [`Info::Port`] with a [`PortEvent`] (kind [`INFO_PORT`]).
 //! - New host services are only ever appended to the [`HostVtable`], and
-//!   each addition bumps [`ABI_VERSION`] (2: the port services; 3: links,
-//!   monitors, signals, registry, deferred replies, connect, port hand-over,
-//!   configuration). A node loads only libraries of its own ABI version.
+//!   each addition bumps [`ABI_VERSION`] once it is released (2: the port
+//!   services; 3: links, monitors, signals, registry, deferred replies,
+//!   connect, port hand-over, configuration, listener options). Options
+//!   that may grow cross as MessagePack maps ([`ListenOptions`]), so adding
+//!   one needs no new entry. A node loads only libraries of its own ABI version.
 //! - [`ModuleVtable::describe_types`] writes a description of the state and
 //!   message types (their serde shape, traced with serde-reflection); the node
 //!   fingerprints it so a layout change without a version bump is refused.
@@ -90,8 +94,8 @@ mod ffi;
 pub mod glue;
 
 pub use author::{
-    Behaviour, ConfigChange, Ctx, Error, Extra, Info, LogLevel, MonitorRef, Pid, PortEvent, PortId,
-    ReplyToken, StateBytes, TimerRef,
+    Behaviour, ConfigChange, Ctx, Error, Extra, Info, ListenOptions, LogLevel, MonitorRef, Pid, PortEvent,
+    PortId, ReplyToken, StateBytes, TimerRef,
 };
 pub use ffi::{
     ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC,
@@ -105,8 +109,8 @@ pub const ABI_CRATE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What a module author needs in scope.
 pub mod prelude {
     pub use crate::{
-        Behaviour, ConfigChange, Ctx, Error, Extra, Info, LogLevel, MonitorRef, Pid, PortEvent, PortId,
-        ReplyToken, StateBytes, TimerRef, Version,
+        Behaviour, ConfigChange, Ctx, Error, Extra, Info, ListenOptions, LogLevel, MonitorRef, Pid,
+        PortEvent, PortId, ReplyToken, StateBytes, TimerRef, Version,
     };
     pub use serde::{Deserialize, Serialize};
 }
