@@ -113,22 +113,19 @@ fn broken_v2() -> &'static PathBuf {
     static BUILT: OnceLock<PathBuf> = OnceLock::new();
     BUILT.get_or_init(|| {
         let dir = shared_dir("bad-abi");
-        // The bad-abi library, built by `relive release build` like every
-        // example module.
-        let app = dir.join("bad-abi-app");
-        std::fs::create_dir_all(&app).unwrap();
-        std::fs::write(
-            app.join("release.toml"),
-            format!(
-                "[release]\nname = \"badabi\"\nversion = \"1.0.0\"\n\n[[module]]\nname = \"counter\"\ncrate = {:?}\n",
-                repo().join("examples").join("bad-abi").to_str().unwrap()
-            ),
-        )
-        .unwrap();
-        let built = build(&app, &dir.join("built"));
-        let contents = relive_releases::archive::read(&built, None, false).expect("the bad-abi archive");
+        // The bad-abi library, built by cargo as the examples are (`relive
+        // release build` refuses it, rightly: it checks each library's ABI).
+        let target = repo().join("target").join("examples");
+        let status = std::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--quiet", "-p", "bad-abi", "--manifest-path"])
+            .arg(repo().join("examples").join("Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("running cargo");
+        assert!(status.success(), "building examples/bad-abi failed");
         let library = dir.join("libcounter.so");
-        std::fs::write(&library, &contents.libraries[0].bytes).unwrap();
+        std::fs::copy(target.join("release").join("libbad_abi.so"), &library).unwrap();
         let manifest_path = repo().join("examples/releases/counter-2.0.0/release.toml");
         let manifest = relive_releases::manifest::Manifest::from_path(&manifest_path).unwrap();
         let forged = relive_releases::archive::build(
