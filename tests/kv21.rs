@@ -198,6 +198,16 @@ fn kv_2_1_0_upgrades_live_from_2_0_0_and_back_and_refuses_to_go_down_with_binary
     assert_eq!(client.cmd_bytes(&[b"GET", b"\xff"]), bulk(b"a"));
     assert_eq!(client.cmd_bytes(&[b"GET", b"\xfe"]), bulk(b"b"));
 
+    // The controller's undo of that deploy is refused the same way, before
+    // any process moves: no half rollback, nothing recorded in the store.
+    let err = failure(&["rollback", "--root", r]);
+    assert!(err.contains("2 keys are not (\"\\xfe\", \"\\xff\")"), "{err}");
+    assert!(err.contains("nothing was moved back"), "{err}");
+    assert!(err.contains("the node still runs kv 2.1.0"), "{err}");
+    assert_eq!(node.call("kv", r#""Version""#), "2.1.0");
+    assert_eq!(node.status()["release"]["version"], "2.1.0");
+    assert_eq!(client.cmd_bytes(&[b"GET", b"\xfe"]), bulk(b"b"));
+
     // Down to 2.0.0 through a deploy: refused, naming the keys; kv stays
     // on 2.1.0 with every key, the client still connected.
     let err = failure(&["deploy", v200.to_str().unwrap(), "--root", r]);

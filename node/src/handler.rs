@@ -834,6 +834,26 @@ impl ReleaseHandler {
             }
         };
         *self.last_report.lock() = Some(report.clone());
+        if let Some(undone) = report.rollback.as_ref().filter(|r| !r.complete()) {
+            // Some processes still run the new code: the store keeps
+            // recording the release that runs, not the one half reached.
+            let why: Vec<String> = undone
+                .failed
+                .iter()
+                .map(|(pid, error)| format!("{pid}: {error}"))
+                .chain(undone.errors.iter().cloned())
+                .collect();
+            return Err(Failure {
+                error: format!(
+                    "the rollback to {back} is incomplete ({}); the store still records {} as current: \
+                     fix what failed, then deploy the release you want",
+                    why.join("; "),
+                    info_label(&from)
+                ),
+                report: Some(Box::new(report)),
+                dry_run: None,
+            });
+        }
         let mut store = self.store.lock();
         if let Err(error) = store.install(&step.from.name, &step.from.version) {
             return Err(Failure {

@@ -438,6 +438,25 @@ impl Controller {
             let report = tx.report("rollback", Outcome::Aborted { failure: failure.clone() }, None);
             return Err(UpgradeError::Aborted { failure: Box::new(failure), report: Box::new(report) });
         }
+        // A downgrade that would fail refuses the rollback before anything
+        // moves: half a rollback would leave processes on both versions.
+        let limits = tx.limits();
+        for undo in &last.undo {
+            let Undo::Moved(set) = undo else { continue };
+            if let Err((pid, error)) = migrate::check_move_back(&self.node, set, &limits) {
+                let failure = Failure {
+                    instruction: 0,
+                    step: "rollback".into(),
+                    pid: Some(pid),
+                    name: self.node.name_of(pid).map(|n| n.to_string()),
+                    module: Some(set.module.clone()),
+                    error: format!("{error}; nothing was moved back"),
+                };
+                *self.last.lock() = Some(last);
+                let report = tx.report("rollback", Outcome::Aborted { failure: failure.clone() }, None);
+                return Err(UpgradeError::Aborted { failure: Box::new(failure), report: Box::new(report) });
+            }
+        }
         let rollback = tx.undo_all(last.undo);
         tx.upgrade_time = tx.started.elapsed();
         // What this rollback moved: its processes and their pauses.

@@ -254,6 +254,43 @@ fn move_back_in_place(
     Ok(MovedBack::Downgraded)
 }
 
+/// Checks, before an explicit rollback moves anyone, that every process
+/// of `set` that would need `downgrade` (it handled messages on the new
+/// code, or started on it) gets a state the old version accepts: each
+/// builds that state off to the side, in its own turn, and drops it. The
+/// first refusal, as (pid, why); nothing is switched either way.
+pub(crate) fn check_move_back(node: &Node, set: &MovedSet, limits: &Limits) -> Result<(), (Pid, String)> {
+    let handled_at_switch: std::collections::HashMap<Pid, u64> = set
+        .processes
+        .iter()
+        .filter(|p| p.old_state.is_some())
+        .map(|p| (p.pid, p.handled_at_switch))
+        .collect();
+    let mut group = TaskGroup::new();
+    for pid in set.to.processes() {
+        let (from, to) = (Arc::clone(&set.from), Arc::clone(&set.to));
+        let restorable = handled_at_switch.get(&pid).copied();
+        // A process that is gone has nothing to move back.
+        let _ = group.queue(node, pid, move |actor, _guard| {
+            let process = actor.as_module_process().ok_or("not a module process")?;
+            if !Arc::ptr_eq(process.code(), &to) || restorable == Some(process.handled()) {
+                return Ok(());
+            }
+            process.migrated_state(&from, &[]).map(drop).map_err(|e| {
+                format!("moving {} {} back to {} would fail: {e}", to.name(), to.version(), from.version())
+            })
+        });
+    }
+    for (pid, result) in group.collect(limits.reach, limits.code_change) {
+        match result {
+            Ok(done) => done.value.map_err(|error: String| (pid, error))?,
+            Err(TaskError::Exited) => {}
+            Err(error) => return Err((pid, error.to_string())),
+        }
+    }
+    Ok(())
+}
+
 /// What moving processes back did.
 #[derive(Default)]
 pub(crate) struct BackOutcome {
