@@ -4,7 +4,8 @@
 //! hand-over, listener options (`listen_with`), the node's configuration
 //! and `config_change`, and that what the node holds for a process (links,
 //! monitors, a deferred call, a port, its name) outlives a switch of its
-//! code.
+//! code. Also kv 2.1.0's `maxclients` and `timeout`, the options' first
+//! real user.
 
 mod support;
 
@@ -560,5 +561,45 @@ fn a_library_of_another_abi_version_is_refused_with_what_to_do() {
         assert!(text.contains(&part), "{text:?} should contain {part:?}");
     }
     assert_eq!(relive_abi::ABI_VERSION, 3);
+    node.shutdown();
+}
+
+/// kv 2.1.0, a real module, takes its listener's limits from its init
+/// arguments, as Redis's `maxclients` and `timeout`: a client over the cap
+/// gets Redis's error and a close, and an idle client is disconnected.
+#[test]
+fn kv_takes_maxclients_and_timeout_from_its_arguments() {
+    let (node, _dir) = support::node_with_code();
+    node.code_server().unwrap().load(&support::library("kv-v4")).expect("loading kv 2.1.0");
+    let args = json!({"listen": "127.0.0.1:0", "maxclients": 2, "timeout": 1});
+    let kv = node.spawn_module("kv", support::payload(args), T).expect("starting kv");
+    let addr = call(&node, kv, json!("Addr")).as_str().unwrap().to_string();
+    let ping = |client: &mut TcpStream| {
+        client.write_all(b"*1\r\n$4\r\nPING\r\n").unwrap();
+        read_n(client, 7)
+    };
+    let mut first = TcpStream::connect(&addr).unwrap();
+    first.set_read_timeout(Some(T)).unwrap();
+    let mut second = TcpStream::connect(&addr).unwrap();
+    second.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(ping(&mut first), "+PONG\r\n");
+    assert_eq!(ping(&mut second), "+PONG\r\n");
+    let mut over = TcpStream::connect(&addr).unwrap();
+    over.set_read_timeout(Some(T)).unwrap();
+    let mut refused = Vec::new();
+    over.read_to_end(&mut refused).unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused), "-ERR max number of clients reached\r\n");
+    // Left alone, both clients are disconnected after `timeout`.
+    for client in [&mut first, &mut second] {
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).unwrap(), 0, "an idle client is disconnected");
+    }
+    let mut late = TcpStream::connect(&addr).unwrap();
+    late.set_read_timeout(Some(T)).unwrap();
+    assert_eq!(ping(&mut late), "+PONG\r\n", "the seats are free again");
+
+    let zero = json!({"listen": "127.0.0.1:0", "maxclients": 0});
+    let error = node.spawn_module("kv", support::payload(zero), T).unwrap_err().to_string();
+    assert!(error.contains("max_connections is 0"), "{error}");
     node.shutdown();
 }

@@ -29,6 +29,12 @@
 //!   and PXAT; EXPIRE and PEXPIRE take NX, XX, GT and LT; FLUSHALL takes
 //!   ASYNC or SYNC (both run at once).
 //!
+//! - Its listener takes Redis's `maxclients` (default 10000; a client over
+//!   it gets Redis's error and a close) and `timeout` (seconds before an
+//!   idle client is disconnected; default 0, never) from the init
+//!   arguments. A process upgraded from 2.0.x keeps 2.0's listener, and
+//!   its limits, until it restarts.
+//!
 //! The rest is 2.0.0's: active expiry on its own timer (with a generation,
 //! so one chain runs), counts cast to `stats` in batches, INFO answered by
 //! stats, and the `call` API (`Request`), whose keys are text.
@@ -219,7 +225,23 @@ enum StatsReply {
 pub struct Start {
     /// Where to listen (`host:port`).
     listen: String,
+    /// Clients connected at once, as Redis's `maxclients`: one more is
+    /// sent [`MAX_CLIENTS_REACHED`] and closed.
+    #[serde(default = "default_maxclients")]
+    maxclients: u32,
+    /// Seconds a client may stay idle before it is disconnected, as
+    /// Redis's `timeout`; 0 (the default) never.
+    #[serde(default)]
+    timeout: u64,
 }
+
+/// Redis's default `maxclients`.
+fn default_maxclients() -> u32 {
+    10_000
+}
+
+/// What Redis tells a client over `maxclients`.
+const MAX_CLIENTS_REACHED: &[u8] = b"-ERR max number of clients reached\r\n";
 
 /// Requests of the `call` API: 2.0.0's (keys given as text).
 #[derive(Deserialize)]
@@ -900,7 +922,13 @@ impl Behaviour for Kv {
     type Info = Tick;
 
     fn init(start: Start, ctx: &mut Ctx<'_>) -> Result<Self, Error> {
-        let (listener, addr) = ctx.listen_at(&start.listen)?;
+        let limits = ListenOptions {
+            max_connections: Some(start.maxclients),
+            refusal: Some(MAX_CLIENTS_REACHED.to_vec()),
+            idle_timeout: (start.timeout > 0).then(|| Duration::from_secs(start.timeout)),
+            ..ListenOptions::default()
+        };
+        let (listener, addr) = ctx.listen_with(&start.listen, &limits)?;
         ctx.log(LogLevel::Info, &format!("kv {} listening on {addr}", env!("CARGO_PKG_VERSION")));
         let mut kv = Kv {
             values: HashMap::new(),
