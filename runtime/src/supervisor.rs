@@ -132,10 +132,13 @@ const DEFAULT_WORKER_SHUTDOWN: Duration = Duration::from_secs(5);
 /// this wait matter.
 const KILL_WAIT: Duration = Duration::from_secs(5);
 
-/// What a supervisor does when a child must be restarted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// What a supervisor does when a child must be restarted. Serialized
+/// (upgrade plans) by its OTP name, `one_for_one` ….
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Strategy {
     /// Restart only the child that exited.
+    #[default]
     OneForOne,
     /// Stop all other children, then restart all of them.
     OneForAll,
@@ -176,16 +179,29 @@ pub struct Flags {
     pub period: Duration,
 }
 
-/// When a child that exited is restarted.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// When a child that exited is restarted. Serialized (upgrade plans) by
+/// its OTP name, `permanent` ….
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Restart {
     /// Always.
+    #[default]
     Permanent,
     /// Only if it exited with a reason that is not
     /// [`ExitReason::is_clean`] (not `normal` or `shutdown`).
     Transient,
     /// Never; its spec is forgotten once it exits.
     Temporary,
+}
+
+impl fmt::Display for Restart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Restart::Permanent => "permanent",
+            Restart::Transient => "transient",
+            Restart::Temporary => "temporary",
+        })
+    }
 }
 
 /// How a child is stopped (see the module doc).

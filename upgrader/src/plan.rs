@@ -210,54 +210,9 @@ pub enum Instruction {
     },
 }
 
-/// A supervisor's restart strategy, as in OTP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Strategy {
-    /// Only the child that exited is restarted.
-    #[default]
-    OneForOne,
-    /// All children are restarted.
-    OneForAll,
-    /// The child that exited and those started after it are restarted.
-    RestForOne,
-    /// One template; children are started at run time.
-    SimpleOneForOne,
-}
-
-impl fmt::Display for Strategy {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Strategy::OneForOne => "one_for_one",
-            Strategy::OneForAll => "one_for_all",
-            Strategy::RestForOne => "rest_for_one",
-            Strategy::SimpleOneForOne => "simple_one_for_one",
-        })
-    }
-}
-
-/// When a supervisor restarts a child, as in OTP.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Restart {
-    /// Always.
-    #[default]
-    Permanent,
-    /// After an abnormal exit only.
-    Transient,
-    /// Never.
-    Temporary,
-}
-
-impl fmt::Display for Restart {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Restart::Permanent => "permanent",
-            Restart::Transient => "transient",
-            Restart::Temporary => "temporary",
-        })
-    }
-}
+/// A supervisor's restart strategy and a child's restart type are the
+/// runtime's own (serialized by their OTP names).
+pub use relive_runtime::supervisor::{Restart, Strategy};
 
 /// How a supervisor stops a child: `"brutal_kill"`, a number of
 /// milliseconds, or `"infinity"` in plan files.

@@ -27,30 +27,7 @@ use relive_runtime::module::{json_to_payload, payload_to_json};
 use relive_runtime::supervisor::{self, ChildSpec, SupervisorSpec};
 use relive_runtime::{CodeServer, Message, Node, Payload, Pid};
 
-use crate::plan::{ChildDef, Flags, ProcessDef, Restart, Shutdown, Strategy, SupervisorDef};
-
-impl Strategy {
-    /// The runtime's strategy.
-    pub fn to_runtime(self) -> supervisor::Strategy {
-        match self {
-            Strategy::OneForOne => supervisor::Strategy::OneForOne,
-            Strategy::OneForAll => supervisor::Strategy::OneForAll,
-            Strategy::RestForOne => supervisor::Strategy::RestForOne,
-            Strategy::SimpleOneForOne => supervisor::Strategy::SimpleOneForOne,
-        }
-    }
-}
-
-impl Restart {
-    /// The runtime's restart type.
-    pub fn to_runtime(self) -> supervisor::Restart {
-        match self {
-            Restart::Permanent => supervisor::Restart::Permanent,
-            Restart::Transient => supervisor::Restart::Transient,
-            Restart::Temporary => supervisor::Restart::Temporary,
-        }
-    }
-}
+use crate::plan::{ChildDef, Flags, ProcessDef, Shutdown, Strategy, SupervisorDef};
 
 impl Shutdown {
     /// The runtime's shutdown policy.
@@ -67,7 +44,7 @@ impl Flags {
     /// The runtime's flags.
     pub fn to_runtime(self) -> supervisor::Flags {
         supervisor::Flags {
-            strategy: self.strategy.to_runtime(),
+            strategy: self.strategy,
             intensity: self.intensity,
             period: Duration::from_millis(self.period_ms),
         }
@@ -137,7 +114,7 @@ pub fn child_spec(code: &Arc<CodeServer>, child: &ChildDef, in_simple: bool) -> 
 fn nested_spec(code: &Arc<CodeServer>, def: &SupervisorDef) -> Result<ChildSpec, String> {
     let spec = supervisor_spec(code, def)?;
     Ok(ChildSpec {
-        restart: def.restart.to_runtime(),
+        restart: def.restart,
         shutdown: def.shutdown.to_runtime(),
         ..ChildSpec::supervisor(def.id.as_str(), spec)
     })
@@ -166,7 +143,7 @@ fn process_spec(code: &Arc<CodeServer>, def: &ProcessDef, template: bool) -> Res
             Err(error) => panic!("starting a child of module {module}: {error}"),
         }
     });
-    let spec = ChildSpec { restart: def.restart.to_runtime(), shutdown: def.shutdown.to_runtime(), ..spec };
+    let spec = ChildSpec { restart: def.restart, shutdown: def.shutdown.to_runtime(), ..spec };
     Ok(if template { spec } else { spec.registered(def.id.as_str()) })
 }
 
