@@ -1362,8 +1362,11 @@ fn kill_self() -> ! {
     #[cfg(unix)]
     {
         let _ = rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
-        // The signal may take a moment to land.
-        std::thread::sleep(std::time::Duration::from_secs(5));
+        // The signal may take a moment to land (seconds on a machine
+        // loaded with other work): wait for it rather than abort.
+        for _ in 0..60 {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
     }
     std::process::abort()
 }
