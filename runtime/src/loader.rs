@@ -699,6 +699,7 @@ pub(crate) static HOST_VTABLE: HostVtable = HostVtable {
     port_set_owner: host_port_set_owner,
     config: host_config,
     listen_with: host_listen_with,
+    release_free_memory: host_release_free_memory,
 };
 
 /// Runs a host service for the module callback whose `HostCall` is `host`,
@@ -955,6 +956,15 @@ unsafe extern "C" fn host_listen_with(
                 Err(error) => write_error(out, &format!("cannot listen on {addr}: {error}")),
             }
         })
+    }
+}
+
+unsafe extern "C" fn host_release_free_memory(_host: *mut c_void) {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim has no preconditions: it only returns free pages
+    // of glibc's arenas to the kernel, under the allocator's own locks.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 

@@ -22,8 +22,9 @@
 //!   'set' command`, the same for EXPIRE and PEXPIRE), increments that
 //!   would overflow.
 //! - Memory goes back after DEL, expiry and FLUSHALL: FLUSHALL replaces the
-//!   map, and a map whose length falls below a quarter of its capacity is
-//!   shrunk. DBSIZE is O(1) as in Redis (it may count keys that expired
+//!   map, a map whose length falls below a quarter of its capacity is
+//!   shrunk, and after FLUSHALL or a DEL that shrank the map kv hands the
+//!   freed pages back to the system (`Ctx::release_free_memory`). DBSIZE is O(1) as in Redis (it may count keys that expired
 //!   since the last sweep, every second).
 //! - New commands: MGET, MSET; SET takes NX, XX, GET, KEEPTTL, EX, PX, EXAT
 //!   and PXAT; EXPIRE and PEXPIRE take NX, XX, GT and LT; FLUSHALL takes
@@ -575,8 +576,13 @@ impl Kv {
                 resp::simple(out, "OK");
             }
             "del" if n >= 2 => {
+                let capacity = self.values.capacity();
                 let removed =
                     args.iter().skip(1).filter(|k| self.remove(k).is_some_and(|e| e.live(now))).count();
+                if self.values.capacity() < capacity {
+                    // The map shrank: a large share of kv's memory was freed.
+                    ctx.release_free_memory();
+                }
                 resp::integer(out, removed as i64);
             }
             "exists" if n >= 2 => {
@@ -626,6 +632,9 @@ impl Kv {
                 // A new map: the old one's memory goes back at once (a
                 // cleared map would keep its capacity).
                 self.values = HashMap::new();
+                // glibc keeps the freed pages; hand them back (a node that
+                // held 1M keys otherwise stays at 77 MB, Redis at 11 MB).
+                ctx.release_free_memory();
                 resp::simple(out, "OK");
             }
             "flushall" | "flushdb" => resp::error(out, "ERR syntax error"),

@@ -943,6 +943,17 @@ impl Ctx<'_> {
 
 /// Outbound connections, port hand-over, and the node's configuration.
 impl Ctx<'_> {
+    /// Hands memory that was freed back to the system. The node's
+    /// allocator (glibc's malloc, shared by every module) keeps freed pages
+    /// for reuse, so a process that dropped a large map leaves the node's
+    /// resident size where it was; this returns them. It walks the heap:
+    /// call it after a large free (kv calls it after FLUSHALL), not on
+    /// every message.
+    pub fn release_free_memory(&mut self) {
+        // SAFETY: host function with this call's host handle.
+        unsafe { (self.vtable().release_free_memory)(self.host.host) }
+    }
+
     /// Connects to `addr` (`"127.0.0.1:6379"`), waiting at most `timeout`.
     /// The node owns the connection and lends it to this process, as an
     /// accepted one: its bytes arrive as [`Info::Port`] `Data` events (as

@@ -325,6 +325,11 @@ pub struct HostVtable {
         port_out: *mut u64,
         out: *mut OutBuf,
     ) -> u32,
+    /// Hands the allocator's free pages back to the system (glibc keeps
+    /// what a process frees in its arenas; a no-op elsewhere). For a module
+    /// that has just freed much memory (a FLUSHALL): it walks the heap, so
+    /// not for every callback.
+    pub release_free_memory: unsafe extern "C" fn(host: *mut c_void),
 }
 
 /// A module: what its exported function returns. Every function pointer is
