@@ -643,6 +643,20 @@ fn flood(addr: SocketAddr, total: usize) -> (TcpStream, thread::JoinHandle<usize
     (stream, handle)
 }
 
+/// The first connection (not a listener) `owner` owns, once accepted.
+fn connection_owned_by(node: &Node, owner: Pid) -> PortId {
+    let mut found = None;
+    let accepted = eventually(|| {
+        found = node
+            .ports()
+            .into_iter()
+            .find(|p| node.port_info(*p).is_some_and(|i| i.peer.is_some() && i.owner == owner));
+        found.is_some()
+    });
+    assert!(accepted, "no connection of {owner} was accepted");
+    found.unwrap()
+}
+
 #[test]
 fn a_slow_owner_stops_its_port_reading_until_it_catches_up() {
     let node = Node::start(NodeConfig::default());
@@ -656,16 +670,7 @@ fn a_slow_owner_stops_its_port_reading_until_it_catches_up() {
 
     let total = 32 * 1024 * 1024;
     let (_client, writer) = flood(listener.local_addr, total);
-    let port = loop {
-        if let Some(&port) = node
-            .ports()
-            .iter()
-            .find(|p| node.port_info(**p).is_some_and(|i| i.peer.is_some() && i.owner == owner))
-        {
-            break port;
-        }
-        thread::sleep(Duration::from_millis(1));
-    };
+    let port = connection_owned_by(&node, owner);
     assert!(eventually(|| node.port_info(port).unwrap().bytes_in >= 256 * 1024));
     // The owner is stuck on its first message: the port reads at most one
     // buffer past the limit, however long the client keeps sending.
@@ -708,16 +713,7 @@ fn a_client_that_never_reads_its_replies_stops_its_port_and_others_are_served() 
 
     let total = 32 * 1024 * 1024;
     let (client, writer) = flood(listener.local_addr, total);
-    let port = loop {
-        if let Some(&port) = node
-            .ports()
-            .iter()
-            .find(|p| node.port_info(**p).is_some_and(|i| i.peer.is_some() && i.owner == owner))
-        {
-            break port;
-        }
-        thread::sleep(Duration::from_millis(1));
-    };
+    let port = connection_owned_by(&node, owner);
     assert!(eventually(|| node.port_info(port).unwrap().bytes_queued > 4 * 1024 * 1024));
     thread::sleep(Duration::from_millis(300));
     let info = node.port_info(port).expect("the connection stays open");
