@@ -43,7 +43,7 @@ pub enum PortEvent {
         /// The connection.
         port: PortId,
         /// The bytes.
-        #[serde(with = "bytes")]
+        #[serde(with = "crate::bytes")]
         bytes: Vec<u8>,
     },
     /// The connection closed by itself (the peer closed it, or an I/O
@@ -131,7 +131,7 @@ mod some_bytes {
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(
         deserializer: D,
     ) -> Result<Option<Vec<u8>>, D::Error> {
-        super::bytes::deserialize(deserializer).map(Some)
+        crate::bytes::deserialize(deserializer).map(Some)
     }
 }
 
@@ -160,44 +160,6 @@ mod some_millis {
         deserializer: D,
     ) -> Result<Option<Duration>, D::Error> {
         u64::deserialize(deserializer).map(|ms| Some(Duration::from_millis(ms)))
-    }
-}
-
-/// `Vec<u8>` as MessagePack `bin` (serde's default is an array of
-/// integers, twice the size and much slower); reads either.
-mod bytes {
-    use serde::de::{Deserializer, SeqAccess, Visitor};
-    use serde::ser::Serializer;
-
-    pub(super) fn serialize<S: Serializer>(bytes: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_bytes(bytes)
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
-        struct Bytes;
-        impl<'de> Visitor<'de> for Bytes {
-            type Value = Vec<u8>;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("bytes")
-            }
-            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
-                Ok(v.to_vec())
-            }
-            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
-                Ok(v)
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Vec<u8>, E> {
-                Ok(v.as_bytes().to_vec())
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
-                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-                while let Some(b) = seq.next_element::<u8>()? {
-                    out.push(b);
-                }
-                Ok(out)
-            }
-        }
-        deserializer.deserialize_byte_buf(Bytes)
     }
 }
 
@@ -1050,7 +1012,7 @@ mod tests {
         #[derive(Debug, PartialEq, Deserialize)]
         struct Wire {
             max_connections: u32,
-            #[serde(with = "bytes")]
+            #[serde(with = "crate::bytes")]
             refusal: Vec<u8>,
             idle_timeout_ms: u64,
         }

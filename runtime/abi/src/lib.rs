@@ -89,6 +89,7 @@
 #![deny(missing_docs)]
 
 mod author;
+pub mod bytes;
 mod ffi;
 #[doc(hidden)]
 pub mod glue;
