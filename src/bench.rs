@@ -46,6 +46,17 @@ pub struct BenchArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// dist: casts per run (default 200,000); calls come from --rounds
+    /// (default 20,000).
+    #[arg(long)]
+    messages: Option<u64>,
+    /// dist: runs of each pair; the medians are reported (default 3).
+    #[arg(long)]
+    runs: Option<usize>,
+    /// dist: serve the sink and echo as this node (the bench starts itself
+    /// this way for its relive side).
+    #[arg(long, hide = true)]
+    serve_as: Option<String>,
     /// upgrade: casts per second kept flowing to the counters during the
     /// upgrade (default 200,000).
     #[arg(long)]
@@ -55,6 +66,18 @@ pub struct BenchArgs {
     /// the same run). Builds the example modules with cargo first.
     #[arg(long)]
     module: bool,
+    /// Serve the observer page over the benchmark's node on this address
+    /// (a port on 127.0.0.1, or IP:PORT), read-only, to measure what a page
+    /// streaming from it costs.
+    #[arg(long, value_parser = relive_observer::parse_listen, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// With --http: write the observer's token to this file (0600).
+    #[arg(long, requires = "http")]
+    http_token_file: Option<std::path::PathBuf>,
+    /// With --http: wait (up to a minute) until a page streams from the
+    /// observer before the benchmark starts.
+    #[arg(long, requires = "http")]
+    http_wait: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -65,9 +88,52 @@ enum Bench {
     /// N counter module processes upgraded live (v1 → v2) under a steady
     /// load of casts; fails if a cast is lost.
     Upgrade,
+    /// Messages per second and call round trips over Erlang distribution
+    /// on loopback: relive ↔ relive, relive ↔ erl and erl ↔ erl, same run
+    /// (needs Erlang: erl, erlc, epmd).
+    Dist,
+}
+
+/// Serves the observer over the benchmark's node; with `wait`, returns
+/// once a page streams from it.
+fn observe(
+    node: &Node,
+    addr: std::net::SocketAddr,
+    token_file: Option<std::path::PathBuf>,
+    wait: bool,
+) -> anyhow::Result<relive_observer::Observer> {
+    let settings =
+        relive_observer::Settings { addr, max_upload_bytes: 0, token_file, upload_dir: std::env::temp_dir() };
+    let observer = relive_observer::Observer::start(settings, relive_observer::Watched::Node(node.clone()))?;
+    eprintln!("bench: observer on {}", observer.url());
+    if wait {
+        let started = Instant::now();
+        while observer.streaming() == 0 {
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!("no page opened {} within a minute (--http-wait)", observer.url());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench: a page streams from the observer; starting");
+    }
+    Ok(observer)
 }
 
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Bench::Dist = args.bench {
+        if let Some(name) = &args.serve_as {
+            return crate::bench_dist::serve(name);
+        }
+        let runs = args.runs.unwrap_or(3);
+        if runs == 0 {
+            bail!("--runs must be at least 1");
+        }
+        let calls = args.rounds.unwrap_or(20_000).max(1);
+        return crate::bench_dist::run(args.messages.unwrap_or(200_000), calls, runs, args.json);
+    }
+    if args.messages.is_some() || args.runs.is_some() {
+        bail!("--messages and --runs apply to the dist benchmark only");
+    }
     let mut config = NodeConfig::default();
     if let Some(workers) = args.workers {
         if workers == 0 {
@@ -88,12 +154,16 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             Some((examples, dir))
         }
         (false, _) => None,
-        (true, Bench::Spawn) => bail!("--module applies to the ring and call benchmarks, not spawn"),
+        (true, Bench::Spawn | Bench::Dist) => bail!("--module applies to the ring and call benchmarks"),
     };
     if args.rate.is_some() && !matches!(args.bench, Bench::Upgrade) {
         bail!("--rate applies to the upgrade benchmark only");
     }
     let node = Node::start(config);
+    let _observer = match args.http {
+        Some(addr) => Some(observe(&node, addr, args.http_token_file.clone(), args.http_wait)?),
+        None => None,
+    };
     let result = match (args.bench, &modules) {
         (Bench::Upgrade, Some((examples, _))) => crate::bench_upgrade::upgrade(
             &node,
@@ -136,6 +206,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
                 })
             }),
         (Bench::Upgrade, None) => unreachable!("the upgrade bench always loads the examples"),
+        (Bench::Dist, _) => unreachable!("the dist bench returned above"),
         (Bench::Ring, _) => ring(&node, args.procs.unwrap_or(1_000), args.rounds.unwrap_or(1_000)).map(|r| {
             report(&r, args.json, |r| {
                 format!(

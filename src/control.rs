@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use relive_node::client::{Client, ClientError};
-use relive_node::protocol::{DeployRequest, Progress, Request, Response, Status};
+use relive_node::protocol::{CanaryRequest, DeployRequest, Progress, Request, Response, Status};
 
 use crate::node;
 use crate::release::RootArg;
@@ -51,9 +51,11 @@ pub struct DeployArgs {
     #[arg(long)]
     permanent: bool,
     /// Watch the new code this long after the switch (e.g. 2s, 500ms); a
-    /// crash on it rolls the upgrade back.
+    /// crash on it, or a failed signal (below), rolls the upgrade back.
     #[arg(long, value_parser = parse_duration)]
     health_window: Option<Duration>,
+    #[command(flatten)]
+    safety: SafetyArgs,
     /// Run every migration on copies of the states and report; change
     /// nothing (the store stays byte-identical).
     #[arg(long)]
@@ -63,6 +65,57 @@ pub struct DeployArgs {
     /// Print the node's JSON response.
     #[arg(long)]
     json: bool,
+}
+
+/// The signals a deploy's canary and health windows judge (shared by
+/// `relive deploy` and `relive cluster deploy`).
+#[derive(Args)]
+pub struct SafetyArgs {
+    /// Move this share of each module's processes first (e.g. 10%), watch
+    /// them for --canary-window, then move the rest; a failed signal moves
+    /// the canaries back and leaves the others untouched.
+    #[arg(long, value_name = "PERCENT", value_parser = parse_canary_percent)]
+    canary: Option<f64>,
+    /// How long the canaries are watched (default 5s).
+    #[arg(long, value_name = "D", value_parser = parse_duration, requires = "canary")]
+    canary_window: Option<Duration>,
+    /// Crashes on the new code a window tolerates (default 0).
+    #[arg(long, value_name = "N")]
+    max_crashes: Option<u64>,
+    /// Ask only this process's health callback at the end of each window
+    /// (a process that checks the service end to end), instead of every
+    /// process on the new code.
+    #[arg(long, value_name = "NAME")]
+    health_process: Option<String>,
+    /// Roll back when more than this share of the new code's replies in a
+    /// window are errors (e.g. 5%).
+    #[arg(long, value_name = "PERCENT", value_parser = parse_error_rate)]
+    max_error_rate: Option<f64>,
+    /// Roll back when the new code's mean handler time is more than this
+    /// many times the old code's (e.g. 2.0).
+    #[arg(long, value_name = "RATIO", value_parser = parse_latency_ratio)]
+    max_latency_ratio: Option<f64>,
+}
+
+impl SafetyArgs {
+    /// Sets these options on `request`.
+    ///
+    /// # Errors
+    /// `--canary-window 0`.
+    pub fn apply(&self, request: &mut DeployRequest) -> anyhow::Result<()> {
+        if self.canary_window.is_some_and(|window| window.is_zero()) {
+            bail!("--canary-window 0: give the canaries time to be watched (e.g. 5s)");
+        }
+        request.canary = self.canary.map(|percent| CanaryRequest {
+            percent,
+            window_ms: self.canary_window.unwrap_or(DEFAULT_CANARY_WINDOW).as_millis().max(1) as u64,
+        });
+        request.max_crashes = self.max_crashes.unwrap_or(0);
+        request.health_process = self.health_process.clone();
+        request.max_error_rate_percent = self.max_error_rate;
+        request.max_latency_ratio = self.max_latency_ratio;
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -76,6 +129,52 @@ pub struct CallArgs {
     /// Print the node's JSON response.
     #[arg(long)]
     json: bool,
+}
+
+/// How long canaries are watched without `--canary-window`.
+const DEFAULT_CANARY_WINDOW: Duration = Duration::from_secs(5);
+
+/// Parses `10%` or `10` (percent), `2.5%`.
+fn parse_percent(text: &str) -> Result<f64, String> {
+    let trimmed = text.trim();
+    let number = trimmed.strip_suffix('%').unwrap_or(trimmed).trim();
+    match number.parse::<f64>() {
+        Ok(value) if value.is_finite() => Ok(value),
+        _ => Err(format!("{text:?} is not a percentage: write e.g. 10%")),
+    }
+}
+
+/// `--canary`: a percentage above 0 and below 100.
+fn parse_canary_percent(text: &str) -> Result<f64, String> {
+    let percent = parse_percent(text)?;
+    if percent <= 0.0 {
+        return Err(format!("{text}: the canary must move more than 0% of the processes"));
+    }
+    if percent >= 100.0 {
+        return Err(format!(
+            "{text}: a canary of 100% or more moves every process at once; give less than 100%, or drop --canary"
+        ));
+    }
+    Ok(percent)
+}
+
+/// `--max-error-rate`: a percentage from 0 to 100.
+fn parse_error_rate(text: &str) -> Result<f64, String> {
+    let percent = parse_percent(text)?;
+    if !(0.0..=100.0).contains(&percent) {
+        return Err(format!("{text}: give a percentage from 0% to 100%"));
+    }
+    Ok(percent)
+}
+
+/// `--max-latency-ratio`: a positive number.
+fn parse_latency_ratio(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(ratio) if ratio.is_finite() && ratio > 0.0 => Ok(ratio),
+        _ => Err(format!(
+            "{text:?} is not a ratio above 0: write e.g. 2.0 (up to twice the old code's handler time)"
+        )),
+    }
 }
 
 /// Parses `2s`, `500ms`, `1m`, `1.5s`, or a number of seconds.
@@ -236,12 +335,20 @@ fn print_failure_report(answer: &Result<Response, ClientError>) {
 pub fn deploy(args: DeployArgs) -> anyhow::Result<()> {
     let root = args.root.path();
     let archive = std::path::absolute(&args.archive).unwrap_or(args.archive.clone());
-    let request = Request::Deploy(DeployRequest {
+    let mut deploy = DeployRequest {
         archive,
         permanent: args.permanent,
         dry_run: args.dry_run,
         health_window_ms: args.health_window.map_or(0, |d| d.as_millis() as u64),
-    });
+        ..DeployRequest::default()
+    };
+    args.safety.apply(&mut deploy)?;
+    let request = Request::Deploy(deploy);
+    if let Request::Deploy(deploy) = &request {
+        // The node checks them too; here the mistake is named before the
+        // archive is read.
+        deploy.options().map_err(anyhow::Error::msg)?;
+    }
     let started = Instant::now();
     let answer = with_steps(&root, &request, args.json);
     if args.json {
@@ -376,6 +483,14 @@ pub fn print_status(status: &Status) {
     }
     if let Some(busy) = &status.busy {
         println!("busy: {busy}");
+    }
+    if let Some(distribution) = &status.distribution {
+        let connected = if distribution.connected.is_empty() {
+            "none".to_string()
+        } else {
+            distribution.connected.join(", ")
+        };
+        println!("distribution: {} (connected: {connected})", distribution.name);
     }
     println!("modules:");
     for module in &status.modules {

@@ -2,7 +2,9 @@
 //! function; errors are printed once, prefixed `relive:`, with their chain.
 
 mod bench;
+mod bench_dist;
 mod bench_upgrade;
+mod cluster;
 mod control;
 mod demo;
 mod examples;
@@ -60,6 +62,8 @@ enum Command {
     /// Upgrade scenarios in TOML (boot, load, deploy, rollback, kill, restart, assertions) on a real node.
     #[command(subcommand)]
     Scenario(scenario::ScenarioCommand),
+    /// Several distributed nodes: a rolling deploy, node after node, and their status.
+    Cluster(cluster::ClusterArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +110,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Call(args) => control::call(args, false),
         Command::Cast(args) => control::call(args, true),
         Command::Scenario(command) => scenario::run(command),
+        Command::Cluster(args) => cluster::run(args),
     }
 }
 

@@ -89,6 +89,58 @@ pub struct StartArgs {
     /// than <root>/node.log).
     #[arg(long)]
     foreground: bool,
+    /// Serve the live observer page and its JSON API on this address: a
+    /// port (on 127.0.0.1) or IP:PORT. A token is printed at start (and
+    /// written 0600 to <root>/run/http.token); the page needs it once.
+    #[arg(long, value_parser = relive_observer::parse_listen, value_name = "ADDR")]
+    http: Option<std::net::SocketAddr>,
+    /// With --http: the largest archive the page uploads (default: --max-archive-size).
+    #[arg(long, value_parser = parse_size)]
+    http_max_upload: Option<u64>,
+    /// Make the node an Erlang distribution node with this full name
+    /// (erl's -name): other nodes (erl, Elixir, relive) reach its
+    /// processes (docs/distribution.md). Registers with EPMD (started when
+    /// none runs; ERL_EPMD_PORT is honoured).
+    #[arg(long, value_name = "NAME@HOST", conflicts_with = "sname")]
+    name: Option<String>,
+    /// As --name with this machine's short host name (erl's -sname).
+    #[arg(long, value_name = "NAME")]
+    sname: Option<String>,
+    /// The distribution cookie's file (default: ~/.erlang.cookie, created
+    /// 0400 with a random cookie when missing). The cookie itself is never
+    /// taken on the command line.
+    #[arg(long, value_name = "FILE")]
+    cookie_file: Option<PathBuf>,
+    /// Be visible in other nodes' nodes() (hidden by default).
+    #[arg(long)]
+    published: bool,
+    /// A connected node silent this long (seconds) is taken as down; ticks
+    /// go out every quarter of it (erl's net_ticktime).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    net_ticktime: u64,
+}
+
+impl StartArgs {
+    /// The distribution settings, with the cookie read (or created).
+    fn distribution(&self) -> anyhow::Result<Option<relive_dist::DistConfig>> {
+        let name = match (&self.name, &self.sname) {
+            (Some(name), _) if !name.contains('@') => {
+                bail!("--name takes NAME@HOST (got {name:?}); use --sname NAME for this host's short name")
+            }
+            (Some(name), _) => name.clone(),
+            (None, Some(sname)) if sname.contains('@') => {
+                bail!("--sname takes a name without a host (got {sname:?}); use --name NAME@HOST")
+            }
+            (None, Some(sname)) => sname.clone(),
+            (None, None) => return Ok(None),
+        };
+        let cookie = relive_dist::cookie::read_or_create(self.cookie_file.as_deref())?;
+        let mut config = relive_dist::DistConfig::new(&name, cookie);
+        config.split_name()?;
+        config.published = self.published;
+        config.net_ticktime = Duration::from_secs(self.net_ticktime);
+        Ok(Some(config))
+    }
 }
 
 /// Parses `512M`, `2G`, `100K` or a number of bytes.
@@ -123,7 +175,20 @@ pub fn start(args: StartArgs) -> anyhow::Result<()> {
         max_archive_bytes: args.max_archive_size,
         ..Config::new(&root)
     };
-    if let Err(error) = run(&config) {
+    let http = args.http.map(|addr| relive_observer::Settings {
+        addr,
+        max_upload_bytes: args.http_max_upload.unwrap_or(args.max_archive_size),
+        token_file: Some(relive_observer::token_file(&root)),
+        upload_dir: root.join(relive_node::RUN_DIR).join("uploads"),
+    });
+    let distribution = match args.distribution() {
+        Ok(distribution) => distribution,
+        Err(error) => {
+            eprintln!("relive: {error:#}");
+            std::process::exit(EXIT_BOOT_FAILED);
+        }
+    };
+    if let Err(error) = run(&config, http, distribution) {
         // The node never served: not something a restart fixes.
         eprintln!("relive: {error:#}");
         std::process::exit(EXIT_BOOT_FAILED);
@@ -145,6 +210,26 @@ fn child_command(root: &Path, args: &StartArgs, boot: Option<&Path>, heart: bool
     if args.require_signed {
         command.arg("--require-signed");
     }
+    if let Some(http) = args.http {
+        command.arg("--http").arg(http.to_string());
+    }
+    if let Some(max) = args.http_max_upload {
+        command.arg("--http-max-upload").arg(max.to_string());
+    }
+    // The cookie's file, never the cookie: a command line is public.
+    if let Some(name) = &args.name {
+        command.arg("--name").arg(name);
+    }
+    if let Some(sname) = &args.sname {
+        command.arg("--sname").arg(sname);
+    }
+    if let Some(file) = &args.cookie_file {
+        command.arg("--cookie-file").arg(std::path::absolute(file).unwrap_or(file.clone()));
+    }
+    if args.published {
+        command.arg("--published");
+    }
+    command.arg("--net-ticktime").arg(args.net_ticktime.to_string());
     if heart {
         command.arg("--heart").arg("--heart-timeout").arg(format!("{}ms", args.heart_timeout.as_millis()));
     }
@@ -215,6 +300,9 @@ fn daemonize(root: &Path, args: &StartArgs, boot: Option<&Path>) -> anyhow::Resu
                 status.release.name,
                 status.release.version
             );
+            if let Some(addr) = args.http {
+                print_observer(root, addr);
+            }
             return Ok(());
         }
         if started.elapsed() > START_TIMEOUT {
@@ -223,6 +311,16 @@ fn daemonize(root: &Path, args: &StartArgs, boot: Option<&Path>) -> anyhow::Resu
             return Err(failed(format!("its control socket did not answer within {START_TIMEOUT:?}")));
         }
         std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// Prints the observer's address with the token the node wrote (it is
+/// written before the control socket answers).
+fn print_observer(root: &Path, addr: std::net::SocketAddr) {
+    let file = relive_observer::token_file(root);
+    match fs::read_to_string(&file) {
+        Ok(token) => println!("observer: http://{addr}/?token={}", token.trim()),
+        Err(error) => println!("observer: http://{addr}/ (its token: {}: {error})", file.display()),
     }
 }
 
@@ -353,13 +451,17 @@ fn heart(root: &Path, args: &StartArgs, boot: Option<&Path>) -> anyhow::Result<(
 
 /// What the control connections share.
 struct Daemon {
-    handler: ReleaseHandler,
+    handler: Arc<ReleaseHandler>,
     uid: u32,
     connections: AtomicUsize,
 }
 
 /// Runs a node in this process until it is stopped.
-fn run(config: &Config) -> anyhow::Result<()> {
+fn run(
+    config: &Config,
+    http: Option<relive_observer::Settings>,
+    distribution: Option<relive_dist::DistConfig>,
+) -> anyhow::Result<()> {
     let root = &config.root;
     // Installed before boot, so a signal during a long boot is not lost.
     let terminate = termination_flag()?;
@@ -385,6 +487,42 @@ fn run(config: &Config) -> anyhow::Result<()> {
     // store need: past the cap they are refused, not left to exhaust the
     // process's limit.
     handler.node().set_max_connections(Some(client_cap));
+    // Kept for the node's life, as the observer.
+    let _distribution =
+        match distribution.map(|d| relive_dist::Distribution::start(handler.node(), d)).transpose() {
+            Ok(Some(distribution)) => {
+                let visibility = if distribution.published() { "published" } else { "hidden" };
+                eprintln!(
+                    "node: distribution {} on port {} ({visibility}, creation {})",
+                    distribution.name(),
+                    distribution.port(),
+                    distribution.creation()
+                );
+                Some(distribution)
+            }
+            Ok(None) => None,
+            Err(error) => {
+                handler.stop();
+                return Err(error.into());
+            }
+        };
+    let handler = Arc::new(handler);
+    if _distribution.is_some() {
+        // Other nodes (relive cluster deploy, or erl) reach the release
+        // handler as `relive_release_handler`.
+        if let Err(error) = crate::cluster::serve(handler.node(), Arc::clone(&handler), config.max_archive_bytes) {
+            handler.stop();
+            return Err(error);
+        }
+    }
+    // Kept for the node's life (the process exits without dropping it).
+    let _observer = match http.map(|settings| start_observer(settings, &handler)).transpose() {
+        Ok(observer) => observer,
+        Err(error) => {
+            handler.stop();
+            return Err(error);
+        }
+    };
     let daemon = Arc::new(Daemon {
         handler,
         uid: rustix::process::getuid().as_raw(),
@@ -418,6 +556,28 @@ fn run(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Starts the observer over the handler and says where it is.
+fn start_observer(
+    settings: relive_observer::Settings,
+    handler: &Arc<ReleaseHandler>,
+) -> anyhow::Result<relive_observer::Observer> {
+    let loopback = settings.addr.ip().is_loopback();
+    let observer =
+        relive_observer::Observer::start(settings, relive_observer::Watched::Handler(Arc::clone(handler)))?;
+    eprintln!(
+        "node: observer on {} (token in {})",
+        observer.url(),
+        relive_observer::token_file(handler.root()).display()
+    );
+    if !loopback {
+        eprintln!(
+            "node: the observer listens on {}, beyond loopback: anyone who reaches it and has the token can deploy",
+            observer.addr()
+        );
+    }
+    Ok(observer)
 }
 
 /// File descriptors kept out of clients' reach for the control socket,

@@ -1372,6 +1372,7 @@ impl Runner<'_> {
                     permanent: *permanent,
                     dry_run: false,
                     health_window_ms: health_window.as_millis() as u64,
+                    ..DeployRequest::default()
                 };
                 if let Some(point) = kill_at {
                     return Ok((self.deploy_killed_at(request, point, &mut failures)?, failures));

@@ -228,6 +228,75 @@ fn kv_2_1_0_upgrades_live_from_2_0_0_and_back_and_refuses_to_go_down_with_binary
     assert_eq!(client.cmd(&["PING"]), Resp::Simple("PONG".into()));
 }
 
+/// The first line a client reads, or `None` if the connection closes or
+/// says nothing within a second (a client kv accepted says nothing first).
+fn greeting(port: u16) -> (TcpStream, Option<String>) {
+    let stream = TcpStream::connect(("127.0.0.1", port)).expect("connecting to kv");
+    stream.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let mut line = String::new();
+    let said = BufReader::new(stream.try_clone().unwrap()).read_line(&mut line).is_ok_and(|n| n > 0);
+    (stream, said.then_some(line))
+}
+
+#[test]
+fn kv_2_0_0_upgraded_live_to_2_1_0_gives_its_listener_2_1_0s_client_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let v200 = kv_archive("2.0.0", port, dir.path());
+    // 2.1.0 with a cap of 3 clients in its configuration (an upgraded
+    // process has no init arguments to read it from).
+    let v210 = {
+        let built = tempfile::tempdir_in(dir.path()).unwrap();
+        let archive = kv_archive("2.1.0", port, built.path());
+        let app = built.path().join("kv-2.1.0");
+        let manifest = std::fs::read_to_string(app.join("release.toml")).unwrap();
+        std::fs::write(app.join("release.toml"), format!("{manifest}\n[config]\nmaxclients = 3\n")).unwrap();
+        drop(archive);
+        common::build(&app, &dir.path().join("capped"))
+    };
+    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", v200.to_str().unwrap()]);
+    let r = node.root();
+
+    // 2.0.0's listener has no cap: a fourth client is served.
+    let mut clients: Vec<Client> = (0..3).map(|_| Client::connect(port)).collect();
+    for client in &mut clients {
+        assert_eq!(client.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    }
+    let (fourth, said) = greeting(port);
+    assert_eq!(said, None, "2.0.0 accepts a fourth client");
+    drop(fourth);
+
+    let out = ok(&["deploy", v210.to_str().unwrap(), "--root", r]);
+    assert!(out.contains("kv 2.1.0 runs now"), "{out}");
+    // The first callback on 2.1.0 gives the listener its cap; the clients
+    // of 2.0.0 stay connected and served.
+    assert_eq!(clients[0].cmd(&["SET", "k", "v"]), ok_reply());
+    for client in &mut clients {
+        assert_eq!(client.cmd(&["GET", "k"]), bulk(b"v"));
+    }
+    let (_refused, said) = greeting(port);
+    assert_eq!(
+        said.as_deref(),
+        Some("-ERR max number of clients reached\r\n"),
+        "the listener now has 2.1.0's cap"
+    );
+    assert_eq!(node.call("kv", r#""Connections""#), 3);
+    drop(clients.pop());
+    // A place freed: a new client is served (once kv has seen the close).
+    let mut served = None;
+    for _ in 0..50 {
+        let (stream, said) = greeting(port);
+        if said.is_none() {
+            served = Some(stream);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let stream = served.expect("a client is served once a place is free");
+    let mut client = Client { writer: stream.try_clone().unwrap(), reader: BufReader::new(stream) };
+    assert_eq!(client.cmd(&["GET", "k"]), bulk(b"v"));
+}
+
 #[test]
 fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() {
     let dir = tempfile::tempdir().unwrap();

@@ -71,9 +71,10 @@ use relive_upgrader::{
 
 use crate::crash;
 use crate::protocol::{
-    DeployOptions, Deployed, DryRun, Failure, Listening, ModuleStatus, ModuleVersion, Permanent,
-    ProcessGroup, ProcessStatus, Progress, Removed, Request, Response, Status, SupervisorStatus,
+    DeployOptions, Deployed, DistributionStatus, DryRun, Failure, Listening, ModuleStatus, ModuleVersion,
+    Permanent, ProcessGroup, ProcessStatus, Progress, Removed, Request, Response, Status, SupervisorStatus,
 };
+use crate::watch::ChangeWatch;
 
 /// How long a request to a process or a supervisor may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -164,6 +165,8 @@ pub struct ReleaseHandler {
     change: Mutex<()>,
     stopping: AtomicBool,
     started: Instant,
+    /// The change running now and the last reports, for observers.
+    watch: Arc<ChangeWatch>,
 }
 
 /// Marks a change as running until dropped.
@@ -174,6 +177,7 @@ struct Busy<'a> {
 
 impl Drop for Busy<'_> {
     fn drop(&mut self) {
+        self.handler.watch.end();
         *self.handler.busy.lock() = None;
     }
 }
@@ -435,6 +439,7 @@ impl ReleaseHandler {
             change: Mutex::new(()),
             stopping: AtomicBool::new(false),
             started: Instant::now(),
+            watch: Arc::default(),
         })
     }
 
@@ -451,6 +456,17 @@ impl ReleaseHandler {
     /// The store's root.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The change running now and the last reports (see [`ChangeWatch`]).
+    pub fn watch(&self) -> &ChangeWatch {
+        &self.watch
+    }
+
+    /// Keeps an upgrade's or rollback's report for status and observers.
+    fn remember(&self, report: &relive_upgrader::Report) {
+        *self.last_report.lock() = Some(report.clone());
+        self.watch.report(report);
     }
 
     /// Whether a stop has begun.
@@ -482,8 +498,10 @@ impl ReleaseHandler {
             }
             Request::Deploy(deploy) => {
                 progress(Progress { phase: format!("verifying {}", deploy.archive.display()) });
+                let options =
+                    deploy.options().map_err(|e| Failure::new(format!("{e}; nothing was changed")))?;
                 let archive = self.verify_archive(&deploy.archive)?;
-                self.deploy(archive, deploy.options(), progress)
+                self.deploy(archive, options, progress)
             }
             Request::Rollback(rollback) => self.rollback(rollback.to.as_ref(), progress),
             Request::MakePermanent => self.make_permanent().map(Response::Permanent),
@@ -526,6 +544,7 @@ impl ReleaseHandler {
                 "{other} is running: wait for it to finish and try again (changes never interleave)"
             )));
         }
+        self.watch.begin(&what);
         *busy = Some(what);
         drop(busy);
         Ok(Busy { handler: self, _change: self.change.lock() })
@@ -650,9 +669,15 @@ impl ReleaseHandler {
             }
         };
         crash_at("verified");
-        let on_phase = crash.as_ref().map(crash::Armed::hook);
-        let controller_options =
-            Options { health_window: options.health_window, on_phase, ..Options::default() };
+        let on_phase = Some(self.watch.hook(crash.clone(), options.health_window));
+        let controller_options = Options {
+            health_window: options.health_window,
+            max_crashes: options.max_crashes,
+            canary: options.canary.clone(),
+            health: options.health.clone(),
+            on_phase,
+            ..Options::default()
+        };
         if options.dry_run {
             progress(Progress {
                 phase: format!("dry run of {}: migrating copies of every state", plan.name),
@@ -674,18 +699,18 @@ impl ReleaseHandler {
                 dry_run: Some(Box::new(report)),
             });
         }
-        progress(Progress {
-            phase: if options.health_window.is_zero() {
-                format!("applying {} ({} instructions)", plan.name, plan.instructions.len())
-            } else {
-                format!(
-                    "applying {} ({} instructions), then watching a {:?} health window",
-                    plan.name,
-                    plan.instructions.len(),
-                    options.health_window
-                )
-            },
-        });
+        let mut phase = format!("applying {} ({} instructions)", plan.name, plan.instructions.len());
+        if let Some(canary) = &options.canary {
+            phase.push_str(&format!(
+                ", moving {:.0}% of each module's processes first and watching them for {:?}",
+                canary.share * 100.0,
+                canary.window
+            ));
+        }
+        if !options.health_window.is_zero() {
+            phase.push_str(&format!(", then watching a {:?} health window", options.health_window));
+        }
+        progress(Progress { phase });
         eprintln!("node: deploying {to} over {now}");
         let report = match self.controller.apply(&plan, &controller_options) {
             Ok(report) => report,
@@ -693,7 +718,7 @@ impl ReleaseHandler {
                 eprintln!("node: deploying {to} failed: {error}");
                 let report = error.report().cloned().map(Box::new);
                 if let Some(report) = &report {
-                    *self.last_report.lock() = Some((**report).clone());
+                    self.remember(report);
                 }
                 return Err(Failure {
                     error: format!(
@@ -704,7 +729,7 @@ impl ReleaseHandler {
                 });
             }
         };
-        *self.last_report.lock() = Some(report.clone());
+        self.remember(&report);
         progress(Progress { phase: format!("recording {to} in the store") });
         let recorded = self.record(&target, options.permanent, &crash_at);
         match recorded {
@@ -814,7 +839,8 @@ impl ReleaseHandler {
         };
         let back = label(&step.from);
         eprintln!("node: rolling back {} to {back}", info_label(&from));
-        let report = match self.controller.rollback(&Options::default()) {
+        let watched = Options { on_phase: Some(self.watch.hook(None, Duration::ZERO)), ..Options::default() };
+        let report = match self.controller.rollback(&watched) {
             Ok(report) => report,
             Err(UpgradeError::NothingToRollBack) => {
                 return Err(Failure::new(format!(
@@ -833,7 +859,7 @@ impl ReleaseHandler {
                 });
             }
         };
-        *self.last_report.lock() = Some(report.clone());
+        self.remember(&report);
         if let Some(undone) = report.rollback.as_ref().filter(|r| !r.complete()) {
             // Some processes still run the new code: the store keeps
             // recording the release that runs, not the one half reached.
@@ -1022,6 +1048,10 @@ impl ReleaseHandler {
             listening,
             busy: self.busy.lock().clone(),
             last_report: self.last_report.lock().clone(),
+            distribution: self
+                .node
+                .remote_info()
+                .map(|info| DistributionStatus { name: info.node, connected: info.connected }),
         }
     }
 

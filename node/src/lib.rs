@@ -11,6 +11,8 @@
 //!   [`client::Client`] is its one client. The `relive` binary's daemon is
 //!   a thin socket adapter that decodes a line, calls
 //!   [`ReleaseHandler::handle`] and writes the replies.
+//! - [`watch`]: the change running now and the last reports, for an
+//!   observer (`ReleaseHandler::watch`).
 //! - [`crash`]: crash points for the kill -9 tests, off unless the node
 //!   runs with `RELIVE_CRASH_FILE`.
 //!
@@ -40,5 +42,6 @@ pub mod client;
 pub mod crash;
 mod handler;
 pub mod protocol;
+pub mod watch;
 
 pub use handler::{BootError, Config, RUN_DIR, ReleaseHandler, VerifiedArchive, release_view, trusted_keys};

@@ -136,31 +136,132 @@ pub struct DeployRequest {
     /// Run every migration on copies of the states; change nothing.
     #[serde(default)]
     pub dry_run: bool,
-    /// Watch the new code this long after the switch; a crash rolls it back.
+    /// Watch the new code this long after the switch; a failed signal
+    /// (a crash, by default) rolls it back.
     #[serde(default)]
     pub health_window_ms: u64,
+    /// Move this share of each module's processes first and watch them
+    /// before moving the rest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryRequest>,
+    /// Crashes on the new code a window tolerates (default 0).
+    #[serde(default)]
+    pub max_crashes: u64,
+    /// Ask only this registered process's `health` callback at the end of
+    /// each window, instead of every process on the new code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_process: Option<String>,
+    /// The most error replies the new code may answer in a window, in
+    /// percent of its replies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate_percent: Option<f64>,
+    /// The most the new code's mean handler time may be, as a multiple of
+    /// the old code's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_latency_ratio: Option<f64>,
+}
+
+/// [`DeployRequest::canary`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CanaryRequest {
+    /// Share of each module's processes moved first, in percent (more
+    /// than 0, less than 100).
+    pub percent: f64,
+    /// How long they are watched, ms (more than 0).
+    pub window_ms: u64,
 }
 
 impl DeployRequest {
     /// How to apply it.
-    pub fn options(&self) -> DeployOptions {
-        DeployOptions {
+    ///
+    /// # Errors
+    /// A value out of range, or a threshold without a window to judge
+    /// it, named as the `relive deploy` option that sets it.
+    pub fn options(&self) -> Result<DeployOptions, String> {
+        let windowed = self.health_window_ms > 0 || self.canary.is_some();
+        let needs_window = |option: &str| {
+            format!(
+                "{option} is judged during a canary or health window: add --health-window D or --canary P"
+            )
+        };
+        if let Some(canary) = &self.canary {
+            if !(canary.percent > 0.0 && canary.percent < 100.0) {
+                return Err(format!(
+                    "--canary {}%: the canary's share must be more than 0% and less than 100% (all at once is no canary; drop --canary for that)",
+                    canary.percent
+                ));
+            }
+            if canary.window_ms == 0 {
+                return Err("--canary-window 0: give the canaries time to be watched (e.g. 5s)".into());
+            }
+        }
+        if self.max_crashes > 0 && !windowed {
+            return Err(needs_window("--max-crashes"));
+        }
+        if let Some(name) = &self.health_process {
+            if name.trim().is_empty() {
+                return Err("--health-process needs the name of a process of the release".into());
+            }
+            if !windowed {
+                return Err(needs_window("--health-process"));
+            }
+        }
+        if let Some(percent) = self.max_error_rate_percent {
+            if !(0.0..=100.0).contains(&percent) {
+                return Err(format!("--max-error-rate {percent}%: give a percentage from 0% to 100%"));
+            }
+            if !windowed {
+                return Err(needs_window("--max-error-rate"));
+            }
+        }
+        if let Some(ratio) = self.max_latency_ratio {
+            if !(ratio.is_finite() && ratio > 0.0) {
+                return Err(format!(
+                    "--max-latency-ratio {ratio}: give a positive number (2.0: up to twice the old code's handler time)"
+                ));
+            }
+            if !windowed {
+                return Err(needs_window("--max-latency-ratio"));
+            }
+        }
+        Ok(DeployOptions {
             permanent: self.permanent,
             dry_run: self.dry_run,
             health_window: std::time::Duration::from_millis(self.health_window_ms),
-        }
+            canary: self.canary.as_ref().map(|canary| relive_upgrader::Canary {
+                share: canary.percent / 100.0,
+                window: std::time::Duration::from_millis(canary.window_ms),
+            }),
+            max_crashes: self.max_crashes,
+            health: relive_upgrader::HealthChecks {
+                probe: match &self.health_process {
+                    Some(name) => relive_upgrader::HealthProbe::Process(name.clone()),
+                    None => relive_upgrader::HealthProbe::NewCode,
+                },
+                max_error_rate: self.max_error_rate_percent.map(|percent| percent / 100.0),
+                max_latency_ratio: self.max_latency_ratio,
+            },
+        })
     }
 }
 
 /// How a deploy (or a rollback to a stored release) is applied.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default)]
 pub struct DeployOptions {
     /// Make the release permanent once it runs.
     pub permanent: bool,
     /// Run every migration on copies of the states; change nothing.
     pub dry_run: bool,
-    /// Watch the new code this long after the switch; a crash rolls it back.
+    /// Watch the new code this long after the switch; a failed signal
+    /// rolls it back.
     pub health_window: std::time::Duration,
+    /// Move a share of each module's processes first and watch them.
+    pub canary: Option<relive_upgrader::Canary>,
+    /// Crashes on the new code a window tolerates.
+    pub max_crashes: u64,
+    /// What the windows judge besides crashes.
+    pub health: relive_upgrader::HealthChecks,
 }
 
 /// [`Request::Rollback`].
@@ -360,6 +461,20 @@ pub struct Status {
     pub busy: Option<String>,
     /// The last upgrade's (or rollback's) report since the node started.
     pub last_report: Option<Report>,
+    /// The node's Erlang distribution, when it runs one (`--sname`,
+    /// `--name`).
+    #[serde(default)]
+    pub distribution: Option<DistributionStatus>,
+}
+
+/// [`Status::distribution`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistributionStatus {
+    /// The node's full name, `name@host`.
+    pub name: String,
+    /// The nodes connected now, sorted.
+    pub connected: Vec<String>,
 }
 
 /// One loaded module.
@@ -507,6 +622,16 @@ mod tests {
                 permanent: true,
                 dry_run: false,
                 health_window_ms: 500,
+                ..DeployRequest::default()
+            }),
+            Request::Deploy(DeployRequest {
+                archive: "/a.tar.gz".into(),
+                canary: Some(CanaryRequest { percent: 10.0, window_ms: 2000 }),
+                health_process: Some("checker".into()),
+                max_error_rate_percent: Some(5.0),
+                max_latency_ratio: Some(2.0),
+                max_crashes: 1,
+                ..DeployRequest::default()
             }),
             Request::Rollback(RollbackRequest { to: Some(semver::Version::new(1, 0, 0)) }),
             Request::Prune(PruneRequest { name: None, keep: 2 }),
@@ -516,6 +641,58 @@ mod tests {
             assert_eq!(decode_request(&line).unwrap().request, request, "{line}");
         }
         assert_eq!(decode_request(r#"{"v":1,"request":"status"}"#).unwrap().request, Request::Status);
+    }
+
+    #[test]
+    fn deploy_options_out_of_range_are_refused_naming_the_option() {
+        let deploy = |f: fn(&mut DeployRequest)| {
+            let mut request = DeployRequest { archive: "/a".into(), ..DeployRequest::default() };
+            f(&mut request);
+            request.options()
+        };
+        fn canary(percent: f64, window_ms: u64) -> Option<CanaryRequest> {
+            Some(CanaryRequest { percent, window_ms })
+        }
+        for (error, wanted) in [
+            (deploy(|r| r.canary = canary(0.0, 1000)).unwrap_err(), "more than 0%"),
+            (deploy(|r| r.canary = canary(100.0, 1000)).unwrap_err(), "less than 100%"),
+            (deploy(|r| r.canary = canary(f64::NAN, 1000)).unwrap_err(), "--canary NaN%"),
+            (deploy(|r| r.canary = canary(10.0, 0)).unwrap_err(), "--canary-window 0"),
+            (deploy(|r| r.max_error_rate_percent = Some(5.0)).unwrap_err(), "--max-error-rate is judged"),
+            (
+                deploy(|r| {
+                    r.health_window_ms = 100;
+                    r.max_error_rate_percent = Some(101.0)
+                })
+                .unwrap_err(),
+                "from 0% to 100%",
+            ),
+            (
+                deploy(|r| {
+                    r.health_window_ms = 100;
+                    r.max_latency_ratio = Some(-1.0)
+                })
+                .unwrap_err(),
+                "--max-latency-ratio -1",
+            ),
+            (
+                deploy(|r| r.health_process = Some("checker".into())).unwrap_err(),
+                "--health-process is judged",
+            ),
+            (deploy(|r| r.max_crashes = 2).unwrap_err(), "--max-crashes is judged"),
+        ] {
+            assert!(error.contains(wanted), "{error:?} should contain {wanted:?}");
+        }
+        let options = deploy(|r| {
+            r.canary = canary(10.0, 1500);
+            r.max_error_rate_percent = Some(5.0);
+            r.health_process = Some("checker".into());
+        })
+        .unwrap();
+        let canary = options.canary.unwrap();
+        assert_eq!((canary.share, canary.window.as_millis()), (0.1, 1500));
+        assert_eq!(options.health.max_error_rate, Some(0.05));
+        assert_eq!(options.health.probe, relive_upgrader::HealthProbe::Process("checker".into()));
     }
 
     #[test]

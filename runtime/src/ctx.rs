@@ -72,7 +72,7 @@ impl<'a> Ctx<'a> {
     /// [`SendError::NoProc`] for a dead pid (the message is dropped, as in
     /// Erlang), [`SendError::NotRegistered`] for an unknown name.
     pub fn send<T: Any + Send>(&self, to: impl Into<Dest>, message: T) -> Result<(), SendError> {
-        self.node.send(to.into(), Envelope::Info(into_message(message)), self.sched())
+        self.node.send_as(Some(self.pid()), to.into(), Envelope::Info(into_message(message)), self.sched())
     }
 
     /// Sends a cast.
@@ -80,7 +80,7 @@ impl<'a> Ctx<'a> {
     /// # Errors
     /// As [`Ctx::send`].
     pub fn cast<T: Any + Send>(&self, to: impl Into<Dest>, message: T) -> Result<(), SendError> {
-        self.node.send(to.into(), Envelope::Cast(into_message(message)), self.sched())
+        self.node.send_as(Some(self.pid()), to.into(), Envelope::Cast(into_message(message)), self.sched())
     }
 
     /// Calls another process and blocks this one until it replies or
@@ -232,6 +232,6 @@ impl<'a> Ctx<'a> {
     /// # Errors
     /// As [`Ctx::send`].
     pub fn send_message(&self, to: impl Into<Dest>, message: Message) -> Result<(), SendError> {
-        self.node.send(to.into(), Envelope::Info(message), self.sched())
+        self.node.send_as(Some(self.pid()), to.into(), Envelope::Info(message), self.sched())
     }
 }

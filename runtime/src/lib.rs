@@ -67,7 +67,9 @@ mod node;
 mod pid;
 pub mod port;
 mod process;
+pub mod remote;
 mod scheduler;
+pub mod snapshot;
 pub mod supervisor;
 mod sync;
 pub mod system;
@@ -86,10 +88,12 @@ pub use mailbox::MailboxCounts;
 pub use message::{Down, Exit, Message, ReplyTo};
 pub use module::{ModuleProcess, ModuleReply, Payload, STATS_BATCH};
 pub use node::{Dest, ExitWaiter, Node, NodeConfig};
-pub use pid::{ExitReason, MonitorRef, ParsePidError, Pid, TimerRef};
+pub use pid::{ExitReason, ExternalPid, MonitorRef, ParsePidError, Pid, TimerRef};
 pub use port::{
     AcceptHandler, CloseReason, ConnLimits, ConnectOpts, Framing, ListenOpts, ListenerInfo, Listening,
     PortError, PortEvent, PortId, PortInfo, PortKind,
 };
 pub use process::{Actor, actor_fn};
+pub use remote::{ExternalTerm, Remote, RemoteInfo, RemoteMessage};
+pub use snapshot::{ProcessOrder, ProcessSample, TopProcesses};
 pub use supervisor::{ChildSpec, Supervisor, SupervisorError, SupervisorSpec};

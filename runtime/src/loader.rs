@@ -164,6 +164,9 @@ pub(crate) struct VersionStats {
     pub(crate) handled: std::sync::atomic::AtomicU64,
     pub(crate) samples: std::sync::atomic::AtomicU64,
     pub(crate) sampled_ns: std::sync::atomic::AtomicU64,
+    pub(crate) replies: std::sync::atomic::AtomicU64,
+    pub(crate) error_replies: std::sync::atomic::AtomicU64,
+    pub(crate) undecodable: std::sync::atomic::AtomicU64,
 }
 
 /// A reading of a version's counters; subtract two to get a window.
@@ -179,6 +182,17 @@ pub struct VersionStatsSnapshot {
     pub samples: u64,
     /// Their total time.
     pub sampled_ns: u64,
+    /// Calls its processes answered (batched as `handled`; a process
+    /// adds its pending count with each error reply, so errors never run
+    /// ahead of the replies they are part of).
+    pub replies: u64,
+    /// Of those, error replies: a request the version could not decode,
+    /// a reply that did not encode, or a reply that is a `Result::Err`
+    /// (MessagePack `{"Err": ...}`).
+    pub error_replies: u64,
+    /// Casts and plain messages its processes could not decode (a variant
+    /// this version dropped): dropped unhandled, so lost.
+    pub undecodable: u64,
 }
 
 impl VersionStatsSnapshot {
@@ -189,6 +203,9 @@ impl VersionStatsSnapshot {
             handled: self.handled.saturating_sub(earlier.handled),
             samples: self.samples.saturating_sub(earlier.samples),
             sampled_ns: self.sampled_ns.saturating_sub(earlier.sampled_ns),
+            replies: self.replies.saturating_sub(earlier.replies),
+            error_replies: self.error_replies.saturating_sub(earlier.error_replies),
+            undecodable: self.undecodable.saturating_sub(earlier.undecodable),
         }
     }
 
@@ -396,6 +413,9 @@ impl ModuleCode {
             handled: self.stats.handled.load(Relaxed),
             samples: self.stats.samples.load(Relaxed),
             sampled_ns: self.stats.sampled_ns.load(Relaxed),
+            replies: self.stats.replies.load(Relaxed),
+            error_replies: self.stats.error_replies.load(Relaxed),
+            undecodable: self.stats.undecodable.load(Relaxed),
         }
     }
 
@@ -489,6 +509,8 @@ pub(crate) enum Callback<'m> {
     Info(u32, &'m [u8]),
     /// The node's configuration changed from the first to the second.
     ConfigChange(&'m [u8], &'m [u8]),
+    /// Is the state healthy (ABI 4)?
+    Health,
 }
 
 impl ModuleState {
@@ -529,6 +551,7 @@ impl ModuleState {
                     RBytes::from_slice(new),
                     &mut buf,
                 ),
+                Callback::Health => (table.health)(state, &host_ctx, &mut buf),
             }
         };
         status_result(status, out)
@@ -665,7 +688,7 @@ impl<'c, 'n> HostCall<'c, 'n> {
     fn send(&self, to: Dest, kind: u32, payload: Vec<u8>) -> Result<(), SendError> {
         let message = Message::new(crate::module::Payload(payload));
         let envelope = if kind == SEND_CAST { Envelope::Cast(message) } else { Envelope::Info(message) };
-        self.node().send(to, envelope, self.sched())
+        self.node().send_as(Some(self.pid()), to, envelope, self.sched())
     }
 }
 
@@ -700,6 +723,8 @@ pub(crate) static HOST_VTABLE: HostVtable = HostVtable {
     config: host_config,
     listen_with: host_listen_with,
     release_free_memory: host_release_free_memory,
+    send_remote: host_send_remote,
+    listen_set_options: host_listen_set_options,
 };
 
 /// Runs a host service for the module callback whose `HostCall` is `host`,
@@ -803,6 +828,36 @@ unsafe extern "C" fn host_send_named(host: *mut c_void, name: RStr, kind: u32, m
             match h.send(text(name).into(), kind, bytes(msg).to_vec()) {
                 Ok(()) => Status::Ok as u32,
                 Err(_) => Status::Error as u32,
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_send_remote(
+    host: *mut c_void,
+    node: RStr,
+    name: RStr,
+    kind: u32,
+    msg: RBytes,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: handle, strings, bytes and out buffer from the module's
+    // current callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let dest = Dest::Remote { name: text(name).into(), node: text(node).into() };
+            if h.node().remote().is_none() {
+                return write_error(
+                    out,
+                    "this node runs no Erlang distribution (start it with --name or --sname)",
+                );
+            }
+            match h.send(dest, kind, bytes(msg).to_vec()) {
+                Ok(()) => Status::Ok as u32,
+                Err(error) => write_error(
+                    out,
+                    &format!("{error}: the message has no Erlang form or the node is unreachable"),
+                ),
             }
         })
     }
@@ -954,6 +1009,30 @@ unsafe extern "C" fn host_listen_with(
             match module_listen_opts(bytes(opts)) {
                 Ok(opts) => listen_for(h, addr, opts, port_out, out),
                 Err(error) => write_error(out, &format!("cannot listen on {addr}: {error}")),
+            }
+        })
+    }
+}
+
+unsafe extern "C" fn host_listen_set_options(
+    host: *mut c_void,
+    port: u64,
+    opts: RBytes,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: handle, bytes and out pointers from the module's current
+    // callback.
+    unsafe {
+        with_host(host, Status::Error as u32, |h| {
+            let port = crate::port::PortId::from_u64(port);
+            let changed = module_listen_opts(bytes(opts)).and_then(|opts| {
+                h.node().ports.set_listen_opts(port, Some(h.pid()), opts).map_err(|e| e.to_string())
+            });
+            match changed {
+                Ok(()) => Status::Ok as u32,
+                Err(error) => {
+                    write_error(out, &format!("cannot change the options of listener {port}: {error}"))
+                }
             }
         })
     }

@@ -83,6 +83,14 @@ impl MailboxCounts {
     }
 }
 
+/// What [`Mailbox::glance`] shows.
+pub(crate) struct Glance<'a, A> {
+    pub(crate) queued: usize,
+    pub(crate) capacity: usize,
+    pub(crate) taken: u64,
+    pub(crate) actor: Option<&'a mut A>,
+}
+
 /// What a push did.
 #[must_use]
 pub(crate) enum Push<T> {
@@ -348,6 +356,22 @@ impl<T, A> Mailbox<T, A> {
 
     pub(crate) fn len(&self) -> usize {
         self.state.lock().queue.len()
+    }
+
+    /// A glance at the mailbox for the observer, under its lock: `look`
+    /// gets the queue's length and allocated capacity, the envelopes ever
+    /// taken out, and the actor when it is parked here (not while a worker
+    /// runs it or it is lent out). `look` must be quick: every sender to
+    /// this process waits for it.
+    pub(crate) fn glance<R>(&self, look: impl FnOnce(Glance<'_, A>) -> R) -> R {
+        let mut s = self.state.lock();
+        let s = &mut *s;
+        look(Glance {
+            queued: s.queue.len(),
+            capacity: s.queue.capacity(),
+            taken: s.taken,
+            actor: s.actor.as_mut(),
+        })
     }
 
     /// What has gone through this mailbox.

@@ -191,17 +191,29 @@ impl ReplyCell {
 /// from any process or thread. Dropping it unanswered fails the call.
 pub struct ReplyTo {
     cell: Option<Arc<ReplyCell>>,
+    /// Instead of a waiting caller: run with the reply (`None`: none will
+    /// come), on the thread that answers (`Node::call_then`).
+    then: Option<ReplyCallback>,
 }
+
+/// What `Node::call_then` runs with a call's reply.
+pub(crate) type ReplyCallback = Box<dyn FnOnce(Option<Message>) + Send>;
 
 impl ReplyTo {
     pub(crate) fn new(cell: Arc<ReplyCell>) -> ReplyTo {
-        ReplyTo { cell: Some(cell) }
+        ReplyTo { cell: Some(cell), then: None }
+    }
+
+    pub(crate) fn then(callback: ReplyCallback) -> ReplyTo {
+        ReplyTo { cell: None, then: Some(callback) }
     }
 
     /// Sends the reply. If the caller already timed out it is discarded.
     pub fn reply(mut self, reply: Message) {
         if let Some(cell) = self.cell.take() {
             cell.complete(Ok(reply));
+        } else if let Some(then) = self.then.take() {
+            then(Some(reply));
         }
     }
 
@@ -210,9 +222,17 @@ impl ReplyTo {
         self.reply(Message::new(value))
     }
 
+    /// Forgets the caller without telling it (its send failed; it knows).
+    pub(crate) fn disarm(&mut self) {
+        self.cell = None;
+        self.then = None;
+    }
+
     pub(crate) fn fail(mut self, why: NoReply) {
         if let Some(cell) = self.cell.take() {
             cell.complete(Err(why));
+        } else if let Some(then) = self.then.take() {
+            then(None);
         }
     }
 }
@@ -240,6 +260,8 @@ impl Drop for ReplyTo {
                 EXITING.with(|e| e.borrow().clone()).map_or(NoReply::Dropped, NoReply::Exited)
             };
             cell.complete(Err(why));
+        } else if let Some(then) = self.then.take() {
+            then(None);
         }
     }
 }

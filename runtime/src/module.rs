@@ -34,6 +34,7 @@ use crate::node::Node;
 use crate::pid::{ExitReason, Pid};
 use crate::port::PortEvent;
 use crate::process::Actor;
+use crate::remote::RemoteMessage;
 
 /// A MessagePack message for (or reply from) a module process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -86,6 +87,9 @@ pub struct ModuleProcess {
     handled: u64,
     /// Of those, not yet added to the version's stats.
     unreported: u64,
+    /// Calls answered and not yet added to the version's stats (added with
+    /// `unreported`, or at once with an error reply).
+    unreported_replies: u64,
 }
 
 /// Processes add to their version's stats once per this many callbacks,
@@ -105,6 +109,7 @@ impl ModuleProcess {
             starting: true,
             handled: 0,
             unreported: 0,
+            unreported_replies: 0,
         }
     }
 
@@ -212,11 +217,61 @@ impl ModuleProcess {
         result.map(drop)
     }
 
+    /// Asks this process's state whether it is healthy (its module's
+    /// `health` callback), where migrations run: in a system task or on a
+    /// suspended process, as [`ModuleProcess::config_change`].
+    ///
+    /// # Errors
+    /// The module's error ([`ModuleError::Failed`]) or panic
+    /// ([`ModuleError::Panicked`]): it is not healthy. A stop asked for
+    /// from the callback is an error too, and does not stop the process.
+    pub fn health(&mut self, node: &Node) -> Result<(), ModuleError> {
+        let (Some(pid), Some(state)) = (self.pid, self.state.as_mut()) else {
+            return Err(ModuleError::Failed("the process has not run init".into()));
+        };
+        let mut host = HostCall::detached(node, pid, &mut self.replies);
+        let result = state.run(&mut host, Callback::Health);
+        if let Some(reason) = host.stop.take() {
+            return Err(ModuleError::Failed(format!(
+                "health asked to stop the process ({reason}); report bad health by returning an error"
+            )));
+        }
+        result.map(drop)
+    }
+
+    /// Adds this process's pending counts (handled messages, replies) to
+    /// its version's stats, which otherwise take them in batches: a health
+    /// window does this in every process on the new code before it reads
+    /// the stats.
+    pub fn flush_stats(&mut self) {
+        self.report_stats();
+    }
+
     fn report_stats(&mut self) {
         if self.unreported > 0 {
             let unreported = std::mem::take(&mut self.unreported);
             self.code().stats.handled.fetch_add(unreported, Ordering::Relaxed);
         }
+        if self.unreported_replies > 0 {
+            let replies = std::mem::take(&mut self.unreported_replies);
+            self.code().stats.replies.fetch_add(replies, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a call answered now; an error reply is added to the
+    /// version's stats at once, with the replies before it.
+    fn count_reply(&mut self, error: bool) {
+        self.unreported_replies += 1;
+        if error {
+            let stats = &self.code.stats;
+            stats.replies.fetch_add(std::mem::take(&mut self.unreported_replies), Ordering::Relaxed);
+            stats.error_replies.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts a cast or plain message this version could not decode.
+    fn count_undecodable(&self) {
+        self.code.stats.undecodable.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Runs a callback and acts on what it asked for: a stop, or a crash.
@@ -244,6 +299,9 @@ impl ModuleProcess {
             stats.samples.fetch_add(1, Ordering::Relaxed);
             stats.sampled_ns.fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
             stats.handled.fetch_add(std::mem::take(&mut self.unreported), Ordering::Relaxed);
+            if self.unreported_replies > 0 {
+                stats.replies.fetch_add(std::mem::take(&mut self.unreported_replies), Ordering::Relaxed);
+            }
         }
         if let Some(reason) = stop {
             if !reason.is_clean() {
@@ -273,10 +331,24 @@ fn payload_of(message: Message) -> Result<Vec<u8>, Message> {
         Ok(payload) => return Ok(payload.0),
         Err(other) => other,
     };
+    // From another node: the MessagePack form the distribution layer made.
+    let message = match message.downcast::<RemoteMessage>() {
+        Ok(RemoteMessage { payload: Ok(payload), .. }) => return Ok(payload.0),
+        Ok(unmapped) => return Err(Message::new(unmapped)),
+        Err(other) => other,
+    };
     match message.downcast::<serde_json::Value>() {
         Ok(json) => json_to_payload(&json).map(|p| p.0).map_err(Message::new),
         Err(other) => Err(other),
     }
+}
+
+/// Whether a reply is a `Result::Err` as serde writes it in MessagePack
+/// (a one-entry map keyed `"Err"`): the convention by which a module's
+/// `handle_call` answers an error. A prefix test, so it costs nothing on
+/// the call path.
+fn is_err_reply(reply: &[u8]) -> bool {
+    reply.starts_with(&[0x81, 0xa3, b'E', b'r', b'r'])
 }
 
 fn pack<T: serde::Serialize>(value: &T) -> Vec<u8> {
@@ -339,8 +411,15 @@ impl Actor for ModuleProcess {
                     }
                     Err(message) => match message.downcast::<PortEvent>() {
                         Ok(event) => (INFO_PORT, port_event(event)),
-                        Err(_) => {
-                            tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message that is not MessagePack or JSON");
+                        Err(message) => {
+                            match message.downcast_ref::<RemoteMessage>() {
+                                Some(RemoteMessage { payload: Err(why), .. }) => {
+                                    tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message from another node: {why}")
+                                }
+                                _ => {
+                                    tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message that is not MessagePack or JSON")
+                                }
+                            }
                             return;
                         }
                     },
@@ -348,6 +427,7 @@ impl Actor for ModuleProcess {
             },
         };
         if let (Err(ModuleError::BadInput(error)), _) = self.run(ctx, Callback::Info(kind, &bytes), None) {
+            self.count_undecodable();
             tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message: {error}");
         }
     }
@@ -358,6 +438,7 @@ impl Actor for ModuleProcess {
             return;
         };
         if let (Err(ModuleError::BadInput(error)), _) = self.run(ctx, Callback::Cast(&bytes), None) {
+            self.count_undecodable();
             tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a cast: {error}");
         }
     }
@@ -372,11 +453,17 @@ impl Actor for ModuleProcess {
         // returned is dropped.
         let Some(reply) = reply else { return };
         match result {
-            Ok(answer) => reply.reply_with::<ModuleReply>(Ok(Payload(answer))),
+            Ok(answer) => {
+                self.count_reply(is_err_reply(&answer));
+                reply.reply_with::<ModuleReply>(Ok(Payload(answer)))
+            }
             // The process is stopping with the panic as its reason; the
-            // caller learns it as the callee's exit.
+            // caller learns it as the callee's exit (a crash, not a reply).
             Err(ModuleError::Panicked(_)) => self.dying_call = Some(reply),
-            Err(error) => reply.reply_with::<ModuleReply>(Err(format!("{}: {error}", self.describe()))),
+            Err(error) => {
+                self.count_reply(true);
+                reply.reply_with::<ModuleReply>(Err(format!("{}: {error}", self.describe())))
+            }
         }
     }
 
@@ -402,6 +489,22 @@ mod tests {
 
     /// The bytes `INFO_PORT` carries read back as relive-abi's `PortEvent`
     /// (what a module's glue decodes), with data as MessagePack `bin`.
+    /// `Result::Err` replies, however the module encodes them (named or
+    /// compact), are told apart from `Ok` and from other maps.
+    #[test]
+    fn err_replies_are_recognised() {
+        let err: Result<u64, String> = Err("over quota".into());
+        let ok: Result<u64, String> = Ok(7);
+        assert!(is_err_reply(&rmp_serde::to_vec_named(&err).unwrap()));
+        assert!(is_err_reply(&rmp_serde::to_vec(&err).unwrap()));
+        assert!(!is_err_reply(&rmp_serde::to_vec_named(&ok).unwrap()));
+        let unit_err: Result<(), ()> = Err(());
+        assert!(is_err_reply(&rmp_serde::to_vec_named(&unit_err).unwrap()));
+        let other = std::collections::BTreeMap::from([("Errand", 1)]);
+        assert!(!is_err_reply(&rmp_serde::to_vec_named(&other).unwrap()));
+        assert!(!is_err_reply(&rmp_serde::to_vec_named(&"Err").unwrap()));
+    }
+
     #[test]
     fn port_events_cross_as_relive_abi_port_events() {
         use relive_abi::{PortEvent as Abi, PortId as Id};

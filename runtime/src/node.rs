@@ -41,6 +41,7 @@ use crate::module::{ModuleReply, Payload, json_to_payload, payload_to_json};
 use crate::pid::{ExitReason, MonitorRef, Pid, TimerRef};
 use crate::port::{ConnectOpts, ListenOpts, ListenerInfo, Listening, PortError, PortId, PortInfo, Ports};
 use crate::process::{Actor, Proc, Relations, Watcher};
+use crate::remote::Remote;
 use crate::scheduler::{Scheduler, WorkerLocal};
 use crate::table::ProcessTable;
 use crate::timer::Timers;
@@ -77,13 +78,24 @@ impl Default for NodeConfig {
     }
 }
 
-/// Where a message goes: a pid or a registered name.
+/// Where a message goes: a pid, a registered name, or a name on another
+/// node.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Dest {
-    /// A process by pid.
+    /// A process by pid (an external pid reaches another node).
     Pid(Pid),
     /// A process by registered name, looked up at send time.
     Name(Arc<str>),
+    /// A process registered as `name` on another node (Erlang's
+    /// `{Name, Node}`), reached through the installed
+    /// [`crate::Remote`]. Sends only: a call to it fails with
+    /// [`SendError::NotRegistered`] (call through relive-dist instead).
+    Remote {
+        /// The registered name there.
+        name: Arc<str>,
+        /// The node's full name, `name@host`.
+        node: Arc<str>,
+    },
 }
 
 impl From<Pid> for Dest {
@@ -147,6 +159,8 @@ pub(crate) struct NodeInner {
     service_threads: Mutex<Vec<JoinHandle<()>>>,
     /// The running release's configuration (see [`Node::set_config`]).
     config: RwLock<Arc<Payload>>,
+    /// Other nodes' processes, once a distribution layer is installed.
+    remote: std::sync::OnceLock<Arc<dyn Remote>>,
 }
 
 /// Blocks until a process exits; made by [`Node::exit_waiter`].
@@ -184,6 +198,7 @@ impl Node {
             service_threads: Mutex::new(Vec::new()),
             code: std::sync::OnceLock::new(),
             config: RwLock::new(Arc::new(Payload::empty_map())),
+            remote: std::sync::OnceLock::new(),
         });
         if let Some(dir) = config.code_dir {
             let _ = inner.code.set(Arc::new(CodeServer::new(dir, Arc::downgrade(&inner))));
@@ -264,6 +279,35 @@ impl Node {
     ) -> Result<Message, CallError> {
         let pid = self.inner.resolve(&to.into()).map_err(CallError::from)?;
         self.inner.call(pid, into_message(request), timeout, None)
+    }
+
+    /// Calls a process without waiting: `then` runs with the reply on the
+    /// thread that answers (a scheduler worker: it must not block), or
+    /// with `None` when none will come (the callee exited or dropped the
+    /// request). For a distribution layer answering another node's
+    /// gen_server calls, which must never wait on a busy process.
+    ///
+    /// # Errors
+    /// [`SendError`] for a dead or unknown target (`then` is dropped
+    /// unrun).
+    pub fn call_then<T: Any + Send>(
+        &self,
+        to: impl Into<Dest>,
+        request: T,
+        then: impl FnOnce(Option<Message>) + Send + 'static,
+    ) -> Result<(), SendError> {
+        let pid = self.inner.resolve(&to.into())?;
+        let envelope = Envelope::Call(into_message(request), ReplyTo::then(Box::new(then)));
+        match self.inner.deliver(pid, envelope, Sched::Global) {
+            Ok(()) => Ok(()),
+            Err(envelope) => {
+                // Not a failed call: the caller learns it from the error.
+                if let Envelope::Call(_, mut reply) = envelope {
+                    reply.disarm();
+                }
+                Err(SendError::NoProc(pid))
+            }
+        }
     }
 
     /// Sends an exit signal from outside any process ([`Pid::NODE`]):
@@ -624,6 +668,18 @@ impl Node {
         self.inner.ports.connect(&self.inner, addr, owner, opts, timeout)
     }
 
+    /// Replaces a listener's options in place (an upgraded owner applying
+    /// its version's caps and limits): connections it accepts from now on
+    /// get them; connections open already keep theirs. The socket stays
+    /// open and bound.
+    ///
+    /// # Errors
+    /// [`PortError::NotAListener`], [`PortError::Closed`],
+    /// [`PortError::Unknown`], [`PortError::ShuttingDown`].
+    pub fn set_listen_opts(&self, port: PortId, opts: ListenOpts) -> Result<(), PortError> {
+        self.inner.ports.set_listen_opts(port, None, opts)
+    }
+
     /// Gives a port to `owner`: every later event goes to it and the port
     /// now closes when it exits. The socket stays open.
     ///
@@ -674,6 +730,100 @@ impl Node {
     pub fn worker_replacements(&self) -> u64 {
         self.inner.scheduler.replacements()
     }
+
+    /// Installs the distribution layer: from now on whatever is addressed
+    /// to an external pid or a [`Dest::Remote`] goes to `remote` (see
+    /// [`crate::remote`]). Once per node.
+    ///
+    /// # Errors
+    /// The given `remote` back if one is installed already.
+    pub fn set_remote(&self, remote: Arc<dyn Remote>) -> Result<(), Arc<dyn Remote>> {
+        self.inner.remote.set(remote)
+    }
+
+    /// Whether a distribution layer is installed.
+    pub fn has_remote(&self) -> bool {
+        self.inner.remote.get().is_some()
+    }
+
+    /// The node's name in a cluster and the nodes connected now, when a
+    /// distribution layer is installed.
+    pub fn remote_info(&self) -> Option<crate::remote::RemoteInfo> {
+        self.inner.remote.get().map(|remote| remote.info())
+    }
+
+    /// For the distribution layer: the external pid `remote` links to
+    /// local process `local` (Erlang's LINK from the wire).
+    ///
+    /// # Errors
+    /// [`LinkError::NoProc`] if `local` is not alive (answer with an exit
+    /// signal `noproc`).
+    pub fn link_remote(&self, remote: Pid, local: Pid) -> Result<(), LinkError> {
+        let added = self.inner.table.get(local).is_some_and(|proc| {
+            let mut cell = proc.relations.lock();
+            !cell.closed && {
+                let links = &mut cell.get().links;
+                if !links.contains(&remote) {
+                    links.push(remote);
+                }
+                true
+            }
+        });
+        if added { Ok(()) } else { Err(LinkError::NoProc(local)) }
+    }
+
+    /// For the distribution layer: the external pid `remote` removed its
+    /// link to `local` (UNLINK_ID from the wire); true if there was one.
+    pub fn unlink_remote(&self, remote: Pid, local: Pid) -> bool {
+        self.inner.table.get(local).is_some_and(|proc| {
+            proc.relations.lock().relations.as_mut().is_some_and(|r| {
+                let before = r.links.len();
+                r.links.retain(|l| *l != remote);
+                r.links.len() != before
+            })
+        })
+    }
+
+    /// For the distribution layer: an exit signal from the external pid
+    /// `from` to local process `to`. `link_broken` (Erlang's EXIT, or a
+    /// lost connection): `from` exited while linked to `to`; the signal
+    /// only acts if the link is still there, and removes it. Otherwise an
+    /// explicit exit signal (EXIT2), which acts as [`Node::exit`] does.
+    pub fn exit_from_remote(&self, from: Pid, to: Pid, reason: ExitReason, link_broken: bool) {
+        if link_broken && !self.unlink_remote(from, to) {
+            return;
+        }
+        self.inner.signal_exit(to, from, reason, Sched::Global);
+    }
+
+    /// For the distribution layer: the external pid `watcher` monitors
+    /// local process `target`. When `target` exits (at once if it is not
+    /// alive), [`Remote::down`] is called with the returned monitor.
+    pub fn monitor_for_remote(&self, watcher: Pid, target: Pid) -> MonitorRef {
+        self.inner.monitor(Watcher::Process(watcher), target, Sched::Global)
+    }
+
+    /// Removes a monitor made by [`Node::monitor_for_remote`]; true if it
+    /// had not fired.
+    pub fn demonitor_for_remote(&self, monitor: MonitorRef) -> bool {
+        self.inner.demonitor(None, monitor)
+    }
+
+    /// For the distribution layer: the process an external pid that local
+    /// process `watcher` monitors exited (or the connection to its node was
+    /// lost): `watcher` gets `down` unless it removed the monitor.
+    pub fn remote_down(&self, watcher: Pid, down: Down) {
+        let active = self.inner.table.get(watcher).is_some_and(|proc| {
+            proc.relations.lock().relations.as_mut().is_some_and(|r| {
+                let before = r.monitoring.len();
+                r.monitoring.retain(|m| m.id != down.monitor.id);
+                r.monitoring.len() != before
+            })
+        });
+        if active {
+            let _ = self.inner.deliver(watcher, Envelope::Info(Message::new(down)), Sched::Global);
+        }
+    }
 }
 
 impl NodeInner {
@@ -695,7 +845,12 @@ impl NodeInner {
             Dest::Name(name) => {
                 self.registry.read().get(name).copied().ok_or_else(|| SendError::NotRegistered(name.clone()))
             }
+            Dest::Remote { name, node } => Err(SendError::NotRegistered(format!("{name} on {node}").into())),
         }
+    }
+
+    pub(crate) fn remote(&self) -> Option<&Arc<dyn Remote>> {
+        self.remote.get()
     }
 
     pub(crate) fn schedule(&self, pid: Pid, sched: Sched<'_>) {
@@ -706,12 +861,56 @@ impl NodeInner {
     }
 
     pub(crate) fn send(&self, to: Dest, envelope: Envelope, sched: Sched<'_>) -> Result<(), SendError> {
+        self.send_as(None, to, envelope, sched)
+    }
+
+    /// As `send`, naming the sender for another node's benefit.
+    pub(crate) fn send_as(
+        &self,
+        from: Option<Pid>,
+        to: Dest,
+        envelope: Envelope,
+        sched: Sched<'_>,
+    ) -> Result<(), SendError> {
+        if let Dest::Remote { name, node } = &to {
+            let not_sent = || SendError::NotRegistered(format!("{name} on {node}").into());
+            let remote = self.remote().ok_or_else(not_sent)?;
+            let (message, cast) = match envelope {
+                Envelope::Info(message) => (message, false),
+                Envelope::Cast(message) => (message, true),
+                _ => return Err(not_sent()),
+            };
+            return remote.send_named(from, name, node, message, cast).map_err(|_| not_sent());
+        }
         let pid = self.resolve(&to)?;
+        if pid.is_external() {
+            return self.deliver_external(from, pid, envelope).map_err(|_| SendError::NoProc(pid));
+        }
         self.deliver(pid, envelope, sched).map_err(|_| SendError::NoProc(pid))
+    }
+
+    /// Hands what is addressed to an external pid to the distribution
+    /// layer: plain messages and casts; a `Down` for a remote watcher.
+    fn deliver_external(&self, from: Option<Pid>, pid: Pid, envelope: Envelope) -> Result<(), Envelope> {
+        let Some(remote) = self.remote() else { return Err(envelope) };
+        match envelope {
+            Envelope::Info(message) => match message.downcast::<Down>() {
+                Ok(down) => {
+                    remote.down(pid, down);
+                    Ok(())
+                }
+                Err(message) => remote.send(from, pid, message, false).map_err(Envelope::Info),
+            },
+            Envelope::Cast(message) => remote.send(from, pid, message, true).map_err(Envelope::Cast),
+            other => Err(other),
+        }
     }
 
     /// Pushes an envelope and queues the process if it became runnable.
     pub(crate) fn deliver(&self, pid: Pid, envelope: Envelope, sched: Sched<'_>) -> Result<(), Envelope> {
+        if pid.is_external() {
+            return self.deliver_external(None, pid, envelope);
+        }
         let pushed = match sched {
             Sched::Local(worker) => worker.cache.push(&self.table, pid, envelope),
             Sched::Global => match self.table.get(pid) {
@@ -979,6 +1178,12 @@ impl NodeInner {
             }
             let signal = reason.propagated();
             for linked in relations.links {
+                if linked.is_external() {
+                    if let Some(remote) = self.remote() {
+                        remote.exit(pid, linked, &signal, true);
+                    }
+                    continue;
+                }
                 if let Some(other) = self.table.get(linked)
                     && let Some(r) = other.relations.lock().relations.as_mut()
                 {
@@ -993,6 +1198,12 @@ impl NodeInner {
                 }
             }
             for monitor in relations.monitoring {
+                if monitor.target.is_external() {
+                    if let Some(remote) = self.remote() {
+                        remote.demonitor(pid, monitor);
+                    }
+                    continue;
+                }
                 self.remove_monitor(monitor);
             }
             for port in relations.ports {
@@ -1002,6 +1213,12 @@ impl NodeInner {
     }
 
     pub(crate) fn signal_exit(&self, target: Pid, from: Pid, reason: ExitReason, sched: Sched<'_>) {
+        if target.is_external() {
+            if let Some(remote) = self.remote() {
+                remote.exit(from, target, &reason, false);
+            }
+            return;
+        }
         let Some(proc) = self.table.get(target) else {
             return;
         };
@@ -1021,6 +1238,9 @@ impl NodeInner {
     pub(crate) fn link(&self, me: Pid, other: Pid, sched: Sched<'_>) -> Result<(), LinkError> {
         if me == other {
             return Ok(());
+        }
+        if other.is_external() && !me.is_external() {
+            return self.link_external(me, other, sched);
         }
         let linked = match (self.table.get(me), self.table.get(other)) {
             (Some(a), Some(b)) => {
@@ -1052,7 +1272,35 @@ impl NodeInner {
         }
     }
 
+    /// Links local `me` to the external pid `other`: recorded here, then
+    /// told to the other node.
+    fn link_external(&self, me: Pid, other: Pid, sched: Sched<'_>) -> Result<(), LinkError> {
+        let Some(remote) = self.remote() else {
+            self.signal_exit(me, other, ExitReason::error("noconnection"), sched);
+            return Err(LinkError::NoProc(other));
+        };
+        let recorded = self.table.get(me).is_some_and(|proc| {
+            let mut cell = proc.relations.lock();
+            !cell.closed && {
+                let links = &mut cell.get().links;
+                if !links.contains(&other) {
+                    links.push(other);
+                }
+                true
+            }
+        });
+        if recorded {
+            remote.link(me, other);
+        }
+        Ok(())
+    }
+
     pub(crate) fn unlink(&self, me: Pid, other: Pid) {
+        if other.is_external()
+            && let Some(remote) = self.remote()
+        {
+            remote.unlink(me, other);
+        }
         for (pid, peer) in [(me, other), (other, me)] {
             if let Some(proc) = self.table.get(pid)
                 && let Some(r) = proc.relations.lock().relations.as_mut()
@@ -1068,6 +1316,11 @@ impl NodeInner {
             Watcher::Process(pid) => Some(*pid),
             Watcher::Waiter(_) => None,
         };
+        if target.is_external()
+            && let Some(me) = watcher_pid.filter(|pid| !pid.is_external())
+        {
+            return self.monitor_external(me, monitor, sched);
+        }
         let rejected = match self.table.get(target) {
             Some(proc) => {
                 let mut cell = proc.relations.lock();
@@ -1096,12 +1349,49 @@ impl NodeInner {
         monitor
     }
 
+    /// Local `me` monitors an external pid: recorded here, then told to
+    /// the other node, whose answer comes back through `Node::remote_down`.
+    fn monitor_external(&self, me: Pid, monitor: MonitorRef, sched: Sched<'_>) -> MonitorRef {
+        let recorded = self.table.get(me).is_some_and(|proc| {
+            let mut cell = proc.relations.lock();
+            !cell.closed && {
+                cell.get().monitoring.push(monitor);
+                true
+            }
+        });
+        match self.remote() {
+            Some(remote) if recorded => remote.monitor(me, monitor),
+            Some(_) => {}
+            None => {
+                if let Some(proc) = self.table.get(me)
+                    && let Some(r) = proc.relations.lock().relations.as_mut()
+                {
+                    r.monitoring.retain(|m| m.id != monitor.id);
+                }
+                let down = Down { monitor, pid: monitor.target, reason: ExitReason::error("noconnection") };
+                let _ = self.deliver(me, Envelope::Info(Message::new(down)), sched);
+            }
+        }
+        monitor
+    }
+
     /// Removes a monitor from both ends; true if it was still active.
     pub(crate) fn demonitor(&self, watcher: Option<Pid>, monitor: MonitorRef) -> bool {
+        let mut held = false;
         if let Some(proc) = watcher.and_then(|pid| self.table.get(pid))
             && let Some(r) = proc.relations.lock().relations.as_mut()
         {
+            let before = r.monitoring.len();
             r.monitoring.retain(|m| m.id != monitor.id);
+            held = r.monitoring.len() != before;
+        }
+        if monitor.target.is_external() {
+            if let (Some(remote), Some(watcher)) = (self.remote(), watcher)
+                && held
+            {
+                remote.demonitor(watcher, monitor);
+            }
+            return held;
         }
         self.remove_monitor(monitor)
     }

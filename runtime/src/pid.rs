@@ -5,10 +5,23 @@
 //! distribution link unchanged. The serial of a slot grows each time the slot
 //! is reused and freed slots are reused in FIFO order, so a pid that anyone
 //! still holds does not name a new process (see `table.rs`).
+//!
+//! A process of another node (Erlang distribution) gets a local [`Pid`] too,
+//! so that everything that takes a pid (sends, links, monitors, the module
+//! ABI's `u64`) takes it unchanged: [`Pid::from_external`] interns the
+//! remote pid's `(node, id, serial, creation)` in a process-wide table and
+//! returns a pid whose index has its top bit set ([`Pid::is_external`]),
+//! which no local slot ever has. It shows as Erlang does, `<N.id.serial>`,
+//! with `N` the number the node got when its first pid was seen. The
+//! runtime routes what is addressed to such a pid to the installed
+//! [`crate::Remote`].
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use parking_lot::RwLock;
 
 /// A process identifier. Plain data: copy it, send it, store it.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,6 +46,42 @@ impl Pid {
         (self.0 >> 32) as u32
     }
 
+    /// Whether this pid names a process of another node (see the module
+    /// doc).
+    pub const fn is_external(self) -> bool {
+        self.index() & EXTERNAL_INDEX_BIT != 0
+    }
+
+    /// The local pid of a process of another node: the same remote pid
+    /// always gives the same local pid (interned, for the life of the OS
+    /// process; the table grows by one entry per distinct remote pid seen).
+    pub fn from_external(external: &ExternalPid) -> Pid {
+        if let Some(&slot) = EXTERNAL_PIDS.read().by_pid.get(external) {
+            return Pid::new(EXTERNAL_INDEX_BIT | slot, 1);
+        }
+        let mut table = EXTERNAL_PIDS.write();
+        if let Some(&slot) = table.by_pid.get(external) {
+            return Pid::new(EXTERNAL_INDEX_BIT | slot, 1);
+        }
+        let slot = u32::try_from(table.slots.len())
+            .ok()
+            .filter(|slot| slot & EXTERNAL_INDEX_BIT == 0)
+            .expect("fewer than 2^31 distinct remote pids in one OS process");
+        let next = table.node_numbers.len() as u32 + 1;
+        table.node_numbers.entry(external.node.clone()).or_insert(next);
+        table.slots.push(external.clone());
+        table.by_pid.insert(external.clone(), slot);
+        Pid::new(EXTERNAL_INDEX_BIT | slot, 1)
+    }
+
+    /// The remote pid this local pid stands for; `None` for a local pid.
+    pub fn external(self) -> Option<ExternalPid> {
+        if !self.is_external() {
+            return None;
+        }
+        EXTERNAL_PIDS.read().slots.get((self.index() & !EXTERNAL_INDEX_BIT) as usize).cloned()
+    }
+
     /// The raw 64-bit form, for storage in atomics and wire formats.
     pub const fn as_u64(self) -> u64 {
         self.0
@@ -44,8 +93,41 @@ impl Pid {
     }
 }
 
+/// The top bit of the index of a pid that stands for a remote process.
+const EXTERNAL_INDEX_BIT: u32 = 1 << 31;
+
+/// A process of another node, as Erlang's NEW_PID_EXT names it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ExternalPid {
+    /// The node's full name, `name@host`.
+    pub node: Arc<str>,
+    /// The pid's ID on its node.
+    pub id: u32,
+    /// The pid's serial on its node.
+    pub serial: u32,
+    /// The node's creation (a restarted node has a new one).
+    pub creation: u32,
+}
+
+#[derive(Default)]
+struct ExternalPids {
+    by_pid: HashMap<ExternalPid, u32>,
+    slots: Vec<ExternalPid>,
+    /// The `N` of `<N.id.serial>`, by node, from 1 in order of first sight.
+    node_numbers: HashMap<Arc<str>, u32>,
+}
+
+static EXTERNAL_PIDS: LazyLock<RwLock<ExternalPids>> = LazyLock::new(Default::default);
+
 impl fmt::Display for Pid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_external() {
+            let table = EXTERNAL_PIDS.read();
+            if let Some(external) = table.slots.get((self.index() & !EXTERNAL_INDEX_BIT) as usize) {
+                let node = table.node_numbers.get(&external.node).copied().unwrap_or(0);
+                return write!(f, "<{node}.{}.{}>", external.id, external.serial);
+            }
+        }
         write!(f, "<0.{}.{}>", self.index(), self.serial())
     }
 }
@@ -166,6 +248,11 @@ impl MonitorRef {
     pub fn target(&self) -> Pid {
         self.target
     }
+
+    /// The node's number for this monitor (unique per node).
+    pub fn id(&self) -> u64 {
+        self.id
+    }
 }
 
 impl fmt::Display for MonitorRef {
@@ -192,6 +279,21 @@ mod tests {
         assert!("<0.1.0>".parse::<Pid>().is_err());
         assert!("<1.2.3>".parse::<Pid>().is_err());
         assert!("0.2.3".parse::<Pid>().is_err());
+    }
+
+    #[test]
+    fn external_pids_are_interned_apart_from_local_ones() {
+        let remote = ExternalPid { node: "erl@host".into(), id: 85, serial: 0, creation: 7 };
+        let pid = Pid::from_external(&remote);
+        assert!(pid.is_external());
+        assert!(!Pid::new(85, 1).is_external());
+        assert_eq!(Pid::from_external(&remote), pid, "the same remote pid interns once");
+        assert_eq!(pid.external(), Some(remote.clone()));
+        assert_eq!(Pid::from_u64(pid.as_u64()), Some(pid));
+        let restarted = ExternalPid { creation: 8, ..remote };
+        assert_ne!(Pid::from_external(&restarted), pid, "a new creation is another process");
+        assert!(pid.to_string().ends_with(".85.0>"), "{pid}");
+        assert!(!pid.to_string().starts_with("<0."), "{pid}");
     }
 
     #[test]

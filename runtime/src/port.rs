@@ -21,23 +21,30 @@
 //!
 //! # Threads
 //!
-//! Reading, accepting and writing what could not be written at once run on
-//! one dedicated thread, `relive-ports`, on a mio poller; never on a
-//! scheduler worker, so a busy scheduler cannot starve the network and a
-//! slow socket cannot stall a process. The thread starts on the first
-//! [`Node::listen`] and stops in [`Node::shutdown`], which joins it and
-//! closes every socket. Other threads talk to it through a channel and a
-//! `mio::Waker`: [`Node::port_close`] and the owner's exit queue a command
-//! and return at once. Writes skip the hop: [`Node::port_send`] writes
-//! straight to the non-blocking socket from the owner's own turn, and only
-//! what the socket does not take is queued for the I/O thread, which writes
-//! it when the poller says the socket is writable. Reads take turns: one
-//! connection reads at most [`READS_PER_TURN`] buffers, delivered together,
-//! before the others get a go.
+//! Every socket is registered with one mio poller, and whoever holds the
+//! poller (the baton) reads, accepts and writes out what could not be
+//! written at once. An idle scheduler worker takes it and waits in the
+//! poller instead of parking: when a socket becomes ready, that worker reads
+//! it, queues the owner on its own run queue and runs the owner next, which
+//! answers by writing straight to the socket ([`Node::port_send`]) - a
+//! request is read, handled and answered on one thread, with no wake-up of
+//! another (as in Redis's event loop). A worker that spins before parking
+//! polls too (without waiting). The dedicated thread, `relive-ports`, is the
+//! fallback: when no worker has polled for a millisecond (all are busy),
+//! it takes the poller and keeps polling until an idle worker asks for it
+//! back, so a busy scheduler cannot starve the network. It starts on the
+//! first [`Node::listen`] and stops in [`Node::shutdown`], which joins it
+//! and closes every socket. Other threads reach the poller through a
+//! channel and a `mio::Waker`: [`Node::port_close`] and the owner's exit
+//! queue a command and return at once. Writes skip the poller: only what
+//! the socket does not take at once is queued, and written when the poller
+//! says the socket is writable. Reads take turns: one connection reads at
+//! most [`READS_PER_TURN`] buffers, delivered together, before the others
+//! get a go.
 //!
-//! The accept handler ([`ListenOpts::handler`]) runs on the I/O thread: it
-//! should spawn a process and return, never block. Accepted connections
-//! have `TCP_NODELAY` set (request/reply protocols want it).
+//! The accept handler ([`ListenOpts::handler`]) runs on whichever thread
+//! polls: it should spawn a process and return, never block. Accepted
+//! connections have `TCP_NODELAY` set (request/reply protocols want it).
 //!
 //! # Ordering
 //!
@@ -122,6 +129,10 @@ const ACCEPTS_PER_TURN: usize = 64;
 /// Size of the I/O thread's read buffer.
 const READ_BUFFER: usize = 64 * 1024;
 
+/// Whether a read shorter than the buffer means the socket is drained
+/// (true of TCP on Linux's epoll; elsewhere, read until WouldBlock).
+const SHORT_READ_DRAINS: bool = cfg!(any(target_os = "linux", target_os = "android"));
+
 /// How long a listener first waits before accepting again after an error
 /// such as running out of file descriptors; the wait doubles while the
 /// error repeats, up to [`ACCEPT_RETRY_MAX`].
@@ -199,7 +210,8 @@ pub enum Framing {
 
 /// Chooses the owner of a newly accepted connection: typically spawns a
 /// process for it and returns its pid. `None` refuses the connection (it is
-/// closed at once). Runs on the port I/O thread: it must not block.
+/// closed at once). Runs on the thread that polls (see the module doc):
+/// it must not block.
 pub type AcceptHandler = Arc<dyn Fn(&Node, PortId) -> Option<Pid> + Send + Sync>;
 
 /// Defaults of the per-connection limits ([`ConnLimits`]).
@@ -522,6 +534,21 @@ pub enum PortError {
     /// Sending on a listener.
     #[error("port {0} is a listener; send on the connections it accepts")]
     NotAConnection(PortId),
+    /// Only a listener's owner may change its options.
+    #[error(
+        "{caller} cannot change the options of listener {port}: it is owned by {owner}; only its owner can"
+    )]
+    NotListenerOwner {
+        /// The listener.
+        port: PortId,
+        /// Its owner.
+        owner: Pid,
+        /// Who tried.
+        caller: Pid,
+    },
+    /// Listener options for a connection.
+    #[error("port {0} is a connection, not a listener; change the options of the listener that accepted it")]
+    NotAListener(PortId),
     /// The would-be owner is not alive.
     #[error("cannot give a port to {0}: no such process (it has exited)")]
     NoProc(Pid),
@@ -597,6 +624,9 @@ struct PortShared {
     bytes_out: AtomicU64,
     /// A connection's socket and queues (none for a listener).
     conn: Option<Arc<ConnShared>>,
+    /// A listener's options, read at each accept: its owner may change
+    /// them in place ([`Node::set_listen_opts`]).
+    listen_opts: Option<Arc<Mutex<ListenOpts>>>,
 }
 
 /// A connection's socket and what both its owner's thread and the I/O
@@ -823,7 +853,12 @@ impl PortShared {
 
     /// Delivers events in order while holding the state lock; each `Data`
     /// counts as unhandled until its owner has handled it.
-    fn deliver(&self, node: &NodeInner, events: impl IntoIterator<Item = PortEvent>) -> Delivery {
+    fn deliver(
+        &self,
+        node: &NodeInner,
+        events: impl IntoIterator<Item = PortEvent>,
+        sched: Sched<'_>,
+    ) -> Delivery {
         let state = self.state.lock();
         if state.closed {
             return Delivery::Stop;
@@ -837,7 +872,7 @@ impl PortShared {
                 }
                 _ => Envelope::Info(Message::new(event)),
             };
-            if node.deliver(state.owner, envelope, Sched::Global).is_err() {
+            if node.deliver(state.owner, envelope, sched).is_err() {
                 return Delivery::Stop;
             }
         }
@@ -846,7 +881,7 @@ impl PortShared {
 }
 
 enum Command {
-    Listen(Arc<PortShared>, TcpListener, ListenOpts),
+    Listen(Arc<PortShared>, TcpListener),
     /// A connect in progress, and when to give up on it.
     Connect(Connecting, Instant),
     /// Read again: the owner caught up.
@@ -861,7 +896,8 @@ enum Command {
 /// The way to the I/O thread.
 struct Link {
     tx: Sender<Command>,
-    waker: Waker,
+    /// Wakes whoever polls (the ports thread or an idle worker).
+    waker: Arc<Waker>,
     registry: Registry,
     /// Set by a sender that woke the thread and not yet seen by it: later
     /// senders skip the wake-up syscall.
@@ -905,6 +941,8 @@ pub(crate) struct Ports {
     table: Arc<Mutex<HashMap<PortId, Arc<PortShared>>>>,
     next_id: AtomicU64,
     link: OnceLock<Arc<Link>>,
+    /// The I/O state, polled by an idle worker or the ports thread.
+    baton: OnceLock<Arc<Baton>>,
     caps: Arc<NodeCaps>,
     lifecycle: Mutex<Lifecycle>,
     stopped: AtomicBool,
@@ -916,6 +954,7 @@ impl Ports {
             table: Arc::default(),
             next_id: AtomicU64::new(1),
             link: OnceLock::new(),
+            baton: OnceLock::new(),
             caps: Arc::new(NodeCaps {
                 live: Arc::new(AtomicUsize::new(0)),
                 max: AtomicUsize::new(usize::MAX),
@@ -942,13 +981,14 @@ impl Ports {
             return Ok(link);
         }
         let poll = Poll::new().map_err(PortError::Start)?;
-        let waker = Waker::new(poll.registry(), WAKER).map_err(PortError::Start)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(PortError::Start)?);
         let registry = poll.registry().try_clone().map_err(PortError::Start)?;
         let (tx, rx) = mpsc::channel();
         let wake_pending = Arc::new(AtomicBool::new(false));
-        let link = Arc::new(Link { tx, waker, registry, wake_pending: wake_pending.clone() });
+        let link = Arc::new(Link { tx, waker: waker.clone(), registry, wake_pending: wake_pending.clone() });
         let io = Io {
             poll,
+            events: Events::with_capacity(256),
             node: Arc::downgrade(node),
             table: self.table.clone(),
             rx,
@@ -961,12 +1001,29 @@ impl Ports {
             idle_sweep: None,
             buf: vec![0; READ_BUFFER].into_boxed_slice(),
             spare: spare_descriptor(),
+            stopped: false,
         };
+        let baton = Arc::new(Baton {
+            io: Mutex::new(io),
+            polled_at: AtomicU64::new(clock_us()),
+            blocked_poller: AtomicBool::new(false),
+            thread_holds: AtomicBool::new(false),
+            wanted: AtomicBool::new(false),
+            resting: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            thread: OnceLock::new(),
+            waker: waker.clone(),
+        });
+        let thread_baton = baton.clone();
+        let io_node = Arc::downgrade(node);
         let thread = thread::Builder::new()
             .name("relive-ports".into())
-            .spawn(move || run_io(io))
+            .spawn(move || run_io(thread_baton, io_node))
             .map_err(PortError::Start)?;
+        let _ = baton.thread.set(thread.thread().clone());
         lifecycle.thread = Some(thread);
+        let _ = node.scheduler.io_waker.set(waker);
+        let _ = self.baton.set(baton);
         let _ = self.link.set(link);
         self.link.get().ok_or(PortError::IoThreadGone)
     }
@@ -1033,6 +1090,7 @@ impl Ports {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             conn: None,
+            listen_opts: Some(Arc::new(Mutex::new(opts))),
         });
         // In the table before the owner's relations, so an owner exiting in
         // between finds the port to close.
@@ -1046,7 +1104,7 @@ impl Ports {
                 return Err(PortError::NoProc(owner));
             }
         }
-        if link.send(Command::Listen(shared.clone(), listener, opts)).is_err() {
+        if link.send(Command::Listen(shared.clone(), listener)).is_err() {
             let mut state = shared.state.lock();
             state.closed = true;
             node.remove_port(state.owner, id.0);
@@ -1131,6 +1189,7 @@ impl Ports {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             conn: Some(conn.clone()),
+            listen_opts: None,
         });
         self.table.lock().insert(id, shared.clone());
         {
@@ -1179,6 +1238,35 @@ impl Ports {
                 }
             }
         }
+    }
+
+    /// Replaces a listener's options in place; with `from`, only if `from`
+    /// owns it. Connections it accepts from now on get them (framing, cap,
+    /// refusal, limits); connections open already keep theirs.
+    pub(crate) fn set_listen_opts(
+        &self,
+        port: PortId,
+        from: Option<Pid>,
+        opts: ListenOpts,
+    ) -> Result<(), PortError> {
+        let shared = self.get(port)?;
+        let Some(current) = &shared.listen_opts else {
+            return Err(PortError::NotAListener(port));
+        };
+        // Under the port's lock: no owner change or close slips between
+        // the check and the change.
+        let state = shared.state.lock();
+        if state.closed {
+            return Err(PortError::Closed(port));
+        }
+        if let Some(caller) = from
+            && state.owner != caller
+        {
+            return Err(PortError::NotListenerOwner { port, owner: state.owner, caller });
+        }
+        tracing::debug!(%port, ?opts, "listener options changed");
+        *current.lock() = opts;
+        Ok(())
     }
 
     pub(crate) fn set_owner(&self, node: &NodeInner, port: PortId, owner: Pid) -> Result<(), PortError> {
@@ -1307,6 +1395,9 @@ impl Ports {
             self.stopped.store(true, Ordering::Release);
             lifecycle.thread.take()
         };
+        if let Some(baton) = self.baton.get() {
+            baton.stop();
+        }
         if let Some(link) = self.link.get() {
             let _ = link.send(Command::Shutdown);
         }
@@ -1358,7 +1449,8 @@ struct Connecting {
 struct ListenerSock {
     socket: TcpListener,
     shared: Arc<PortShared>,
-    opts: ListenOpts,
+    /// Shared with the table's entry (see `PortShared::listen_opts`).
+    opts: Arc<Mutex<ListenOpts>>,
     /// Its connections whose socket is open.
     live: Arc<AtomicUsize>,
     /// How long to wait before accepting again after a failure; doubles
@@ -1449,9 +1541,12 @@ enum Timer {
     IdleSweep,
 }
 
-/// The I/O thread's state.
+/// The I/O state: the poller, every socket, timers. Whoever holds it (the
+/// [`Baton`]) polls and handles what the poller reports.
 struct Io {
     poll: Poll,
+    /// What the last poll reported, handled by [`Io::dispatch`].
+    events: Events,
     node: Weak<NodeInner>,
     table: Arc<Mutex<HashMap<PortId, Arc<PortShared>>>>,
     rx: Receiver<Command>,
@@ -1469,42 +1564,232 @@ struct Io {
     /// Given up to accept (and refuse) a client when the process is out of
     /// descriptors, then taken again (see [`Io::accept`]).
     spare: Option<std::fs::File>,
+    /// Shut down, or failed: nothing is polled any more.
+    stopped: bool,
 }
 
-fn run_io(mut io: Io) {
-    let reason = match catch_unwind(AssertUnwindSafe(|| io.run())) {
-        Ok(Ok(())) => return,
-        Ok(Err(err)) => {
-            tracing::error!(%err, "polling sockets failed; closing every port");
-            CloseReason::io(&err)
+/// How often the ports thread looks whether anyone polls: a worker that
+/// polled less than this long ago is trusted to poll again.
+const POLL_FALLBACK: Duration = Duration::from_millis(1);
+
+/// The longest the ports thread rests while a worker sits in a blocking
+/// poll (that worker wakes it when it leaves).
+const POLL_REST: Duration = Duration::from_millis(100);
+
+/// Microseconds since the first call (the baton's clock).
+fn clock_us() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_micros() as u64
+}
+
+/// Who polls. An idle scheduler worker takes the baton and waits in the
+/// poller instead of parking: readiness wakes the very thread that then
+/// reads the socket, queues the owner on its own LIFO slot and runs it, so
+/// a request is read, handled and answered on one thread with no hop (as
+/// Redis's event loop). The ports thread is the fallback: when no worker
+/// polled for [`POLL_FALLBACK`] (all are busy), it takes the baton and polls
+/// until an idle worker asks for it back.
+pub(crate) struct Baton {
+    io: Mutex<Io>,
+    /// When a poll last returned ([`clock_us`]).
+    polled_at: AtomicU64,
+    /// A worker holds the baton in a blocking poll.
+    blocked_poller: AtomicBool,
+    /// The ports thread holds the baton.
+    thread_holds: AtomicBool,
+    /// An idle worker waits for the baton the ports thread holds.
+    wanted: AtomicBool,
+    /// The ports thread rests up to [`POLL_REST`]; whoever gives up a
+    /// blocking poll wakes it.
+    resting: AtomicBool,
+    stopped: AtomicBool,
+    thread: OnceLock<thread::Thread>,
+    waker: Arc<Waker>,
+}
+
+impl Baton {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.thread.get() {
+            thread.unpark();
         }
-        Err(panic) => {
-            tracing::error!(
-                panic = panic_message(panic.as_ref()),
-                "the port I/O thread panicked; closing every port"
-            );
-            CloseReason::Error { kind: io::ErrorKind::Other, message: "the port I/O thread crashed".into() }
+        let _ = self.waker.wake();
+    }
+
+    fn polled_since(&self, ago: Duration) -> bool {
+        clock_us().saturating_sub(self.polled_at.load(Ordering::Relaxed)) < ago.as_micros() as u64
+    }
+}
+
+/// The baton as an idle worker holds it: [`Poller::wait`] polls,
+/// [`Poller::dispatch`] handles what came (after the worker left the
+/// sleepers, so the owners it queues run on it).
+pub(crate) struct Poller<'a> {
+    baton: &'a Baton,
+    io: parking_lot::MutexGuard<'a, Io>,
+    polled: bool,
+}
+
+impl Poller<'_> {
+    /// Polls, waiting at most `wait` (less if a timer is due sooner);
+    /// woken early by any port command or by the scheduler
+    /// (`Scheduler::notify`).
+    pub(crate) fn wait(&mut self, wait: Duration) {
+        if self.io.stopped {
+            return;
         }
-    };
-    // Tell every owner its connection is gone; the sockets close when `io`
-    // is dropped.
-    let ports: Vec<_> = io.table.lock().drain().map(|(_, p)| p).collect();
-    let Some(node) = io.node.upgrade() else {
-        return;
-    };
-    for shared in ports {
-        let mut state = shared.state.lock();
-        if state.closed {
+        let blocking = !wait.is_zero();
+        self.baton.blocked_poller.store(blocking, Ordering::SeqCst);
+        let result = self.io.poll_events(Some(wait));
+        self.baton.blocked_poller.store(false, Ordering::SeqCst);
+        self.baton.polled_at.store(clock_us(), Ordering::Relaxed);
+        if blocking
+            && self.baton.resting.swap(false, Ordering::SeqCst)
+            && let Some(thread) = self.baton.thread.get()
+        {
+            // The ports thread rested while this worker covered the I/O;
+            // this worker may now be busy for long.
+            thread.unpark();
+        }
+        match result {
+            Ok(()) => self.polled = true,
+            Err(err) => {
+                self.io.fail(CloseReason::io(&err));
+                self.baton.stop();
+            }
+        }
+    }
+
+    /// Handles what the poll reported: reads go to their owners through
+    /// `sched` (the worker's own queue).
+    pub(crate) fn dispatch(mut self, node: &Arc<NodeInner>, sched: Sched<'_>) {
+        if !self.polled || self.io.stopped {
+            return;
+        }
+        let io = &mut *self.io;
+        match catch_unwind(AssertUnwindSafe(|| io.dispatch(node, sched))) {
+            Ok(Flow::Continue) => {}
+            Ok(Flow::Stop) => self.baton.stop(),
+            Err(panic) => {
+                tracing::error!(
+                    panic = panic_message(panic.as_ref()),
+                    "port I/O panicked on a worker; closing every port"
+                );
+                self.io.fail(CloseReason::Error {
+                    kind: io::ErrorKind::Other,
+                    message: "the port I/O crashed".into(),
+                });
+                self.baton.stop();
+            }
+        }
+    }
+}
+
+impl Ports {
+    /// The baton for an idle worker, unless someone else polls.
+    pub(crate) fn poller(&self) -> Option<Poller<'_>> {
+        let baton = self.baton.get()?;
+        if baton.stopped.load(Ordering::Acquire) {
+            return None;
+        }
+        let io = match baton.io.try_lock() {
+            Some(io) => io,
+            // The ports thread polls (workers were busy): ask for the baton
+            // back and wait the moment it takes to hand it over. Another
+            // worker polling is left alone.
+            None if !baton.blocked_poller.load(Ordering::SeqCst) && baton.thread_polls() => {
+                baton.wanted.store(true, Ordering::SeqCst);
+                let _ = baton.waker.wake();
+                let io = baton.io.try_lock_for(POLL_FALLBACK)?;
+                baton.wanted.store(false, Ordering::SeqCst);
+                io
+            }
+            None => return None,
+        };
+        // Failed: the ports thread is closing everything.
+        if io.stopped {
+            return None;
+        }
+        Some(Poller { baton, io, polled: false })
+    }
+}
+
+impl Baton {
+    /// Whether the ports thread holds the baton now.
+    fn thread_polls(&self) -> bool {
+        self.thread_holds.load(Ordering::SeqCst)
+    }
+}
+
+/// The ports thread: the fallback poller (see [`Baton`]), and the one that
+/// closes every port when polling fails.
+fn run_io(baton: Arc<Baton>, node: Weak<NodeInner>) {
+    let mut rest = POLL_FALLBACK;
+    loop {
+        if baton.stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        if rest > POLL_FALLBACK {
+            baton.resting.store(true, Ordering::SeqCst);
+        }
+        thread::park_timeout(rest);
+        baton.resting.store(false, Ordering::SeqCst);
+        if baton.stopped.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some(mut io) = baton.io.try_lock() else {
+            // A worker holds it: blocked in a poll (it covers the I/O, so
+            // rest longer) or handling what it polled.
+            rest = if baton.blocked_poller.load(Ordering::SeqCst) { POLL_REST } else { POLL_FALLBACK };
+            continue;
+        };
+        rest = POLL_FALLBACK;
+        if baton.polled_since(POLL_FALLBACK) {
             continue;
         }
-        state.closed = true;
-        if shared.kind == PortKind::Connection {
-            let closed = PortEvent::Closed { port: shared.id, reason: reason.clone() };
-            let envelope = Envelope::Info(Message::new(closed));
-            let _ = node.deliver(state.owner, envelope, Sched::Global);
+        let Some(node) = node.upgrade() else {
+            break;
+        };
+        // Nobody polled lately: every worker is busy. Poll here until an
+        // idle worker wants the baton.
+        baton.thread_holds.store(true, Ordering::SeqCst);
+        while !baton.wanted.load(Ordering::SeqCst) && !io.stopped {
+            let polled = io.poll_events(Some(POLL_REST));
+            baton.polled_at.store(clock_us(), Ordering::Relaxed);
+            if let Err(err) = polled {
+                io.fail(CloseReason::io(&err));
+                baton.stopped.store(true, Ordering::SeqCst);
+                break;
+            }
+            match catch_unwind(AssertUnwindSafe(|| io.dispatch(&node, Sched::Global))) {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Stop) => {
+                    baton.stopped.store(true, Ordering::SeqCst);
+                    break;
+                }
+                Err(panic) => {
+                    tracing::error!(
+                        panic = panic_message(panic.as_ref()),
+                        "the port I/O thread panicked; closing every port"
+                    );
+                    io.fail(CloseReason::Error {
+                        kind: io::ErrorKind::Other,
+                        message: "the port I/O thread crashed".into(),
+                    });
+                    baton.stopped.store(true, Ordering::SeqCst);
+                }
+            }
         }
-        node.remove_port(state.owner, shared.id.0);
+        baton.thread_holds.store(false, Ordering::SeqCst);
+        drop(io);
+        drop(node);
     }
+    // Shut down: the sockets close here, not when the last handle goes.
+    let mut io = baton.io.lock();
+    io.stopped = true;
+    io.socks.clear();
+    io.again.clear();
+    io.timers.clear();
 }
 
 enum Flow {
@@ -1513,36 +1798,71 @@ enum Flow {
 }
 
 impl Io {
-    /// The loop; returns on shutdown, or when the node is gone.
-    fn run(&mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(256);
-        loop {
-            let timeout = self.timeout();
-            if let Err(err) = self.poll.poll(&mut events, timeout) {
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
+    /// Polls once, at most `wait` (less if a timer is due or a socket has
+    /// more to read).
+    fn poll_events(&mut self, wait: Option<Duration>) -> io::Result<()> {
+        let timeout = match (self.timeout(), wait) {
+            (Some(due), Some(wait)) => Some(due.min(wait)),
+            (due, wait) => due.or(wait),
+        };
+        match self.poll.poll(&mut self.events, timeout) {
+            Err(err) if err.kind() == io::ErrorKind::Interrupted => {
+                self.events.clear();
+                Ok(())
             }
-            let Some(node) = self.node.upgrade() else {
-                return Ok(());
-            };
-            if let Flow::Stop = self.commands(&node) {
-                return Ok(());
+            result => result,
+        }
+    }
+
+    /// Handles what the last poll reported, the commands, the sockets with
+    /// more to read and the timers due.
+    fn dispatch(&mut self, node: &Arc<NodeInner>, sched: Sched<'_>) -> Flow {
+        if let Flow::Stop = self.commands(node) {
+            self.stopped = true;
+            return Flow::Stop;
+        }
+        let events = std::mem::replace(&mut self.events, Events::with_capacity(0));
+        for event in events.iter() {
+            if event.token() == WAKER {
+                continue;
             }
-            for event in events.iter() {
-                if event.token() == WAKER {
-                    continue;
-                }
-                let id = PortId(event.token().0 as u64);
-                let readable = event.is_readable() || event.is_read_closed() || event.is_error();
-                let writable = event.is_writable() || event.is_write_closed() || event.is_error();
-                self.ready(&node, id, readable, writable);
+            let id = PortId(event.token().0 as u64);
+            let readable = event.is_readable() || event.is_read_closed() || event.is_error();
+            let writable = event.is_writable() || event.is_write_closed() || event.is_error();
+            self.ready(node, id, readable, writable, sched);
+        }
+        self.events = events;
+        self.events.clear();
+        for id in std::mem::take(&mut self.again) {
+            self.ready(node, id, true, false, sched);
+        }
+        self.fire_timers(node);
+        Flow::Continue
+    }
+
+    /// Polling failed: tells every owner its connection is gone and stops.
+    fn fail(&mut self, reason: CloseReason) {
+        tracing::error!(%reason, "polling sockets failed; closing every port");
+        self.stopped = true;
+        let ports: Vec<_> = self.table.lock().drain().map(|(_, p)| p).collect();
+        self.socks.clear();
+        self.again.clear();
+        self.timers.clear();
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        for shared in ports {
+            let mut state = shared.state.lock();
+            if state.closed {
+                continue;
             }
-            for id in std::mem::take(&mut self.again) {
-                self.ready(&node, id, true, false);
+            state.closed = true;
+            if shared.kind == PortKind::Connection {
+                let closed = PortEvent::Closed { port: shared.id, reason: reason.clone() };
+                let envelope = Envelope::Info(Message::new(closed));
+                let _ = node.deliver(state.owner, envelope, Sched::Global);
             }
-            self.fire_timers(&node);
+            node.remove_port(state.owner, shared.id.0);
         }
     }
 
@@ -1564,7 +1884,7 @@ impl Io {
         self.timers = later;
         for (_, timer) in due {
             match timer {
-                Timer::Accept(id) => self.ready(node, id, true, false),
+                Timer::Accept(id) => self.ready(node, id, true, false, Sched::Global),
                 Timer::Linger(id) => {
                     if let Some(Sock::Conn(conn)) = self.socks.get(&id)
                         && conn.lingering
@@ -1639,8 +1959,11 @@ impl Io {
             };
             match command {
                 Command::Shutdown => return Flow::Stop,
-                Command::Listen(shared, socket, opts) => {
+                Command::Listen(shared, socket) => {
                     let id = shared.id;
+                    let Some(opts) = shared.listen_opts.clone() else {
+                        continue;
+                    };
                     let listener = ListenerSock {
                         socket,
                         shared,
@@ -1668,7 +1991,7 @@ impl Io {
         }
     }
 
-    fn ready(&mut self, node: &Arc<NodeInner>, id: PortId, readable: bool, writable: bool) {
+    fn ready(&mut self, node: &Arc<NodeInner>, id: PortId, readable: bool, writable: bool, sched: Sched<'_>) {
         match self.socks.get(&id) {
             Some(Sock::Listener(_)) if readable => self.accept(node, id),
             None | Some(Sock::Listener(_)) => {}
@@ -1678,7 +2001,7 @@ impl Io {
                     self.writable(node, id);
                 }
                 if readable {
-                    self.readable(node, id);
+                    self.readable(node, id, sched);
                 }
             }
         }
@@ -1712,9 +2035,10 @@ impl Io {
                     // spare one to accept it, refuse it, and take the spare
                     // again. Clients connected already keep being served.
                     self.spare = None;
+                    let refusal = listener.opts.lock().refusal.clone();
                     let shed = listener.socket.accept().map(|(stream, peer)| {
-                        if !listener.opts.refusal.is_empty() {
-                            let _ = (&stream).write(&listener.opts.refusal);
+                        if !refusal.is_empty() {
+                            let _ = (&stream).write(&refusal);
                         }
                         peer
                     });
@@ -1765,12 +2089,12 @@ impl Io {
         let Some(Sock::Listener(listener)) = self.socks.get_mut(&listener_id) else {
             return;
         };
-        let listener_cap =
-            listener.opts.max_connections.filter(|max| listener.live.load(Ordering::Acquire) >= *max);
+        let opts = listener.opts.lock().clone();
+        let listener_cap = opts.max_connections.filter(|max| listener.live.load(Ordering::Acquire) >= *max);
         if let Some(max) = listener_cap.or_else(|| self.caps.full()) {
             // Best effort: a client that reads gets the reason, none waits.
-            if !listener.opts.refusal.is_empty() {
-                let _ = (&stream).write(&listener.opts.refusal);
+            if !opts.refusal.is_empty() {
+                let _ = (&stream).write(&opts.refusal);
             }
             if let Some(suppressed) = listener.refusals.allow() {
                 let cap = if listener_cap.is_some() { "the listener's" } else { "the node's" };
@@ -1782,7 +2106,7 @@ impl Io {
         for counter in &slots.0 {
             counter.fetch_add(1, Ordering::AcqRel);
         }
-        let (listener, opts) = (listener.shared.clone(), listener.opts.clone());
+        let listener = listener.shared.clone();
         let listener_owner = {
             let state = listener.state.lock();
             if state.closed {
@@ -1815,6 +2139,7 @@ impl Io {
             bytes_in: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             conn: Some(conn.clone()),
+            listen_opts: None,
         });
         self.table.lock().insert(id, shared.clone());
         let owner = match &opts.handler {
@@ -1927,7 +2252,7 @@ impl Io {
 
     /// Reads a connection: up to [`READS_PER_TURN`] reads, all delivered
     /// at once, unless a limit stops reading first (see [`ConnLimits`]).
-    fn readable(&mut self, node: &Arc<NodeInner>, id: PortId) {
+    fn readable(&mut self, node: &Arc<NodeInner>, id: PortId, sched: Sched<'_>) {
         let Some(Sock::Conn(sock)) = self.socks.get_mut(&id) else {
             return;
         };
@@ -1966,6 +2291,14 @@ impl Io {
                         then = Then::Pause;
                         break;
                     }
+                    // A short read emptied the socket's buffer: bytes that
+                    // come later raise a new edge (Linux wakes an
+                    // edge-triggered poller on every arrival), so the read
+                    // that would only say WouldBlock is saved, as Tokio does.
+                    if SHORT_READ_DRAINS && n < self.buf.len() {
+                        then = Then::Drained;
+                        break;
+                    }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {
                     then = Then::Drained;
@@ -1988,7 +2321,7 @@ impl Io {
             let rest = std::mem::take(&mut sock.line);
             events.push(PortEvent::Data { port: id, bytes: rest });
         }
-        let delivery = sock.shared.deliver(node, events);
+        let delivery = sock.shared.deliver(node, events, sched);
         match (then, delivery) {
             (Then::Close(reason), Delivery::Delivered) => {
                 let linger = reason == CloseReason::PeerClosed;

@@ -35,8 +35,8 @@
 
 use std::cell::Cell;
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -44,7 +44,7 @@ use crossbeam_deque::{Injector, Steal, Stealer, Worker};
 use crossbeam_utils::sync::{Parker, Unparker};
 use parking_lot::{Mutex, RwLock};
 
-use crate::node::NodeInner;
+use crate::node::{NodeInner, Sched};
 use crate::pid::Pid;
 use crate::table::ProcCache;
 
@@ -71,6 +71,9 @@ pub(crate) struct Scheduler {
     threads: Mutex<Vec<JoinHandle<()>>>,
     next_id: AtomicUsize,
     replacements: AtomicU64,
+    /// Wakes a worker waiting in the port poller (see [`WorkerShared::polling`]);
+    /// set when the ports start.
+    pub(crate) io_waker: OnceLock<Arc<mio::Waker>>,
 }
 
 /// What other threads see of a worker.
@@ -86,6 +89,9 @@ pub(crate) struct WorkerShared {
     /// Set by the watchdog, cleared by the owner when its turn ends.
     blocked: AtomicBool,
     retired: AtomicBool,
+    /// Waiting in the port poller rather than parked: set before the
+    /// worker joins the sleepers, so whoever pops it wakes the poller.
+    polling: AtomicBool,
 }
 
 /// A worker's own state, on its thread's stack.
@@ -115,6 +121,7 @@ impl Scheduler {
             threads: Mutex::new(Vec::new()),
             next_id: AtomicUsize::new(0),
             replacements: AtomicU64::new(0),
+            io_waker: OnceLock::new(),
         }
     }
 
@@ -145,6 +152,7 @@ impl Scheduler {
             turn: AtomicU64::new(0),
             blocked: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
         });
         self.workers.write().push(shared.clone());
         self.active.fetch_add(1, Ordering::SeqCst);
@@ -188,7 +196,7 @@ impl Scheduler {
             sleeper
         };
         if let Some(sleeper) = sleeper {
-            sleeper.unparker.unpark();
+            sleeper.wake(self);
         }
     }
 
@@ -206,7 +214,7 @@ impl Scheduler {
     pub(crate) fn shutdown(&self) {
         self.shutdown.store(true, Ordering::Release);
         for worker in self.workers.read().iter() {
-            worker.unparker.unpark();
+            worker.wake(self);
         }
         let handles = std::mem::take(&mut *self.threads.lock());
         let me = thread::current().id();
@@ -236,8 +244,17 @@ impl Scheduler {
                     break;
                 }
                 rounds += 1;
-                if rounds.is_multiple_of(8) && started.elapsed() >= IDLE_SPIN {
-                    break;
+                if rounds.is_multiple_of(8) {
+                    // Sockets ready meanwhile are read now, not after the
+                    // spin: their owners go to this worker's queue.
+                    if let Some(mut poller) = node.ports.poller() {
+                        poller.wait(Duration::ZERO);
+                        poller.dispatch(node, Sched::Local(local));
+                        continue;
+                    }
+                    if started.elapsed() >= IDLE_SPIN {
+                        break;
+                    }
                 }
                 for _ in 0..32 {
                     std::hint::spin_loop();
@@ -254,16 +271,30 @@ impl Scheduler {
             if local.retire_if_surplus(self) {
                 return;
             }
+            // An idle worker waits in the port poller when no one else
+            // does: a socket that becomes ready wakes it, and it runs the
+            // owner itself (see port.rs, `Baton`).
+            let mut poller = node.ports.poller();
+            local.shared.polling.store(poller.is_some(), Ordering::SeqCst);
             self.sleepers.lock().push(local.shared.clone());
             self.sleeping.fetch_add(1, Ordering::SeqCst);
             fence(Ordering::SeqCst);
-            if !self.has_work(local) && !self.is_shutting_down() {
-                parker.park_timeout(PARK_TIMEOUT);
+            let idle = !self.has_work(local) && !self.is_shutting_down();
+            match poller.as_mut() {
+                Some(poller) => poller.wait(if idle { PARK_TIMEOUT } else { Duration::ZERO }),
+                None if idle => parker.park_timeout(PARK_TIMEOUT),
+                None => {}
             }
-            let mut sleepers = self.sleepers.lock();
-            if let Some(at) = sleepers.iter().position(|w| w.id == local.shared.id) {
-                sleepers.swap_remove(at);
-                self.sleeping.fetch_sub(1, Ordering::SeqCst);
+            {
+                let mut sleepers = self.sleepers.lock();
+                if let Some(at) = sleepers.iter().position(|w| w.id == local.shared.id) {
+                    sleepers.swap_remove(at);
+                    self.sleeping.fetch_sub(1, Ordering::SeqCst);
+                }
+            }
+            local.shared.polling.store(false, Ordering::SeqCst);
+            if let Some(poller) = poller {
+                poller.dispatch(node, Sched::Local(local));
             }
         }
         local.give_back_work(self);
@@ -314,6 +345,18 @@ impl Scheduler {
                 self.notify();
             }
         }
+    }
+}
+
+impl WorkerShared {
+    /// Wakes this worker from its park, or from the port poller.
+    fn wake(&self, scheduler: &Scheduler) {
+        if self.polling.load(Ordering::SeqCst)
+            && let Some(waker) = scheduler.io_waker.get()
+        {
+            let _ = waker.wake();
+        }
+        self.unparker.unpark();
     }
 }
 

@@ -131,6 +131,20 @@ impl ProcessTable {
         self.live.load(Ordering::Relaxed)
     }
 
+    /// Visits every live process without copying the table or taking a
+    /// reference count (a lock-free read of each slot).
+    pub(crate) fn for_each(&self, mut visit: impl FnMut(&Arc<Proc>)) {
+        let fresh = self.free.lock().fresh;
+        for index in 1..fresh {
+            if let Some(slot) = self.slot(index) {
+                let guard = slot.load();
+                if let Some(proc) = &*guard {
+                    visit(proc);
+                }
+            }
+        }
+    }
+
     /// Every live process (a snapshot).
     pub(crate) fn all(&self) -> Vec<Arc<Proc>> {
         let fresh = self.free.lock().fresh;

@@ -572,6 +572,49 @@ fn the_node_cap_counts_every_listener() {
 }
 
 #[test]
+fn a_listeners_options_change_in_place_for_the_connections_it_accepts_later() {
+    let node = Node::start(NodeConfig::default());
+    let (tx, events) = mpsc::channel();
+    let owner = node.spawn(upper_echo(String::new(), Some(tx))).unwrap();
+    let listener = node.listen(any_port(), owner, ListenOpts::line()).unwrap();
+    let mut first = connect(listener.local_addr);
+    let first_port = accepted_port(&events);
+    let mut second = connect(listener.local_addr);
+    accepted_port(&events);
+    let mut third = connect(listener.local_addr);
+    accepted_port(&events);
+    drop(third);
+
+    // A cap of 2 while 2 are open: the next client is refused; the open
+    // ones keep being served; the socket is the same.
+    let capped = ListenOpts::line().with_max_connections(2, REFUSAL);
+    assert!(eventually(|| node.port_connections() == 2));
+    node.set_listen_opts(listener.port, capped).unwrap();
+    let mut refused = connect(listener.local_addr);
+    let mut line = String::new();
+    refused.read_line(&mut line).unwrap();
+    assert_eq!(line, REFUSAL);
+    send(&mut first, "still here\n");
+    assert_eq!(read_line(&mut first), "STILL HERE");
+    send(&mut second, "me too\n");
+    assert_eq!(read_line(&mut second), "ME TOO");
+    assert_eq!(node.listeners()[0].addr, listener.local_addr);
+
+    // Lifted again: a third client is served.
+    node.set_listen_opts(listener.port, ListenOpts::line()).unwrap();
+    third = connect(listener.local_addr);
+    send(&mut third, "in\n");
+    assert_eq!(read_line(&mut third), "IN");
+
+    let err = node.set_listen_opts(first_port, ListenOpts::line()).unwrap_err();
+    assert!(matches!(err, PortError::NotAListener(port) if port == first_port), "{err}");
+    node.port_close(listener.port).unwrap();
+    let err = node.set_listen_opts(listener.port, ListenOpts::line()).unwrap_err();
+    assert!(matches!(err, PortError::Closed(_)), "{err}");
+    node.shutdown();
+}
+
+#[test]
 fn an_idle_connection_closes_with_idle_timeout_and_a_busy_one_stays() {
     let node = Node::start(NodeConfig::default());
     let (tx, events) = mpsc::channel();

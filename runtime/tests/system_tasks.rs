@@ -744,11 +744,35 @@ fn undelete_makes_the_deleted_version_current_again() {
 
 #[test]
 fn stats_since_subtracts_and_saturates() {
-    let earlier = VersionStatsSnapshot { crashes: 1, handled: 10, samples: 2, sampled_ns: 500 };
-    let later = VersionStatsSnapshot { crashes: 3, handled: 25, samples: 3, sampled_ns: 800 };
+    let earlier = VersionStatsSnapshot {
+        crashes: 1,
+        handled: 10,
+        samples: 2,
+        sampled_ns: 500,
+        replies: 7,
+        error_replies: 1,
+        undecodable: 0,
+    };
+    let later = VersionStatsSnapshot {
+        crashes: 3,
+        handled: 25,
+        samples: 3,
+        sampled_ns: 800,
+        replies: 17,
+        error_replies: 4,
+        undecodable: 2,
+    };
     assert_eq!(
         later.since(&earlier),
-        VersionStatsSnapshot { crashes: 2, handled: 15, samples: 1, sampled_ns: 300 }
+        VersionStatsSnapshot {
+            crashes: 2,
+            handled: 15,
+            samples: 1,
+            sampled_ns: 300,
+            replies: 10,
+            error_replies: 3,
+            undecodable: 2
+        }
     );
     assert_eq!(earlier.since(&later), VersionStatsSnapshot::default());
     assert_eq!(later.since(&earlier).mean_handler_time(), Some(Duration::from_nanos(300)));
@@ -780,9 +804,19 @@ fn stats_count_handled_messages_in_batches_and_at_exit() {
         call(&node, counter, json!("Get"));
     }
     assert_eq!(module_view(&node, counter), Some(("1.0.0".to_string(), STATS_BATCH + 3)));
+    // An error reply (a request the version cannot decode) is counted at
+    // once, with every reply before it.
+    assert!(node.call_json(counter, &json!("NoSuchRequest"), T).is_err());
+    let replied = v1.stats().since(&start);
+    assert_eq!((replied.replies, replied.error_replies), (STATS_BATCH + 4, 1), "{replied:?}");
+    // A cast it cannot decode is lost, and counted at once.
+    node.cast_json(counter, &json!({ "NoSuchCast": 1 })).unwrap();
+    call(&node, counter, json!("Get"));
+    assert_eq!(v1.stats().since(&start).undecodable, 1);
     assert_eq!(stop_counter(&node, counter, "normal"), ExitReason::Normal);
     let all = v1.stats().since(&start);
-    assert_eq!(all.handled, STATS_BATCH + 4, "every callback, the stop included: {all:?}");
+    assert_eq!(all.handled, STATS_BATCH + 7, "every callback, the stop included: {all:?}");
+    assert_eq!((all.replies, all.error_replies), (STATS_BATCH + 5, 1), "{all:?}");
     assert_eq!(all.crashes, 0, "a normal stop is no crash");
     node.shutdown();
 }

@@ -32,8 +32,8 @@ use crate::plan::{
     ChildDef, Instruction, Plan, ProcessDef, Processes, PurgeMode, ReleaseStep, SupervisorDef,
 };
 use crate::report::{
-    CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,
-    RollbackReport, StepReport, UpgradeError,
+    CanaryReport, DryRunFailure, DryRunReport, FailedSignal, Failure, HealthReport, Outcome, PauseHistogram,
+    PauseStats, Report, RollbackReport, Signal, StepReport, UpgradeError, WindowSignals,
 };
 use crate::tree;
 
@@ -54,6 +54,8 @@ pub struct Options {
     /// Move this share of each updated module's processes first, watch
     /// them, then move the rest or roll back.
     pub canary: Option<Canary>,
+    /// What the canary and health windows judge besides crashes.
+    pub health: HealthChecks,
     /// Timeout of each supervisor request (start, stop, restart a child).
     pub child_timeout: Duration,
     /// Told of each [`Phase`] as the upgrade reaches it (progress, and the
@@ -125,30 +127,92 @@ impl Default for Options {
             health_window: Duration::ZERO,
             max_crashes: 0,
             canary: None,
+            health: HealthChecks::default(),
             child_timeout: Duration::from_secs(10),
             on_phase: None,
         }
     }
 }
 
-/// A canary: which share goes first, how long it is watched, and how much
-/// slower the new code's handlers may be.
+/// A canary: which share goes first and how long it is watched (by the
+/// signals of [`Options::health`] and [`Options::max_crashes`]).
 #[derive(Clone, Debug)]
 pub struct Canary {
     /// Share of the processes moved first, in (0, 1).
     pub share: f64,
     /// How long they are watched.
     pub window: Duration,
-    /// The new version's mean handler time may be at most this many times
-    /// the old one's.
-    pub max_latency_ratio: f64,
 }
 
 impl Canary {
-    /// `share` of the processes first, watched for `window`; handlers may
-    /// be up to 3× slower.
+    /// `share` of the processes first, watched for `window`.
     pub fn new(share: f64, window: Duration) -> Canary {
-        Canary { share, window, max_latency_ratio: 3.0 }
+        Canary { share, window }
+    }
+}
+
+/// The signals a canary or health window judges besides crashes. Every
+/// window also fails on a cast or message the new code could not decode
+/// (it is lost).
+#[derive(Clone, Debug, Default)]
+pub struct HealthChecks {
+    /// Whose `health` callback is asked at the end of each window.
+    pub probe: HealthProbe,
+    /// The most error replies the new code may answer, as a share of its
+    /// replies in the window, in [0, 1] (`None`: not judged).
+    pub max_error_rate: Option<f64>,
+    /// The most the new code's mean handler time may be, as a multiple of
+    /// the old code's (`None`: not judged).
+    pub max_latency_ratio: Option<f64>,
+}
+
+/// Whose `health` callback a window asks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum HealthProbe {
+    /// Every process on the new code (those a canary moved, during a
+    /// canary).
+    #[default]
+    NewCode,
+    /// The process registered under this name, whatever code it runs (a
+    /// process that checks the service end to end).
+    Process(String),
+    /// Nobody.
+    Off,
+}
+
+impl Options {
+    /// Checks every option's range, and that a health process exists.
+    fn check(&self, node: &Node) -> Result<(), UpgradeError> {
+        let bad = |text: String| Err(UpgradeError::BadOptions(text));
+        if let Some(canary) = &self.canary {
+            if !(canary.share > 0.0 && canary.share < 1.0) {
+                return bad(format!(
+                    "the canary's share is {}: it must be more than 0 and less than 1 (all at once is no canary)",
+                    canary.share
+                ));
+            }
+            if canary.window.is_zero() {
+                return bad("the canary window is 0: give it a length to watch the canaries".into());
+            }
+        }
+        if let Some(rate) = self.health.max_error_rate
+            && !(0.0..=1.0).contains(&rate)
+        {
+            return bad(format!("the maximum error rate is {rate}: it must be within 0 and 1"));
+        }
+        if let Some(ratio) = self.health.max_latency_ratio
+            && !(ratio.is_finite() && ratio > 0.0)
+        {
+            return bad(format!("the maximum latency ratio is {ratio}: it must be a number above 0"));
+        }
+        if let HealthProbe::Process(name) = &self.health.probe
+            && node.whereis(name).is_none()
+        {
+            return bad(format!(
+                "no process is registered as {name:?}, the health process: name a running process of the release"
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -269,6 +333,7 @@ impl Controller {
     /// health window rolled it back. Both carry the report.
     pub fn apply(&self, plan: &Plan, options: &Options) -> Result<Report, UpgradeError> {
         plan.validate()?;
+        options.check(&self.node)?;
         let _running = self.begin(&plan.name)?;
         tracing::info!(plan = %plan.name, instructions = plan.instructions.len(), "upgrade starts");
         // Every library is opened (read, checked, copied into the code
@@ -341,15 +406,12 @@ impl Controller {
         tx.account();
         PhaseHook::call(&options.on_phase, Phase::Switched);
         if !options.health_window.is_zero() {
-            let health = tx.watch(options.health_window, options.max_crashes);
+            let health = tx.watch(options.health_window);
             let passed = health.passed;
-            let crashes = health.crashes;
+            let failures = health.signals.failures_text();
             tx.health = Some(health);
             if !passed {
-                let reason = format!(
-                    "{crashes} crash(es) of processes on the new code within the {:?} health window (at most {} allowed)",
-                    options.health_window, options.max_crashes
-                );
+                let reason = format!("the {:?} health window failed on {failures}", options.health_window);
                 tracing::error!(plan = %plan.name, %reason, "rolling back");
                 let undo = std::mem::take(&mut tx.undo);
                 let rollback = tx.undo_all(undo);
@@ -614,6 +676,11 @@ fn check_code_changes(
     }
 }
 
+/// Error replies as a share of replies, if any were answered.
+fn signals_rate(seen: &VersionStatsSnapshot) -> Option<f64> {
+    (seen.replies > 0).then(|| seen.error_replies as f64 / seen.replies as f64)
+}
+
 fn encode_extra(extra: &serde_json::Value) -> Result<Arc<[u8]>, String> {
     if extra.is_null() {
         return Ok(Arc::from(Vec::new()));
@@ -634,6 +701,12 @@ struct Transaction<'a> {
     pauses: Vec<Duration>,
     exited: Vec<Pid>,
     counts_before: Vec<(Pid, MailboxCounts)>,
+    /// Versions this transaction loaded: their undecodable messages are
+    /// lost ones.
+    new_versions: Vec<Arc<ModuleCode>>,
+    /// Each updated module's new version, and its old version's stats
+    /// before any process moved (the latency baseline of a health window).
+    baselines: Vec<(Arc<ModuleCode>, VersionStatsSnapshot)>,
     moved: usize,
     received: u64,
     lost: u64,
@@ -656,6 +729,8 @@ impl<'a> Transaction<'a> {
             pauses: Vec::new(),
             exited: Vec::new(),
             counts_before: Vec::new(),
+            new_versions: Vec::new(),
+            baselines: Vec::new(),
             moved: 0,
             received: 0,
             lost: 0,
@@ -724,6 +799,7 @@ impl<'a> Transaction<'a> {
                 let previous = self.code().current(module);
                 let loaded = self.code().install(opened).map_err(|e| fail(None, e.to_string()))?;
                 if loaded.changed {
+                    self.new_versions.push(Arc::clone(&code));
                     self.undo.push(Undo::Loaded { module: module.clone(), code, previous });
                 }
                 Ok(())
@@ -887,6 +963,9 @@ impl<'a> Transaction<'a> {
             return Ok(());
         };
         let extra = encode_extra(extra).map_err(|e| (None, e))?;
+        if !self.baselines.iter().any(|(code, _)| Arc::ptr_eq(code, &to)) {
+            self.baselines.push((Arc::clone(&to), from.stats()));
+        }
         let targets: Vec<Pid> = match processes {
             Processes::All => from.processes(),
             Processes::Named(names) => {
@@ -921,11 +1000,13 @@ impl<'a> Transaction<'a> {
             let report = self.watch_canary(module, &from, &to, first.len(), rest.len(), &canary);
             let passed = report.passed;
             let text = format!(
-                "canary of {module} failed: new version {} crash(es) and mean handler {} µs, old version {} crash(es) and {} µs",
+                "canary of {module} failed on {} (new version {} crash(es) and mean handler {} µs, old version {} crash(es) and {} µs); the other {} processes were never moved",
+                report.signals.failures_text(),
                 report.new_crashes,
                 report.new_handler_us.map_or("?".into(), |us| format!("{us:.1}")),
                 report.old_crashes,
                 report.old_handler_us.map_or("?".into(), |us| format!("{us:.1}")),
+                rest.len(),
             );
             self.canary = Some(report);
             if !passed {
@@ -974,28 +1055,167 @@ impl<'a> Transaction<'a> {
         let (old_before, new_before) = (from.stats(), to.stats());
         let deadline = Instant::now() + canary.window;
         while Instant::now() < deadline {
-            if to.stats().since(&new_before).crashes > self.options.max_crashes {
+            let seen = to.stats().since(&new_before);
+            if seen.crashes > self.options.max_crashes || seen.undecodable > 0 {
                 break;
             }
             std::thread::sleep(
                 Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now())),
             );
         }
+        let signals = self.judge(
+            std::slice::from_ref(to),
+            std::slice::from_ref(&new_before),
+            Some((from, &old_before)),
+        );
         let (old, new) = (from.stats().since(&old_before), to.stats().since(&new_before));
-        let micros = |stats: &VersionStatsSnapshot| stats.mean_handler_time().map(|d| d.as_secs_f64() * 1e6);
-        let (old_us, new_us) = (micros(&old), micros(&new));
-        let slower =
-            matches!((old_us, new_us), (Some(old), Some(new)) if new > old * canary.max_latency_ratio);
         CanaryReport {
             module: module.to_string(),
             canaries,
             others,
             new_crashes: new.crashes,
             old_crashes: old.crashes,
-            new_handler_us: new_us,
-            old_handler_us: old_us,
-            passed: new.crashes <= self.options.max_crashes && !slower,
+            new_handler_us: signals.new_handler_us,
+            old_handler_us: signals.old_handler_us,
+            passed: signals.failed.is_empty(),
+            signals,
         }
+    }
+
+    /// Judges the new code `versions` over a window that began at
+    /// `before` (one reading per version): crashes, the `health` callbacks,
+    /// error replies, undecodable messages and handler time against `old`
+    /// (a version and its reading at the window's start; else each
+    /// version's predecessor before the upgrade). Every process on the new
+    /// code first adds its pending counts to its version's stats, so the
+    /// window's counts are complete.
+    fn judge(
+        &self,
+        versions: &[Arc<ModuleCode>],
+        before: &[VersionStatsSnapshot],
+        old: Option<(&Arc<ModuleCode>, &VersionStatsSnapshot)>,
+    ) -> WindowSignals {
+        let checks = &self.options.health;
+        let limits = self.limits();
+        let pids: Vec<Pid> = versions.iter().flat_map(|v| v.processes()).collect();
+        let on_new = migrate::check_health(self.node(), &pids, checks.probe == HealthProbe::NewCode, &limits);
+        let who = |pid: Pid| match self.node().name_of(pid) {
+            Some(name) => format!("{pid} ({name})"),
+            None => pid.to_string(),
+        };
+        let mut health_failures: Vec<String> = on_new
+            .failures
+            .into_iter()
+            .map(|(pid, error)| format!("{} is unhealthy: {error}", who(pid)))
+            .collect();
+        let mut asked = on_new.asked;
+        if let HealthProbe::Process(name) = &checks.probe {
+            match self.node().whereis(name) {
+                Some(pid) => {
+                    let named = migrate::check_health(self.node(), &[pid], true, &limits);
+                    asked += named.asked;
+                    if named.asked == 0 && named.failures.is_empty() {
+                        health_failures.push(format!("the health process {name} exited before it was asked"));
+                    }
+                    health_failures.extend(
+                        named
+                            .failures
+                            .into_iter()
+                            .map(|(pid, error)| format!("{} is unhealthy: {error}", who(pid))),
+                    );
+                }
+                None => health_failures
+                    .push(format!("no process is registered as {name:?}, the health process, any more")),
+            }
+        }
+        let mut seen = VersionStatsSnapshot::default();
+        for (version, before) in versions.iter().zip(before) {
+            let window = version.stats().since(before);
+            seen.crashes += window.crashes;
+            seen.replies += window.replies;
+            seen.error_replies += window.error_replies;
+            seen.undecodable += window.undecodable;
+            seen.samples += window.samples;
+            seen.sampled_ns += window.sampled_ns;
+        }
+        let baseline = match old {
+            Some((code, at)) => {
+                let window = code.stats().since(at);
+                if window.samples > 0 { window } else { *at }
+            }
+            None => self.baselines.iter().filter(|(to, _)| versions.iter().any(|v| Arc::ptr_eq(v, to))).fold(
+                VersionStatsSnapshot::default(),
+                |mut sum, (_, at)| {
+                    sum.samples += at.samples;
+                    sum.sampled_ns += at.sampled_ns;
+                    sum
+                },
+            ),
+        };
+        let micros = |stats: &VersionStatsSnapshot| stats.mean_handler_time().map(|d| d.as_secs_f64() * 1e6);
+        let mut signals = WindowSignals {
+            replies: seen.replies,
+            error_replies: seen.error_replies,
+            undecodable: seen.undecodable,
+            health_asked: asked,
+            new_handler_us: micros(&seen),
+            old_handler_us: micros(&baseline),
+            failed: Vec::new(),
+        };
+        let mut fail = |signal: Signal, detail: String| signals.failed.push(FailedSignal { signal, detail });
+        if seen.crashes > self.options.max_crashes {
+            fail(
+                Signal::Crashes,
+                format!(
+                    "{} crash(es) of processes on the new code (at most {} allowed)",
+                    seen.crashes, self.options.max_crashes
+                ),
+            );
+        }
+        if let Some(first) = health_failures.first() {
+            let more = match health_failures.len() {
+                1 => String::new(),
+                n => format!(" (and {} more of {asked} asked)", n - 1),
+            };
+            fail(Signal::Health, format!("{first}{more}"));
+        }
+        if let (Some(max), Some(rate)) = (checks.max_error_rate, signals_rate(&seen))
+            && rate > max
+        {
+            fail(
+                Signal::ErrorRate,
+                format!(
+                    "{:.1}% of {} replies were errors ({} errors; at most {:.1}% allowed)",
+                    rate * 100.0,
+                    seen.replies,
+                    seen.error_replies,
+                    max * 100.0
+                ),
+            );
+        }
+        if let (Some(max), Some(new), Some(old)) =
+            (checks.max_latency_ratio, micros(&seen), micros(&baseline))
+            && old > 0.0
+            && new > old * max
+        {
+            fail(
+                Signal::Latency,
+                format!(
+                    "mean handler time {new:.1} µs is {:.2}× the old code's {old:.1} µs (at most {max}× allowed)",
+                    new / old
+                ),
+            );
+        }
+        if seen.undecodable > 0 {
+            fail(
+                Signal::Lost,
+                format!(
+                    "{} cast(s) or message(s) the new code could not decode (a variant it no longer has) were dropped",
+                    seen.undecodable
+                ),
+            );
+        }
+        signals
     }
 
     /// Counts, per moved process, messages received and any missing since
@@ -1009,9 +1229,10 @@ impl<'a> Transaction<'a> {
         }
     }
 
-    /// Watches the new versions for `window`; fails early past
-    /// `max_crashes`.
-    fn watch(&self, window: Duration, max_crashes: u64) -> HealthReport {
+    /// Watches the new versions for `window`, then judges them; fails
+    /// early past `max_crashes` or on a message they could not decode.
+    fn watch(&self, window: Duration) -> HealthReport {
+        let max_crashes = self.options.max_crashes;
         let mut versions: Vec<Arc<ModuleCode>> = Vec::new();
         for undo in &self.undo {
             let code = match undo {
@@ -1025,25 +1246,26 @@ impl<'a> Transaction<'a> {
         }
         let before: Vec<VersionStatsSnapshot> = versions.iter().map(|v| v.stats()).collect();
         let totals = || {
-            versions.iter().zip(&before).fold((0, 0), |(crashes, handled), (version, before)| {
+            versions.iter().zip(&before).fold((0, 0, 0), |(crashes, handled, lost), (version, before)| {
                 let seen = version.stats().since(before);
-                (crashes + seen.crashes, handled + seen.handled)
+                (crashes + seen.crashes, handled + seen.handled, lost + seen.undecodable)
             })
         };
         let started = Instant::now();
         let deadline = started + window;
-        while Instant::now() < deadline && totals().0 <= max_crashes {
+        while Instant::now() < deadline {
+            let (crashes, _, lost) = totals();
+            if crashes > max_crashes || lost > 0 {
+                break;
+            }
             std::thread::sleep(
                 Duration::from_millis(5).min(deadline.saturating_duration_since(Instant::now())),
             );
         }
-        let (crashes, handled) = totals();
-        HealthReport {
-            watched_ms: started.elapsed().as_secs_f64() * 1e3,
-            crashes,
-            handled,
-            passed: crashes <= max_crashes,
-        }
+        let watched_ms = started.elapsed().as_secs_f64() * 1e3;
+        let signals = self.judge(&versions, &before, None);
+        let (crashes, handled, _) = totals();
+        HealthReport { watched_ms, crashes, handled, passed: signals.failed.is_empty(), signals }
     }
 
     /// Runs the purges and frees the old states kept for an undo. Returns
@@ -1236,6 +1458,7 @@ impl<'a> Transaction<'a> {
         let exited: HashSet<Pid> = self.exited.iter().copied().collect();
         let mut exited: Vec<Pid> = exited.into_iter().collect();
         exited.sort();
+        let undecodable: u64 = self.new_versions.iter().map(|v| v.stats().undecodable).sum();
         Report {
             plan: plan.to_string(),
             outcome,
@@ -1245,8 +1468,10 @@ impl<'a> Transaction<'a> {
             upgrade_ms: self.upgrade_time.as_secs_f64() * 1e3,
             total_ms: self.started.elapsed().as_secs_f64() * 1e3,
             pause: PauseStats::of(&self.pauses),
+            pause_histogram: PauseHistogram::of(&self.pauses),
             messages_received: self.received,
-            messages_lost: self.lost,
+            messages_lost: self.lost + undecodable,
+            messages_undecodable: undecodable,
             steps: self.steps.clone(),
             canary: self.canary.clone(),
             health: self.health.clone(),

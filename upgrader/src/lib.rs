@@ -44,13 +44,13 @@ pub mod planner;
 mod report;
 pub mod tree;
 
-pub use controller::{Canary, Controller, Options, Phase, PhaseHook};
+pub use controller::{Canary, Controller, HealthChecks, HealthProbe, Options, Phase, PhaseHook};
 pub use plan::{
     ChildDef, Flags, Instruction, Plan, PlanError, ProcessDef, Processes, PurgeMode, ReleaseId, ReleaseStep,
     Restart, Shutdown, Strategy, SupervisorDef,
 };
 pub use planner::{ModuleView, Planned, PlannerError, ReleaseView};
 pub use report::{
-    CanaryReport, DryRunFailure, DryRunReport, Failure, HealthReport, Outcome, PauseStats, Report,
-    RollbackReport, StepReport, UpgradeError,
+    CanaryReport, DryRunFailure, DryRunReport, FailedSignal, Failure, HealthReport, HistogramBucket, Outcome,
+    PauseHistogram, PauseStats, Report, RollbackReport, Signal, StepReport, UpgradeError, WindowSignals,
 };

@@ -405,3 +405,64 @@ pub(crate) fn config_change_all(
     }
     outcome
 }
+
+/// What asking processes for their health found.
+#[derive(Default)]
+pub(crate) struct HealthOutcome {
+    /// Processes whose `health` callback was asked.
+    pub(crate) asked: usize,
+    /// The unhealthy ones (or those that could not be asked), and why.
+    pub(crate) failures: Vec<(Pid, String)>,
+}
+
+/// In each process of `pids`, between two of its messages (a system task):
+/// adds its pending counts to its version's stats, then, if `ask`, runs its
+/// module's `health` callback. Processes that exited are skipped; one that
+/// does not reach the task in time is unhealthy.
+pub(crate) fn check_health(node: &Node, pids: &[Pid], ask: bool, limits: &Limits) -> HealthOutcome {
+    let mut outcome = HealthOutcome::default();
+    let mut group = TaskGroup::new();
+    for &pid in pids {
+        let task_node = node.clone();
+        // A process that is gone has no health to tell (its crash, if it
+        // was one, is counted as such).
+        let _ = group.queue(node, pid, move |actor, guard| {
+            let Some(process) = actor.as_module_process() else { return Ok(false) };
+            process.flush_stats();
+            if !ask {
+                return Ok(false);
+            }
+            if !guard.commit() {
+                return Err("abandoned".to_string());
+            }
+            let (module, version) = (process.code().name().to_string(), process.code().version().clone());
+            process.health(&task_node).map(|()| true).map_err(|e| format!("{module} {version}: {e}"))
+        });
+    }
+    for (pid, result) in group.collect(limits.reach, limits.code_change) {
+        match result {
+            Ok(done) => match done.value {
+                Ok(true) => outcome.asked += 1,
+                Ok(false) => {}
+                Err(error) => {
+                    outcome.asked += 1;
+                    outcome.failures.push((pid, error));
+                }
+            },
+            Err(TaskError::Exited) => {}
+            Err(TaskError::NotStarted(limit)) => outcome.failures.push((
+                pid,
+                format!(
+                    "it did not reach its health check within {limit:?} (busy in a handler, or a long queue)"
+                ),
+            )),
+            Err(TaskError::Overran(limit)) => {
+                outcome.failures.push((pid, format!("health did not return within {limit:?}")))
+            }
+            Err(TaskError::Panicked(text)) => {
+                outcome.failures.push((pid, format!("health panicked: {text}")))
+            }
+        }
+    }
+    outcome
+}

@@ -40,6 +40,167 @@ impl PauseStats {
     }
 }
 
+/// Pauses counted in log2 buckets: each bucket holds the pauses longer
+/// than half its bound and at most its bound (the first, every pause up
+/// to its bound). Buckets run without gaps from the shortest pause's to
+/// the longest's; empty when nothing was paused.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PauseHistogram {
+    /// Shortest bound first.
+    pub buckets: Vec<HistogramBucket>,
+}
+
+/// One bucket of a [`PauseHistogram`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HistogramBucket {
+    /// The bucket's bound, µs: a power of two.
+    pub upper_us: u64,
+    /// Pauses in it.
+    pub count: u64,
+}
+
+impl PauseHistogram {
+    /// The histogram of `pauses` (each rounded up to a whole µs).
+    pub fn of(pauses: &[Duration]) -> PauseHistogram {
+        let bound = |pause: &Duration| {
+            let micros = u64::try_from(pause.as_nanos().div_ceil(1000)).unwrap_or(u64::MAX).max(1);
+            micros.checked_next_power_of_two().unwrap_or(1 << 63)
+        };
+        let (Some(low), Some(high)) = (pauses.iter().map(bound).min(), pauses.iter().map(bound).max()) else {
+            return PauseHistogram::default();
+        };
+        let mut buckets = Vec::new();
+        let mut upper = low;
+        loop {
+            buckets.push(HistogramBucket { upper_us: upper, count: 0 });
+            if upper >= high {
+                break;
+            }
+            upper *= 2;
+        }
+        for pause in pauses {
+            let at = (bound(pause).trailing_zeros() - low.trailing_zeros()) as usize;
+            buckets[at].count += 1;
+        }
+        PauseHistogram { buckets }
+    }
+
+    /// Pauses counted.
+    pub fn total(&self) -> u64 {
+        self.buckets.iter().map(|b| b.count).sum()
+    }
+
+    /// Writes one line per bucket, `indent` first: its bound, a bar scaled
+    /// to the fullest bucket (`width` characters), and its count.
+    pub fn draw(&self, f: &mut impl fmt::Write, indent: &str, width: usize) -> fmt::Result {
+        let most = self.buckets.iter().map(|b| b.count).max().unwrap_or(0).max(1);
+        let label = |upper: u64| match upper {
+            u if u >= 1_000_000 && u % 1_000_000 == 0 => format!("{} s", u / 1_000_000),
+            u if u >= 10_000 => format!("{:.1} ms", u as f64 / 1e3),
+            u => format!("{u} µs"),
+        };
+        let labels: Vec<String> = self.buckets.iter().map(|b| label(b.upper_us)).collect();
+        let label_width = labels.iter().map(|l| l.chars().count()).max().unwrap_or(0);
+        for (bucket, label) in self.buckets.iter().zip(labels) {
+            // A bucket with pauses gets at least one mark.
+            let marks = (bucket.count as usize * width).div_ceil(most as usize);
+            writeln!(f, "{indent}≤{label:>label_width$} {:<width$} {}", "█".repeat(marks), bucket.count)?;
+        }
+        Ok(())
+    }
+}
+
+/// A health signal a canary or health window judges.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Signal {
+    /// Crashes of processes on the new code.
+    Crashes,
+    /// A `health` callback said unhealthy (or could not be asked).
+    Health,
+    /// Error replies of the new code, as a share of its replies.
+    ErrorRate,
+    /// The new code's mean handler time against the old code's.
+    Latency,
+    /// Casts and messages the new code could not decode (lost).
+    Lost,
+}
+
+impl Signal {
+    /// Its name, as the report and the CLI's options spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Signal::Crashes => "crashes",
+            Signal::Health => "health",
+            Signal::ErrorRate => "error_rate",
+            Signal::Latency => "latency",
+            Signal::Lost => "lost",
+        }
+    }
+}
+
+/// A signal that failed a window, and what it saw.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailedSignal {
+    /// Which.
+    pub signal: Signal,
+    /// What it saw against its threshold, for people.
+    pub detail: String,
+}
+
+impl fmt::Display for FailedSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.signal.as_str(), self.detail)
+    }
+}
+
+/// What a canary or health window measured of the new code besides
+/// crashes, and the signals that failed it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct WindowSignals {
+    /// Calls the new code answered during the window.
+    pub replies: u64,
+    /// Of those, error replies.
+    pub error_replies: u64,
+    /// Casts and messages the new code could not decode (lost).
+    pub undecodable: u64,
+    /// Processes whose `health` callback was asked at the window's end.
+    pub health_asked: usize,
+    /// Mean handler time of the new code during the window, µs (if
+    /// sampled).
+    pub new_handler_us: Option<f64>,
+    /// Mean handler time of the old code it is compared with, µs: the
+    /// processes left on it during a canary, else its processes before the
+    /// upgrade (if sampled).
+    pub old_handler_us: Option<f64>,
+    /// The signals that failed the window, in the order judged.
+    pub failed: Vec<FailedSignal>,
+}
+
+impl WindowSignals {
+    /// Error replies as a share of replies, if any were answered.
+    pub fn error_rate(&self) -> Option<f64> {
+        (self.replies > 0).then(|| self.error_replies as f64 / self.replies as f64)
+    }
+
+    /// "crashes: ...; health: ..." for a reason.
+    pub fn failures_text(&self) -> String {
+        self.failed.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+    }
+
+    fn summary(&self) -> String {
+        let mut parts = vec![format!("{} of {} replies errors", self.error_replies, self.replies)];
+        parts.push(format!("{} undecodable", self.undecodable));
+        if self.health_asked > 0 {
+            parts.push(format!("health asked of {}", self.health_asked));
+        }
+        if let (Some(new), Some(old)) = (self.new_handler_us, self.old_handler_us) {
+            parts.push(format!("handler {new:.1} µs vs {old:.1} µs"));
+        }
+        parts.join(", ")
+    }
+}
+
 /// How an upgrade ended.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]
@@ -124,6 +285,9 @@ pub struct CanaryReport {
     pub old_handler_us: Option<f64>,
     /// Whether the rest were moved.
     pub passed: bool,
+    /// The other signals, and which failed (crashes included).
+    #[serde(default)]
+    pub signals: WindowSignals,
 }
 
 /// What the health window saw.
@@ -137,6 +301,9 @@ pub struct HealthReport {
     pub handled: u64,
     /// Whether it passed.
     pub passed: bool,
+    /// The other signals, and which failed (crashes included).
+    #[serde(default)]
+    pub signals: WindowSignals,
 }
 
 /// What a rollback did.
@@ -194,12 +361,20 @@ pub struct Report {
     pub total_ms: f64,
     /// How long each process was paused for its own migration.
     pub pause: PauseStats,
+    /// The same pauses in log2 buckets.
+    #[serde(default)]
+    pub pause_histogram: PauseHistogram,
     /// Messages the moved processes received while the upgrade ran.
     pub messages_received: u64,
-    /// Of those, messages neither handled nor still queued: 0 unless the
-    /// upgrade machinery dropped something (mailbox accounting of each
-    /// moved process, see `relive_runtime::MailboxCounts`).
+    /// Messages lost: those the moved processes received and neither
+    /// handled nor still hold (0 unless the upgrade machinery dropped
+    /// something: mailbox accounting of each moved process, see
+    /// `relive_runtime::MailboxCounts`), plus `messages_undecodable`.
     pub messages_lost: u64,
+    /// Casts and messages the new code could not decode (a variant it
+    /// dropped) from its load to the report: dropped unhandled, so lost.
+    #[serde(default)]
+    pub messages_undecodable: u64,
     /// Each instruction's time.
     pub steps: Vec<StepReport>,
     /// The canary, if one ran.
@@ -234,11 +409,19 @@ impl fmt::Display for Report {
             self.pause.p99_us,
             self.pause.max_us
         )?;
-        writeln!(
+        if !self.pause_histogram.buckets.is_empty() {
+            writeln!(f, "  pauses:")?;
+            self.pause_histogram.draw(f, "    ", 30)?;
+        }
+        write!(
             f,
             "  messages received during the upgrade {}, lost {}",
             self.messages_received, self.messages_lost
         )?;
+        if self.messages_undecodable > 0 {
+            write!(f, " ({} the new code could not decode)", self.messages_undecodable)?;
+        }
+        writeln!(f)?;
         if !self.exited.is_empty() {
             writeln!(f, "  {} processes exited before they were moved", self.exited.len())?;
         }
@@ -253,6 +436,10 @@ impl fmt::Display for Report {
                 canary.old_crashes,
                 if canary.passed { "passed" } else { "failed" }
             )?;
+            writeln!(f, "    {}", canary.signals.summary())?;
+            for failed in &canary.signals.failed {
+                writeln!(f, "    failed {failed}")?;
+            }
         }
         if let Some(health) = &self.health {
             writeln!(
@@ -263,6 +450,10 @@ impl fmt::Display for Report {
                 health.handled,
                 if health.passed { "passed" } else { "failed" }
             )?;
+            writeln!(f, "    {}", health.signals.summary())?;
+            for failed in &health.signals.failed {
+                writeln!(f, "    failed {failed}")?;
+            }
         }
         if let Some(rollback) = &self.rollback {
             writeln!(
@@ -333,6 +524,10 @@ pub enum UpgradeError {
     /// Nothing to roll back.
     #[error("no upgrade to roll back")]
     NothingToRollBack,
+    /// An option is out of range or names what does not exist; nothing
+    /// was done.
+    #[error("{0}; nothing was changed")]
+    BadOptions(String),
     /// An instruction failed; the node is as before (see the report's
     /// rollback).
     #[error("upgrade aborted at {failure}; the node is back as it was{}", incomplete(report))]
@@ -383,5 +578,30 @@ mod tests {
         assert!((stats.mean_us - 50.5).abs() < 1e-9);
         assert_eq!(PauseStats::of(&[Duration::from_micros(7)]).p99_us, 7.0);
         assert_eq!(PauseStats::of(&[]), PauseStats::default());
+    }
+
+    #[test]
+    fn pause_histogram_buckets_are_log2_and_gapless() {
+        let us = Duration::from_micros;
+        let pauses =
+            [us(1), us(3), us(4), us(5), us(100), Duration::from_nanos(1), Duration::from_nanos(4_001)];
+        let histogram = PauseHistogram::of(&pauses);
+        let buckets: Vec<(u64, u64)> = histogram.buckets.iter().map(|b| (b.upper_us, b.count)).collect();
+        // 1 ns and 1 µs → ≤1; 3, 4 → ≤4; 4.001 and 5 → ≤8; 100 → ≤128;
+        // 2, 16, 32, 64 are empty but shown.
+        assert_eq!(buckets, vec![(1, 2), (2, 0), (4, 2), (8, 2), (16, 0), (32, 0), (64, 0), (128, 1)]);
+        assert_eq!(histogram.total(), pauses.len() as u64);
+        assert_eq!(PauseHistogram::of(&[]).buckets, vec![]);
+        let json = serde_json::to_value(&histogram).unwrap();
+        assert_eq!(json["buckets"][0], serde_json::json!({"upper_us": 1, "count": 2}));
+
+        let mut text = String::new();
+        histogram.draw(&mut text, "", 10).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 8, "{text}");
+        assert!(lines[0].starts_with("≤  1 µs ") && lines[0].ends_with(" 2"), "{text}");
+        assert_eq!(lines[0].matches('█').count(), 10, "the fullest bucket fills the width: {text}");
+        assert_eq!(lines[1].matches('█').count(), 0, "{text}");
+        assert_eq!(lines[7].matches('█').count(), 5, "{text}");
     }
 }

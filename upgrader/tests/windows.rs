@@ -285,7 +285,18 @@ fn a_canary_that_crashes_aborts_and_the_others_never_move() {
     let pids = spawn_counters(&node, 20);
     let controller = Controller::new(&node).unwrap();
     // A crash ends the window at once; the long window is only a margin.
-    let options = Options { canary: Some(Canary::new(0.25, LONG_WINDOW)), ..Options::default() };
+    // Every process paused for its migration is told as `Suspended`.
+    let suspended = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = suspended.clone();
+    let options = Options {
+        canary: Some(Canary::new(0.25, LONG_WINDOW)),
+        on_phase: Some(relive_upgrader::PhaseHook::new(move |phase| {
+            if phase == relive_upgrader::Phase::Suspended {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        })),
+        ..Options::default()
+    };
 
     let mut seen_on_new: HashSet<Pid> = HashSet::new();
     let (result, canaries, others) = std::thread::scope(|s| {
@@ -315,6 +326,14 @@ fn a_canary_that_crashes_aborts_and_the_others_never_move() {
     assert!(!canary.passed, "{report}");
     assert_eq!((canary.new_crashes, canary.old_crashes), (1, 0), "{report}");
     assert_eq!(report.moved, 5, "only the canaries moved: {report}");
+    assert_eq!(
+        suspended.load(std::sync::atomic::Ordering::SeqCst),
+        5,
+        "only the canaries were ever suspended: {report}"
+    );
+    assert_eq!(report.pause_histogram.total(), 5, "{report}");
+    let signals: Vec<_> = canary.signals.failed.iter().map(|f| f.signal).collect();
+    assert_eq!(signals, vec![relive_upgrader::Signal::Crashes], "{report}");
     let rollback = report.rollback.as_ref().unwrap();
     assert!(rollback.complete(), "{report}");
     assert_eq!((rollback.restored, rollback.downgraded), (4, 0), "{report}");

@@ -33,8 +33,12 @@
 //! - Its listener takes Redis's `maxclients` (default 10000; a client over
 //!   it gets Redis's error and a close) and `timeout` (seconds before an
 //!   idle client is disconnected; default 0, never) from the init
-//!   arguments. A process upgraded from 2.0.x keeps 2.0's listener, and
-//!   its limits, until it restarts.
+//!   arguments. A process upgraded from 2.0.x keeps 2.0's listener (its
+//!   socket and clients) and gives it 2.1.0's limits in its first callback
+//!   after the upgrade (`Ctx::set_listen_options`): `maxclients` and
+//!   `timeout` from the release's `[config]` (code_change has no init
+//!   arguments), with the same defaults; a later change of those keys
+//!   applies the same way.
 //!
 //! The rest is 2.0.0's: active expiry on its own timer (with a generation,
 //! so one chain runs), counts cast to `stats` in batches, INFO answered by
@@ -95,6 +99,10 @@ pub struct Kv {
     generation: u64,
     /// Whether a tick of `generation` is pending.
     ticking: bool,
+    /// The listener has this version's limits (false after an upgrade from
+    /// 2.0, whose listener had none, until the first callback).
+    #[serde(default)]
+    listener_current: bool,
 }
 
 /// A stored value.
@@ -239,6 +247,32 @@ pub struct Start {
 /// Redis's default `maxclients`.
 fn default_maxclients() -> u32 {
     10_000
+}
+
+/// The client limits in the node's configuration (`[config] maxclients`,
+/// `timeout`, as [`Start`]'s), for a listener kv did not open itself.
+#[derive(Deserialize)]
+struct ClientLimits {
+    #[serde(default = "default_maxclients")]
+    maxclients: u32,
+    #[serde(default)]
+    timeout: u64,
+}
+
+impl Default for ClientLimits {
+    fn default() -> ClientLimits {
+        ClientLimits { maxclients: default_maxclients(), timeout: 0 }
+    }
+}
+
+/// The listener's options for Redis's `maxclients` and `timeout`.
+fn listen_options(maxclients: u32, timeout: u64) -> ListenOptions {
+    ListenOptions {
+        max_connections: Some(maxclients),
+        refusal: Some(MAX_CLIENTS_REACHED.to_vec()),
+        idle_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+        ..ListenOptions::default()
+    }
 }
 
 /// What Redis tells a client over `maxclients`.
@@ -777,6 +811,37 @@ impl Kv {
         }
     }
 
+    /// Gives the listener this version's limits if it does not have them
+    /// yet (see the crate doc).
+    fn update_listener(&mut self, ctx: &mut Ctx<'_>) {
+        if self.listener_current {
+            return;
+        }
+        self.listener_current = true;
+        let limits: ClientLimits = ctx.config().unwrap_or_default();
+        let options = listen_options(limits.maxclients, limits.timeout);
+        match ctx.set_listen_options(PortId(self.listener), &options) {
+            Ok(()) => ctx.log(
+                LogLevel::Info,
+                &format!(
+                    "kv {}: listener {} now takes maxclients {} and timeout {}",
+                    env!("CARGO_PKG_VERSION"),
+                    self.addr,
+                    limits.maxclients,
+                    limits.timeout
+                ),
+            ),
+            Err(error) => ctx.log(
+                LogLevel::Warn,
+                &format!(
+                    "kv {}: the listener keeps its limits: {}",
+                    env!("CARGO_PKG_VERSION"),
+                    error.message()
+                ),
+            ),
+        }
+    }
+
     fn close(&mut self, port: PortId, ctx: &mut Ctx<'_>) {
         self.conns.remove(&port.0);
         shrink(&mut self.conns);
@@ -866,6 +931,7 @@ impl Kv {
             pending: old.pending,
             generation: old.generation,
             ticking: old.ticking,
+            listener_current: false,
         }
     }
 }
@@ -931,12 +997,7 @@ impl Behaviour for Kv {
     type Info = Tick;
 
     fn init(start: Start, ctx: &mut Ctx<'_>) -> Result<Self, Error> {
-        let limits = ListenOptions {
-            max_connections: Some(start.maxclients),
-            refusal: Some(MAX_CLIENTS_REACHED.to_vec()),
-            idle_timeout: (start.timeout > 0).then(|| Duration::from_secs(start.timeout)),
-            ..ListenOptions::default()
-        };
+        let limits = listen_options(start.maxclients, start.timeout);
         let (listener, addr) = ctx.listen_with(&start.listen, &limits)?;
         ctx.log(LogLevel::Info, &format!("kv {} listening on {addr}", env!("CARGO_PKG_VERSION")));
         let mut kv = Kv {
@@ -948,6 +1009,7 @@ impl Behaviour for Kv {
             pending: Counts::default(),
             generation: now_ms(),
             ticking: false,
+            listener_current: true,
         };
         kv.arm(ctx);
         Ok(kv)
@@ -955,6 +1017,7 @@ impl Behaviour for Kv {
 
     fn handle_call(&mut self, request: Request, ctx: &mut Ctx<'_>) -> Reply {
         self.arm(ctx);
+        self.update_listener(ctx);
         let now = now_ms();
         match request {
             Request::Get(k) => Reply::Value(self.entry(k.as_bytes(), now).map(|e| resp::lossy(&e.value))),
@@ -972,12 +1035,14 @@ impl Behaviour for Kv {
 
     fn handle_cast(&mut self, cast: Cast, ctx: &mut Ctx<'_>) {
         self.arm(ctx);
+        self.update_listener(ctx);
         match cast {
             Cast::Sweep => self.sweep(now_ms()),
         }
     }
 
     fn handle_info(&mut self, info: Info<Tick>, ctx: &mut Ctx<'_>) {
+        self.update_listener(ctx);
         match info {
             Info::Message(Tick(generation)) => {
                 if generation != self.generation {
@@ -1005,6 +1070,15 @@ impl Behaviour for Kv {
             }
             Info::Exit { .. } | Info::Down { .. } => {}
         }
+    }
+
+    fn config_change(&mut self, change: ConfigChange, ctx: &mut Ctx<'_>) -> Result<(), Error> {
+        let limits = |config: Result<ClientLimits, Error>| config.map(|l| (l.maxclients, l.timeout)).ok();
+        if limits(change.old_config()) != limits(change.new_config()) {
+            self.listener_current = false;
+            self.update_listener(ctx);
+        }
+        Ok(())
     }
 
     fn code_change(from: &Version, old: StateBytes, _extra: Extra) -> Result<Self, Error> {
@@ -1051,6 +1125,7 @@ mod tests {
             pending: Counts::default(),
             generation: 1,
             ticking: true,
+            listener_current: true,
         };
         for key in keys {
             kv.values.insert(Key::from(*key), Entry::new(b"v", Some(u64::MAX >> 1), 5));

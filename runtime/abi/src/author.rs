@@ -452,6 +452,19 @@ pub trait Behaviour: Serialize + DeserializeOwned + Send + 'static {
         let _ = (change, ctx);
         Ok(())
     }
+
+    /// Is this process healthy? Asked of the processes on the new code at
+    /// the end of an upgrade's canary and health windows (or of the one
+    /// process `relive deploy --health-process NAME` names): an error (or
+    /// a panic) rolls the upgrade back, and the report quotes it. Check
+    /// what the new code depends on (a connection, a derived index, an
+    /// invariant of the migrated state); it runs between two of the
+    /// process's messages, so keep it quick and leave the state as it is.
+    /// The default is healthy.
+    fn health(&self, ctx: &mut Ctx<'_>) -> Result<(), Error> {
+        let _ = ctx;
+        Ok(())
+    }
 }
 
 /// The node, as a callback sees it.
@@ -743,6 +756,37 @@ impl Ctx<'_> {
         }
     }
 
+    /// Replaces the options of `listener` (a listener this process owns)
+    /// in place, as [`Ctx::listen_with`] would have set them: the
+    /// connections it accepts from now on get them; connections open
+    /// already keep theirs. A process upgraded from a version that listened
+    /// with other limits applies its own this way, keeping the socket (and
+    /// its clients) open.
+    ///
+    /// # Errors
+    /// `listener` is not a listener this process owns, it is closed, an
+    /// option is out of range, or the node does not know an option.
+    pub fn set_listen_options(&mut self, listener: PortId, options: &ListenOptions) -> Result<(), Error> {
+        let opts =
+            rmp_serde::to_vec_named(options).map_err(|e| Error(format!("encoding listen options: {e}")))?;
+        let mut text = Vec::new();
+        let mut out = OutBuf::for_vec(&mut text);
+        // SAFETY: host function with this call's host handle; `opts` lives
+        // across the call; `out` is valid for writes across it.
+        let status = unsafe {
+            (self.vtable().listen_set_options)(
+                self.host.host,
+                listener.0,
+                RBytes::from_slice(&opts),
+                &mut out,
+            )
+        };
+        match Status::from_u32(status) {
+            Status::Ok => Ok(()),
+            _ => Err(Error(String::from_utf8_lossy(&text).into_owned())),
+        }
+    }
+
     /// Queues `bytes` on connection `port`; they are written in order
     /// without blocking this process.
     pub fn port_send(&mut self, port: PortId, bytes: &[u8]) -> Result<(), Error> {
@@ -900,6 +944,57 @@ impl Ctx<'_> {
             (self.vtable().reply)(self.host.host, token.pid.0, token.id, RBytes::from_slice(&bytes), &mut out)
         };
         status_text(status, text)
+    }
+}
+
+/// Other nodes (Erlang distribution).
+impl Ctx<'_> {
+    fn send_remote_kind<T: Serialize>(
+        &mut self,
+        name: &str,
+        node: &str,
+        kind: u32,
+        message: &T,
+    ) -> Result<(), Error> {
+        let bytes = encode(message)?;
+        let mut text = Vec::new();
+        let mut out = OutBuf::for_vec(&mut text);
+        // SAFETY: host function with this call's host handle; the strings,
+        // bytes and `out` live across the call.
+        let status = unsafe {
+            (self.vtable().send_remote)(
+                self.host.host,
+                RStr::new(node),
+                RStr::new(name),
+                kind,
+                RBytes::from_slice(&bytes),
+                &mut out,
+            )
+        };
+        status_text(status, text)
+    }
+
+    /// Sends a plain message to the process registered as `name` on
+    /// another node (`node` is its full name, `name@host`): Erlang's
+    /// `{Name, Node} ! Message`. It crosses as an Erlang term (structs as
+    /// maps, unit variants as atoms; relive's docs/distribution.md has the
+    /// mapping). Pids of other nodes' processes, as a message from there
+    /// carries them, go to [`Ctx::send`] like local ones.
+    ///
+    /// # Errors
+    /// The node runs no distribution, or the message has no Erlang form.
+    /// Like Erlang, a name missing on the other node is not an error.
+    pub fn send_remote<T: Serialize>(&mut self, name: &str, node: &str, message: &T) -> Result<(), Error> {
+        self.send_remote_kind(name, node, SEND_INFO, message)
+    }
+
+    /// As [`Ctx::send_remote`], as a gen_server cast
+    /// (`{'$gen_cast', Message}`).
+    ///
+    /// # Errors
+    /// As [`Ctx::send_remote`].
+    pub fn cast_remote<T: Serialize>(&mut self, name: &str, node: &str, message: &T) -> Result<(), Error> {
+        self.send_remote_kind(name, node, SEND_CAST, message)
     }
 }
 

@@ -13,7 +13,8 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RELIVE\x00\x01");
 /// connections, port hand-over and the node's configuration
 /// ([`HostVtable::link`] to [`HostVtable::config`]), listener options
 /// ([`HostVtable::listen_with`]), [`ModuleVtable::config_change`], and the monitor in [`INFO_DOWN`].
-pub const ABI_VERSION: u32 = 3;
+/// 4 added [`ModuleVtable::health`] (see MIGRATING.md for the rest).
+pub const ABI_VERSION: u32 = 4;
 
 /// The symbol a module exports: `extern "C" fn() -> *const ModuleVtable`.
 pub const EXPORT_SYMBOL: &str = "relive_module_vtable";
@@ -330,6 +331,30 @@ pub struct HostVtable {
     /// that has just freed much memory (a FLUSHALL): it walks the heap, so
     /// not for every callback.
     pub release_free_memory: unsafe extern "C" fn(host: *mut c_void),
+    /// Since ABI 4. Sends `msg` (MessagePack) as [`SEND_INFO`] or
+    /// [`SEND_CAST`] to the process registered as `name` on another node
+    /// (`node`: `name@host`), Erlang's `{Name, Node} ! Msg`; the message
+    /// crosses as an Erlang term (see relive's docs/distribution.md).
+    /// [`Status::Error`] with the text in `out` when the node runs no
+    /// distribution or the message has no Erlang form; like Erlang, a
+    /// missing name there is not an error here.
+    pub send_remote: unsafe extern "C" fn(
+        host: *mut c_void,
+        node: RStr,
+        name: RStr,
+        kind: u32,
+        msg: RBytes,
+        out: *mut OutBuf,
+    ) -> u32,
+    /// Since ABI 4. Replaces the options of listener `port`, which the
+    /// calling process owns, in place: `opts` as for
+    /// [`HostVtable::listen_with`]. Connections it accepts from then on get
+    /// them; connections open already keep theirs. For a process upgraded
+    /// from a version whose listener had other limits. [`Status::Error`]
+    /// with the text in `out` for a port that is not a listener this
+    /// process owns, or for options the node refuses.
+    pub listen_set_options:
+        unsafe extern "C" fn(host: *mut c_void, port: u64, opts: RBytes, out: *mut OutBuf) -> u32,
 }
 
 /// A module: what its exported function returns. Every function pointer is
@@ -404,6 +429,11 @@ pub struct ModuleVtable {
         new: RBytes,
         out: *mut OutBuf,
     ) -> u32,
+    /// Since ABI 4. Asks the state whether it is healthy (an upgrade's
+    /// canary and health windows ask the processes on the new code): an
+    /// error or a panic says it is not (text in `out`). It must not change
+    /// the state.
+    pub health: unsafe extern "C" fn(state: *mut c_void, host: *const HostCtx, out: *mut OutBuf) -> u32,
 }
 
 // SAFETY: a ModuleVtable only holds function pointers and pointers to

@@ -40,6 +40,7 @@ pub const fn vtable<B: Behaviour>(name: &'static str, version: &'static str) -> 
         downgrade: downgrade::<B>,
         drop_state: drop_state::<B>,
         config_change: config_change::<B>,
+        health: health::<B>,
     }
 }
 
@@ -278,6 +279,16 @@ unsafe extern "C" fn config_change<B: Behaviour>(
             let change = ConfigChange::from_bytes(old.as_slice().to_vec(), new.as_slice().to_vec());
             let mut ctx = Ctx::from_host(&*host);
             state_mut::<B>(state).config_change(change, &mut ctx).map_err(failed)
+        })
+    }
+}
+
+unsafe extern "C" fn health<B: Behaviour>(state: *mut c_void, host: *const HostCtx, out: *mut OutBuf) -> u32 {
+    // SAFETY: valid pointers for the call (host's promise); see state_mut.
+    unsafe {
+        guarded(out, |_| {
+            let mut ctx = Ctx::from_host(&*host);
+            state_mut::<B>(state).health(&mut ctx).map_err(failed)
         })
     }
 }

@@ -90,6 +90,7 @@
 
 mod author;
 pub mod bytes;
+pub mod erlang_pid;
 mod ffi;
 #[doc(hidden)]
 pub mod glue;
