@@ -67,18 +67,16 @@ impl ErlWorld {
     pub fn start() -> anyhow::Result<ErlWorld> {
         for tool in ["erl", "erlc", "epmd"] {
             if which(tool).is_none() {
-                bail!("relive bench dist needs `{tool}` on PATH: install Erlang (Debian: apt-get install erlang-nox)");
+                bail!(
+                    "relive bench dist needs `{tool}` on PATH: install Erlang (Debian: apt-get install erlang-nox)"
+                );
             }
         }
         let dir = tempfile::Builder::new().prefix("relive-bench-dist-").tempdir()?;
         let source = dir.path().join("dist_bench.erl");
         std::fs::write(&source, ERLANG_SOURCE).with_context(|| format!("writing {}", source.display()))?;
-        let status = Command::new("erlc")
-            .arg("-o")
-            .arg(dir.path())
-            .arg(&source)
-            .status()
-            .context("running erlc")?;
+        let status =
+            Command::new("erlc").arg("-o").arg(dir.path()).arg(&source).status().context("running erlc")?;
         if !status.success() {
             bail!("erlc could not compile {} ({status})", source.display());
         }
@@ -90,7 +88,8 @@ impl ErlWorld {
             .spawn()
             .context("starting epmd")?;
         let epmd = KillOnDrop { child: epmd, what: format!("epmd on port {epmd_port}") };
-        wait_for_port(epmd_port, Duration::from_secs(10)).with_context(|| format!("{} did not answer", epmd.what))?;
+        wait_for_port(epmd_port, Duration::from_secs(10))
+            .with_context(|| format!("{} did not answer", epmd.what))?;
         let cookie = format!("relive_bench_{:016x}", rand_u64());
         Ok(ErlWorld { servers: Vec::new(), _epmd: epmd, epmd_port, cookie, host: short_hostname()?, dir })
     }
@@ -145,7 +144,9 @@ impl ErlWorld {
             .output()
             .context("running epmd -names")?;
         let text = String::from_utf8_lossy(&out.stdout);
-        Ok(text.lines().any(|line| line.strip_prefix("name ").and_then(|rest| rest.split(' ').next()) == Some(name)))
+        Ok(text
+            .lines()
+            .any(|line| line.strip_prefix("name ").and_then(|rest| rest.split(' ').next()) == Some(name)))
     }
 
     /// Runs an `erl` driver against `server` (a node name) and returns its
@@ -176,12 +177,15 @@ impl ErlWorld {
                     err.read_to_string(&mut stderr)?;
                 }
                 if !status.success() {
-                    bail!("the erl driver against {server} failed ({status}): {}{}", stdout.trim(), stderr.trim());
+                    bail!(
+                        "the erl driver against {server} failed ({status}): {}{}",
+                        stdout.trim(),
+                        stderr.trim()
+                    );
                 }
-                let line = stdout
-                    .lines()
-                    .find(|line| line.starts_with('{'))
-                    .with_context(|| format!("the erl driver against {server} printed no figures: {stdout}"))?;
+                let line = stdout.lines().find(|line| line.starts_with('{')).with_context(|| {
+                    format!("the erl driver against {server} printed no figures: {stdout}")
+                })?;
                 return serde_json::from_str(line)
                     .with_context(|| format!("the erl driver's figures are not JSON: {line}"));
             }
@@ -232,7 +236,9 @@ fn short_hostname() -> anyhow::Result<String> {
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    hasher.write_u128(
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos(),
+    );
     hasher.finish()
 }
 
@@ -283,7 +289,8 @@ impl Actor for Echo {
 /// `relive bench dist --serve-as NAME`: a relive node serving the sink and
 /// the echo until its stdin closes (the bench that started it ended).
 pub fn serve(name: &str) -> anyhow::Result<()> {
-    let cookie_file = std::env::var_os(COOKIE_FILE_ENV).context("the served bench node needs its cookie file")?;
+    let cookie_file =
+        std::env::var_os(COOKIE_FILE_ENV).context("the served bench node needs its cookie file")?;
     let cookie = relive_dist::cookie::read_or_create(Some(Path::new(&cookie_file)))?;
     let node = Node::start(NodeConfig::default());
     let mut config = DistConfig::new(name, cookie);
@@ -308,7 +315,8 @@ impl ErlWorld {
         let path = self.dir().join("cookie");
         if !path.exists() {
             use std::os::unix::fs::OpenOptionsExt;
-            let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(&path)?;
+            let mut file =
+                std::fs::OpenOptions::new().write(true).create_new(true).mode(0o400).open(&path)?;
             file.write_all(self.cookie.as_bytes())?;
         }
         Ok(path)
@@ -352,7 +360,13 @@ impl ErlWorld {
     ///
     /// # Errors
     /// Distribution failing, or a count that does not match what was sent.
-    pub fn relive_drive(&self, name: &str, server: &str, sends: u64, calls: u64) -> anyhow::Result<DistFigures> {
+    pub fn relive_drive(
+        &self,
+        name: &str,
+        server: &str,
+        sends: u64,
+        calls: u64,
+    ) -> anyhow::Result<DistFigures> {
         let mut config = DistConfig::new(name, self.cookie.clone());
         config.epmd_port = self.epmd_port;
         config.start_epmd = false;
@@ -410,7 +424,11 @@ fn drive(dist: &Distribution, server: &str, sends: u64, calls: u64) -> anyhow::R
     let p99 = rtts
         .get(((calls as f64 * 0.99).ceil() as usize).saturating_sub(1).min(rtts.len().saturating_sub(1)))
         .map_or(0.0, |d| d.as_secs_f64() * 1e6);
-    Ok(DistFigures { msgs_per_sec: sends as f64 / elapsed.as_secs_f64(), call_mean_us: mean, call_p99_us: p99 })
+    Ok(DistFigures {
+        msgs_per_sec: sends as f64 / elapsed.as_secs_f64(),
+        call_mean_us: mean,
+        call_p99_us: p99,
+    })
 }
 
 /// The bench: each pair `runs` times, medians, and the ratios to erl ↔ erl.
@@ -422,9 +440,18 @@ pub fn run(sends: u64, calls: u64, runs: usize, json: bool) -> anyhow::Result<()
     for run in 0..runs {
         let figures = [
             ("erl_to_erl", world.erl_drive(&format!("bench_erl_driver_{run}"), &erl_server, sends, calls)?),
-            ("relive_to_relive", world.relive_drive(&format!("bench_relive_driver_{run}"), &relive_server, sends, calls)?),
-            ("relive_to_erl", world.relive_drive(&format!("bench_relive_driver_e{run}"), &erl_server, sends, calls)?),
-            ("erl_to_relive", world.erl_drive(&format!("bench_erl_driver_r{run}"), &relive_server, sends, calls)?),
+            (
+                "relive_to_relive",
+                world.relive_drive(&format!("bench_relive_driver_{run}"), &relive_server, sends, calls)?,
+            ),
+            (
+                "relive_to_erl",
+                world.relive_drive(&format!("bench_relive_driver_e{run}"), &erl_server, sends, calls)?,
+            ),
+            (
+                "erl_to_relive",
+                world.erl_drive(&format!("bench_erl_driver_r{run}"), &relive_server, sends, calls)?,
+            ),
         ];
         for (name, figure) in figures {
             if !json {

@@ -128,23 +128,30 @@ impl Service {
                     self.spawn_request(line, None, reply);
                     return;
                 }
-                _ => error_term("{request, Json}: Json must be a UTF-8 binary holding one control-protocol line"),
+                _ => error_term(
+                    "{request, Json}: Json must be a UTF-8 binary holding one control-protocol line",
+                ),
             },
-            (Some("deploy"), [_, id, json]) => match (integer_of(id), binary_of(json).map(std::str::from_utf8)) {
-                (Some(id), Some(Ok(line))) => match self.uploads.remove(&id) {
-                    Some(upload) if upload.complete => {
-                        let line = line.to_owned();
-                        self.spawn_request(line, Some(upload.path), reply);
-                        return;
-                    }
-                    Some(upload) => {
-                        let _ = fs::remove_file(&upload.path);
-                        error_term(format!("upload {id} is not complete ({} of {} bytes): nothing was deployed", upload.written, upload.size))
-                    }
-                    None => error_term(format!("no upload {id} on this node: upload the archive first")),
-                },
-                _ => error_term("{deploy, Id, Json}: Id is an upload id, Json a UTF-8 binary"),
-            },
+            (Some("deploy"), [_, id, json]) => {
+                match (integer_of(id), binary_of(json).map(std::str::from_utf8)) {
+                    (Some(id), Some(Ok(line))) => match self.uploads.remove(&id) {
+                        Some(upload) if upload.complete => {
+                            let line = line.to_owned();
+                            self.spawn_request(line, Some(upload.path), reply);
+                            return;
+                        }
+                        Some(upload) => {
+                            let _ = fs::remove_file(&upload.path);
+                            error_term(format!(
+                                "upload {id} is not complete ({} of {} bytes): nothing was deployed",
+                                upload.written, upload.size
+                            ))
+                        }
+                        None => error_term(format!("no upload {id} on this node: upload the archive first")),
+                    },
+                    _ => error_term("{deploy, Id, Json}: Id is an upload id, Json a UTF-8 binary"),
+                }
+            }
             (Some("upload_begin"), [_, size, sha]) => self.upload_begin(integer_of(size), binary_of(sha)),
             (Some("upload_chunk"), [_, id, offset, bytes]) => {
                 self.upload_chunk(integer_of(id), integer_of(offset), binary_of(bytes))
@@ -304,8 +311,11 @@ fn run_line(handler: &ReleaseHandler, line: &str, archive: Option<&Path>) -> Rep
             "stop is not served over distribution: stop the node on its machine (relive node stop)",
         ));
     }
-    let answer = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(request, &mut |_| {})))
-        .unwrap_or_else(|_| Err(Failure::new("the node failed while answering (a bug: see its log); it keeps running")));
+    let answer =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| handler.handle(request, &mut |_| {})))
+            .unwrap_or_else(|_| {
+                Err(Failure::new("the node failed while answering (a bug: see its log); it keeps running"))
+            });
     match answer {
         Ok(response) => Reply::Ok(response),
         Err(failure) => Reply::Error(failure),
@@ -433,7 +443,9 @@ impl Cluster {
         let mut seen = std::collections::HashSet::new();
         for node in &nodes.nodes {
             if !node.contains('@') {
-                bail!("--nodes: {node:?} is not a node name: write NAME@HOST (as `relive node start --sname` prints it)");
+                bail!(
+                    "--nodes: {node:?} is not a node name: write NAME@HOST (as `relive node start --sname` prints it)"
+                );
             }
             if !seen.insert(node) {
                 bail!("--nodes names {node} twice");
@@ -452,16 +464,26 @@ impl Cluster {
             && let [tag, message] = tuple.elements.as_slice()
             && term::atom_name(tag) == Some("error")
         {
-            let text = binary_of(message).map_or_else(|| message.to_string(), |b| String::from_utf8_lossy(b).into_owned());
+            let text = binary_of(message)
+                .map_or_else(|| message.to_string(), |b| String::from_utf8_lossy(b).into_owned());
             bail!("{node}: {text}");
         }
         Ok(reply)
     }
 
     /// One control-protocol request; its final reply.
-    fn request(&self, node: &str, request: Request, timeout: Duration) -> anyhow::Result<Result<Response, Failure>> {
+    fn request(
+        &self,
+        node: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> anyhow::Result<Result<Response, Failure>> {
         let line = protocol::encode(&Envelope::new(request, false));
-        let reply = self.call(node, term::tuple(vec![term::atom("request"), term::binary(line.into_bytes())]), timeout)?;
+        let reply = self.call(
+            node,
+            term::tuple(vec![term::atom("request"), term::binary(line.into_bytes())]),
+            timeout,
+        )?;
         decode_reply(node, &reply)
     }
 
@@ -512,7 +534,8 @@ fn decode_reply(node: &str, reply: &Term) -> anyhow::Result<Result<Response, Fai
         _ => None,
     }
     .with_context(|| format!("{node}: {SERVICE} answered {reply}, not {{reply, Json}}"))?;
-    let reply: Reply = serde_json::from_slice(line).with_context(|| format!("{node}: a reply this relive cannot read"))?;
+    let reply: Reply =
+        serde_json::from_slice(line).with_context(|| format!("{node}: a reply this relive cannot read"))?;
     match reply {
         Reply::Ok(response) => Ok(Ok(response)),
         Reply::Error(failure) => Ok(Err(failure)),
@@ -528,8 +551,10 @@ fn deploy(args: ClusterDeployArgs) -> anyhow::Result<()> {
     let bytes = fs::read(&args.archive).with_context(|| format!("reading {}", args.archive.display()))?;
     // Verified here first: a damaged archive is refused before any node
     // is asked anything (each node verifies it again, with its own keys).
-    let contents = relive_releases::archive::verify_bytes(&args.archive, &bytes, None, false)
-        .with_context(|| format!("{} is not a release archive this relive can read", args.archive.display()))?;
+    let contents =
+        relive_releases::archive::verify_bytes(&args.archive, &bytes, None, false).with_context(|| {
+            format!("{} is not a release archive this relive can read", args.archive.display())
+        })?;
     let release = contents.manifest.release.name.clone();
     let version = contents.manifest.release.version.to_string();
     let sha256 = hex::encode(Sha256::digest(&bytes));
@@ -625,7 +650,11 @@ fn deploy(args: ClusterDeployArgs) -> anyhow::Result<()> {
                 let runs = cluster.status(node).ok().map(|s| s.release.version.to_string());
                 NodeReport {
                     node: node.clone(),
-                    outcome: if runs.as_deref() == Some(from_version.as_str()) { "rolled_back" } else { "failed" },
+                    outcome: if runs.as_deref() == Some(from_version.as_str()) {
+                        "rolled_back"
+                    } else {
+                        "failed"
+                    },
                     from: Some(from_version.clone()),
                     to: Some(version.clone()),
                     runs,
@@ -645,7 +674,11 @@ fn deploy(args: ClusterDeployArgs) -> anyhow::Result<()> {
                 } else {
                     false
                 };
-                let runs = if rolled { cluster.status(node).ok().map(|s| s.release.version.to_string()) } else { runs };
+                let runs = if rolled {
+                    cluster.status(node).ok().map(|s| s.release.version.to_string())
+                } else {
+                    runs
+                };
                 NodeReport {
                     node: node.clone(),
                     outcome: if rolled { "rolled_back" } else { "failed" },
@@ -668,7 +701,9 @@ fn deploy(args: ClusterDeployArgs) -> anyhow::Result<()> {
         for (node, report) in args.nodes.nodes.iter().zip(reports.iter_mut()) {
             match cluster.request(node, Request::MakePermanent, cluster.short_timeout) {
                 Ok(Ok(_)) => report.detail.push_str("; made permanent"),
-                Ok(Err(failure)) => report.detail.push_str(&format!("; not made permanent: {}", failure.error)),
+                Ok(Err(failure)) => {
+                    report.detail.push_str(&format!("; not made permanent: {}", failure.error))
+                }
                 Err(error) => report.detail.push_str(&format!("; not made permanent: {error:#}")),
             }
         }
@@ -690,7 +725,10 @@ fn deployed_detail(response: &Response) -> String {
     match response {
         Response::Deployed(deployed) => {
             let pause = &deployed.report.pause;
-            format!("{} processes moved, pause p99 {:.1} µs, health window passed", deployed.report.moved, pause.p99_us)
+            format!(
+                "{} processes moved, pause p99 {:.1} µs, health window passed",
+                deployed.report.moved, pause.p99_us
+            )
         }
         other => format!("{other:?}"),
     }
@@ -730,7 +768,11 @@ fn status(args: ClusterStatusArgs) -> anyhow::Result<()> {
     } else {
         for row in &rows {
             match row.get("error") {
-                Some(error) => println!("{}  unreachable: {}", row["node"].as_str().unwrap_or("?"), error.as_str().unwrap_or("?")),
+                Some(error) => println!(
+                    "{}  unreachable: {}",
+                    row["node"].as_str().unwrap_or("?"),
+                    error.as_str().unwrap_or("?")
+                ),
                 None => println!(
                     "{}  {} {}  {}",
                     row["node"].as_str().unwrap_or("?"),

@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -18,8 +17,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use common::{
-    NodeGuard, alive, build, counter_archives as archives, failure, free_port, kv_archive, ok, rel,
-    release_rows, relive, relive_within, repo, signal, wait_until,
+    NodeGuard, Tree, alive, build, counter_archives as archives, failure, free_port, kv_archive, ok, rel,
+    release_rows, relive, relive_within, repo, signal, store_tree, wait_until,
 };
 
 /// Kills a child process (a node in the foreground) on drop.
@@ -30,38 +29,6 @@ impl Drop for ChildGuard {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-type Tree = BTreeMap<String, Vec<u8>>;
-
-/// Every file and directory under the store's root, with its bytes,
-/// except the node's own files (node.log, control.sock, run/) and the
-/// lock file.
-fn store_tree(root: &Path) -> Tree {
-    fn walk(base: &Path, dir: &Path, top: bool, tree: &mut Tree) {
-        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
-        entries.sort();
-        for path in entries {
-            let name = path.file_name().unwrap().to_string_lossy().to_string();
-            if top && ["node.log", "control.sock", "run", "store.lock"].contains(&name.as_str()) {
-                continue;
-            }
-            let relative = path.strip_prefix(base).unwrap().to_string_lossy().to_string();
-            let meta = std::fs::symlink_metadata(&path).unwrap();
-            if meta.is_dir() {
-                tree.insert(format!("{relative}/"), Vec::new());
-                walk(base, &path, false, tree);
-            } else if meta.is_file() {
-                tree.insert(relative, std::fs::read(&path).unwrap());
-            } else {
-                let link = std::fs::read_link(&path).map(|l| l.display().to_string()).unwrap_or_default();
-                tree.insert(relative, format!("<not a file: {:?} {link}>", meta.file_type()).into_bytes());
-            }
-        }
-    }
-    let mut tree = Tree::new();
-    walk(root, root, true, &mut tree);
-    tree
 }
 
 /// Fails naming the paths that differ (not dumping libraries).

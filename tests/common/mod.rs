@@ -186,6 +186,18 @@ impl NodeGuard {
         NodeGuard::start_as(root, args, None, Path::new(env!("CARGO_BIN_EXE_relive")))
     }
 
+    /// As [`NodeGuard::start`], with these environment variables set for
+    /// the node.
+    pub fn start_with_env(root: &Path, args: &[&str], env: &[(&str, &str)]) -> NodeGuard {
+        let exe = Path::new(env!("CARGO_BIN_EXE_relive"));
+        let mut guard =
+            NodeGuard { root: root.to_path_buf(), pids: Vec::new(), uid: None, exe: exe.to_path_buf() };
+        let mut command = guard.command(&["node", "start", "--root", root.to_str().unwrap()]);
+        command.args(args).envs(env.iter().copied());
+        guard.started(command, args);
+        guard
+    }
+
     /// As [`NodeGuard::start`], running the binary `exe` as `uid` (if given).
     pub fn start_as(root: &Path, args: &[&str], uid: Option<u32>, exe: &Path) -> NodeGuard {
         let mut guard = NodeGuard { root: root.to_path_buf(), pids: Vec::new(), uid, exe: exe.to_path_buf() };
@@ -296,4 +308,38 @@ impl Drop for NodeGuard {
             }
         }
     }
+}
+
+/// Every file and directory of a node's root (its store) with its bytes,
+/// leaving out what changes while a node merely runs (its log, socket,
+/// run/ and lock): two equal trees mean the store is byte-identical.
+pub type Tree = std::collections::BTreeMap<String, Vec<u8>>;
+
+/// The [`Tree`] of the store at `root`.
+#[allow(dead_code)]
+pub fn store_tree(root: &Path) -> Tree {
+    fn walk(base: &Path, dir: &Path, top: bool, tree: &mut Tree) {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            if top && ["node.log", "control.sock", "run", "store.lock"].contains(&name.as_str()) {
+                continue;
+            }
+            let relative = path.strip_prefix(base).unwrap().to_string_lossy().to_string();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            if meta.is_dir() {
+                tree.insert(format!("{relative}/"), Vec::new());
+                walk(base, &path, false, tree);
+            } else if meta.is_file() {
+                tree.insert(relative, std::fs::read(&path).unwrap());
+            } else {
+                let link = std::fs::read_link(&path).map(|l| l.display().to_string()).unwrap_or_default();
+                tree.insert(relative, format!("<not a file: {:?} {link}>", meta.file_type()).into_bytes());
+            }
+        }
+    }
+    let mut tree = Tree::new();
+    walk(root, root, true, &mut tree);
+    tree
 }
