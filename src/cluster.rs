@@ -459,7 +459,7 @@ impl Cluster {
     }
 
     fn call(&self, node: &str, request: Term, timeout: Duration) -> anyhow::Result<Term> {
-        let reply = self.dist.call(node, SERVICE, request, timeout).with_context(|| format!("{node}"))?;
+        let reply = self.dist.call(node, SERVICE, request, timeout).with_context(|| node.to_string())?;
         if let Term::Tuple(tuple) = &reply
             && let [tag, message] = tuple.elements.as_slice()
             && term::atom_name(tag) == Some("error")

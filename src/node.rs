@@ -510,7 +510,9 @@ fn run(
     if _distribution.is_some() {
         // Other nodes (relive cluster deploy, or erl) reach the release
         // handler as `relive_release_handler`.
-        if let Err(error) = crate::cluster::serve(handler.node(), Arc::clone(&handler), config.max_archive_bytes) {
+        if let Err(error) =
+            crate::cluster::serve(handler.node(), Arc::clone(&handler), config.max_archive_bytes)
+        {
             handler.stop();
             return Err(error);
         }

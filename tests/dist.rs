@@ -267,6 +267,8 @@ fn erl_pings_calls_monitors_and_links_a_relive_node_and_sees_it_die() {
                 _ -> timer:sleep(100), R(K - 1)
             end end,
         Out("replies ~p", [lists:sort(Replies(100))]),
+        Srv = spawn(fun S() -> receive {{'$gen_call', {{F, T}}, R}} -> F ! {{T, {{ok, R}}}}, S() end end),
+        Out("relayed ~p", [gen_server:call({{dist_echo, N}}, {{call_pid, Srv, <<"x">>}})]),
         monitor_node(N, true),
         Ref3 = erlang:monitor(process, Echo2),
         Out("kill_now", []),
@@ -293,6 +295,7 @@ fn erl_pings_calls_monitors_and_links_a_relive_node_and_sees_it_die() {
         "replies [<<\"down done\">>,<<\"exit boom\">>]",
         "an exit through the link, a down through the monitor, nothing through the removed link"
     );
+    assert_eq!(line(&out, "relayed", SHORT), "relayed <<\"x\">>", "a module calls an erl process by pid");
     line(&out, "kill_now", SHORT);
     signal(node.pid, "9");
     assert_eq!(line(&out, "nodedown", Duration::from_secs(90)), "nodedown");

@@ -48,6 +48,9 @@ use crate::{DistConfig, DistError, NodeEvent};
 /// How long a handshake may take before the connection is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Incoming handshakes under way at once; more connections are closed.
+const MAX_HANDSHAKES: usize = 64;
+
 /// An established connection.
 pub(crate) struct Conn {
     id: u64,
@@ -88,11 +91,18 @@ pub(crate) struct Inner {
     /// Downs of remote monitors that fired before the monitor was recorded
     /// (a target already dead fires inside `monitor_for_remote`).
     early_downs: Mutex<HashMap<u64, Down>>,
+    /// Calls from local processes to other nodes' (`Remote::call`), by our
+    /// reference id (their tag and their monitor's reference).
+    pending_calls: Mutex<HashMap<u64, PendingCall>>,
+    /// The local process other nodes' replies to those calls go to.
+    router: std::sync::OnceLock<Pid>,
     /// Monitors by name made by `call`, by our reference id.
     name_monitors: Mutex<HashMap<u64, NameMonitor>>,
     node_watchers: Mutex<Vec<Pid>>,
     next_id: AtomicU64,
     pub(crate) stopping: AtomicBool,
+    /// Incoming handshakes under way.
+    handshakes: std::sync::atomic::AtomicUsize,
     /// The EPMD registration: our name is ours while it stays open.
     epmd: Mutex<Option<TcpStream>>,
     listener: Mutex<Option<TcpListener>>,
@@ -126,9 +136,12 @@ impl Inner {
             peers: Mutex::new(HashMap::new()),
             early_downs: Mutex::new(HashMap::new()),
             name_monitors: Mutex::new(HashMap::new()),
+            pending_calls: Mutex::new(HashMap::new()),
+            router: std::sync::OnceLock::new(),
             node_watchers: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             stopping: AtomicBool::new(false),
+            handshakes: std::sync::atomic::AtomicUsize::new(0),
             epmd: Mutex::new(Some(epmd)),
             listener: Mutex::new(Some(listener.try_clone().map_err(|e| DistError::Listen(e.to_string()))?)),
         });
@@ -140,6 +153,10 @@ impl Inner {
         if let Err(e) = node.register("net_kernel", kernel) {
             return Err(DistError::Listen(format!("registering net_kernel: {e}")));
         }
+        let router = node
+            .spawn(Router(Arc::downgrade(&inner)))
+            .map_err(|e| DistError::Listen(format!("starting the call router: {e}")))?;
+        let _ = inner.router.set(router);
         let weak = Arc::downgrade(&inner);
         std::thread::Builder::new()
             .name("relive-dist-accept".into())
@@ -320,6 +337,14 @@ impl Inner {
         }
         for monitor in state.remote_refs.into_values() {
             self.node.demonitor_for_remote(monitor);
+        }
+        let pending: Vec<PendingCall> = {
+            let mut calls = self.pending_calls.lock();
+            let ids: Vec<u64> = calls.iter().filter(|(_, c)| *c.peer == *peer).map(|(id, _)| *id).collect();
+            ids.into_iter().filter_map(|id| calls.remove(&id)).collect()
+        };
+        for call in pending {
+            call.reply.reply_with::<ModuleReply>(Err(format!("{}: noconnection", call.target)));
         }
         let calls: Vec<_> = {
             let mut monitors = self.name_monitors.lock();
@@ -606,6 +631,16 @@ impl Inner {
 
     fn monitor_exit(&self, conn: &Arc<Conn>, reference: &eetf::Reference, reason: &Term) {
         let id = Self::id_of(reference);
+        if let Some(call) = self.pending_calls.lock().remove(&id) {
+            let why = match term::term_to_reason(reason) {
+                relive_runtime::ExitReason::NoProc => {
+                    format!("{}: noproc (no such process there)", call.target)
+                }
+                other => format!("{} exited before replying: {other}", call.target),
+            };
+            call.reply.reply_with::<ModuleReply>(Err(why));
+            return;
+        }
         if let Some((_, tx)) = self.name_monitors.lock().remove(&id) {
             let _ = tx.send(CallEvent::Down(term::term_to_reason(reason)));
             return;
@@ -701,6 +736,45 @@ impl Inner {
         }
         self.node.exit(proxy, ExitReason::Kill);
         result
+    }
+}
+
+/// A call of a local process to another node's, waiting for its reply.
+struct PendingCall {
+    peer: Arc<str>,
+    /// What was called, for errors: `<N.id.serial>` or `{name, node}`.
+    target: String,
+    /// What the monitor and DEMONITOR_P name.
+    proc: PidOrAtom,
+    reply: ReplyTo,
+}
+
+/// Gets the replies `{Tag, Reply}` to [`Remote::call`]s and answers the
+/// waiting callers.
+struct Router(Weak<Inner>);
+
+impl Actor for Router {
+    fn handle(&mut self, message: Message, _ctx: &mut Ctx<'_>) {
+        let (Ok(message), Some(inner)) = (message.downcast::<RemoteMessage>(), self.0.upgrade()) else {
+            return;
+        };
+        let Ok((Term::Tuple(t), _)) = term::decode(&message.term.0) else { return };
+        let [Term::Reference(tag), reply] = t.elements.as_slice() else { return };
+        if *tag.node.name != *inner.name {
+            return;
+        }
+        let id = Inner::id_of(tag);
+        let Some(call) = inner.pending_calls.lock().remove(&id) else { return };
+        if let Some(router) = inner.router.get()
+            && let Some(frame) =
+                inner.encode(Control::demonitor_p(inner.pid_term(*router), call.proc, (**tag).clone()))
+        {
+            inner.send_frame(&call.peer, frame);
+        }
+        let answer = term::to_msgpack(reply, &inner.pids)
+            .map(Payload)
+            .map_err(|e| format!("the reply of {} has no MessagePack form: {e}", call.target));
+        call.reply.reply_with::<ModuleReply>(answer);
     }
 }
 
@@ -886,6 +960,61 @@ impl Remote for Hook {
         self.info_of()
     }
 
+    fn call(&self, from: Option<Pid>, to: &relive_runtime::Dest, request: Message, reply: ReplyTo) {
+        let Some(inner) = self.0.upgrade() else { return drop(reply) };
+        let (peer, proc, target) = match to {
+            relive_runtime::Dest::Pid(pid) => match inner.node_of(*pid) {
+                Some(peer) => (peer, PidOrAtom::Pid(inner.pid_term(*pid)), pid.to_string()),
+                None => {
+                    return reply.reply_with::<ModuleReply>(Err(format!(
+                        "{pid}: noproc (a pid of this node's earlier life)"
+                    )));
+                }
+            },
+            relive_runtime::Dest::Remote { name, node } => {
+                (node.clone(), PidOrAtom::Atom(name.as_ref().into()), format!("{{{name}, {node}}}"))
+            }
+            relive_runtime::Dest::Name(name) => {
+                return reply.reply_with::<ModuleReply>(Err(format!("{name} is a local name")));
+            }
+        };
+        if *peer == *inner.name {
+            return reply
+                .reply_with::<ModuleReply>(Err(format!("{target} is on this node: call it directly")));
+        }
+        let request = match inner.message_term(&request) {
+            Ok(term) => term,
+            Err(why) => {
+                return reply
+                    .reply_with::<ModuleReply>(Err(format!("the request has no Erlang form: {why}")));
+            }
+        };
+        let Some(&router) = inner.router.get() else { return drop(reply) };
+        let router = inner.pid_term(router);
+        let id = inner.next_id();
+        let tag = inner.reference(id);
+        let call = term::tuple(vec![
+            term::atom("$gen_call"),
+            term::tuple(vec![Term::from(router.clone()), Term::from(tag.clone())]),
+            request,
+        ]);
+        let message = match &proc {
+            PidOrAtom::Pid(to) => Control::send_sender(router.clone(), to.clone(), call),
+            PidOrAtom::Atom(name) => Control::reg_send(router.clone(), name.clone(), call),
+        };
+        let _ = from;
+        inner
+            .pending_calls
+            .lock()
+            .insert(id, PendingCall { peer: peer.clone(), target, proc: proc.clone(), reply });
+        let sent = [Control::monitor_p(router, proc, tag), message]
+            .into_iter()
+            .all(|control| inner.encode(control).is_some_and(|frame| inner.send_frame(&peer, frame)));
+        if !sent && let Some(call) = inner.pending_calls.lock().remove(&id) {
+            call.reply.reply_with::<ModuleReply>(Err(format!("{}: cannot reach {peer}", call.target)));
+        }
+    }
+
     fn down(&self, watcher: Pid, down: Down) {
         let Some(inner) = self.0.upgrade() else { return };
         let Some(peer) = inner.node_of(watcher) else { return };
@@ -937,12 +1066,25 @@ fn accept_loop(listener: TcpListener, inner: Weak<Inner>) {
                 continue;
             }
         };
+        // A flood of connections that never finish their handshake gets
+        // a bounded number of threads; the rest are closed at once.
+        if strong.handshakes.fetch_add(1, Ordering::AcqRel) >= MAX_HANDSHAKES {
+            strong.handshakes.fetch_sub(1, Ordering::AcqRel);
+            let peer = stream.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
+            tracing::warn!(node = %strong.name, "refused a distribution connection from {peer}: {MAX_HANDSHAKES} handshakes are under way");
+            let _ = stream.shutdown(Shutdown::Both);
+            continue;
+        }
         let weak = inner.clone();
-        let _ = std::thread::Builder::new().name("relive-dist-handshake".into()).spawn(move || {
+        let spawned = std::thread::Builder::new().name("relive-dist-handshake".into()).spawn(move || {
             if let Some(inner) = weak.upgrade() {
                 accept_one(&inner, stream);
+                inner.handshakes.fetch_sub(1, Ordering::AcqRel);
             }
         });
+        if spawned.is_err() {
+            strong.handshakes.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 

@@ -203,7 +203,10 @@ fn relive_calls_monitors_and_links_erl_processes_and_sees_nodedown() {
     let script = r#"
         register(erl_echo, spawn(fun Loop() -> receive {From, Msg} -> From ! {reply, Msg}, Loop() end end)),
         register(victim, spawn(fun() -> receive stop -> exit(stopped_by_test) end end)),
-        register(srv, spawn(fun Srv() -> receive {'$gen_call', {F, T}, R} -> F ! {T, {ok, R}}, Srv() end end)),
+        register(srv, spawn(fun Srv() -> receive
+            {'$gen_call', {F, T}, whoami} -> F ! {T, self()}, Srv();
+            {'$gen_call', {F, T}, R} -> F ! {T, {ok, R}}, Srv()
+        end end)),
         io:format("ready~n"),
         receive after 60000 -> ok end,
         halt().
@@ -216,6 +219,24 @@ fn relive_calls_monitors_and_links_erl_processes_and_sees_nodedown() {
     assert_eq!(reply, term::tuple(vec![term::atom("ok"), term::atom("hi")]));
     let missing = dist.call(&erl, "nobody", term::atom("hi"), Duration::from_secs(10)).unwrap_err();
     assert!(missing.to_string().contains("noproc"), "{missing}");
+
+    // Calls from the runtime's own API to {Name, Node} and to a pid: the
+    // reply as a module would read it.
+    let srv = relive_runtime::Dest::Remote { name: "srv".into(), node: erl.as_str().into() };
+    let answer = |reply: Message| reply.downcast::<relive_runtime::ModuleReply>().unwrap();
+    let reply = answer(node.call(srv.clone(), encode(&term::binary("hi")), Duration::from_secs(10)).unwrap());
+    let reply: std::collections::HashMap<String, String> = rmp_serde::from_slice(&reply.unwrap().0).unwrap();
+    assert_eq!(reply["ok"], "hi", "{{ok, <<\"hi\">>}} reads as the variant Ok(\"hi\")");
+    let pid = answer(node.call(srv, encode(&term::atom("whoami")), Duration::from_secs(10)).unwrap());
+    let pid: u64 = rmp_serde::from_slice(&pid.unwrap().0).unwrap();
+    let pid = relive_runtime::Pid::from_u64(pid).unwrap();
+    assert!(pid.is_external());
+    let reply = answer(node.call(pid, encode(&term::binary("by pid")), Duration::from_secs(10)).unwrap());
+    let reply: std::collections::HashMap<String, String> = rmp_serde::from_slice(&reply.unwrap().0).unwrap();
+    assert_eq!(reply["ok"], "by pid");
+    let nobody = relive_runtime::Dest::Remote { name: "nobody".into(), node: erl.as_str().into() };
+    let missing = answer(node.call(nobody, encode(&term::atom("x")), Duration::from_secs(10)).unwrap());
+    assert!(missing.unwrap_err().contains("noproc"));
 
     // A native process sends {Pid, ping} to erl_echo and gets the reply.
     let (tx, rx) = mpsc::channel::<Message>();
@@ -249,6 +270,107 @@ fn relive_calls_monitors_and_links_erl_processes_and_sees_nodedown() {
             break;
         }
     }
+    dist.stop();
+    node.shutdown();
+}
+
+/// A node that restarts under the same name gets a new creation from EPMD,
+/// and what other nodes hold of its old pids names no process: a monitor
+/// on one fires `noproc` at once.
+#[test]
+fn a_restarted_node_has_a_new_creation_and_its_old_pids_are_dead() {
+    let Some(world) = World::new() else { return };
+    let first = node();
+    let dist = Distribution::start(&first, world.config("phoenix")).unwrap();
+    let old_pid = first.spawn(actor_fn(|_, _| {})).unwrap();
+    let old_term = dist.pid_term(old_pid);
+    let old_creation = dist.creation();
+    dist.stop();
+    first.shutdown();
+
+    let second = node();
+    // EPMD frees the name once it sees the old registration close.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let dist = loop {
+        match Distribution::start(&second, world.config("phoenix")) {
+            Ok(dist) => break dist,
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("retrying: {e}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert_ne!(dist.creation(), old_creation, "a restarted node has a new creation");
+    let alive_pid = second.spawn(actor_fn(|_, _| {})).unwrap();
+
+    // Another node monitors the old pid and a live one.
+    let watcher_node = node();
+    let watcher_dist = Distribution::start(&watcher_node, world.config("watcher")).unwrap();
+    let Term::Pid(old) = old_term else { panic!("a pid term") };
+    let Term::Pid(live) = dist.pid_term(alive_pid) else { panic!("a pid term") };
+    let (old, live) = (watcher_dist.pid_of(&old), watcher_dist.pid_of(&live));
+    let (tx, rx) = mpsc::channel::<relive_runtime::Down>();
+    let watcher = watcher_node
+        .spawn(actor_fn(move |message, ctx| {
+            match message.downcast::<(relive_runtime::Pid, relive_runtime::Pid)>() {
+                Ok((a, b)) => {
+                    ctx.monitor(a);
+                    ctx.monitor(b);
+                }
+                Err(message) => {
+                    if let Ok(down) = message.downcast::<relive_runtime::Down>() {
+                        let _ = tx.send(down);
+                    }
+                }
+            }
+        }))
+        .unwrap();
+    watcher_node.send(watcher, (old, live)).unwrap();
+    let down = rx.recv_timeout(Duration::from_secs(10)).expect("the old pid's monitor fires");
+    assert_eq!(down.pid, old);
+    assert_eq!(down.reason, relive_runtime::ExitReason::NoProc);
+    second.exit(alive_pid, relive_runtime::ExitReason::error("gone"));
+    let down = rx.recv_timeout(Duration::from_secs(10)).expect("the live pid's monitor fires when it exits");
+    assert_eq!(down.pid, live);
+    assert_eq!(down.reason.to_string(), "gone");
+    watcher_dist.stop();
+    dist.stop();
+    watcher_node.shutdown();
+    second.shutdown();
+}
+
+/// Kills the epmd on a port when dropped (`epmd -kill`, which it accepts
+/// once no node is registered).
+struct EpmdKiller(u16);
+
+impl Drop for EpmdKiller {
+    fn drop(&mut self) {
+        let _ = Command::new("epmd")
+            .args(["-port", &self.0.to_string(), "-kill"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// With no EPMD on its port, a node starts one (`epmd -daemon`, as erl).
+#[test]
+fn a_node_starts_epmd_when_none_answers() {
+    if !erl_installed() {
+        eprintln!("skipped: erl is not installed (Debian: apt-get install erlang-nox)");
+        return;
+    }
+    let port = free_port();
+    let _killer = EpmdKiller(port);
+    let node = node();
+    let mut config = DistConfig::new("lonely@localhost", "COOKIE".into());
+    config.epmd_port = port;
+    config.start_epmd = true;
+    let dist = Distribution::start(&node, config).unwrap();
+    let names = Command::new("epmd").args(["-port", &port.to_string(), "-names"]).output().unwrap();
+    let names = String::from_utf8_lossy(&names.stdout).to_string();
+    assert!(names.contains("name lonely at port"), "{names}");
     dist.stop();
     node.shutdown();
 }

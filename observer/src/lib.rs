@@ -68,6 +68,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use futures_util::future::{self, Either};
 use relive_node::ReleaseHandler;
 use relive_runtime::Node;
 
@@ -199,15 +200,14 @@ impl Observer {
                         }
                     };
                     let app = api::router(served_state).into_make_service_with_connect_info::<SocketAddr>();
-                    let served = axum::serve(listener, app).with_graceful_shutdown(async {
-                        let _ = stopped.await;
-                    });
-                    if let Err(error) = served.await {
+                    let served = std::pin::pin!(axum::serve(listener, app).into_future());
+                    // Not a graceful shutdown: a page's event stream never
+                    // ends by itself, and nothing it holds needs finishing.
+                    if let Either::Left((Err(error), _)) = future::select(served, stopped).await {
                         eprintln!("observer: stopped serving on {addr}: {error}");
                     }
                 });
-                // Streams still open would keep a graceful runtime drop
-                // waiting; they hold nothing worth finishing.
+                // Drops the connections still open.
                 runtime.shutdown_background();
             })
             .map_err(ObserverError::Start)?;
@@ -253,7 +253,65 @@ pub fn token_file(root: &Path) -> PathBuf {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
     use super::*;
+
+    fn request(addr: SocketAddr, text: &str) -> std::net::TcpStream {
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        stream.write_all(text.as_bytes()).unwrap();
+        stream
+    }
+
+    /// A benchmark's node: read-only, and a page streaming from it does
+    /// not keep the observer (and so the benchmark) from stopping.
+    #[test]
+    fn a_bare_node_is_read_only_and_stops_with_a_page_open() {
+        let node = Node::start(relive_runtime::NodeConfig { workers: 1, ..Default::default() });
+        let dir = std::env::temp_dir().join(format!("relive-observer-test-{}", std::process::id()));
+        let settings = Settings {
+            addr: "127.0.0.1:0".parse().unwrap(),
+            max_upload_bytes: 1024,
+            token_file: Some(dir.join("http.token")),
+            upload_dir: dir.join("uploads"),
+        };
+        let observer = Observer::start(settings, Watched::Node(node.clone())).unwrap();
+        let written = std::fs::read_to_string(dir.join("http.token")).unwrap();
+        assert_eq!(written.trim(), observer.token());
+        let addr = observer.addr();
+        let head = |method: &str, path: &str| {
+            format!(
+                "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                observer.token()
+            )
+        };
+        let mut answer = String::new();
+        request(addr, &head("POST", "/api/rollback")).read_to_string(&mut answer).unwrap();
+        assert!(
+            answer.starts_with("HTTP/1.1 409") && answer.contains("without a release handler"),
+            "{answer}"
+        );
+
+        let mut stream = request(addr, &head("GET", "/api/events?top=3"));
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !String::from_utf8_lossy(&seen).contains("event: top") {
+            let n = stream.read(&mut buffer).unwrap();
+            assert!(n > 0, "the stream closed: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        assert_eq!(observer.streaming(), 1);
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(observer);
+            let _ = done.send(());
+        });
+        stopped.recv_timeout(Duration::from_secs(30)).expect("the observer did not stop with a page open");
+        node.shutdown();
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     #[test]
     fn listen_addresses() {

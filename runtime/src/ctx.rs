@@ -94,7 +94,17 @@ impl<'a> Ctx<'a> {
         request: T,
         timeout: Duration,
     ) -> Result<Message, CallError> {
-        let pid = self.node.resolve(&to.into())?;
+        let to = to.into();
+        if crate::node::NodeInner::is_remote(&to) {
+            return self.node.call_remote(
+                Some(self.pid()),
+                &to,
+                into_message(request),
+                timeout,
+                Some(self.worker),
+            );
+        }
+        let pid = self.node.resolve(&to)?;
         if pid == self.pid() {
             return Err(CallError::CallingSelf(pid));
         }

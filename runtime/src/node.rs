@@ -277,7 +277,11 @@ impl Node {
         request: T,
         timeout: Duration,
     ) -> Result<Message, CallError> {
-        let pid = self.inner.resolve(&to.into()).map_err(CallError::from)?;
+        let to = to.into();
+        if NodeInner::is_remote(&to) {
+            return self.inner.call_remote(None, &to, into_message(request), timeout, None);
+        }
+        let pid = self.inner.resolve(&to).map_err(CallError::from)?;
         self.inner.call(pid, into_message(request), timeout, None)
     }
 
@@ -1029,6 +1033,9 @@ impl NodeInner {
         timeout: Duration,
         worker: Option<&WorkerLocal>,
     ) -> Result<Message, CallError> {
+        if pid.is_external() {
+            return self.call_remote(None, &Dest::Pid(pid), request, timeout, worker);
+        }
         let sched = worker.map_or(Sched::Global, Sched::Local);
         let started = std::time::Instant::now();
         let cell = ReplyCell::new();
@@ -1053,6 +1060,55 @@ impl NodeInner {
             Some(Err(NoReply::Crashed)) => Err(CallError::Crashed(pid)),
             Some(Err(NoReply::Dropped)) => Err(CallError::NoReply(pid)),
             None => Err(CallError::Timeout(pid, timeout)),
+        }
+    }
+
+    /// Whether `to` is another node's process.
+    pub(crate) fn is_remote(to: &Dest) -> bool {
+        match to {
+            Dest::Pid(pid) => pid.is_external(),
+            Dest::Name(_) => false,
+            Dest::Remote { .. } => true,
+        }
+    }
+
+    /// A call to another node's process, through the installed
+    /// [`Remote`]; waits here as a local call does.
+    pub(crate) fn call_remote(
+        &self,
+        from: Option<Pid>,
+        to: &Dest,
+        request: Message,
+        timeout: Duration,
+        worker: Option<&WorkerLocal>,
+    ) -> Result<Message, CallError> {
+        // The pid a call error names: the target's, or one standing for
+        // `{Name, Node}` (`<N.0.0>`).
+        let target = match to {
+            Dest::Pid(pid) => *pid,
+            Dest::Name(name) => return Err(CallError::NotRegistered(name.clone())),
+            Dest::Remote { name, node } => {
+                let Some(_) = self.remote() else {
+                    return Err(CallError::NotRegistered(format!("{name} on {node}").into()));
+                };
+                Pid::from_external(&crate::pid::ExternalPid {
+                    node: node.clone(),
+                    id: 0,
+                    serial: 0,
+                    creation: 0,
+                })
+            }
+        };
+        let Some(remote) = self.remote() else { return Err(CallError::NoProc(target)) };
+        let sched = worker.map_or(Sched::Global, Sched::Local);
+        let cell = ReplyCell::new();
+        remote.call(from, to, request, ReplyTo::new(cell.clone()));
+        match self.wait_reply(&cell, timeout, sched) {
+            Some(Ok(reply)) => Ok(reply),
+            Some(Err(NoReply::Exited(reason))) => Err(CallError::Exited(target, reason)),
+            Some(Err(NoReply::Crashed)) => Err(CallError::Crashed(target)),
+            Some(Err(NoReply::Dropped)) => Err(CallError::NoReply(target)),
+            None => Err(CallError::Timeout(target, timeout)),
         }
     }
 

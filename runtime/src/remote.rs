@@ -72,6 +72,13 @@ pub trait Remote: Send + Sync + 'static {
     /// This node's name and the nodes connected now (for a status
     /// report; must be cheap).
     fn info(&self) -> RemoteInfo;
+
+    /// A call from local process `from` (`None`: the node's API) to
+    /// another node's process, `to` being an external pid or a
+    /// [`crate::Dest::Remote`]: a gen_server call on the wire. Answer
+    /// through `reply` (with a [`crate::ModuleReply`], what module callers
+    /// read); dropping it fails the call. Must not wait: the caller waits.
+    fn call(&self, from: Option<Pid>, to: &crate::Dest, request: Message, reply: crate::ReplyTo);
 }
 
 /// What [`Remote::info`] tells.

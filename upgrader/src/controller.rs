@@ -1000,12 +1000,8 @@ impl<'a> Transaction<'a> {
             let report = self.watch_canary(module, &from, &to, first.len(), rest.len(), &canary);
             let passed = report.passed;
             let text = format!(
-                "canary of {module} failed on {} (new version {} crash(es) and mean handler {} µs, old version {} crash(es) and {} µs); the other {} processes were never moved",
+                "canary of {module} failed on {}; the other {} processes were never moved",
                 report.signals.failures_text(),
-                report.new_crashes,
-                report.new_handler_us.map_or("?".into(), |us| format!("{us:.1}")),
-                report.old_crashes,
-                report.old_handler_us.map_or("?".into(), |us| format!("{us:.1}")),
                 rest.len(),
             );
             self.canary = Some(report);

@@ -48,6 +48,16 @@ pub enum Request {
     Unlink(#[serde(with = "relive_abi::erlang_pid")] Pid),
     /// Stops with this reason (after replying).
     Stop(String),
+    /// Calls another node's process with the text (a gen_server call on the
+    /// wire) and answers what `{ok, Text}` carried.
+    CallPid(#[serde(with = "relive_abi::erlang_pid")] Pid, String),
+}
+
+/// What a called Erlang process answers: `{ok, Text}`.
+#[derive(Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Answer {
+    Ok(String),
 }
 
 /// Replies.
@@ -119,6 +129,12 @@ impl Behaviour for Echo {
             Request::Stop(reason) => {
                 ctx.stop(&reason);
                 Reply::Ok(true)
+            }
+            Request::CallPid(pid, text) => {
+                match ctx.call::<String, Answer>(pid, &text, std::time::Duration::from_secs(10)) {
+                    Ok(Answer::Ok(text)) => Reply::Text(text),
+                    Err(error) => Reply::Text(format!("error: {error}")),
+                }
             }
         }
     }
