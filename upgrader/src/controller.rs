@@ -37,11 +37,16 @@ use crate::report::{
 };
 use crate::tree;
 
+/// The least time a rollback gives each process to reach its move back,
+/// whatever [`Options::suspend_timeout`] says.
+const ROLLBACK_MIN_REACH: Duration = Duration::from_secs(5);
+
 /// How an upgrade runs.
 #[derive(Clone, Debug)]
 pub struct Options {
     /// How long a process may take to reach its migration (it finishes the
-    /// message in hand first). Past it the upgrade fails, naming it.
+    /// message in hand first). Past it the upgrade fails, naming it. Its
+    /// rollback waits at least 5 s for each process.
     pub suspend_timeout: Duration,
     /// How long one process's `code_change` may run.
     pub code_change_timeout: Duration,
@@ -205,12 +210,27 @@ impl Options {
         {
             return bad(format!("the maximum latency ratio is {ratio}: it must be a number above 0"));
         }
-        if let HealthProbe::Process(name) = &self.health.probe
-            && node.whereis(name).is_none()
-        {
-            return bad(format!(
-                "no process is registered as {name:?}, the health process: name a running process of the release"
-            ));
+        if let HealthProbe::Process(name) = &self.health.probe {
+            let Some(pid) = node.whereis(name) else {
+                return bad(format!(
+                    "no process is registered as {name:?}, the health process: name a running process of the release"
+                ));
+            };
+            // Only a module process has a `health` callback (a supervisor
+            // has none). Asked once per upgrade: the scan is cheap.
+            let runs_module = node.code_server().is_some_and(|code| {
+                code.which_modules().iter().any(|module| {
+                    [code.current(&module.name), code.old(&module.name)]
+                        .into_iter()
+                        .flatten()
+                        .any(|version| version.processes().contains(&pid))
+                })
+            });
+            if !runs_module {
+                return bad(format!(
+                    "the health process {name:?} ({pid}) runs no module, so it has no health callback (a supervisor?): name a module process of the release"
+                ));
+            }
         }
         Ok(())
     }
@@ -382,7 +402,7 @@ impl Controller {
             if let Err(mut failure) = tx.run(i + 1, instruction) {
                 failure.name = failure.pid.and_then(|pid| self.node.name_of(pid)).map(|n| n.to_string());
                 tracing::error!(plan = %plan.name, %failure, "upgrade failed; undoing it");
-                tx.upgrade_time = tx.started.elapsed();
+                tx.upgrade_time = tx.started.elapsed().saturating_sub(tx.canary_time);
                 tx.account();
                 let undo = std::mem::take(&mut tx.undo);
                 let rollback = tx.undo_all(undo);
@@ -402,7 +422,7 @@ impl Controller {
             });
         }
         tx.steps.sort_by_key(|s| s.instruction);
-        tx.upgrade_time = tx.started.elapsed();
+        tx.upgrade_time = tx.started.elapsed().saturating_sub(tx.canary_time);
         tx.account();
         PhaseHook::call(&options.on_phase, Phase::Switched);
         if !options.health_window.is_zero() {
@@ -714,6 +734,8 @@ struct Transaction<'a> {
     canary: Option<CanaryReport>,
     health: Option<HealthReport>,
     started: Instant,
+    /// Spent watching canaries: not part of `upgrade_time`.
+    canary_time: Duration,
     upgrade_time: Duration,
 }
 
@@ -738,6 +760,7 @@ impl<'a> Transaction<'a> {
             canary: None,
             health: None,
             started: Instant::now(),
+            canary_time: Duration::ZERO,
             upgrade_time: Duration::ZERO,
         }
     }
@@ -997,7 +1020,9 @@ impl<'a> Transaction<'a> {
         };
         self.record(module, &from, &to, batch)?;
         if let Some(canary) = canary {
+            let watching = Instant::now();
             let report = self.watch_canary(module, &from, &to, first.len(), rest.len(), &canary);
+            self.canary_time += watching.elapsed();
             let passed = report.passed;
             let text = format!(
                 "canary of {module} failed on {}; the other {} processes were never moved",
@@ -1321,7 +1346,9 @@ impl<'a> Transaction<'a> {
         let mut pauses = Vec::new();
         let mut later = Vec::new();
         let timeout = self.options.child_timeout;
-        let limits = self.limits();
+        // An upgrade may give up on a slow process quickly; its undo may
+        // not: a process left behind stays on the code being undone.
+        let limits = Limits { reach: self.options.suspend_timeout.max(ROLLBACK_MIN_REACH), ..self.limits() };
         for step in undo.into_iter().rev() {
             match step {
                 Undo::Moved(set) => {

@@ -355,7 +355,8 @@ pub struct Report {
     /// node sees none of it.
     pub prepare_ms: f64,
     /// From the first change to the last instruction done: installing the
-    /// new code and moving every process, ms.
+    /// new code and moving every process, ms (a canary's window left out:
+    /// `total_ms` has it).
     pub upgrade_ms: f64,
     /// Including the canary and health windows, and any rollback, ms.
     pub total_ms: f64,
