@@ -6,8 +6,11 @@
 //! with `erlc` at run time): a server node registers `dist_bench_sink` and
 //! `dist_bench_echo`; a driver node casts N 32-byte binaries to the sink
 //! then asks it how many arrived (messages per second), and makes N
-//! sequential gen_server-style calls to the echo (mean and p99 µs). The
-//! relive sides run the same protocol with native processes.
+//! sequential gen_server calls to the echo (mean and p99 µs). The relive
+//! sides run the same protocol with native processes, and the calls have
+//! the same shape on the wire both ways: `gen_server:call/3` on the erl
+//! side and `Distribution::call` on ours each send MONITOR_P and the
+//! request, get the reply, and send DEMONITOR_P.
 //!
 //! Every node runs under an epmd of its own (a free port, `ERL_EPMD_PORT`)
 //! and a random cookie, so the bench neither sees nor disturbs the
@@ -334,7 +337,7 @@ impl ErlWorld {
             .env("ERL_EPMD_PORT", self.epmd_port.to_string())
             .env(COOKIE_FILE_ENV, self.cookie_file()?)
             // Its log (a line per closed connection) would bury the figures.
-            .env("RUST_LOG", "error")
+            .env("RELIVE_LOG", "error")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()

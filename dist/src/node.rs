@@ -5,15 +5,20 @@
 //!
 //! - `relive-dist-accept`: accepts connections; each gets a thread that
 //!   runs the handshake (10 s at most) and then reads.
-//! - per connection, a reader (frames in, ticks, the read timeout that
-//!   declares the peer dead) and a writer (frames out from a channel, a
-//!   tick when idle for a quarter of `net_ticktime`).
+//! - per connection, a reader (frames in through a buffer, ticks, the
+//!   read timeout that declares the peer dead) and a writer (what the
+//!   senders left it: bursts, what the socket did not take at once, lazy
+//!   frames; a tick when nothing went out for a quarter of
+//!   `net_ticktime`).
 //! - per outbound connection attempt, a short-lived connecting thread
 //!   (EPMD lookup, connect, handshake); what is sent meanwhile waits in
 //!   order and goes out once connected.
 //!
-//! Scheduler workers only ever push onto a connection's channel; nothing
-//! here waits for a worker, and a worker never waits for a socket.
+//! A sender (a scheduler worker, the reader, a caller's thread) writes its
+//! frame itself with one non-blocking `send` when nothing waits before it
+//! ([`Conn::push`]); otherwise it appends to the connection's outbox for
+//! the writer. Nothing here waits for a worker, and a worker never waits
+//! for a socket.
 //!
 //! # State
 //!
@@ -23,19 +28,20 @@
 //! lock is never held while calling into the runtime (which may call back
 //! through [`Remote`]).
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::io::{BufWriter, Write};
+use std::io::{BufReader, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use eetf::Term;
 use erl_dist::message::Message as Control;
 use erl_dist::node::LocalNode;
 use erl_dist::term::PidOrAtom;
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 use relive_runtime::{
     Actor, Ctx, Down, ExitReason, ExternalTerm, Message, ModuleReply, MonitorRef, Node, Payload, Pid, Remote,
     RemoteMessage, ReplyTo,
@@ -57,8 +63,136 @@ pub(crate) struct Conn {
     peer: Arc<str>,
     creation: u32,
     send_sender: bool,
-    tx: mpsc::Sender<Vec<u8>>,
+    /// What waits to be written, for the writer thread.
+    out: Mutex<Outbox>,
+    /// Wakes the writer thread: bytes to write, or the connection closed.
+    wake: Condvar,
     stream: TcpStream,
+}
+
+/// Frames pushed closer together than this are a burst: after the first,
+/// they go to the writer thread, which writes them in few large writes
+/// (what a peer reads fastest) rather than one `send` each.
+const BURST_GAP: Duration = Duration::from_micros(20);
+
+/// The longest a [`Conn::push_lazy`] frame waits for a frame to share a
+/// write with.
+const LAZY_DELAY: Duration = Duration::from_millis(2);
+
+/// A connection's outgoing bytes not written yet.
+struct Outbox {
+    /// Whole frames (or the tail of one a short write left), in order.
+    buf: Vec<u8>,
+    /// `buf` holds a frame that must go now (not only lazy ones).
+    urgent: bool,
+    /// When the oldest lazy frame in `buf` came.
+    lazy_since: Option<Instant>,
+    /// The writer thread is writing bytes it took from `buf`.
+    writing: bool,
+    /// When the last frame was pushed (not lazily).
+    last_push: Instant,
+    /// When bytes last went out (ticks are sent only on a silent link).
+    last_write: Instant,
+    closed: bool,
+}
+
+impl Outbox {
+    fn new() -> Outbox {
+        let long_ago = Instant::now().checked_sub(Duration::from_secs(1)).unwrap_or_else(Instant::now);
+        Outbox {
+            buf: Vec::new(),
+            urgent: false,
+            lazy_since: None,
+            writing: false,
+            last_push: long_ago,
+            last_write: Instant::now(),
+            closed: false,
+        }
+    }
+}
+
+impl Conn {
+    /// Queues `frame` (one or more whole frames) on the connection, to go
+    /// now. When the writer thread is idle and this is no burst, it is
+    /// written from the calling thread, with whatever lazy frames wait, in
+    /// one `send` with `MSG_DONTWAIT` (no thread hop); what the socket does
+    /// not take at once goes to the writer thread. Never blocks on the
+    /// network. `false` once the connection is closed.
+    fn push(&self, frame: &[u8]) -> bool {
+        let mut out = self.out.lock();
+        if out.closed {
+            return false;
+        }
+        let now = Instant::now();
+        let burst = now.duration_since(out.last_push) < BURST_GAP;
+        out.last_push = now;
+        if out.writing || burst {
+            out.buf.extend_from_slice(frame);
+            out.urgent = true;
+            drop(out);
+            self.wake.notify_one();
+            return true;
+        }
+        let flags = rustix::net::SendFlags::DONTWAIT | rustix::net::SendFlags::NOSIGNAL;
+        let lazy = !out.buf.is_empty();
+        if lazy {
+            out.buf.extend_from_slice(frame);
+        }
+        let bytes: &[u8] = if lazy { &out.buf } else { frame };
+        let sent = match rustix::net::send(&self.stream, bytes, flags) {
+            Ok(n) => n,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => 0,
+            Err(error) => {
+                tracing::debug!(peer = %self.peer, "writing to the connection failed: {error}");
+                out.closed = true;
+                drop(out);
+                self.wake.notify_one();
+                let _ = self.stream.shutdown(Shutdown::Both);
+                return false;
+            }
+        };
+        if sent > 0 {
+            out.last_write = now;
+        }
+        if lazy {
+            out.buf.drain(..sent);
+        } else if sent < frame.len() {
+            out.buf.extend_from_slice(&frame[sent..]);
+        }
+        out.lazy_since = None;
+        if out.buf.is_empty() {
+            return true;
+        }
+        out.urgent = true;
+        drop(out);
+        self.wake.notify_one();
+        true
+    }
+
+    /// Queues `frame` to go with the next frame pushed, or within
+    /// [`LAZY_DELAY`]: for what nobody waits on (a call's DEMONITOR_P after
+    /// its reply), so that it costs no write of its own.
+    fn push_lazy(&self, frame: &[u8]) -> bool {
+        let mut out = self.out.lock();
+        if out.closed {
+            return false;
+        }
+        out.buf.extend_from_slice(frame);
+        if out.lazy_since.is_none() {
+            out.lazy_since = Some(Instant::now());
+            drop(out);
+            self.wake.notify_one();
+        }
+        true
+    }
+
+    /// Closes the connection: the writer thread ends, the reader sees the
+    /// socket shut.
+    fn close(&self) {
+        self.out.lock().closed = true;
+        self.wake.notify_one();
+        let _ = self.stream.shutdown(Shutdown::Both);
+    }
 }
 
 /// What we keep per peer node.
@@ -199,13 +333,27 @@ impl Inner {
     /// Queues a frame for `peer`, connecting first if needed. `false` if it
     /// could not be queued (we are stopping, or the name is not a node name).
     pub(crate) fn send_frame(self: &Arc<Self>, peer: &str, frame: Vec<u8>) -> bool {
+        self.queue_frame(peer, frame, false)
+    }
+
+    /// [`Inner::send_frame`] for a frame nobody waits on: it goes out with
+    /// the next frame to `peer` or a little later ([`Conn::push_lazy`]).
+    fn send_frame_lazy(self: &Arc<Self>, peer: &str, frame: Vec<u8>) -> bool {
+        self.queue_frame(peer, frame, true)
+    }
+
+    fn queue_frame(self: &Arc<Self>, peer: &str, frame: Vec<u8>, lazy: bool) -> bool {
         if self.stopping.load(Ordering::Relaxed) || *peer == *self.name {
             return false;
         }
         let mut peers = self.peers.lock();
         if let Some(state) = peers.get_mut(peer) {
             match &state.conn {
-                Some(conn) => return conn.tx.send(frame).is_ok(),
+                Some(conn) => {
+                    let conn = conn.clone();
+                    drop(peers);
+                    return if lazy { conn.push_lazy(&frame) } else { conn.push(&frame) };
+                }
                 None => {
                     state.pending.push(frame);
                     return true;
@@ -259,15 +407,14 @@ impl Inner {
     /// A handshake finished (either side): start the connection's threads.
     fn established(self: &Arc<Self>, stream: TcpStream, handshake: crate::wire::Peer) {
         let peer: Arc<str> = handshake.name.as_str().into();
-        let (tx, rx) = mpsc::channel::<Vec<u8>>();
-        let Ok(write_half) = stream.try_clone() else { return };
         let Ok(read_half) = stream.try_clone() else { return };
         let conn = Arc::new(Conn {
             id: self.next_id(),
             peer: peer.clone(),
             creation: handshake.creation,
             send_sender: handshake.flags.contains(erl_dist::DistributionFlags::SEND_SENDER),
-            tx,
+            out: Mutex::new(Outbox::new()),
+            wake: Condvar::new(),
             stream,
         });
         let replaced = {
@@ -275,20 +422,23 @@ impl Inner {
             let state = peers.entry(peer.clone()).or_default();
             let replaced = state.conn.replace(conn.clone());
             for frame in state.pending.drain(..) {
-                let _ = conn.tx.send(frame);
+                conn.push(&frame);
             }
             replaced
         };
         if let Some(old) = replaced {
             // A new connection from a node we had one with: it restarted, or
             // both sides connected at once. The old one goes.
-            let _ = old.stream.shutdown(Shutdown::Both);
+            old.close();
         }
         let tick = self.config.net_ticktime / 4;
-        let writer_peer = peer.clone();
-        let _ = std::thread::Builder::new()
+        let writer_conn = conn.clone();
+        let spawned = std::thread::Builder::new()
             .name("relive-dist-write".into())
-            .spawn(move || write_loop(write_half, rx, tick, &writer_peer));
+            .spawn(move || write_loop(&writer_conn, tick));
+        if spawned.is_err() {
+            conn.close();
+        }
         let weak = Arc::downgrade(self);
         let reader_conn = conn.clone();
         let spawned = std::thread::Builder::new().name("relive-dist-read".into()).stack_size(8 << 20).spawn(
@@ -297,7 +447,7 @@ impl Inner {
             },
         );
         if spawned.is_err() {
-            let _ = conn.stream.shutdown(Shutdown::Both);
+            conn.close();
         }
         tracing::info!(node = %self.name, peer = %peer, creation = conn.creation, "connected to {peer}");
         for watcher in self.node_watchers.lock().clone() {
@@ -308,7 +458,7 @@ impl Inner {
     /// The connection `conn` ended: everything that crossed it learns
     /// `noconnection`.
     fn connection_lost(self: &Arc<Self>, conn: &Conn, why: &str) {
-        let _ = conn.stream.shutdown(Shutdown::Both);
+        conn.close();
         let state = {
             let mut peers = self.peers.lock();
             match peers.get(&conn.peer) {
@@ -402,6 +552,32 @@ impl Inner {
         Err("a message of a type that does not cross nodes (send a relive_runtime::ExternalTerm or a MessagePack Payload)".into())
     }
 
+    /// The encoded term (version byte first) a local message crosses as,
+    /// borrowed when it is one already (no decoding and re-encoding), and
+    /// wrapped as `{'$gen_cast', Message}` for a cast.
+    fn message_bytes<'m>(&self, message: &'m Message, cast: bool) -> Result<Cow<'m, [u8]>, String> {
+        let raw = message
+            .downcast_ref::<ExternalTerm>()
+            .map(|external| &external.0)
+            .or_else(|| message.downcast_ref::<RemoteMessage>().map(|remote| &remote.term.0));
+        let bytes = match raw {
+            Some(raw) => {
+                // A native actor's bytes: checked, so a peer never gets a
+                // malformed term from us.
+                let len = term::check(raw).map_err(|e| e.0)?;
+                if len != raw.len() {
+                    return Err(format!("{} bytes after the term", raw.len() - len));
+                }
+                Cow::Borrowed(raw.as_slice())
+            }
+            None => Cow::Owned(term::encode(&self.message_term(message)?)),
+        };
+        if !cast {
+            return Ok(bytes);
+        }
+        Ok(Cow::Owned(splice_tuple(&[GEN_CAST_ATOM, &bytes[1..]])))
+    }
+
     // -------------------------------------------------------- from the wire
 
     fn handle(
@@ -478,6 +654,9 @@ impl Inner {
             // dropped without a word.
             return;
         };
+        if Some(&target) == self.router.get() && self.reply_to_router(&message) {
+            return;
+        }
         if let Some((reply_to, tag, request)) = gen_call(&message) {
             return self.gen_call(conn, target, reply_to, tag, request);
         }
@@ -515,17 +694,20 @@ impl Inner {
         request: Term,
     ) {
         let request = self.remote_message(Some(self.pids.from_term(&reply_to)), &request, Vec::new());
+        let tag = term::encode(&tag);
         let weak = Arc::downgrade(self);
         let peer = conn.peer.clone();
         let _ = self.node.call_then(target, request, move |reply| {
             let (Some(inner), Some(reply)) = (weak.upgrade(), reply) else { return };
-            let reply = inner.message_term(&reply).unwrap_or_else(|why| {
-                term::tuple(vec![
+            let reply = inner.message_bytes(&reply, false).unwrap_or_else(|why| {
+                Cow::Owned(term::encode(&term::tuple(vec![
                     term::atom("error"),
                     term::binary(format!("the reply has no Erlang form: {why}")),
-                ])
+                ])))
             });
-            if let Some(frame) = inner.encode(Control::send(reply_to, term::tuple(vec![tag, reply]))) {
+            let message = splice_tuple(&[&tag[1..], &reply[1..]]);
+            let control = term::tuple(vec![small(2), term::atom(""), Term::from(reply_to)]);
+            if let Some(frame) = frame_with(&control, &message) {
                 inner.send_frame(&peer, frame);
             }
         });
@@ -541,7 +723,7 @@ impl Inner {
             return;
         }
         if let Some(frame) = self.encode(Control::exit(to.clone(), from.clone(), term::atom("noproc"))) {
-            let _ = conn.tx.send(frame);
+            conn.push(&frame);
         }
     }
 
@@ -559,7 +741,7 @@ impl Inner {
                 to_pid: from.clone(),
             }))
         {
-            let _ = conn.tx.send(frame);
+            conn.push(&frame);
         }
     }
 
@@ -597,7 +779,7 @@ impl Inner {
         let Some(local) = local else {
             let exit = Control::monitor_p_exit(target, from.clone(), reference, term::atom("noproc"));
             if let Some(frame) = self.encode(exit) {
-                let _ = conn.tx.send(frame);
+                conn.push(&frame);
             }
             return;
         };
@@ -608,7 +790,7 @@ impl Inner {
             let exit =
                 Control::monitor_p_exit(target, from.clone(), reference, term::reason_to_term(&down.reason));
             if let Some(frame) = self.encode(exit) {
-                let _ = conn.tx.send(frame);
+                conn.push(&frame);
             }
             return;
         }
@@ -654,6 +836,37 @@ impl Inner {
         }
     }
 
+    /// `{Tag, Reply}` sent to the router: the reply to a call made with
+    /// [`Remote::call`] or [`Inner::call`], handed to its caller on the
+    /// calling thread (the connection's reader: no hop through a worker).
+    /// `false` if it answers no call of ours.
+    fn reply_to_router(self: &Arc<Self>, message: &Term) -> bool {
+        let Term::Tuple(t) = message else { return false };
+        let [Term::Reference(tag), reply] = t.elements.as_slice() else { return false };
+        if *tag.node.name != *self.name {
+            return false;
+        }
+        let id = Inner::id_of(tag);
+        if let Some(call) = self.pending_calls.lock().remove(&id) {
+            if let Some(router) = self.router.get()
+                && let Some(frame) =
+                    self.encode(Control::demonitor_p(self.pid_term(*router), call.proc, (**tag).clone()))
+            {
+                self.send_frame_lazy(&call.peer, frame);
+            }
+            let answer = term::to_msgpack(reply, &self.pids)
+                .map(Payload)
+                .map_err(|e| format!("the reply of {} has no MessagePack form: {e}", call.target));
+            call.reply.reply_with::<ModuleReply>(answer);
+            return true;
+        }
+        if let Some((_, tx)) = self.name_monitors.lock().get(&id) {
+            let _ = tx.send(CallEvent::Reply(reply.clone()));
+            return true;
+        }
+        false
+    }
+
     pub(crate) fn stop(&self) {
         self.stopping.store(true, Ordering::SeqCst);
         if let Some(listener) = self.listener.lock().take() {
@@ -665,7 +878,7 @@ impl Inner {
         self.epmd.lock().take();
         let conns: Vec<Arc<Conn>> = self.peers.lock().drain().filter_map(|(_, p)| p.conn).collect();
         for conn in conns {
-            let _ = conn.stream.shutdown(Shutdown::Both);
+            conn.close();
         }
     }
 
@@ -680,15 +893,11 @@ impl Inner {
         timeout: Duration,
     ) -> Result<Term, DistError> {
         let (tx, rx) = mpsc::channel::<CallEvent>();
-        let replies = tx.clone();
-        let proxy = self
-            .node
-            .spawn(relive_runtime::actor_fn(move |message, _ctx| {
-                if let Ok(message) = message.downcast::<RemoteMessage>() {
-                    let _ = replies.send(CallEvent::Reply(message));
-                }
-            }))
-            .map_err(|e| DistError::Call(format!("starting the caller process: {e}")))?;
+        // The reply comes to the router's pid; the reader thread that gets
+        // it hands it to this thread straight away (see `reply_to_router`).
+        let Some(&proxy) = self.router.get() else {
+            return Err(DistError::Call("the distribution is not running".into()));
+        };
         let id = self.next_id();
         let reference = self.reference(id);
         self.name_monitors.lock().insert(id, (node.into(), tx));
@@ -703,38 +912,26 @@ impl Inner {
             Control::reg_send(me.clone(), name.into(), call),
         ]
         .into_iter()
-        .all(|control| self.encode(control).is_some_and(|frame| self.send_frame(node, frame)));
+        .map(|control| self.encode(control))
+        .collect::<Option<Vec<_>>>()
+        .is_some_and(|frames| self.send_frame(node, frames.concat()));
         let result = if !sent {
             Err(DistError::Call(format!("cannot reach {node}")))
         } else {
-            let deadline = std::time::Instant::now() + timeout;
-            loop {
-                let left = deadline.saturating_duration_since(std::time::Instant::now());
-                match rx.recv_timeout(left) {
-                    Ok(CallEvent::Reply(message)) => match term::decode(&message.term.0) {
-                        Ok((Term::Tuple(t), _))
-                            if t.elements.len() == 2 && t.elements[0] == Term::from(reference.clone()) =>
-                        {
-                            break Ok(t.elements[1].clone());
-                        }
-                        _ => continue,
-                    },
-                    Ok(CallEvent::Down(reason)) => {
-                        break Err(DistError::Call(format!(
-                            "{name} on {node} exited or is not there: {reason}"
-                        )));
-                    }
-                    Err(_) => break Err(DistError::Timeout(format!("{name} on {node}"), timeout)),
+            match rx.recv_timeout(timeout) {
+                Ok(CallEvent::Reply(reply)) => Ok(reply),
+                Ok(CallEvent::Down(reason)) => {
+                    Err(DistError::Call(format!("{name} on {node} exited or is not there: {reason}")))
                 }
+                Err(_) => Err(DistError::Timeout(format!("{name} on {node}"), timeout)),
             }
         };
         if self.name_monitors.lock().remove(&id).is_some()
             && let Some(frame) =
                 self.encode(Control::demonitor_p(me, PidOrAtom::Atom(name.into()), reference))
         {
-            self.send_frame(node, frame);
+            self.send_frame_lazy(node, frame);
         }
-        self.node.exit(proxy, ExitReason::Kill);
         result
     }
 }
@@ -758,23 +955,9 @@ impl Actor for Router {
         let (Ok(message), Some(inner)) = (message.downcast::<RemoteMessage>(), self.0.upgrade()) else {
             return;
         };
-        let Ok((Term::Tuple(t), _)) = term::decode(&message.term.0) else { return };
-        let [Term::Reference(tag), reply] = t.elements.as_slice() else { return };
-        if *tag.node.name != *inner.name {
-            return;
+        if let Ok((reply, _)) = term::decode(&message.term.0) {
+            inner.reply_to_router(&reply);
         }
-        let id = Inner::id_of(tag);
-        let Some(call) = inner.pending_calls.lock().remove(&id) else { return };
-        if let Some(router) = inner.router.get()
-            && let Some(frame) =
-                inner.encode(Control::demonitor_p(inner.pid_term(*router), call.proc, (**tag).clone()))
-        {
-            inner.send_frame(&call.peer, frame);
-        }
-        let answer = term::to_msgpack(reply, &inner.pids)
-            .map(Payload)
-            .map_err(|e| format!("the reply of {} has no MessagePack form: {e}", call.target));
-        call.reply.reply_with::<ModuleReply>(answer);
     }
 }
 
@@ -783,12 +966,52 @@ type NameMonitor = (Arc<str>, mpsc::Sender<CallEvent>);
 
 /// What a call's caller hears.
 pub(crate) enum CallEvent {
-    Reply(RemoteMessage),
+    Reply(Term),
     Down(ExitReason),
 }
 
 fn monitor_id(monitor: &MonitorRef) -> u64 {
     monitor.id()
+}
+
+/// `'$gen_cast'` in the external term format (SMALL_ATOM_UTF8_EXT).
+const GEN_CAST_ATOM: &[u8] = b"\x77\x09$gen_cast";
+
+/// A small integer term (a control message's operation).
+fn small(value: i32) -> Term {
+    Term::from(eetf::FixInteger { value })
+}
+
+/// A tuple of already encoded terms (each without its version byte), with
+/// the version byte.
+fn splice_tuple(elements: &[&[u8]]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + elements.iter().map(|e| e.len()).sum::<usize>());
+    out.push(131);
+    match u8::try_from(elements.len()) {
+        Ok(n) => out.extend_from_slice(&[104, n]),
+        Err(_) => {
+            out.push(105);
+            out.extend_from_slice(&(elements.len() as u32).to_be_bytes());
+        }
+    }
+    for element in elements {
+        out.extend_from_slice(element);
+    }
+    out
+}
+
+/// A whole pass-through frame: `control` (encoded here) followed by
+/// `message`, a term already encoded (version byte first), copied as is.
+/// `None` for a frame over 4 GiB.
+fn frame_with(control: &Term, message: &[u8]) -> Option<Vec<u8>> {
+    let control = term::encode(control);
+    let len = u32::try_from(1 + control.len() + message.len()).ok()?;
+    let mut frame = Vec::with_capacity(4 + len as usize);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.push(112);
+    frame.extend_from_slice(&control);
+    frame.extend_from_slice(message);
+    Some(frame)
 }
 
 /// `{'$gen_call', {From, Tag}, Request}`.
@@ -810,23 +1033,22 @@ impl Remote for Hook {
             // A pid of this node's earlier life: no such process.
             return Err(message);
         };
-        let term = match inner.message_term(&message) {
-            Ok(term) => term,
+        let bytes = match inner.message_bytes(&message, cast) {
+            Ok(bytes) => bytes,
             Err(why) => {
                 tracing::warn!(node = %inner.name, to = %to, "dropped a message to another node: {why}");
                 return Err(message);
             }
         };
-        let term = if cast { term::tuple(vec![term::atom("$gen_cast"), term]) } else { term };
-        let to_term = inner.pid_term(to);
+        let to_term = Term::from(inner.pid_term(to));
         let send_sender = inner.peers.lock().get(&peer).and_then(|p| p.conn.as_ref().map(|c| c.send_sender));
         let control = match from {
             Some(from) if send_sender.unwrap_or(true) => {
-                Control::send_sender(inner.pid_term(from), to_term, term)
+                term::tuple(vec![small(22), Term::from(inner.pid_term(from)), to_term])
             }
-            _ => Control::send(to_term, term),
+            _ => term::tuple(vec![small(2), term::atom(""), to_term]),
         };
-        match inner.encode(control).map(|frame| inner.send_frame(&peer, frame)) {
+        match frame_with(&control, &bytes).map(|frame| inner.send_frame(&peer, frame)) {
             Some(true) => Ok(()),
             _ => Err(message),
         }
@@ -848,19 +1070,16 @@ impl Remote for Hook {
                 None => Ok(()),
             };
         }
-        let term = match inner.message_term(&message) {
-            Ok(term) => term,
+        let bytes = match inner.message_bytes(&message, cast) {
+            Ok(bytes) => bytes,
             Err(why) => {
                 tracing::warn!(node = %inner.name, to = %format!("{{{name}, {node}}}"), "dropped a message to another node: {why}");
                 return Err(message);
             }
         };
-        let term = if cast { term::tuple(vec![term::atom("$gen_cast"), term]) } else { term };
-        let from = inner.pid_term(from.unwrap_or(Pid::NODE));
-        match inner
-            .encode(Control::reg_send(from, name.into(), term))
-            .map(|frame| inner.send_frame(node, frame))
-        {
+        let from = Term::from(inner.pid_term(from.unwrap_or(Pid::NODE)));
+        let control = term::tuple(vec![small(6), from, term::atom(""), term::atom(name)]);
+        match frame_with(&control, &bytes).map(|frame| inner.send_frame(node, frame)) {
             Some(true) => Ok(()),
             _ => Err(message),
         }
@@ -1009,7 +1228,9 @@ impl Remote for Hook {
             .insert(id, PendingCall { peer: peer.clone(), target, proc: proc.clone(), reply });
         let sent = [Control::monitor_p(router, proc, tag), message]
             .into_iter()
-            .all(|control| inner.encode(control).is_some_and(|frame| inner.send_frame(&peer, frame)));
+            .map(|control| inner.encode(control))
+            .collect::<Option<Vec<_>>>()
+            .is_some_and(|frames| inner.send_frame(&peer, frames.concat()));
         if !sent && let Some(call) = inner.pending_calls.lock().remove(&id) {
             call.reply.reply_with::<ModuleReply>(Err(format!("{}: cannot reach {peer}", call.target)));
         }
@@ -1103,9 +1324,11 @@ fn accept_one(inner: &Arc<Inner>, stream: TcpStream) {
     }
 }
 
-fn read_loop(mut stream: TcpStream, inner: Weak<Inner>, conn: Arc<Conn>) {
+fn read_loop(stream: TcpStream, inner: Weak<Inner>, conn: Arc<Conn>) {
     let Some(strong) = inner.upgrade() else { return };
     let _ = stream.set_read_timeout(Some(strong.config.net_ticktime));
+    // Frames come in bursts: one read takes many.
+    let mut stream = BufReader::with_capacity(64 << 10, stream);
     let max = strong.config.max_frame_bytes;
     drop(strong);
     let why = loop {
@@ -1128,25 +1351,53 @@ fn read_loop(mut stream: TcpStream, inner: Weak<Inner>, conn: Arc<Conn>) {
     }
 }
 
-fn write_loop(stream: TcpStream, rx: mpsc::Receiver<Vec<u8>>, tick: Duration, peer: &str) {
-    let mut out = BufWriter::with_capacity(64 << 10, &stream);
+/// The writer thread: writes what [`Conn::push`] left (bursts, and what
+/// the socket did not take at once) in one blocking write per round, lazy
+/// frames when they are due, and a tick when the link was silent for
+/// `tick`.
+fn write_loop(conn: &Conn, tick: Duration) {
     let tick = tick.max(Duration::from_millis(100));
+    let mut spare = Vec::new();
     loop {
-        let first = match rx.recv_timeout(tick) {
-            Ok(frame) => frame,
-            Err(mpsc::RecvTimeoutError::Timeout) => vec![0, 0, 0, 0],
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let mut written = out.write_all(&first);
-        while written.is_ok()
-            && let Ok(frame) = rx.try_recv()
-        {
-            written = out.write_all(&frame);
+        let mut out = conn.out.lock();
+        loop {
+            if out.closed {
+                return;
+            }
+            let wait = match out.lazy_since {
+                _ if out.urgent && !out.buf.is_empty() => break,
+                Some(since) if since.elapsed() >= LAZY_DELAY => break,
+                Some(since) => LAZY_DELAY.saturating_sub(since.elapsed()),
+                None => tick,
+            };
+            let timed_out = conn.wake.wait_for(&mut out, wait).timed_out();
+            if timed_out && out.buf.is_empty() && out.last_write.elapsed() >= tick {
+                out.buf.extend_from_slice(&[0, 0, 0, 0]);
+                out.urgent = true;
+            }
         }
-        if let Err(error) = written.and_then(|()| out.flush()) {
-            tracing::debug!(peer, "writing to the connection failed: {error}");
-            let _ = stream.shutdown(Shutdown::Both);
-            break;
+        if out.buf.is_empty() {
+            out.lazy_since = None;
+            out.urgent = false;
+            continue;
+        }
+        let data = std::mem::replace(&mut out.buf, std::mem::take(&mut spare));
+        out.urgent = false;
+        out.lazy_since = None;
+        out.writing = true;
+        drop(out);
+        let written = (&conn.stream).write_all(&data);
+        let mut out = conn.out.lock();
+        out.writing = false;
+        out.last_write = Instant::now();
+        spare = data;
+        spare.clear();
+        if let Err(error) = written {
+            tracing::debug!(peer = %conn.peer, "writing to the connection failed: {error}");
+            out.closed = true;
+            drop(out);
+            let _ = conn.stream.shutdown(Shutdown::Both);
+            return;
         }
     }
 }
@@ -1167,5 +1418,73 @@ impl Actor for NetKernel {
             _ => term::tuple(vec![term::atom("error"), term::atom("not_supported")]),
         };
         reply.reply_with(ExternalTerm(term::encode(&answer)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    #[test]
+    fn spliced_frames_decode_as_the_control_messages_they_stand_for() {
+        let from = eetf::Pid::new("a@h", 1, 0, 1);
+        let message = term::encode(&term::binary(b"payload".to_vec()));
+        let control =
+            term::tuple(vec![small(6), Term::from(from.clone()), term::atom(""), term::atom("sink")]);
+        let frame = frame_with(&control, &message).unwrap();
+        assert_eq!(u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize, frame.len() - 4);
+        let (decoded, range) = ErlDist.decode(&frame[5..]).unwrap();
+        match decoded {
+            Control::RegSend(s) => {
+                assert_eq!(s.from_pid, from);
+                assert_eq!(s.to_name.name, "sink");
+                assert_eq!(s.message, term::binary(b"payload".to_vec()));
+            }
+            other => panic!("decoded {other:?}"),
+        }
+        assert_eq!(&frame[5..][range.unwrap()], &message[..]);
+        let cast = splice_tuple(&[GEN_CAST_ATOM, &message[1..]]);
+        let expected = term::tuple(vec![term::atom("$gen_cast"), term::binary(b"payload".to_vec())]);
+        assert_eq!(term::decode(&cast).unwrap().0, expected);
+    }
+
+    #[test]
+    fn pushed_bursts_and_lazy_frames_arrive_whole_and_in_order() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (mut peer, _) = listener.accept().unwrap();
+        let conn = Arc::new(Conn {
+            id: 1,
+            peer: "p@h".into(),
+            creation: 1,
+            send_sender: true,
+            out: Mutex::new(Outbox::new()),
+            wake: Condvar::new(),
+            stream,
+        });
+        let writer = conn.clone();
+        let thread = std::thread::spawn(move || write_loop(&writer, Duration::from_secs(60)));
+        // Frames of growing size, some lazy, many in bursts: what arrives
+        // is every one of them, whole, in the order pushed.
+        let frames: Vec<Vec<u8>> = (0..2000u32)
+            .map(|i| {
+                let body = vec![(i % 251) as u8; 1 + (i as usize * 37) % 3000];
+                let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+                frame.extend_from_slice(&body);
+                frame
+            })
+            .collect();
+        for (i, frame) in frames.iter().enumerate() {
+            assert!(if i % 7 == 3 { conn.push_lazy(frame) } else { conn.push(frame) });
+        }
+        let expected: Vec<u8> = frames.concat();
+        let mut got = vec![0u8; expected.len()];
+        peer.read_exact(&mut got).unwrap();
+        assert!(got == expected, "the bytes read differ from the frames pushed");
+        conn.close();
+        thread.join().unwrap();
+        assert!(!conn.push(&frames[0]), "a closed connection takes no more frames");
     }
 }

@@ -13,9 +13,11 @@
 //! terms inside (eetf panics or over-allocates on hostile input; each term
 //! is bounds-checked by [`crate::term::check`] first), the mandatory
 //! distribution flags of a peer (not checked by its handshake), the
-//! atom cache and fragments (never negotiated: we do not offer
-//! `DIST_HDR_ATOM_CACHE` or `FRAGMENTS`, so peers send plain pass-through
-//! frames, one message per frame).
+//! atom cache and fragments (erl_dist reads and writes pass-through frames
+//! only, with no `DIST_HEADER`, `DIST_FRAG_HEADER` or `DIST_FRAG_CONT`: we
+//! never offer `DIST_HDR_ATOM_CACHE` or `FRAGMENTS`, so peers send plain
+//! pass-through frames, one whole message per frame, and [`read_frame`]
+//! refuses a frame with a distribution header or a fragment, naming it).
 
 use std::io::{self, Read, Write};
 use std::net::TcpStream;
@@ -337,10 +339,20 @@ pub(crate) fn read_frame(stream: &mut impl Read, max: usize) -> Result<Frame, St
     stream.read_exact(&mut tag).map_err(|e| format!("reading: {e}"))?;
     match tag[0] {
         112 => {}
-        68 => {
-            return Err(
-                "a frame with a distribution header (atom cache or fragments were not negotiated)".into()
-            );
+        // 131 then 68 (DIST_HEADER), 69 (DIST_FRAG_HEADER) or 70
+        // (DIST_FRAG_CONT): what a peer sends only when we offered
+        // DIST_HDR_ATOM_CACHE or FRAGMENTS, which we never do.
+        131 if len >= 2 => {
+            let mut kind = [0u8; 1];
+            stream.read_exact(&mut kind).map_err(|e| format!("reading: {e}"))?;
+            return Err(match kind[0] {
+                68 => "a frame with a distribution header (the atom cache was not negotiated)".into(),
+                69 | 70 => {
+                    "a message fragment (DIST_FRAG_HEADER/DIST_FRAG_CONT: fragments were not negotiated)"
+                        .into()
+                }
+                other => format!("a frame of unknown type 131, {other} (expected pass-through, 112)"),
+            });
         }
         other => return Err(format!("a frame of unknown type {other} (expected pass-through, 112)")),
     }
@@ -359,8 +371,12 @@ mod tests {
         assert!(read_frame(&mut huge, 1 << 20).unwrap_err().contains("over the limit"));
         let mut tick: &[u8] = &[0, 0, 0, 0];
         assert!(matches!(read_frame(&mut tick, 10), Ok(Frame::Tick)));
-        let mut cached: &[u8] = &[0, 0, 0, 2, 68, 0];
+        let mut cached: &[u8] = &[0, 0, 0, 3, 131, 68, 0];
         assert!(read_frame(&mut cached, 10).unwrap_err().contains("distribution header"));
+        let mut fragment: &[u8] = &[0, 0, 0, 3, 131, 69, 0];
+        assert!(read_frame(&mut fragment, 10).unwrap_err().contains("fragment"));
+        let mut unknown: &[u8] = &[0, 0, 0, 2, 7, 0];
+        assert!(read_frame(&mut unknown, 10).unwrap_err().contains("unknown type 7"));
     }
 
     #[test]

@@ -5,8 +5,8 @@
 %% - send: N casts of Payload to {dist_bench_sink, Node}, then one call that
 %%   returns how many arrived (messages between two processes keep their
 %%   order, so the count covers every cast): messages per second.
-%% - call: N sequential gen_server-style calls to {dist_bench_echo, Node},
-%%   each answered with its request: mean and p99 round trip in µs.
+%% - call: N sequential gen_server:call/3 to {dist_bench_echo, Node}, each
+%%   answered with its request: mean and p99 round trip in µs.
 -module(dist_bench).
 -export([serve/0, drive/3]).
 
@@ -60,15 +60,17 @@ send_loop(To, N, Payload) ->
     To ! Payload,
     send_loop(To, N - 1, Payload).
 
+%% A gen_server call, as gen:call makes it to {Name, Node} (OTP 25): a
+%% monitor on the name, the request, the reply, the monitor removed. The
+%% relive driver (Distribution::call) puts the same frames on the wire:
+%% MONITOR_P, REG_SEND, then DEMONITOR_P after the reply.
 call(To, Request) ->
-    Tag = make_ref(),
-    {Name, Node} = To,
-    erlang:send({Name, Node}, {'$gen_call', {self(), Tag}, Request}),
-    receive
-        {Tag, Reply} -> Reply
-    after 60000 ->
-        io:format(standard_error, "dist_bench: no reply from ~p within 60 s~n", [To]),
-        halt(2)
+    try
+        gen_server:call(To, Request, 60000)
+    catch
+        exit:Reason ->
+            io:format(standard_error, "dist_bench: the call to ~p failed: ~p~n", [To, Reason]),
+            halt(2)
     end.
 
 timed_call(To, Request) ->
