@@ -216,14 +216,29 @@ fn the_api_answers_with_the_token_and_refuses_everything_else() {
 
 // ------------------------------------------------------------- browser
 
-/// chromedriver on a port of its own, killed on drop.
+/// chromedriver, and the Chromium it starts, in a process group of their
+/// own: the whole group is killed on drop, so a failing test leaves no
+/// browser behind.
 struct Driver {
     child: Child,
     port: u16,
 }
 
+impl Driver {
+    fn start(chromedriver: &Path) -> Driver {
+        let port = free_port();
+        let mut command = Command::new(chromedriver);
+        command.arg(format!("--port={port}")).stdout(Stdio::null()).stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        Driver { child: command.spawn().expect("starting chromedriver"), port }
+    }
+}
+
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Some(group) = i32::try_from(self.child.id()).ok().and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -243,17 +258,38 @@ fn swarm_archives(out: &Path) -> (PathBuf, PathBuf) {
     (build(&app("1.0.0"), out), build(&app("2.0.0"), out))
 }
 
-/// The text of the process count of `module` `version` (`role`: current
-/// or old) on the page, `None` while the page shows no such row.
+/// The process count the page shows for the counter module at `version`
+/// in `role` (current or old), `None` while it shows no such row.
 const COUNT: &str = r#"
     const [module, version, role] = arguments;
     const row = document.querySelector(`tr[data-module="${module}"][data-version="${version}"][data-role="${role}"]`);
     return row ? row.querySelector('.count').textContent : null;
 "#;
 
-async fn count(client: &fantoccini::Client, version: &str, role: &str) -> Option<String> {
+async fn count(client: &fantoccini::Client, version: &str, role: &str) -> Option<u64> {
     let value = client.execute(COUNT, vec![json!("counter"), json!(version), json!(role)]).await.unwrap();
-    value.as_str().map(str::to_string)
+    let text = value.as_str()?.replace(',', "");
+    Some(text.parse().unwrap_or_else(|_| panic!("the page shows {text:?} as a count")))
+}
+
+/// The counter module's processes on the page: (1.0.0, 2.0.0), each as
+/// current or old, whichever the page shows (0 when it shows no row).
+async fn counts(client: &fantoccini::Client) -> (u64, u64) {
+    let mut on = [0, 0];
+    for (slot, version) in on.iter_mut().zip(["1.0.0", "2.0.0"]) {
+        for role in ["current", "old"] {
+            *slot += count(client, version, role).await.unwrap_or(0);
+        }
+    }
+    (on[0], on[1])
+}
+
+async fn js(client: &fantoccini::Client, script: &str) -> Value {
+    client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("{script}: {e}"))
+}
+
+async fn click(client: &fantoccini::Client, id: &str) {
+    client.find(fantoccini::Locator::Id(id)).await.unwrap().click().await.unwrap();
 }
 
 async fn wait_for<F, Fut>(what: &str, limit: Duration, mut done: F)
@@ -264,18 +300,42 @@ where
     let deadline = Instant::now() + limit;
     while !done().await {
         assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
+/// The confirmation is open and asks about `about`; the release is still
+/// `release` (nothing happens before the confirmation).
+async fn asked(client: &fantoccini::Client, about: &str, port: u16, token: &str, release: &str) {
+    assert_eq!(js(client, "return document.getElementById('confirm').open").await, json!(true));
+    let text = js(client, "return document.getElementById('confirm-text').textContent").await;
+    assert!(text.as_str().unwrap().contains(about), "the confirmation asks {text}, not about {about}");
+    assert_eq!(release_of(port, token), release, "it acted before the confirmation");
+}
+
+async fn result_done(client: &fantoccini::Client, what: &str) {
+    wait_for(&format!("the page says {what:?} is done"), Duration::from_secs(120), || async {
+        let result = js(client, "return document.getElementById('result').textContent").await;
+        result.as_str().is_some_and(|r| r.starts_with(what) && r.contains(": done"))
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "current_thread")]
-async fn the_page_follows_a_live_deploy_of_10000_processes_and_rolls_it_back() {
-    let (Some(chromium), Some(chromedriver)) = (find("chromium"), find("chromedriver")) else {
+async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confirmation() {
+    let Some(chromium) = find("chromium").or_else(|| find("chromium-browser")) else {
         eprintln!(
-            "SKIPPED: the browser test needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver; .ci/run installs them)"
+            "SKIPPED: the observer's browser test needs Chromium, and none is on PATH \
+             (Debian: apt-get install chromium chromium-driver; .ci/run installs them)"
         );
         return;
     };
+    let chromedriver = find("chromedriver").unwrap_or_else(|| {
+        panic!(
+            "{} is installed but chromedriver is not: install it (Debian: apt-get install chromium-driver)",
+            chromium.display()
+        )
+    });
     let dir = tempfile::tempdir().unwrap();
     let (v1, v2) = swarm_archives(&repo().join("target").join("release-archives"));
     let root = dir.path().join("root");
@@ -284,16 +344,7 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_rolls_it_back() {
         NodeGuard::start(&root, &["--boot", v1.to_str().unwrap(), "--http", &format!("127.0.0.1:{port}")]);
     let token = token(&root);
 
-    let driver_port = free_port();
-    let driver = Driver {
-        child: Command::new(&chromedriver)
-            .arg(format!("--port={driver_port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting chromedriver"),
-        port: driver_port,
-    };
+    let driver = Driver::start(&chromedriver);
     let profile = dir.path().join("chromium-profile");
     let mut capabilities = serde_json::Map::new();
     capabilities.insert(
@@ -302,12 +353,13 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_rolls_it_back() {
             "binary": chromium,
             "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                     "--window-size=1400,1200", format!("--user-data-dir={}", profile.display())],
+                     "--disable-dev-shm-usage", "--hide-scrollbars", "--disable-crash-reporter", "--disable-breakpad",
+                     "--window-size=1440,2000", format!("--user-data-dir={}", profile.display())],
         }),
     );
     let webdriver = format!("http://127.0.0.1:{}", driver.port);
     let mut connected = None;
-    for _ in 0..200 {
+    for _ in 0..400 {
         let mut builder =
             fantoccini::ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new());
         match builder.capabilities(capabilities.clone()).connect(&webdriver).await {
@@ -318,29 +370,104 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_rolls_it_back() {
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    let client = connected.expect("chromedriver did not start a session");
+    let client = connected.expect("chromedriver did not start a Chromium session");
     let base = format!("http://127.0.0.1:{port}");
 
-    // Without the token: refused.
+    // Without the token, or with a wrong one: refused, saying why.
     client.goto(&format!("{base}/")).await.unwrap();
-    let text = client.execute("return document.body.innerText", vec![]).await.unwrap();
+    let text = js(&client, "return document.body.innerText").await;
     assert!(text.as_str().unwrap().contains("needs its token"), "{text}");
+    client.goto(&format!("{base}/?token=0123abcd")).await.unwrap();
+    let text = js(&client, "return document.body.innerText").await;
+    assert!(text.as_str().unwrap().contains("wrong token"), "{text}");
+    assert_eq!(
+        js(&client, "return typeof window.observer").await,
+        json!("undefined"),
+        "no page without the token"
+    );
 
     // With it: the page, fed by its event stream.
     client.goto(&format!("{base}/?token={token}")).await.unwrap();
-    assert_eq!(client.current_url().await.unwrap().path(), "/");
+    assert_eq!(client.current_url().await.unwrap().path(), "/", "the token stays in the address");
     wait_for("the page shows 10,000 counters on 1.0.0", Duration::from_secs(60), || async {
-        count(&client, "1.0.0", "current").await.as_deref() == Some("10,000")
+        count(&client, "1.0.0", "current").await == Some(10_000)
     })
     .await;
-    let release =
-        client.execute("return document.getElementById('release').textContent", vec![]).await.unwrap();
-    assert_eq!(release, "swarm 1.0.0");
-    // Set on this very page: still there after the deploy means it was
-    // never reloaded.
-    client.execute("window.notReloaded = true", vec![]).await.unwrap();
+    assert_eq!(js(&client, "return document.getElementById('release').textContent").await, "swarm 1.0.0");
+    wait_for("the page shows the supervision tree", Duration::from_secs(30), || async {
+        js(&client, "return !!document.querySelector('#tree li[data-group=\"counter\"]')").await
+            == json!(true)
+    })
+    .await;
+    // Set on this very page: still there at the end means it was never
+    // reloaded.
+    js(&client, "window.notReloaded = true; return null").await;
 
-    // A deploy from the command line, with a health window to watch.
+    // The busiest processes, filtered.
+    client.find(fantoccini::Locator::Id("filter")).await.unwrap().send_keys("counter-4242").await.unwrap();
+    wait_for("the filter keeps one counter", Duration::from_secs(30), || async {
+        js(
+            &client,
+            "const t = window.observer.top; const rows = document.querySelectorAll('#top tbody tr'); \
+             return !!t && t.filter === 'counter-4242' && t.matched === 1 && t.total > 10000 \
+                 && rows.length === 1 && rows[0].children[1].textContent === 'counter-4242'",
+        )
+        .await
+            == json!(true)
+    })
+    .await;
+    client.find(fantoccini::Locator::Id("filter")).await.unwrap().clear().await.unwrap();
+    js(&client, "document.getElementById('filter').dispatchEvent(new Event('input')); return null").await;
+
+    // A deploy by upload from the page: cancelled first, then confirmed.
+    client
+        .find(fantoccini::Locator::Id("archive"))
+        .await
+        .unwrap()
+        .send_keys(v2.to_str().unwrap())
+        .await
+        .unwrap();
+    let file_name = v2.file_name().unwrap().to_str().unwrap();
+    click(&client, "deploy").await;
+    asked(&client, file_name, port, &token, "swarm 1.0.0").await;
+    click(&client, "confirm-no").await;
+    assert_eq!(js(&client, "return document.getElementById('confirm').open").await, json!(false));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(release_of(port, &token), "swarm 1.0.0", "a cancelled deploy deployed");
+    click(&client, "deploy").await;
+    asked(&client, file_name, port, &token, "swarm 1.0.0").await;
+    click(&client, "confirm-yes").await;
+    wait_for("the page shows 10,000 counters on 2.0.0", Duration::from_secs(120), || async {
+        counts(&client).await == (0, 10_000)
+    })
+    .await;
+    result_done(&client, "deploy of").await;
+    assert_eq!(release_of(port, &token), "swarm 2.0.0");
+
+    // Rollback from the page after its confirmation.
+    wait_for("the page offers the rollback to 1.0.0", Duration::from_secs(30), || async {
+        js(
+            &client,
+            "const s = window.observer.status; \
+             return !!s && s.rollback_to === 'swarm 1.0.0' && !document.getElementById('rollback').disabled",
+        )
+        .await
+            == json!(true)
+    })
+    .await;
+    click(&client, "rollback").await;
+    asked(&client, "swarm 1.0.0", port, &token, "swarm 2.0.0").await;
+    click(&client, "confirm-yes").await;
+    wait_for("the page shows 10,000 counters back on 1.0.0", Duration::from_secs(120), || async {
+        counts(&client).await == (10_000, 0)
+    })
+    .await;
+    result_done(&client, "rollback to swarm 1.0.0").await;
+    assert_eq!(release_of(port, &token), "swarm 1.0.0");
+
+    // A deploy from the command line with a canary: the page shows the
+    // counts moving, 1,000 first, then the rest, and the health window
+    // counting down, without a reload.
     let deploy = {
         let (root, v2) = (root.clone(), v2.clone());
         std::thread::spawn(move || {
@@ -349,72 +476,103 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_rolls_it_back() {
                 v2.to_str().unwrap(),
                 "--root",
                 root.to_str().unwrap(),
+                "--canary",
+                "10%",
+                "--canary-window",
+                "3s",
                 "--health-window",
-                "6s",
+                "3s",
             ])
         })
     };
-    wait_for("the page shows 10,000 counters on 2.0.0", Duration::from_secs(120), || async {
-        count(&client, "2.0.0", "current").await.as_deref() == Some("10,000")
-    })
-    .await;
-    let old = count(&client, "1.0.0", "old").await;
-    assert!(old.is_none() || old.as_deref() == Some("0"), "still on 1.0.0: {old:?}");
-    let phase = client
-        .execute("return document.getElementById('change-body').dataset.phase || null", vec![])
-        .await
-        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let split = loop {
+        let split = counts(&client).await;
+        if split.0 > 0 && split.1 > 0 && split.0 + split.1 == 10_000 {
+            break split;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting until the page shows the canaries on 2.0.0 and the others on 1.0.0 (last {split:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(split.1 <= 1_000, "more than the canaries moved first: {split:?}");
+    let moved = js(&client, "const m = document.getElementById('moved'); return m && m.textContent").await;
+    assert!(moved.as_str().is_some_and(|m| m != "0"), "the page shows no process moved: {moved}");
     if let Ok(path) = std::env::var("RELIVE_SCREENSHOT") {
         let png = client.screenshot().await.unwrap();
         let path = if Path::new(&path).is_absolute() { PathBuf::from(path) } else { repo().join(path) };
         std::fs::write(&path, png).unwrap();
-        eprintln!("screenshot of the page during the upgrade (phase {phase}): {}", path.display());
+        eprintln!(
+            "screenshot of the page during the upgrade ({split:?} on 1.0.0, 2.0.0): {}",
+            path.display()
+        );
     }
+    wait_for("the page counts the health window down", Duration::from_secs(120), || async {
+        js(&client, "return !!document.getElementById('health-left')").await == json!(true)
+    })
+    .await;
+    assert_eq!(counts(&client).await, (0, 10_000), "the health window began before every counter moved");
     let output = deploy.join().unwrap();
     assert!(output.status.success(), "the deploy failed: {}", String::from_utf8_lossy(&output.stderr));
-    let still = client.execute("return window.notReloaded === true", vec![]).await.unwrap();
-    assert_eq!(still, json!(true), "the page reloaded");
-    wait_for("the page shows the deploy's report", Duration::from_secs(30), || async {
-        let seq = client.execute("return window.observer.reports.length", vec![]).await.unwrap();
-        seq == json!(1)
-    })
-    .await;
-
-    // Rollback from the page: nothing happens until it is confirmed.
-    wait_for("the page offers the rollback to 1.0.0", Duration::from_secs(30), || async {
-        let ready = client
-            .execute(
-                "const s = window.observer.status; \
-                 return !!s && s.rollback_to === 'swarm 1.0.0' && !document.getElementById('rollback').disabled",
-                vec![],
+    wait_for(
+        "the page shows the three reports, the last with its canary",
+        Duration::from_secs(30),
+        || async {
+            js(
+                &client,
+                "const r = window.observer.reports; \
+             return r.length === 3 && !!r[2].report.canary \
+                 && !!document.querySelector('#reports .report[data-seq=\"3\"] svg.hist rect')",
             )
             .await
-            .unwrap();
-        ready == json!(true)
+                == json!(true)
+        },
+    )
+    .await;
+    assert_eq!(js(&client, "return window.notReloaded === true").await, json!(true), "the page reloaded");
+
+    // Make-permanent, then a release picked from the store, each after
+    // its confirmation.
+    // The store's permanent release.
+    let permanent = || {
+        let rows = common::release_rows(&["releases", "--json", "--root", root.to_str().unwrap()]);
+        rows.into_iter().find(|(_, _, state)| state == "permanent").map(|(_, version, _)| version)
+    };
+    wait_for("the page's actions are enabled again", Duration::from_secs(30), || async {
+        js(&client, "return !document.getElementById('make-permanent').disabled").await == json!(true)
     })
     .await;
-    client.find(fantoccini::Locator::Id("rollback")).await.unwrap().click().await.unwrap();
-    let open = client.execute("return document.getElementById('confirm').open", vec![]).await.unwrap();
-    assert_eq!(open, json!(true), "the rollback asks for a confirmation");
-    let asked =
-        client.execute("return document.getElementById('confirm-text').textContent", vec![]).await.unwrap();
-    assert!(asked.as_str().unwrap().contains("swarm 1.0.0"), "{asked}");
-    assert_eq!(release_of(port, &token), "swarm 2.0.0", "rolled back before the confirmation");
-    client.find(fantoccini::Locator::Id("confirm-yes")).await.unwrap().click().await.unwrap();
-    wait_for("the page shows 10,000 counters back on 1.0.0", Duration::from_secs(120), || async {
-        count(&client, "1.0.0", "current").await.as_deref() == Some("10,000")
-            && count(&client, "2.0.0", "old").await.is_none_or(|n| n == "0")
+    let before = permanent();
+    click(&client, "make-permanent").await;
+    asked(&client, "swarm 2.0.0", port, &token, "swarm 2.0.0").await;
+    assert_eq!(permanent(), before, "made permanent before the confirmation");
+    click(&client, "confirm-yes").await;
+    wait_for("2.0.0 is permanent", Duration::from_secs(60), || async {
+        permanent().as_deref() == Some("2.0.0")
     })
     .await;
-    wait_for("the page says the rollback is done", Duration::from_secs(60), || async {
-        let result =
-            client.execute("return document.getElementById('result').textContent", vec![]).await.unwrap();
-        result.as_str().is_some_and(|r| r.contains("done"))
+    wait_for("the page offers 1.0.0 from the store", Duration::from_secs(30), || async {
+        js(
+            &client,
+            "const s = document.getElementById('stored');              return !s.disabled && !document.getElementById('goto').disabled                  && [...s.options].some((o) => o.value === '1.0.0')",
+        )
+        .await
+            == json!(true)
     })
     .await;
+    js(&client, "document.getElementById('stored').value = '1.0.0'; return null").await;
+    click(&client, "goto").await;
+    asked(&client, "1.0.0", port, &token, "swarm 2.0.0").await;
+    click(&client, "confirm-yes").await;
+    wait_for("the page shows 10,000 counters on 1.0.0 again", Duration::from_secs(120), || async {
+        counts(&client).await == (10_000, 0)
+    })
+    .await;
+    result_done(&client, "going to 1.0.0").await;
     assert_eq!(release_of(port, &token), "swarm 1.0.0");
-    let status: Value =
-        serde_json::from_str(&ok(&["status", "--json", "--root", root.to_str().unwrap()])).unwrap();
-    assert_eq!(status["release"]["version"], "1.0.0");
+    assert_eq!(permanent().as_deref(), Some("2.0.0"));
+    assert_eq!(js(&client, "return window.notReloaded === true").await, json!(true), "the page reloaded");
     client.close().await.unwrap();
 }

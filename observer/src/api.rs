@@ -561,3 +561,81 @@ async fn make_permanent(State(shared): State<SharedRef>) -> Response {
     let Some(handler) = shared.handler().cloned() else { return no_actions() };
     node_request(handler, NodeRequest::MakePermanent).await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::extract::ConnectInfo;
+    use tower_service::Service;
+
+    use super::*;
+
+    /// One request through the whole router (the guard included), as if
+    /// it came from `peer`.
+    fn ask(
+        shared: &SharedRef,
+        peer: &str,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(path);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let mut request = request.body(Body::empty()).unwrap();
+        request.extensions_mut().insert(ConnectInfo(peer.parse::<SocketAddr>().unwrap()));
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let response = router(Arc::clone(shared)).call(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        })
+    }
+
+    /// Bound to loopback, a peer from elsewhere is refused even with the
+    /// token, and a loopback peer with it is served: the guard sits in
+    /// front of every route.
+    #[test]
+    fn a_peer_from_outside_loopback_is_refused_whatever_it_carries() {
+        let node =
+            relive_runtime::Node::start(relive_runtime::NodeConfig { workers: 1, ..Default::default() });
+        let shared = Arc::new(Shared {
+            watched: Watched::Node(node.clone()),
+            token: "0123456789abcdef".into(),
+            loopback_only: true,
+            max_upload_bytes: 1024,
+            upload_dir: std::env::temp_dir(),
+            started: Instant::now(),
+            streams: AtomicUsize::new(0),
+            uploads: AtomicU64::new(0),
+        });
+        let bearer = [("authorization", "Bearer 0123456789abcdef"), ("host", "127.0.0.1:8080")];
+        for (method, path) in
+            [(Method::GET, "/api/status"), (Method::GET, "/"), (Method::POST, "/api/rollback")]
+        {
+            let (status, body) = ask(&shared, "192.0.2.7:40000", method.clone(), path, &bearer);
+            assert_eq!(status, StatusCode::FORBIDDEN, "{method} {path}: {body}");
+            let why = body["error"].as_str().unwrap();
+            assert!(why.contains("192.0.2.7") && why.contains("loopback only"), "{why}");
+        }
+        let (status, body) = ask(&shared, "127.0.0.1:40000", Method::GET, "/api/status", &bearer);
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["actions"], json!(false));
+        let (status, body) = ask(&shared, "127.0.0.1:40000", Method::GET, "/api/status", &bearer[1..]);
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+        // Bound to another address on purpose: any peer with the token.
+        let open = Arc::new(Shared { loopback_only: false, ..Arc::into_inner(shared).unwrap() });
+        let (status, body) = ask(
+            &open,
+            "192.0.2.7:40000",
+            Method::GET,
+            "/api/status",
+            &[bearer[0], ("host", "node.example:8080")],
+        );
+        assert_eq!(status, StatusCode::OK, "{body}");
+        node.shutdown();
+    }
+}

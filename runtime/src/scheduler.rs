@@ -247,13 +247,22 @@ impl Scheduler {
                 if rounds.is_multiple_of(8) {
                     // Sockets ready meanwhile are read now, not after the
                     // spin: their owners go to this worker's queue.
-                    if let Some(mut poller) = node.ports.poller() {
-                        poller.wait(Duration::ZERO);
-                        poller.dispatch(node, Sched::Local(local));
-                        continue;
-                    }
+                    // The spin still ends after IDLE_SPIN: a worker that
+                    // polled forever would keep its core busy while the node
+                    // is idle, taking it from every other program.
+                    let polled = match node.ports.poller() {
+                        Some(mut poller) => {
+                            poller.wait(Duration::ZERO);
+                            poller.dispatch(node, Sched::Local(local));
+                            true
+                        }
+                        None => false,
+                    };
                     if started.elapsed() >= IDLE_SPIN {
                         break;
+                    }
+                    if polled {
+                        continue;
                     }
                 }
                 for _ in 0..32 {
