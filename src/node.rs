@@ -316,12 +316,23 @@ fn daemonize(root: &Path, args: &StartArgs, boot: Option<&Path>) -> anyhow::Resu
 
 /// Prints the observer's address with the token the node wrote (it is
 /// written before the control socket answers).
-fn print_observer(root: &Path, addr: std::net::SocketAddr) {
+fn print_observer(root: &Path, asked: std::net::SocketAddr) {
+    // The address bound (port 0 asks for any free port).
+    let addr = fs::read_to_string(observer_addr_file(root))
+        .ok()
+        .and_then(|text| text.trim().parse::<std::net::SocketAddr>().ok())
+        .unwrap_or(asked);
     let file = relive_observer::token_file(root);
     match fs::read_to_string(&file) {
         Ok(token) => println!("observer: http://{addr}/?token={}", token.trim()),
         Err(error) => println!("observer: http://{addr}/ (its token: {}: {error})", file.display()),
     }
+}
+
+/// Where a node writes the address its observer bound, for the command
+/// that started it to print.
+fn observer_addr_file(root: &Path) -> PathBuf {
+    relive_observer::token_file(root).with_file_name("http.addr")
 }
 
 /// The last lines of the log written since `offset`.
@@ -568,6 +579,11 @@ fn start_observer(
     let loopback = settings.addr.ip().is_loopback();
     let observer =
         relive_observer::Observer::start(settings, relive_observer::Watched::Handler(Arc::clone(handler)))?;
+    let addr_file = observer_addr_file(handler.root());
+    let temp = addr_file.with_extension("addr.tmp");
+    fs::write(&temp, observer.addr().to_string())
+        .and_then(|()| fs::rename(&temp, &addr_file))
+        .with_context(|| format!("writing the observer's address to {}", addr_file.display()))?;
     eprintln!(
         "node: observer on {} (token in {})",
         observer.url(),
