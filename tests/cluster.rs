@@ -6,24 +6,13 @@
 
 mod common;
 
-use std::net::{TcpListener, TcpStream};
-use std::os::unix::fs::PermissionsExt;
+use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::OnceLock;
-use std::time::Duration;
 
-use common::{NodeGuard, free_port, repo, store_tree, wait_until};
+use common::{Epmd, NodeGuard, free_port, repo, store_tree};
 use serde_json::Value;
-
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn gateway_archives() -> &'static (PathBuf, PathBuf) {
     static BUILT: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -36,44 +25,23 @@ fn gateway_archives() -> &'static (PathBuf, PathBuf) {
 
 /// An epmd, a cookie and a HOME of the test's own.
 struct World {
-    dir: tempfile::TempDir,
-    epmd_port: u16,
-    _epmd: Kill,
+    epmd: Epmd,
 }
 
 impl World {
     fn new() -> Option<World> {
-        if Command::new("epmd").arg("-help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            eprintln!("skipped: epmd is not installed (Debian: apt-get install erlang-nox)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let epmd_port = free_port();
-        let epmd = Command::new("epmd")
-            .args(["-port", &epmd_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting epmd");
-        let epmd = Kill(epmd);
-        wait_until("epmd answers", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", epmd_port)).is_ok()
-        });
-        let cookie = dir.path().join("cookie");
-        std::fs::write(&cookie, format!("CLUSTER{}x{epmd_port}", std::process::id())).unwrap();
-        std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o400)).unwrap();
-        Some(World { dir, epmd_port, _epmd: epmd })
+        Some(World { epmd: Epmd::start()? })
     }
 
     fn cookie(&self) -> String {
-        self.dir.path().join("cookie").to_str().unwrap().to_owned()
+        self.epmd.cookie_file().to_str().unwrap().to_owned()
     }
 
     /// A node booting gateway 1.0.0 with the upstream `upstream`.
     fn node(&self, name: &str, upstream: &str) -> (NodeGuard, String) {
-        let root = self.dir.path().join(name);
-        let port = self.epmd_port.to_string();
-        let home = self.dir.path().to_str().unwrap();
+        let root = self.epmd.dir.path().join(name);
+        let port = self.epmd.port.to_string();
+        let home = self.epmd.dir.path().to_str().unwrap();
         let guard = NodeGuard::start_with_env(
             &root,
             &[
@@ -94,8 +62,8 @@ impl World {
             .arg("cluster")
             .args(args)
             .args(["--cookie-file", &self.cookie()])
-            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
-            .env("HOME", self.dir.path())
+            .env("ERL_EPMD_PORT", self.epmd.port.to_string())
+            .env("HOME", self.epmd.dir.path())
             .output()
             .expect("running relive cluster")
     }

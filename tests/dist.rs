@@ -10,23 +10,12 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{alive, free_port, repo, signal, wait_until};
-
-/// A child killed and reaped on drop.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use common::{Epmd, Kill, alive, repo, signal, wait_until};
 
 fn installed(program: &str) -> bool {
     Command::new(program).arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok()
@@ -41,12 +30,9 @@ fn archive() -> &'static PathBuf {
     })
 }
 
-/// An isolated Erlang world: epmd on a free port, a cookie file, a HOME.
+/// An isolated Erlang world (epmd, cookie, HOME) and this host's name.
 struct World {
-    dir: tempfile::TempDir,
-    epmd_port: u16,
-    _epmd: Kill,
-    cookie: String,
+    epmd: Epmd,
     host: String,
 }
 
@@ -58,26 +44,7 @@ impl World {
             eprintln!("skipped: erl is not installed (Debian: apt-get install erlang-nox)");
             return None;
         }
-        if Command::new("epmd").arg("-help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
-            eprintln!("skipped: epmd is not installed (Debian: apt-get install erlang-base)");
-            return None;
-        }
-        let dir = tempfile::tempdir().unwrap();
-        let epmd_port = free_port();
-        let epmd = Command::new("epmd")
-            .args(["-port", &epmd_port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting epmd");
-        wait_until("epmd answers", Duration::from_secs(10), || {
-            TcpStream::connect(("127.0.0.1", epmd_port)).is_ok()
-        });
-        let cookie = format!("COOKIE{}{}", std::process::id(), epmd_port);
-        let cookie_file = dir.path().join("cookie");
-        std::fs::write(&cookie_file, &cookie).unwrap();
-        std::fs::set_permissions(&cookie_file, std::fs::Permissions::from_mode(0o400)).unwrap();
-        Some(World { dir, epmd_port, _epmd: Kill(epmd), cookie, host: relive_dist::short_host_name() })
+        Some(World { epmd: Epmd::start()?, host: relive_dist::short_host_name() })
     }
 
     fn full(&self, name: &str) -> String {
@@ -86,15 +53,15 @@ impl World {
 
     /// `relive node start --sname NAME` on the dist_echo release, detached.
     fn relive(&self, name: &str, extra: &[&str]) -> ReliveNode {
-        let root = self.dir.path().join(name);
+        let root = self.epmd.dir.path().join(name);
         let out = Command::new(env!("CARGO_BIN_EXE_relive"))
             .args(["node", "start", "--root", root.to_str().unwrap(), "--boot"])
             .arg(archive())
             .args(["--sname", name, "--cookie-file"])
-            .arg(self.dir.path().join("cookie"))
+            .arg(self.epmd.dir.path().join("cookie"))
             .args(extra)
-            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
-            .env("HOME", self.dir.path())
+            .env("ERL_EPMD_PORT", self.epmd.port.to_string())
+            .env("HOME", self.epmd.dir.path())
             .output()
             .expect("running relive node start");
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
@@ -118,8 +85,8 @@ impl World {
             .args(["-noshell", "-sname", name, "-setcookie", cookie])
             .args(extra)
             .args(["-eval", script])
-            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
-            .env("HOME", self.dir.path())
+            .env("ERL_EPMD_PORT", self.epmd.port.to_string())
+            .env("HOME", self.epmd.dir.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -139,8 +106,8 @@ impl World {
 
     /// A hidden relive-dist client in the test process, for calls.
     fn client(&self, name: &str) -> relive_dist::Distribution {
-        let mut config = relive_dist::DistConfig::new(&self.full(name), self.cookie.clone());
-        config.epmd_port = self.epmd_port;
+        let mut config = relive_dist::DistConfig::new(&self.full(name), self.epmd.cookie.clone());
+        config.epmd_port = self.epmd.port;
         config.start_epmd = false;
         relive_dist::Distribution::start_client(config).expect("a client node")
     }
@@ -277,7 +244,7 @@ fn erl_pings_calls_monitors_and_links_a_relive_node_and_sees_it_die() {
         halt().
         "#
     );
-    let (_erl, out) = world.erl("erl_a", &world.cookie, &[], &script);
+    let (_erl, out) = world.erl("erl_a", &world.epmd.cookie, &[], &script);
     assert_eq!(line(&out, "ping", SHORT), "ping pong");
     assert_eq!(line(&out, "bounced", SHORT), "bounced hi", "echo through a registered relive process");
     assert_eq!(line(&out, "call", SHORT), "call <<\"hello\">>", "gen_server:call to a module process");
@@ -318,7 +285,7 @@ fn an_idle_connection_with_net_ticktime_4_stays_up_for_15_seconds() {
         halt().
         "#
     );
-    let (_erl, out) = world.erl("erl_t", &world.cookie, &["-kernel", "net_ticktime", "4"], &script);
+    let (_erl, out) = world.erl("erl_t", &world.epmd.cookie, &["-kernel", "net_ticktime", "4"], &script);
     assert_eq!(line(&out, "result", Duration::from_secs(60)), "result true");
     // erl halts once it has printed: only a tick timeout would be ours.
     assert!(!node.log().contains("tick timeout"), "the node timed the connection out: {}", node.log());
@@ -337,7 +304,7 @@ fn relive_sends_to_a_name_erl_registered_and_gets_the_reply() {
         receive after 60000 -> ok end,
         halt().
     "#;
-    let (_erl, out) = world.erl("erl_s", &world.cookie, &[], script);
+    let (_erl, out) = world.erl("erl_s", &world.epmd.cookie, &[], script);
     line(&out, "ready", SHORT);
     let ask = serde_json::json!({"ask": {"name": "erl_echo", "node": world.full("erl_s"), "reply_node": node.name, "text": "ping"}});
     assert_eq!(node.call_json("dist_echo", &ask.to_string()), serde_json::json!(true));
@@ -387,7 +354,7 @@ fn handshake(world: &World, port: u16, name: &str, flags: erl_dist::Distribution
     let mut local = LocalNode::new(world.full(name).parse().unwrap(), Creation::new(7));
     local.flags = flags;
     let io = futures::io::AllowStdIo::new(stream.try_clone().unwrap());
-    let mut shake = ClientSideHandshake::new(io, local, &world.cookie);
+    let mut shake = ClientSideHandshake::new(io, local, &world.epmd.cookie);
     futures::executor::block_on(async {
         shake.execute_send_name(erl_dist::LOWEST_DISTRIBUTION_PROTOCOL_VERSION).await.unwrap();
         shake.execute_rest(true).await

@@ -127,6 +127,58 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A child killed and reaped on drop.
+pub struct Kill(pub std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// An Erlang world of a test's own: an epmd on a free port (the machine's
+/// other nodes are neither seen nor disturbed; nodes find it through
+/// `ERL_EPMD_PORT`), and a directory for `HOME` holding a cookie file
+/// (0400).
+pub struct Epmd {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub cookie: String,
+    _epmd: Kill,
+}
+
+impl Epmd {
+    /// `None`, and a line saying so, when epmd is not installed.
+    pub fn start() -> Option<Epmd> {
+        if Command::new("epmd").arg("-help").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+            eprintln!("skipped: epmd is not installed (Debian: apt-get install erlang-nox)");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let epmd = Command::new("epmd")
+            .args(["-port", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting epmd");
+        let epmd = Kill(epmd);
+        wait_until("epmd answers", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let cookie = format!("COOKIE{}X{port}", std::process::id());
+        let file = dir.path().join("cookie");
+        std::fs::write(&file, &cookie).unwrap();
+        std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o400)).unwrap();
+        Some(Epmd { dir, port, cookie, _epmd: epmd })
+    }
+
+    pub fn cookie_file(&self) -> PathBuf {
+        self.dir.path().join("cookie")
+    }
+}
+
 /// Builds the kv release `version` (a directory name under
 /// examples/releases/kv-*) for `port`: its manifest is copied into `dir`
 /// with the port substituted and the crate paths made absolute, then
