@@ -119,7 +119,8 @@ pub(crate) struct ReplyCell {
     waiter: Thread,
 }
 
-/// How long a waiter spins before it parks: waking a parked thread costs
+/// How long a waiter spins (then yields, so that a replier waiting for
+/// a core gets this one) before it parks: waking a parked thread costs
 /// about 10 µs on this kind of machine, a round trip through a busy node far
 /// less.
 const SPIN: Duration = Duration::from_micros(30);
@@ -168,10 +169,15 @@ impl ReplyCell {
                 return self.take();
             }
             spins += 1;
-            if spins.is_multiple_of(64) && start.elapsed() >= SPIN.min(timeout) {
+            if spins >= 64 && start.elapsed() >= SPIN.min(timeout) {
                 break;
             }
-            std::hint::spin_loop();
+            if spins < 64 {
+                std::hint::spin_loop();
+            } else {
+                // The replier may need this core (a busy machine).
+                thread::yield_now();
+            }
         }
         loop {
             if self.is_ready() {

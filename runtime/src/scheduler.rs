@@ -18,8 +18,10 @@
 //!
 //! # Parking
 //!
-//! An idle worker spins for [`IDLE_SPIN`] looking for work (waking a parked
-//! thread costs microseconds), then registers as a sleeper and parks. Whoever
+//! An idle worker looks for work for [`IDLE_SPIN`] (waking a parked thread
+//! costs microseconds), yielding its core between looks (on a busy machine
+//! a pure spin takes the core from the very thread that would give it
+//! work), then registers as a sleeper and parks. Whoever
 //! pushes to a run queue calls [`Scheduler::notify`], which wakes one sleeper
 //! unless some worker is already searching. The sleeper re-checks every queue
 //! after registering and the pusher checks for sleepers after pushing, both
@@ -265,9 +267,9 @@ impl Scheduler {
                         continue;
                     }
                 }
-                for _ in 0..32 {
-                    std::hint::spin_loop();
-                }
+                // Yield rather than spin: on a busy machine the thread
+                // that would give this worker work needs the core.
+                thread::yield_now();
             }
             let last_searcher = self.searching.fetch_sub(1, Ordering::SeqCst) == 1;
             if let Some(pid) = found {
