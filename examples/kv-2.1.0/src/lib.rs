@@ -38,7 +38,9 @@
 //!   after the upgrade (`Ctx::set_listen_options`): `maxclients` and
 //!   `timeout` from the release's `[config]` (code_change has no init
 //!   arguments), with the same defaults; a later change of those keys
-//!   applies the same way.
+//!   applies the same way. A connection stops reading while 256 KiB of
+//!   its bytes wait unhandled here, so other clients' requests never queue
+//!   behind more than that of a large value.
 //!
 //! The rest is 2.0.0's: active expiry on its own timer (with a generation,
 //! so one chain runs), counts cast to `stats` in batches, INFO answered by
@@ -271,9 +273,16 @@ fn listen_options(maxclients: u32, timeout: u64) -> ListenOptions {
         max_connections: Some(maxclients),
         refusal: Some(MAX_CLIENTS_REACHED.to_vec()),
         idle_timeout: (timeout > 0).then(|| Duration::from_secs(timeout)),
+        max_unhandled_bytes: Some(MAX_UNHANDLED_BYTES),
         ..ListenOptions::default()
     }
 }
+
+/// A connection's bytes that may wait in this process's mailbox before
+/// its port stops reading. One process serves every client, so this is
+/// what a PING can find queued ahead of it while another client sends a
+/// large value: a few reads, not the node's default 4 MiB.
+const MAX_UNHANDLED_BYTES: u64 = 256 * 1024;
 
 /// What Redis tells a client over `maxclients`.
 const MAX_CLIENTS_REACHED: &[u8] = b"-ERR max number of clients reached\r\n";
