@@ -557,7 +557,7 @@ fn deploy(args: ClusterDeployArgs) -> anyhow::Result<()> {
         })?;
     let release = contents.manifest.release.name.clone();
     let version = contents.manifest.release.version.to_string();
-    let sha256 = hex::encode(Sha256::digest(&bytes));
+    let sha256 = relive_releases::archive::sha256_hex(&bytes);
     let cluster = Cluster::connect(&args.nodes)?;
 
     // Every node must answer and run the same release before anything moves.

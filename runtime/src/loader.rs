@@ -209,6 +209,17 @@ impl VersionStatsSnapshot {
         }
     }
 
+    /// Adds `other`'s counts to these (several versions' windows as one).
+    pub fn add(&mut self, other: &VersionStatsSnapshot) {
+        self.crashes += other.crashes;
+        self.handled += other.handled;
+        self.samples += other.samples;
+        self.sampled_ns += other.sampled_ns;
+        self.replies += other.replies;
+        self.error_replies += other.error_replies;
+        self.undecodable += other.undecodable;
+    }
+
     /// Mean sampled handler time, if any was sampled.
     pub fn mean_handler_time(&self) -> Option<Duration> {
         (self.samples > 0).then(|| Duration::from_nanos(self.sampled_ns / self.samples))

@@ -41,6 +41,16 @@ use crate::tree;
 /// whatever [`Options::suspend_timeout`] says.
 const ROLLBACK_MIN_REACH: Duration = Duration::from_secs(5);
 
+/// What `versions` counted since their readings `before` (one each), as
+/// one window.
+fn window_of(versions: &[Arc<ModuleCode>], before: &[VersionStatsSnapshot]) -> VersionStatsSnapshot {
+    let mut seen = VersionStatsSnapshot::default();
+    for (version, before) in versions.iter().zip(before) {
+        seen.add(&version.stats().since(before));
+    }
+    seen
+}
+
 /// How an upgrade runs.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -1149,16 +1159,7 @@ impl<'a> Transaction<'a> {
                     .push(format!("no process is registered as {name:?}, the health process, any more")),
             }
         }
-        let mut seen = VersionStatsSnapshot::default();
-        for (version, before) in versions.iter().zip(before) {
-            let window = version.stats().since(before);
-            seen.crashes += window.crashes;
-            seen.replies += window.replies;
-            seen.error_replies += window.error_replies;
-            seen.undecodable += window.undecodable;
-            seen.samples += window.samples;
-            seen.sampled_ns += window.sampled_ns;
-        }
+        let seen = window_of(versions, before);
         let baseline = match old {
             Some((code, at)) => {
                 let window = code.stats().since(at);
@@ -1266,17 +1267,11 @@ impl<'a> Transaction<'a> {
             }
         }
         let before: Vec<VersionStatsSnapshot> = versions.iter().map(|v| v.stats()).collect();
-        let totals = || {
-            versions.iter().zip(&before).fold((0, 0, 0), |(crashes, handled, lost), (version, before)| {
-                let seen = version.stats().since(before);
-                (crashes + seen.crashes, handled + seen.handled, lost + seen.undecodable)
-            })
-        };
         let started = Instant::now();
         let deadline = started + window;
         while Instant::now() < deadline {
-            let (crashes, _, lost) = totals();
-            if crashes > max_crashes || lost > 0 {
+            let seen = window_of(&versions, &before);
+            if seen.crashes > max_crashes || seen.undecodable > 0 {
                 break;
             }
             std::thread::sleep(
@@ -1285,8 +1280,14 @@ impl<'a> Transaction<'a> {
         }
         let watched_ms = started.elapsed().as_secs_f64() * 1e3;
         let signals = self.judge(&versions, &before, None);
-        let (crashes, handled, _) = totals();
-        HealthReport { watched_ms, crashes, handled, passed: signals.failed.is_empty(), signals }
+        let seen = window_of(&versions, &before);
+        HealthReport {
+            watched_ms,
+            crashes: seen.crashes,
+            handled: seen.handled,
+            passed: signals.failed.is_empty(),
+            signals,
+        }
     }
 
     /// Runs the purges and frees the old states kept for an undo. Returns
