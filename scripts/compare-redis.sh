@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Same-run comparison of kv 2.1.0 on a relive node with a stock redis-server:
-# redis-benchmark -t set,get,incr -n N (default 200000) at -c 20 and -c 50,
-# -P 1 and -P 16; each figure is the median of 3 runs, kv and Redis
-# alternated within each round so both see the same machine. Prints requests
-# per second and the ratio kv/redis for the 12 figures.
+# redis-benchmark -t set,get,incr at -c 20 and -c 50, -P 1 and -P 16; each
+# figure is the median of 3 runs, kv and Redis alternated within each round
+# so both see the same machine. Prints requests per second and the ratio
+# kv/redis for the 12 figures, and the CPU time each server spent per request
+# (user + system, all its threads, from /proc/PID/stat) for each of the four
+# client settings.
+#
+# Requests: -n N (REQUESTS, default 200000) at -P 1 and 16 times N at -P 16,
+# so that a test lasts about as long (2-3 s here) either way: at -P 16 a
+# test of 200000 requests is over in 0.15 s and its figure is mostly noise.
 #
 # Cores: on a machine with 2 cores or more, each server (the whole node, every
 # thread of it, and redis-server) runs pinned to core 0 and redis-benchmark to
@@ -28,27 +34,38 @@ EXTRA_TOOLS=redis-benchmark
 # shellcheck source=scripts/redis-pair.sh
 source "$root/scripts/redis-pair.sh"
 
-# rps of test $4 (SET, GET, INCR) with -c $2 -P $3 on port $1: one run of all
-# three tests, so one call per (port, clients, pipeline) and round.
+# The CPU time process $1 has used, in clock ticks (utime + stime of all its
+# threads: fields 14 and 15 of /proc/PID/stat; the name field has no spaces
+# for either server).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+# rps of SET, GET and INCR with -c $3 -P $4 on port $1, then the server's
+# (pid $2) CPU microseconds per request over the three: one run of all three
+# tests, so one call per (server, clients, pipeline) and round.
 run_bench() {
-  taskset -c "$bench_cpus" redis-benchmark -p "$1" -t set,get,incr -n "$requests" -c "$2" -P "$3" --csv 2>/dev/null |
+  local n=$((requests * $4)) before after
+  before=$(cpu_ticks "$2")
+  taskset -c "$bench_cpus" redis-benchmark -p "$1" -t set,get,incr -n "$n" -c "$3" -P "$4" --csv 2>/dev/null |
     python3 -c 'import csv, sys
 rows = {r["test"]: r["rps"] for r in csv.DictReader(sys.stdin)}
 print(" ".join(rows.get(t, "nan") for t in ("SET", "GET", "INCR")))'
+  after=$(cpu_ticks "$2")
+  python3 -c "print('%.3f' % (($after - $before) * 1e6 / $(getconf CLK_TCK) / (3 * $n)))"
 }
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
 echo "kv 2.1.0 on a relive node (port $kv_port) vs redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') (port $redis_port)" >&2
-echo "servers on cpu $server_cpus, redis-benchmark on cpu $bench_cpus; -n $requests, median of $rounds" >&2
+echo "servers on cpu $server_cpus, redis-benchmark on cpu $bench_cpus; -n $requests at -P 1, $((requests * 16)) at -P 16; median of $rounds" >&2
 declare -A runs=()
 for round in $(seq "$rounds"); do
   for clients in 20 50; do
     for pipeline in 1 16; do
       for server in kv redis; do
-        port=$kv_port
-        [ "$server" = redis ] && port=$redis_port
-        read -r set get incr <<<"$(run_bench "$port" "$clients" "$pipeline")"
+        port=$kv_port pid=$node_pid
+        [ "$server" = redis ] && port=$redis_port pid=$redis_pid
+        { read -r set get incr; read -r cpu; } < <(run_bench "$port" "$pid" "$clients" "$pipeline")
+        runs[$server,$clients,$pipeline,CPU]+="$cpu "
         runs[$server,$clients,$pipeline,SET]+="$set "
         runs[$server,$clients,$pipeline,GET]+="$get "
         runs[$server,$clients,$pipeline,INCR]+="$incr "
@@ -67,5 +84,17 @@ for clients in 20 50; do
       ratio=$(python3 -c "k, r = float('$kv'), float('$redis'); print('%.2f' % (k / r) if r else 'n/a')")
       printf '%-5s %-4s %-4s %14s %14s %8s\n' "$test" "$clients" "$pipeline" "$kv" "$redis" "$ratio"
     done
+  done
+done
+
+echo
+echo "server CPU per request (microseconds, user + system, median of the rounds; SET, GET and INCR together)"
+printf '%-4s %-4s %10s %10s %8s\n' "-c" "-P" "kv" "redis" "kv/redis"
+for clients in 20 50; do
+  for pipeline in 1 16; do
+    kv=$(echo "${runs[kv,$clients,$pipeline,CPU]}" | median)
+    redis=$(echo "${runs[redis,$clients,$pipeline,CPU]}" | median)
+    ratio=$(python3 -c "k, r = float('$kv'), float('$redis'); print('%.2f' % (k / r) if r else 'n/a')")
+    printf '%-4s %-4s %10s %10s %8s\n' "$clients" "$pipeline" "$kv" "$redis" "$ratio"
   done
 done

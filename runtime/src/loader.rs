@@ -18,7 +18,8 @@
 //! - A module's ports are the runtime's ([`crate::port`]): `listen` makes
 //!   the calling process own the listener and, with no accept handler, every
 //!   connection it accepts, and `connect` makes it own the connection; their
-//!   events reach the module as `INFO_PORT` (see `ModuleProcess::handle`).
+//!   events reach the module as `INFO_PORT` and `INFO_PORT_DATA` (see
+//!   `ModuleProcess::handle`).
 //!   `listen_with` decodes the module's `ListenOptions` into the runtime's
 //!   per-listener cap, refusal line and connection limits.
 //! - Every host service acts as one process: in its own turn through its

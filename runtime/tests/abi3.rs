@@ -560,7 +560,7 @@ fn a_library_of_another_abi_version_is_refused_with_what_to_do() {
     ] {
         assert!(text.contains(&part), "{text:?} should contain {part:?}");
     }
-    assert_eq!(relive_abi::ABI_VERSION, 4);
+    assert_eq!(relive_abi::ABI_VERSION, 5);
     node.shutdown();
 }
 

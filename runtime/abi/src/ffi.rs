@@ -13,8 +13,9 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RELIVE\x00\x01");
 /// connections, port hand-over and the node's configuration
 /// ([`HostVtable::link`] to [`HostVtable::config`]), listener options
 /// ([`HostVtable::listen_with`]), [`ModuleVtable::config_change`], and the monitor in [`INFO_DOWN`].
-/// 4 added [`ModuleVtable::health`] (see MIGRATING.md for the rest).
-pub const ABI_VERSION: u32 = 4;
+/// 4 added [`ModuleVtable::health`] (see MIGRATING.md for the rest). 5 added
+/// [`INFO_PORT_DATA`]: a port's bytes cross as they were read.
+pub const ABI_VERSION: u32 = 5;
 
 /// The symbol a module exports: `extern "C" fn() -> *const ModuleVtable`.
 pub const EXPORT_SYMBOL: &str = "relive_module_vtable";
@@ -35,10 +36,17 @@ pub const INFO_EXIT: u32 = 1;
 pub const INFO_DOWN: u32 = 2;
 /// `kind` of [`ModuleVtable::handle_info`]: an event of a port the process
 /// owns, MessagePack of [`crate::PortEvent`] (an externally tagged enum:
-/// `{"Accepted": {"listener": u64, "port": u64, "peer": String}}`,
-/// `{"Data": {"port": u64, "bytes": bin}}` or
-/// `{"Closed": {"port": u64, "reason": String}}`).
+/// `{"Accepted": {"listener": u64, "port": u64, "peer": String}}` or
+/// `{"Closed": {"port": u64, "reason": String}}`; `Data` comes as
+/// [`INFO_PORT_DATA`]).
 pub const INFO_PORT: u32 = 3;
+/// `kind` of [`ModuleVtable::handle_info`]: bytes a port the process owns
+/// received, not encoded: the port's id (8 bytes, little-endian), then the
+/// bytes as the read returned them. The module copies them once, into
+/// [`crate::PortEvent::Data`]; MessagePack would cost an encoding, a
+/// decoding and two more copies on the path every request of a server
+/// takes.
+pub const INFO_PORT_DATA: u32 = 4;
 
 /// Result of every call across the boundary, as a `u32`.
 #[repr(u32)]

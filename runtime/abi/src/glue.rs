@@ -15,11 +15,11 @@ use serde::de::DeserializeOwned;
 use serde_reflection::{Samples, Tracer, TracerConfig};
 
 use crate::author::{
-    Behaviour, ConfigChange, Ctx, Error, Extra, Info, MonitorRef, Pid, PortEvent, StateBytes,
+    Behaviour, ConfigChange, Ctx, Error, Extra, Info, MonitorRef, Pid, PortEvent, PortId, StateBytes,
 };
 use crate::ffi::{
-    ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC, ModuleVtable, OutBuf, RBytes,
-    RStr, Status,
+    ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, INFO_PORT_DATA, MAGIC, ModuleVtable,
+    OutBuf, RBytes, RStr, Status,
 };
 
 /// Builds the vtable of module `name` at `version` around `B`.
@@ -209,6 +209,7 @@ unsafe extern "C" fn handle_info<B: Behaviour>(
                     Info::Down { monitor: MonitorRef { id: monitor, pid: Pid(pid) }, pid: Pid(pid), reason }
                 }
                 INFO_PORT => Info::Port(decode::<PortEvent>(bytes, "a port event")?),
+                INFO_PORT_DATA => Info::Port(port_data(bytes)?),
                 other => return Err((Status::BadInput, format!("unknown message kind {other}"))),
             };
             let mut ctx = Ctx::from_host(&*host);
@@ -216,6 +217,15 @@ unsafe extern "C" fn handle_info<B: Behaviour>(
             Ok(())
         })
     }
+}
+
+/// [`INFO_PORT_DATA`]'s bytes as the event they carry: the one copy of a
+/// port's bytes on the module's side.
+fn port_data(bytes: &[u8]) -> Result<PortEvent, (Status, String)> {
+    let Some((port, data)) = bytes.split_first_chunk::<8>() else {
+        return Err((Status::BadInput, format!("port data of {} bytes has no port id", bytes.len())));
+    };
+    Ok(PortEvent::Data { port: PortId(u64::from_le_bytes(*port)), bytes: data.to_vec() })
 }
 
 unsafe extern "C" fn export_state<B: Behaviour>(state: *mut c_void, out: *mut OutBuf) -> u32 {
@@ -300,4 +310,25 @@ unsafe extern "C" fn drop_state<B: Behaviour>(state: *mut c_void) {
     // SAFETY: `state` is a Box<B> this module made (see state_mut) and the
     // host frees each state exactly once. A panicking Drop is contained.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe { drop(Box::from_raw(state as *mut B)) }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_data_reads_the_port_id_then_the_bytes_as_sent() {
+        let mut bytes = 7u64.to_le_bytes().to_vec();
+        bytes.extend_from_slice(b"*1\r\n$4\r\nPING\r\n\xff");
+        let event = port_data(&bytes).unwrap();
+        assert_eq!(event, PortEvent::Data { port: PortId(7), bytes: b"*1\r\n$4\r\nPING\r\n\xff".to_vec() });
+        assert_eq!(port_data(&bytes[..8]).unwrap(), PortEvent::Data { port: PortId(7), bytes: Vec::new() });
+    }
+
+    #[test]
+    fn port_data_without_a_whole_port_id_is_bad_input() {
+        let (status, why) = port_data(&[1, 2, 3]).unwrap_err();
+        assert_eq!(status, Status::BadInput);
+        assert!(why.contains("3 bytes has no port id"), "{why}");
+    }
 }

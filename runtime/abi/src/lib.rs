@@ -37,11 +37,13 @@
 //!   it outlives any code version: a monitor set by version 1 fires into
 //!   version 2, a call deferred by version 1 is answered by version 2, a
 //!   client's connection stays open. Port events reach `handle_info` as
-//!   [`Info::Port`] with a [`PortEvent`] (kind [`INFO_PORT`]).
+//!   [`Info::Port`] with a [`PortEvent`] (kind [`INFO_PORT`]; the bytes of
+//!   `Data` cross unencoded, copied once, as [`INFO_PORT_DATA`]).
 //! - New host services are only ever appended to the [`HostVtable`], and
 //!   each addition bumps [`ABI_VERSION`] once it is released (2: the port
 //!   services; 3: links, monitors, signals, registry, deferred replies,
-//!   connect, port hand-over, configuration, listener options). Options
+//!   connect, port hand-over, configuration, listener options; 4: health;
+//!   5: unencoded port data). Options
 //!   that may grow cross as MessagePack maps ([`ListenOptions`]), so adding
 //!   one needs no new entry. A node loads only libraries of its own ABI version.
 //! - [`ModuleVtable::describe_types`] writes a description of the state and
@@ -100,8 +102,8 @@ pub use author::{
     PortId, ReplyToken, StateBytes, TimerRef,
 };
 pub use ffi::{
-    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC,
-    ModuleVtable, OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status,
+    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT,
+    INFO_PORT_DATA, MAGIC, ModuleVtable, OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status,
 };
 pub use semver::Version;
 
