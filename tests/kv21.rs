@@ -344,6 +344,19 @@ fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() 
     assert!((9223372036853..=9223372036854).contains(&ttl(&mut c, "k")));
     assert_eq!(c.cmd(&["EXPIRE", "k", "-5"]), Resp::Int(1), "a time in the past deletes");
     assert_eq!(c.cmd(&["EXISTS", "k"]), Resp::Int(0));
+    // A plain SET over a key replaces its value and drops its expiry; over
+    // an expired key it stores afresh (kv overwrites in place there).
+    assert_eq!(c.cmd(&["SET", "k", "old", "EX", "100"]), ok_reply());
+    assert_eq!(c.cmd(&["SET", "k", "new"]), ok_reply());
+    assert_eq!((c.cmd(&["GET", "k"]), ttl(&mut c, "k")), (bulk(b"new"), -1));
+    assert_eq!(c.cmd(&["SET", "k", "gone", "PX", "1"]), ok_reply());
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(c.cmd(&["SET", "k", "back"]), ok_reply());
+    assert_eq!((c.cmd(&["GET", "k"]), ttl(&mut c, "k")), (bulk(b"back"), -1));
+    assert_eq!(c.cmd(&["SET", "k", "kept", "KEEPTTL"]), ok_reply());
+    assert_eq!(c.cmd(&["SET", "k", "nx", "NX"]), Resp::Bulk(None));
+    assert_eq!(c.cmd(&["GET", "k"]), bulk(b"kept"));
+    assert_eq!(c.cmd(&["DEL", "k"]), Resp::Int(1));
     assert_eq!(c.cmd(&["SET", "n", "9223372036854775807"]), ok_reply());
     assert_eq!(c.cmd(&["INCR", "n"]), error("ERR increment or decrement would overflow"));
     assert_eq!(c.cmd(&["DECRBY", "n", "-9223372036854775808"]), error("ERR decrement would overflow"));

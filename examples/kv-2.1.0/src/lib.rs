@@ -486,6 +486,25 @@ impl Entry {
     }
 }
 
+/// The live entry of `key` in `values`, removing it (counted as expired in
+/// `pending`) if it has expired. Borrows only `values` for the entry, so a
+/// caller can count in `pending` while it holds it. A hit costs two lookups
+/// (std's map cannot hand back an entry it might also have to remove).
+fn live_entry<'a>(
+    values: &'a mut HashMap<Key, Entry>,
+    pending: &mut Counts,
+    key: &[u8],
+    now: u64,
+) -> Option<&'a mut Entry> {
+    if !values.get(key)?.live(now) {
+        values.remove(key);
+        shrink(values);
+        pending.expired += 1;
+        return None;
+    }
+    values.get_mut(key)
+}
+
 /// Gives memory back once a map holds under a quarter of its capacity.
 fn shrink<K: Eq + Hash, V>(map: &mut HashMap<K, V>) {
     if map.capacity() >= SHRINK_FROM && map.len() * 4 < map.capacity() {
@@ -506,11 +525,7 @@ fn command_name<'a>(raw: &[u8], lower: &'a mut [u8; 16]) -> &'a str {
 impl Kv {
     /// The live entry of `key`, removing it if it has expired.
     fn entry(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
-        if self.values.get(key).is_some_and(|e| !e.live(now)) {
-            self.remove(key);
-            self.pending.expired += 1;
-        }
-        self.values.get_mut(key)
+        live_entry(&mut self.values, &mut self.pending, key, now)
     }
 
     /// Removes `key` (live or not), shrinking the map if it got sparse.
@@ -524,13 +539,11 @@ impl Kv {
 
     /// A read of `key`: counts a hit (on the key and for stats) or a miss.
     fn read(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
-        let found = self.entry(key, now).is_some();
-        if found {
-            self.pending.hits += 1;
-        } else {
+        let Some(entry) = live_entry(&mut self.values, &mut self.pending, key, now) else {
             self.pending.misses += 1;
-        }
-        let entry = self.values.get_mut(key)?;
+            return None;
+        };
+        self.pending.hits += 1;
         entry.hits += 1;
         Some(entry)
     }
@@ -710,6 +723,23 @@ impl Kv {
             Ok(options) => options,
             Err(error) => return resp::error(out, error),
         };
+        if !(options.get || options.nx || options.xx || options.keep_ttl) {
+            // The plain SET, most of a write load: one lookup, and an
+            // existing key is overwritten in place (no copy of the key).
+            let entry = Entry::from_vec(args.take(2), options.expires_at, now);
+            match self.values.get_mut(&args[1]) {
+                Some(old) => {
+                    if !old.live(now) {
+                        self.pending.expired += 1;
+                    }
+                    *old = entry;
+                }
+                None => {
+                    self.values.insert(Key::from(&args[1]), entry);
+                }
+            }
+            return resp::simple(out, "OK");
+        }
         let key = Key::from(&args[1]);
         let found = if options.get {
             let old = self.read(&key.0, now);
