@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Same-run comparison of kv 2.1.0 on a relive node with a stock redis-server:
 # redis-benchmark -t set,get,incr at -c 20 and -c 50, -P 1 and -P 16; each
-# figure is the median of 3 runs, kv and Redis alternated within each round
-# so both see the same machine. Prints requests per second and the ratio
-# kv/redis for the 12 figures, and the CPU time each server spent per request
+# figure is the median of 3 runs, kv and Redis back to back within each round
+# (who goes first alternating) so both see the same machine. Prints the
+# median requests per second of each, and for the 12 figures the median of
+# the rounds' kv/redis ratios; then the CPU time each server spent per request
 # (user + system, all its threads, from /proc/PID/stat) for each of the four
 # client settings.
 #
@@ -55,13 +56,27 @@ print(" ".join(rows.get(t, "nan") for t in ("SET", "GET", "INCR")))'
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{a[NR] = $1} END {print a[int((NR + 1) / 2)]}'; }
 
+# The median of the rounds' ratios $1[i] / $2[i] (each round's two runs
+# back to back): a slow minute of the machine then moves one round's pair,
+# not one server's median alone.
+paired_ratio() {
+  python3 -c 'import sys
+kv, redis = (list(map(float, a.split())) for a in sys.argv[1:3])
+ratios = sorted(k / r for k, r in zip(kv, redis) if r)
+print("%.2f" % ratios[(len(ratios) - 1) // 2] if ratios else "n/a")' "$1" "$2"
+}
+
 echo "kv 2.1.0 on a relive node (port $kv_port) vs redis-server $(redis-server --version | sed 's/.*v=\([^ ]*\).*/\1/') (port $redis_port)" >&2
 echo "servers on cpu $server_cpus, redis-benchmark on cpu $bench_cpus; -n $requests at -P 1, $((requests * 16)) at -P 16; median of $rounds" >&2
 declare -A runs=()
 for round in $(seq "$rounds"); do
   for clients in 20 50; do
     for pipeline in 1 16; do
-      for server in kv redis; do
+      # Who goes first alternates by round, so neither always runs on
+      # the machine the other just warmed.
+      servers="kv redis"
+      [ $((round % 2)) = 0 ] && servers="redis kv"
+      for server in $servers; do
         port=$kv_port pid=$node_pid
         [ "$server" = redis ] && port=$redis_port pid=$redis_pid
         { read -r set get incr; read -r cpu; } < <(run_bench "$port" "$pid" "$clients" "$pipeline")
@@ -81,7 +96,7 @@ for clients in 20 50; do
     for test in SET GET INCR; do
       kv=$(echo "${runs[kv,$clients,$pipeline,$test]}" | median)
       redis=$(echo "${runs[redis,$clients,$pipeline,$test]}" | median)
-      ratio=$(python3 -c "k, r = float('$kv'), float('$redis'); print('%.2f' % (k / r) if r else 'n/a')")
+      ratio=$(paired_ratio "${runs[kv,$clients,$pipeline,$test]}" "${runs[redis,$clients,$pipeline,$test]}")
       printf '%-5s %-4s %-4s %14s %14s %8s\n' "$test" "$clients" "$pipeline" "$kv" "$redis" "$ratio"
     done
   done
@@ -94,7 +109,7 @@ for clients in 20 50; do
   for pipeline in 1 16; do
     kv=$(echo "${runs[kv,$clients,$pipeline,CPU]}" | median)
     redis=$(echo "${runs[redis,$clients,$pipeline,CPU]}" | median)
-    ratio=$(python3 -c "k, r = float('$kv'), float('$redis'); print('%.2f' % (k / r) if r else 'n/a')")
+    ratio=$(paired_ratio "${runs[kv,$clients,$pipeline,CPU]}" "${runs[redis,$clients,$pipeline,CPU]}")
     printf '%-4s %-4s %10s %10s %8s\n' "$clients" "$pipeline" "$kv" "$redis" "$ratio"
   done
 done

@@ -18,8 +18,8 @@
 //! - A module's ports are the runtime's ([`crate::port`]): `listen` makes
 //!   the calling process own the listener and, with no accept handler, every
 //!   connection it accepts, and `connect` makes it own the connection; their
-//!   events reach the module as `INFO_PORT` and `INFO_PORT_DATA` (see
-//!   `ModuleProcess::handle`).
+//!   events reach the module as `INFO_PORT`, and their bytes through
+//!   `handle_port_data` (see `ModuleProcess::handle`).
 //!   `listen_with` decodes the module's `ListenOptions` into the runtime's
 //!   per-listener cap, refusal line and connection limits.
 //! - Every host service acts as one process: in its own turn through its
@@ -521,6 +521,8 @@ pub(crate) enum Callback<'m> {
     Info(u32, &'m [u8]),
     /// The node's configuration changed from the first to the second.
     ConfigChange(&'m [u8], &'m [u8]),
+    /// Bytes a port of the process read (ABI 5), as read.
+    PortData(u64, &'m [u8]),
     /// Is the state healthy (ABI 4)?
     Health,
 }
@@ -564,6 +566,9 @@ impl ModuleState {
                     &mut buf,
                 ),
                 Callback::Health => (table.health)(state, &host_ctx, &mut buf),
+                Callback::PortData(port, bytes) => {
+                    (table.handle_port_data)(state, &host_ctx, port, RBytes::from_slice(bytes), &mut buf)
+                }
             }
         };
         status_result(status, out)

@@ -12,9 +12,9 @@
 //! turns a reply back. The runtime's own messages reach `handle_info` with
 //! their kind: a trapped [`Exit`] (`INFO_EXIT`), a monitor's [`Down`]
 //! (`INFO_DOWN`), and an event of a port the process owns
-//! ([`crate::PortEvent`]: its bytes as they were read, after the port's
-//! id, `INFO_PORT_DATA`; the other events re-encoded as relive-abi's
-//! `PortEvent`, `INFO_PORT`).
+//! ([`crate::PortEvent`]: its bytes as they were read, through the
+//! module's `handle_port_data`; the other events re-encoded as
+//! relive-abi's `PortEvent`, `INFO_PORT`).
 //!
 //! A call the module defers (relive-abi's `Ctx::defer_reply`) waits with
 //! the process, not its state: any later callback, of this version or the
@@ -26,7 +26,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use relive_abi::{INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, INFO_PORT_DATA};
+use relive_abi::{INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT};
 
 use crate::ctx::Ctx;
 use crate::loader::{Callback, HostCall, ModuleCode, ModuleError, ModuleState, PendingReplies};
@@ -98,6 +98,15 @@ pub struct ModuleProcess {
 pub const STATS_BATCH: u64 = 8;
 
 impl ModuleProcess {
+    /// Runs a `handle_info` or `handle_port_data` callback; a message the
+    /// module cannot decode is counted as lost and logged.
+    fn deliver(&mut self, ctx: &mut Ctx<'_>, callback: Callback<'_>) {
+        if let (Err(ModuleError::BadInput(error)), _) = self.run(ctx, callback, None) {
+            self.count_undecodable();
+            tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message: {error}");
+        }
+    }
+
     pub(crate) fn new(code: Arc<ModuleCode>, init_arg: Vec<u8>) -> ModuleProcess {
         code.starting.fetch_add(1, Ordering::AcqRel);
         ModuleProcess {
@@ -356,19 +365,13 @@ fn pack<T: serde::Serialize>(value: &T) -> Vec<u8> {
     rmp_serde::to_vec(value).expect("tuples of integers and strings always encode")
 }
 
-/// A runtime port event as a module reads it, with its kind: data as
-/// [`INFO_PORT_DATA`] (the port's id, then the bytes, not encoded: the path
-/// every request of a server takes), the rest as MessagePack of
-/// [`relive_abi::PortEvent`] ([`INFO_PORT`]).
-fn port_event(event: PortEvent) -> (u32, Vec<u8>) {
+/// A runtime port event other than data as a module reads it
+/// (MessagePack of [`relive_abi::PortEvent`], [`INFO_PORT`]); data goes to
+/// the module's `handle_port_data` as it was read.
+fn port_event(event: PortEvent) -> Vec<u8> {
     use relive_abi::PortId as Id;
     let event = match event {
-        PortEvent::Data { port, bytes } => {
-            let mut data = Vec::with_capacity(8 + bytes.len());
-            data.extend_from_slice(&port.as_u64().to_le_bytes());
-            data.extend_from_slice(&bytes);
-            return (INFO_PORT_DATA, data);
-        }
+        PortEvent::Data { port, bytes } => relive_abi::PortEvent::Data { port: Id(port.as_u64()), bytes },
         PortEvent::Accepted { listener, port, peer } => relive_abi::PortEvent::Accepted {
             listener: Id(listener.as_u64()),
             port: Id(port.as_u64()),
@@ -378,7 +381,7 @@ fn port_event(event: PortEvent) -> (u32, Vec<u8>) {
             relive_abi::PortEvent::Closed { port: Id(port.as_u64()), reason: reason.to_string() }
         }
     };
-    (INFO_PORT, rmp_serde::to_vec_named(&event).expect("port events always encode"))
+    rmp_serde::to_vec_named(&event).expect("port events always encode")
 }
 
 impl Actor for ModuleProcess {
@@ -418,7 +421,12 @@ impl Actor for ModuleProcess {
                         (INFO_DOWN, pack(&(down.monitor.id, down.pid.as_u64(), down.reason.to_string())))
                     }
                     Err(message) => match message.downcast::<PortEvent>() {
-                        Ok(event) => port_event(event),
+                        // The path every request of a server takes: the
+                        // bytes as read, not encoded.
+                        Ok(PortEvent::Data { port, bytes }) => {
+                            return self.deliver(ctx, Callback::PortData(port.as_u64(), &bytes));
+                        }
+                        Ok(event) => (INFO_PORT, port_event(event)),
                         Err(message) => {
                             match message.downcast_ref::<RemoteMessage>() {
                                 Some(RemoteMessage { payload: Err(why), .. }) => {
@@ -434,10 +442,7 @@ impl Actor for ModuleProcess {
                 },
             },
         };
-        if let (Err(ModuleError::BadInput(error)), _) = self.run(ctx, Callback::Info(kind, &bytes), None) {
-            self.count_undecodable();
-            tracing::warn!(pid = %ctx.pid(), module = %self.describe(), "dropped a message: {error}");
-        }
+        self.deliver(ctx, Callback::Info(kind, &bytes));
     }
 
     fn handle_cast(&mut self, message: Message, ctx: &mut Ctx<'_>) {
@@ -511,33 +516,25 @@ mod tests {
         assert!(!is_err_reply(&rmp_serde::to_vec_named(&"Err").unwrap()));
     }
 
+    /// The bytes `INFO_PORT` carries read back as relive-abi's `PortEvent`
+    /// (what a module's glue decodes); data, which goes to
+    /// `handle_port_data` as read, still encodes as `bin` if asked.
     #[test]
     fn port_events_cross_as_relive_abi_port_events() {
         use relive_abi::{PortEvent as Abi, PortId as Id};
         let peer: std::net::SocketAddr = "127.0.0.1:4242".parse().unwrap();
         let accepted = PortEvent::Accepted { listener: PortId::from_u64(1), port: PortId::from_u64(2), peer };
-        let (kind, bytes) = port_event(accepted);
-        assert_eq!(kind, INFO_PORT);
-        let decoded: Abi = rmp_serde::from_slice(&bytes).unwrap();
+        let decoded: Abi = rmp_serde::from_slice(&port_event(accepted)).unwrap();
         assert_eq!(decoded, Abi::Accepted { listener: Id(1), port: Id(2), peer: "127.0.0.1:4242".into() });
 
         let closed = PortEvent::Closed { port: PortId::from_u64(2), reason: CloseReason::PeerClosed };
-        let (kind, bytes) = port_event(closed);
-        assert_eq!(kind, INFO_PORT);
-        let decoded: Abi = rmp_serde::from_slice(&bytes).unwrap();
+        let decoded: Abi = rmp_serde::from_slice(&port_event(closed)).unwrap();
         assert_eq!(decoded, Abi::Closed { port: Id(2), reason: "closed by peer".into() });
-    }
 
-    /// Data crosses not encoded: the port's id, little-endian, then the
-    /// bytes exactly as read (what relive-abi's glue splits again).
-    #[test]
-    fn port_data_crosses_as_the_port_id_then_the_bytes() {
         let bytes: Vec<u8> = (0..=255).collect();
-        let port = PortId::from_u64(0x0102_0304_0506_0708);
-        let (kind, crossed) = port_event(PortEvent::Data { port, bytes: bytes.clone() });
-        assert_eq!(kind, INFO_PORT_DATA);
-        assert_eq!(crossed.len(), 8 + bytes.len());
-        assert_eq!(crossed[..8], 0x0102_0304_0506_0708u64.to_le_bytes());
-        assert_eq!(crossed[8..], bytes[..]);
+        let encoded = port_event(PortEvent::Data { port: PortId::from_u64(2), bytes: bytes.clone() });
+        assert!(encoded.len() < 300, "bytes cross as bin, not as an array of integers");
+        let decoded: Abi = rmp_serde::from_slice(&encoded).unwrap();
+        assert_eq!(decoded, Abi::Data { port: Id(2), bytes });
     }
 }

@@ -22,7 +22,8 @@ impl fmt::Display for PortId {
 
 /// What a port tells its owning process ([`Info::Port`]); crosses the ABI
 /// as MessagePack ([`crate::INFO_PORT`]), except `Data`, whose bytes cross
-/// as they were read and are copied once ([`crate::INFO_PORT_DATA`]).
+/// as they were read and are copied once
+/// ([`crate::ModuleVtable::handle_port_data`]).
 ///
 /// Events of one connection arrive in the order the bytes did: its
 /// `Accepted` (to the listener's owner, which owns the connection too),

@@ -14,7 +14,8 @@ pub const MAGIC: u64 = u64::from_be_bytes(*b"RELIVE\x00\x01");
 /// ([`HostVtable::link`] to [`HostVtable::config`]), listener options
 /// ([`HostVtable::listen_with`]), [`ModuleVtable::config_change`], and the monitor in [`INFO_DOWN`].
 /// 4 added [`ModuleVtable::health`] (see MIGRATING.md for the rest). 5 added
-/// [`INFO_PORT_DATA`]: a port's bytes cross as they were read.
+/// [`ModuleVtable::handle_port_data`]: a port's bytes cross as they were
+/// read.
 pub const ABI_VERSION: u32 = 5;
 
 /// The symbol a module exports: `extern "C" fn() -> *const ModuleVtable`.
@@ -37,16 +38,9 @@ pub const INFO_DOWN: u32 = 2;
 /// `kind` of [`ModuleVtable::handle_info`]: an event of a port the process
 /// owns, MessagePack of [`crate::PortEvent`] (an externally tagged enum:
 /// `{"Accepted": {"listener": u64, "port": u64, "peer": String}}` or
-/// `{"Closed": {"port": u64, "reason": String}}`; `Data` comes as
-/// [`INFO_PORT_DATA`]).
+/// `{"Closed": {"port": u64, "reason": String}}`; `Data` comes through
+/// [`ModuleVtable::handle_port_data`]).
 pub const INFO_PORT: u32 = 3;
-/// `kind` of [`ModuleVtable::handle_info`]: bytes a port the process owns
-/// received, not encoded: the port's id (8 bytes, little-endian), then the
-/// bytes as the read returned them. The module copies them once, into
-/// [`crate::PortEvent::Data`]; MessagePack would cost an encoding, a
-/// decoding and two more copies on the path every request of a server
-/// takes.
-pub const INFO_PORT_DATA: u32 = 4;
 
 /// Result of every call across the boundary, as a `u32`.
 #[repr(u32)]
@@ -442,6 +436,19 @@ pub struct ModuleVtable {
     /// error or a panic says it is not (text in `out`). It must not change
     /// the state.
     pub health: unsafe extern "C" fn(state: *mut c_void, host: *const HostCtx, out: *mut OutBuf) -> u32,
+    /// Since ABI 5. Handles bytes that port `port`, owned by the process,
+    /// received: `bytes` as the read returned them, not encoded (the host
+    /// hands over the buffer the port read into). The module copies them
+    /// once, into the [`crate::PortEvent::Data`] its `handle_info` gets;
+    /// MessagePack cost an encoding, a decoding and two more copies on the
+    /// path every request of a server takes.
+    pub handle_port_data: unsafe extern "C" fn(
+        state: *mut c_void,
+        host: *const HostCtx,
+        port: u64,
+        bytes: RBytes,
+        out: *mut OutBuf,
+    ) -> u32,
 }
 
 // SAFETY: a ModuleVtable only holds function pointers and pointers to

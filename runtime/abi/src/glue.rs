@@ -18,8 +18,8 @@ use crate::author::{
     Behaviour, ConfigChange, Ctx, Error, Extra, Info, MonitorRef, Pid, PortEvent, PortId, StateBytes,
 };
 use crate::ffi::{
-    ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, INFO_PORT_DATA, MAGIC, ModuleVtable,
-    OutBuf, RBytes, RStr, Status,
+    ABI_VERSION, HostCtx, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC, ModuleVtable, OutBuf, RBytes,
+    RStr, Status,
 };
 
 /// Builds the vtable of module `name` at `version` around `B`.
@@ -41,6 +41,7 @@ pub const fn vtable<B: Behaviour>(name: &'static str, version: &'static str) -> 
         drop_state: drop_state::<B>,
         config_change: config_change::<B>,
         health: health::<B>,
+        handle_port_data: handle_port_data::<B>,
     }
 }
 
@@ -209,7 +210,6 @@ unsafe extern "C" fn handle_info<B: Behaviour>(
                     Info::Down { monitor: MonitorRef { id: monitor, pid: Pid(pid) }, pid: Pid(pid), reason }
                 }
                 INFO_PORT => Info::Port(decode::<PortEvent>(bytes, "a port event")?),
-                INFO_PORT_DATA => Info::Port(port_data(bytes)?),
                 other => return Err((Status::BadInput, format!("unknown message kind {other}"))),
             };
             let mut ctx = Ctx::from_host(&*host);
@@ -219,13 +219,24 @@ unsafe extern "C" fn handle_info<B: Behaviour>(
     }
 }
 
-/// [`INFO_PORT_DATA`]'s bytes as the event they carry: the one copy of a
-/// port's bytes on the module's side.
-fn port_data(bytes: &[u8]) -> Result<PortEvent, (Status, String)> {
-    let Some((port, data)) = bytes.split_first_chunk::<8>() else {
-        return Err((Status::BadInput, format!("port data of {} bytes has no port id", bytes.len())));
-    };
-    Ok(PortEvent::Data { port: PortId(u64::from_le_bytes(*port)), bytes: data.to_vec() })
+/// The bytes a port read, as the [`PortEvent::Data`] `handle_info` gets:
+/// the one copy of them on the module's side.
+unsafe extern "C" fn handle_port_data<B: Behaviour>(
+    state: *mut c_void,
+    host: *const HostCtx,
+    port: u64,
+    bytes: RBytes,
+    out: *mut OutBuf,
+) -> u32 {
+    // SAFETY: valid pointers for the call (host's promise); see state_mut.
+    unsafe {
+        guarded(out, |_| {
+            let info = Info::Port(PortEvent::Data { port: PortId(port), bytes: bytes.as_slice().to_vec() });
+            let mut ctx = Ctx::from_host(&*host);
+            state_mut::<B>(state).handle_info(info, &mut ctx);
+            Ok(())
+        })
+    }
 }
 
 unsafe extern "C" fn export_state<B: Behaviour>(state: *mut c_void, out: *mut OutBuf) -> u32 {
@@ -310,25 +321,4 @@ unsafe extern "C" fn drop_state<B: Behaviour>(state: *mut c_void) {
     // SAFETY: `state` is a Box<B> this module made (see state_mut) and the
     // host frees each state exactly once. A panicking Drop is contained.
     let _ = catch_unwind(AssertUnwindSafe(|| unsafe { drop(Box::from_raw(state as *mut B)) }));
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn port_data_reads_the_port_id_then_the_bytes_as_sent() {
-        let mut bytes = 7u64.to_le_bytes().to_vec();
-        bytes.extend_from_slice(b"*1\r\n$4\r\nPING\r\n\xff");
-        let event = port_data(&bytes).unwrap();
-        assert_eq!(event, PortEvent::Data { port: PortId(7), bytes: b"*1\r\n$4\r\nPING\r\n\xff".to_vec() });
-        assert_eq!(port_data(&bytes[..8]).unwrap(), PortEvent::Data { port: PortId(7), bytes: Vec::new() });
-    }
-
-    #[test]
-    fn port_data_without_a_whole_port_id_is_bad_input() {
-        let (status, why) = port_data(&[1, 2, 3]).unwrap_err();
-        assert_eq!(status, Status::BadInput);
-        assert!(why.contains("3 bytes has no port id"), "{why}");
-    }
 }

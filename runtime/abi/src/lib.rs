@@ -38,7 +38,8 @@
 //!   version 2, a call deferred by version 1 is answered by version 2, a
 //!   client's connection stays open. Port events reach `handle_info` as
 //!   [`Info::Port`] with a [`PortEvent`] (kind [`INFO_PORT`]; the bytes of
-//!   `Data` cross unencoded, copied once, as [`INFO_PORT_DATA`]).
+//!   `Data` cross unencoded, copied once, through
+//!   [`ModuleVtable::handle_port_data`]).
 //! - New host services are only ever appended to the [`HostVtable`], and
 //!   each addition bumps [`ABI_VERSION`] once it is released (2: the port
 //!   services; 3: links, monitors, signals, registry, deferred replies,
@@ -102,8 +103,8 @@ pub use author::{
     PortId, ReplyToken, StateBytes, TimerRef,
 };
 pub use ffi::{
-    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT,
-    INFO_PORT_DATA, MAGIC, ModuleVtable, OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status,
+    ABI_VERSION, EXPORT_SYMBOL, HostCtx, HostVtable, INFO_DOWN, INFO_EXIT, INFO_MESSAGE, INFO_PORT, MAGIC,
+    ModuleVtable, OutBuf, RBytes, RStr, SEND_CAST, SEND_INFO, Status,
 };
 pub use semver::Version;
 
