@@ -362,6 +362,19 @@ fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() 
     assert_eq!(c.cmd(&["DECRBY", "n", "-9223372036854775808"]), error("ERR decrement would overflow"));
     assert_eq!(c.cmd(&["SET", "z", "01"]), ok_reply());
     assert_eq!(c.cmd(&["INCR", "z"]), error("ERR value is not an integer or out of range"));
+    // The stored digits follow the number as its length changes.
+    assert_eq!(c.cmd(&["INCR", "fresh"]), Resp::Int(1));
+    assert_eq!(c.cmd(&["SET", "d", "8"]), ok_reply());
+    for (command, by, now) in
+        [("INCR", None, 9), ("INCR", None, 10), ("INCRBY", Some("1"), 11), ("DECRBY", Some("21"), -10)]
+    {
+        let reply = match by {
+            Some(by) => c.cmd(&[command, "d", by]),
+            None => c.cmd(&[command, "d"]),
+        };
+        assert_eq!(reply, Resp::Int(now));
+        assert_eq!(c.cmd(&["GET", "d"]), bulk(now.to_string().as_bytes()));
+    }
 
     // MSET, MGET, DBSIZE, FLUSHALL.
     assert_eq!(c.cmd(&["MSET", "a", "1", "b"]), error("ERR wrong number of arguments for 'mset' command"));

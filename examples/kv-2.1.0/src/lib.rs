@@ -803,8 +803,16 @@ impl Kv {
         };
         match value.checked_add(by) {
             Some(n) => {
-                entry.value = n.to_string().into_bytes().into();
+                // The reply's digits are the new value: written once, and
+                // stored in place while the number keeps its length.
+                let start = out.len();
                 resp::integer(out, n);
+                let digits = &out[start + 1..out.len() - 2];
+                if entry.value.len() == digits.len() {
+                    entry.value.copy_from_slice(digits);
+                } else {
+                    entry.value = digits.into();
+                }
             }
             None => resp::error(out, "ERR increment or decrement would overflow"),
         }
