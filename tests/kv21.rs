@@ -387,6 +387,24 @@ fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() 
     assert_eq!(c.cmd(&["FLUSHALL"]), ok_reply());
     assert_eq!(c.cmd(&["DBSIZE"]), Resp::Int(0));
 
+    // Hits, misses and expired keys as INFO counts them (GET, MGET, SET GET
+    // and INCR look keys up in one pass; an expired key found is removed).
+    let before = keyspace_counts(&mut c);
+    assert_eq!(c.cmd(&["SET", "h", "v"]), ok_reply());
+    assert_eq!(c.cmd(&["GET", "h"]), bulk(b"v"));
+    assert_eq!(c.cmd(&["GET", "nosuch"]), Resp::Bulk(None));
+    assert_eq!(c.cmd(&["MGET", "h", "nosuch"]), Resp::Array(vec![bulk(b"v"), Resp::Bulk(None)]));
+    assert_eq!(c.cmd(&["SET", "h", "w", "GET"]), bulk(b"v"));
+    assert_eq!(c.cmd(&["SET", "e", "v", "PX", "1"]), ok_reply());
+    assert_eq!(c.cmd(&["SET", "x", "41", "PX", "1"]), ok_reply());
+    std::thread::sleep(Duration::from_millis(5));
+    assert_eq!(c.cmd(&["GET", "e"]), Resp::Bulk(None));
+    assert_eq!(c.cmd(&["INCR", "x"]), Resp::Int(1), "an expired counter starts again");
+    let after = keyspace_counts(&mut c);
+    let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, [3, 3, 2], "keyspace_hits, keyspace_misses, expired_keys");
+    assert_eq!(c.cmd(&["FLUSHALL"]), ok_reply());
+
     // A request a byte at a time, another client answered between bytes.
     let value = vec![b's'; 300];
     let slow = Client::encode(&[b"SET", b"slow", &value]);
@@ -454,6 +472,19 @@ fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() 
 }
 
 /// The node's resident memory, in KiB.
+/// INFO stats's keyspace_hits, keyspace_misses and expired_keys.
+fn keyspace_counts(client: &mut Client) -> [u64; 3] {
+    let Resp::Bulk(Some(text)) = client.cmd(&["INFO", "stats"]) else {
+        panic!("INFO stats is a bulk string")
+    };
+    let text = String::from_utf8(text).unwrap();
+    ["keyspace_hits", "keyspace_misses", "expired_keys"].map(|name| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':')?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {text:?}"))
+    })
+}
+
 fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the node's /proc status");
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");

@@ -489,7 +489,8 @@ impl Entry {
 /// The live entry of `key` in `values`, removing it (counted as expired in
 /// `pending`) if it has expired. Borrows only `values` for the entry, so a
 /// caller can count in `pending` while it holds it. A hit costs two lookups
-/// (std's map cannot hand back an entry it might also have to remove).
+/// (std's map cannot hand back an entry it might also have to remove); the
+/// commands of a benchmark's load use [`with_live_entry`], one lookup.
 fn live_entry<'a>(
     values: &'a mut HashMap<Key, Entry>,
     pending: &mut Counts,
@@ -497,12 +498,57 @@ fn live_entry<'a>(
     now: u64,
 ) -> Option<&'a mut Entry> {
     if !values.get(key)?.live(now) {
-        values.remove(key);
-        shrink(values);
-        pending.expired += 1;
+        expire(values, pending, key);
         return None;
     }
     values.get_mut(key)
+}
+
+/// `f` of the live entry of `key` in `values`, in one lookup, or `None` if
+/// there is none (an expired entry is removed, as [`live_entry`] does).
+fn with_live_entry<R>(
+    values: &mut HashMap<Key, Entry>,
+    pending: &mut Counts,
+    key: &[u8],
+    now: u64,
+    f: impl FnOnce(&mut Entry) -> R,
+) -> Option<R> {
+    match values.get_mut(key) {
+        Some(entry) if entry.live(now) => return Some(f(entry)),
+        Some(_) => {}
+        None => return None,
+    }
+    expire(values, pending, key);
+    None
+}
+
+/// Removes `key`, found expired.
+fn expire(values: &mut HashMap<Key, Entry>, pending: &mut Counts, key: &[u8]) {
+    values.remove(key);
+    shrink(values);
+    pending.expired += 1;
+}
+
+/// INCR's step on an entry: the value as a decimal i64 plus `by`, answered.
+fn increment(entry: &mut Entry, by: i64, out: &mut Vec<u8>) {
+    let Some(value) = resp::int_arg(&entry.value) else {
+        return resp::error(out, "ERR value is not an integer or out of range");
+    };
+    match value.checked_add(by) {
+        Some(n) => {
+            // The reply's digits are the new value: written once, and
+            // stored in place while the number keeps its length.
+            let start = out.len();
+            resp::integer(out, n);
+            let digits = &out[start + 1..out.len() - 2];
+            if entry.value.len() == digits.len() {
+                entry.value.copy_from_slice(digits);
+            } else {
+                entry.value = digits.into();
+            }
+        }
+        None => resp::error(out, "ERR increment or decrement would overflow"),
+    }
 }
 
 /// Gives memory back once a map holds under a quarter of its capacity.
@@ -537,15 +583,21 @@ impl Kv {
         removed
     }
 
-    /// A read of `key`: counts a hit (on the key and for stats) or a miss.
-    fn read(&mut self, key: &[u8], now: u64) -> Option<&mut Entry> {
-        let Some(entry) = live_entry(&mut self.values, &mut self.pending, key, now) else {
+    /// A read of `key` answered as a bulk string (null if it is not
+    /// there): counts a hit (on the key and for stats) or a miss. Says
+    /// whether it was there.
+    fn read(&mut self, key: &[u8], now: u64, out: &mut Vec<u8>) -> bool {
+        let found = with_live_entry(&mut self.values, &mut self.pending, key, now, |entry| {
+            entry.hits += 1;
+            resp::bulk(out, Some(&entry.value));
+        });
+        if found.is_some() {
+            self.pending.hits += 1;
+        } else {
             self.pending.misses += 1;
-            return None;
-        };
-        self.pending.hits += 1;
-        entry.hits += 1;
-        Some(entry)
+            resp::bulk(out, None);
+        }
+        found.is_some()
     }
 
     fn live_keys(&self, now: u64) -> usize {
@@ -616,12 +668,14 @@ impl Kv {
         match command {
             "ping" if n == 1 => resp::simple(out, "PONG"),
             "ping" | "echo" if n == 2 => resp::bulk(out, Some(&args[1])),
-            "get" if n == 2 => resp::bulk(out, self.read(&args[1], now).map(|e| &*e.value)),
+            "get" if n == 2 => {
+                self.read(&args[1], now, out);
+            }
             "set" if n >= 3 => self.set(args, now, out),
             "mget" if n >= 2 => {
                 resp::array(out, n - 1);
                 for key in args.iter().skip(1) {
-                    resp::bulk(out, self.read(key, now).map(|e| &*e.value));
+                    self.read(key, now, out);
                 }
             }
             "mset" if n >= 3 && n % 2 == 1 => {
@@ -741,13 +795,7 @@ impl Kv {
             return resp::simple(out, "OK");
         }
         let key = Key::from(&args[1]);
-        let found = if options.get {
-            let old = self.read(&key.0, now);
-            resp::bulk(out, old.as_deref().map(|e| &*e.value));
-            old.is_some()
-        } else {
-            self.entry(&key.0, now).is_some()
-        };
+        let found = if options.get { self.read(&key.0, now, out) } else { self.entry(&key.0, now).is_some() };
         if options.nx && found || options.xx && !found {
             if !options.get {
                 resp::bulk(out, None);
@@ -794,27 +842,11 @@ impl Kv {
     /// INCR and friends: the value as a decimal i64 plus `by`; keeps the
     /// key's expiry, hits and creation time.
     fn incr_by(&mut self, key: &[u8], by: i64, now: u64, out: &mut Vec<u8>) {
-        let entry = match self.entry(key, now) {
-            Some(entry) => entry,
-            None => self.values.entry(Key::from(key)).or_insert(Entry::new(b"0", None, now)),
-        };
-        let Some(value) = resp::int_arg(&entry.value) else {
-            return resp::error(out, "ERR value is not an integer or out of range");
-        };
-        match value.checked_add(by) {
-            Some(n) => {
-                // The reply's digits are the new value: written once, and
-                // stored in place while the number keeps its length.
-                let start = out.len();
-                resp::integer(out, n);
-                let digits = &out[start + 1..out.len() - 2];
-                if entry.value.len() == digits.len() {
-                    entry.value.copy_from_slice(digits);
-                } else {
-                    entry.value = digits.into();
-                }
-            }
-            None => resp::error(out, "ERR increment or decrement would overflow"),
+        let done =
+            with_live_entry(&mut self.values, &mut self.pending, key, now, |entry| increment(entry, by, out));
+        if done.is_none() {
+            let entry = self.values.entry(Key::from(key)).or_insert(Entry::new(b"0", None, now));
+            increment(entry, by, out);
         }
     }
 
