@@ -540,10 +540,31 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confir
         let rows = common::release_rows(&["releases", "--json", "--root", root.to_str().unwrap()]);
         rows.into_iter().find(|(_, _, state)| state == "permanent").map(|(_, version, _)| version)
     };
-    wait_for("the page's actions are enabled again", Duration::from_secs(30), || async {
-        js(&client, "return !document.getElementById('make-permanent').disabled").await == json!(true)
+    // The page knows the deploy ended (its actions enabled) and shows what
+    // runs now: the confirmation names what it shows.
+    wait_for("the page shows 2.0.0 running, its actions enabled", Duration::from_secs(30), || async {
+        js(
+            &client,
+            "const s = window.observer.status; \
+             return !!s && !!s.release && s.release.version === '2.0.0' && !s.busy \
+                 && !document.getElementById('make-permanent').disabled",
+        )
+        .await
+            == json!(true)
     })
     .await;
+    // Asked to make permanent a version that no longer runs (the page's
+    // view before a deploy from elsewhere), the node refuses it.
+    let store = store_files(&root);
+    let auth = bearer(&token);
+    let stale = http(port, "POST", "/api/make-permanent?version=1.0.0", &[("Authorization", &auth)], b"");
+    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert!(
+        stale.body.contains("swarm 2.0.0 runs now, not 1.0.0") && stale.body.contains("nothing was changed"),
+        "{}",
+        stale.body
+    );
+    assert!(store_files(&root) == store, "a refused make-permanent changed the store");
     let before = permanent();
     click(&client, "make-permanent").await;
     asked(&client, "swarm 2.0.0", port, &token, "swarm 2.0.0").await;

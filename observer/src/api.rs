@@ -557,8 +557,33 @@ async fn rollback(State(shared): State<SharedRef>, Query(query): Query<RollbackQ
     node_request(handler, NodeRequest::Rollback(RollbackRequest { to: query.to })).await
 }
 
-async fn make_permanent(State(shared): State<SharedRef>) -> Response {
+#[derive(Debug, Default, Deserialize)]
+struct MakePermanentQuery {
+    /// The version the page showed running when its user confirmed.
+    version: Option<semver::Version>,
+}
+
+/// Makes the running release permanent; with `?version=V`, only if V is
+/// the one that runs (the page sends what its confirmation named, so a
+/// deploy from elsewhere since is not made permanent in its name).
+async fn make_permanent(
+    State(shared): State<SharedRef>,
+    Query(query): Query<MakePermanentQuery>,
+) -> Response {
     let Some(handler) = shared.handler().cloned() else { return no_actions() };
+    if let Some(confirmed) = query.version {
+        let running = handler.status().release;
+        if running.version != confirmed {
+            return error(
+                StatusCode::CONFLICT,
+                &format!(
+                    "{} {} runs now, not {confirmed} (a deploy happened since the page showed it): \
+                     nothing was changed; look again and confirm",
+                    running.name, running.version
+                ),
+            );
+        }
+    }
     node_request(handler, NodeRequest::MakePermanent).await
 }
 

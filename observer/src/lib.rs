@@ -49,7 +49,10 @@
 //!   `/api/reports`, `/api/releases`.
 //! - `POST /api/deploy` (the archive as the body; `?permanent=true`,
 //!   `?health_window_ms=N`; or `?version=V` for a release of the store),
-//!   `POST /api/rollback` (`?to=V`), `POST /api/make-permanent`.
+//!   `POST /api/rollback` (`?to=V`), `POST /api/make-permanent`
+//!   (`?version=V`: only if V runs). The page sends the version each
+//!   confirmation named, so a deploy from elsewhere meanwhile cannot make
+//!   an action do something other than what its user confirmed.
 //!
 //! # Cost to the node
 //!
