@@ -576,7 +576,7 @@ async fn make_permanent(
         if running.version != confirmed {
             return error(
                 StatusCode::CONFLICT,
-                &format!(
+                format!(
                     "{} {} runs now, not {confirmed} (a deploy happened since the page showed it): \
                      nothing was changed; look again and confirm",
                     running.name, running.version
