@@ -517,8 +517,8 @@ mod tests {
     }
 
     /// The bytes `INFO_PORT` carries read back as relive-abi's `PortEvent`
-    /// (what a module's glue decodes); data, which goes to
-    /// `handle_port_data` as read, still encodes as `bin` if asked.
+    /// (what a module's glue decodes). Data does not take this path (it
+    /// goes to `handle_port_data` as read), but its mapping stays total.
     #[test]
     fn port_events_cross_as_relive_abi_port_events() {
         use relive_abi::{PortEvent as Abi, PortId as Id};
