@@ -302,7 +302,14 @@ fn a_restarted_node_has_a_new_creation_and_its_old_pids_are_dead() {
         }
     };
     assert_ne!(dist.creation(), old_creation, "a restarted node has a new creation");
-    let alive_pid = second.spawn(actor_fn(|_, _| {})).unwrap();
+    // The live process stops when told, by a message the watcher's node
+    // sends after its monitor: one connection keeps their order, so the
+    // monitor is in place when the process stops (an exit from this thread
+    // could overtake the monitor on the wire, and the watcher then gets
+    // noproc).
+    let alive_pid =
+        second.spawn(actor_fn(|_, ctx| ctx.stop(relive_runtime::ExitReason::error("gone")))).unwrap();
+    second.register("doomed", alive_pid).unwrap();
 
     // Another node monitors the old pid and a live one.
     let watcher_node = node();
@@ -330,7 +337,7 @@ fn a_restarted_node_has_a_new_creation_and_its_old_pids_are_dead() {
     let down = rx.recv_timeout(Duration::from_secs(10)).expect("the old pid's monitor fires");
     assert_eq!(down.pid, old);
     assert_eq!(down.reason, relive_runtime::ExitReason::NoProc);
-    second.exit(alive_pid, relive_runtime::ExitReason::error("gone"));
+    watcher_dist.send(dist.name(), "doomed", &term::atom("stop")).unwrap();
     let down = rx.recv_timeout(Duration::from_secs(10)).expect("the live pid's monitor fires when it exits");
     assert_eq!(down.pid, live);
     assert_eq!(down.reason.to_string(), "gone");
