@@ -288,6 +288,11 @@ async fn js(client: &fantoccini::Client, script: &str) -> Value {
     client.execute(script, vec![]).await.unwrap_or_else(|e| panic!("{script}: {e}"))
 }
 
+/// Waits until `script` returns true on the page.
+async fn page_until(client: &fantoccini::Client, what: &str, limit: Duration, script: &str) {
+    wait_for(what, limit, || async { js(client, script).await == json!(true) }).await
+}
+
 async fn click(client: &fantoccini::Client, id: &str) {
     client.find(fantoccini::Locator::Id(id)).await.unwrap().click().await.unwrap();
 }
@@ -394,10 +399,12 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confir
     })
     .await;
     assert_eq!(js(&client, "return document.getElementById('release').textContent").await, "swarm 1.0.0");
-    wait_for("the page shows the supervision tree", Duration::from_secs(30), || async {
-        js(&client, "return !!document.querySelector('#tree li[data-group=\"counter\"]')").await
-            == json!(true)
-    })
+    page_until(
+        &client,
+        "the page shows the supervision tree",
+        Duration::from_secs(30),
+        "return !!document.querySelector('#tree li[data-group=\"counter\"]')",
+    )
     .await;
     // Set on this very page: still there at the end means it was never
     // reloaded.
@@ -405,16 +412,14 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confir
 
     // The busiest processes, filtered.
     client.find(fantoccini::Locator::Id("filter")).await.unwrap().send_keys("counter-4242").await.unwrap();
-    wait_for("the filter keeps one counter", Duration::from_secs(30), || async {
-        js(
-            &client,
-            "const t = window.observer.top; const rows = document.querySelectorAll('#top tbody tr'); \
+    page_until(
+        &client,
+        "the filter keeps one counter",
+        Duration::from_secs(30),
+        "const t = window.observer.top; const rows = document.querySelectorAll('#top tbody tr'); \
              return !!t && t.filter === 'counter-4242' && t.matched === 1 && t.total > 10000 \
                  && rows.length === 1 && rows[0].children[1].textContent === 'counter-4242'",
-        )
-        .await
-            == json!(true)
-    })
+    )
     .await;
     client.find(fantoccini::Locator::Id("filter")).await.unwrap().clear().await.unwrap();
     js(&client, "document.getElementById('filter').dispatchEvent(new Event('input')); return null").await;
@@ -445,15 +450,13 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confir
     assert_eq!(release_of(port, &token), "swarm 2.0.0");
 
     // Rollback from the page after its confirmation.
-    wait_for("the page offers the rollback to 1.0.0", Duration::from_secs(30), || async {
-        js(
-            &client,
-            "const s = window.observer.status; \
+    page_until(
+        &client,
+        "the page offers the rollback to 1.0.0",
+        Duration::from_secs(30),
+        "const s = window.observer.status; \
              return !!s && s.rollback_to === 'swarm 1.0.0' && !document.getElementById('rollback').disabled",
-        )
-        .await
-            == json!(true)
-    })
+    )
     .await;
     click(&client, "rollback").await;
     asked(&client, "swarm 1.0.0", port, &token, "swarm 2.0.0").await;
@@ -509,26 +512,23 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confir
             path.display()
         );
     }
-    wait_for("the page counts the health window down", Duration::from_secs(120), || async {
-        js(&client, "return !!document.getElementById('health-left')").await == json!(true)
-    })
+    page_until(
+        &client,
+        "the page counts the health window down",
+        Duration::from_secs(120),
+        "return !!document.getElementById('health-left')",
+    )
     .await;
     assert_eq!(counts(&client).await, (0, 10_000), "the health window began before every counter moved");
     let output = deploy.join().unwrap();
     assert!(output.status.success(), "the deploy failed: {}", String::from_utf8_lossy(&output.stderr));
-    wait_for(
+    page_until(
+        &client,
         "the page shows the three reports, the last with its canary",
         Duration::from_secs(30),
-        || async {
-            js(
-                &client,
-                "const r = window.observer.reports; \
+        "const r = window.observer.reports; \
              return r.length === 3 && !!r[2].report.canary \
                  && !!document.querySelector('#reports .report[data-seq=\"3\"] svg.hist rect')",
-            )
-            .await
-                == json!(true)
-        },
     )
     .await;
     assert_eq!(js(&client, "return window.notReloaded === true").await, json!(true), "the page reloaded");
@@ -542,16 +542,14 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confir
     };
     // The page knows the deploy ended (its actions enabled) and shows what
     // runs now: the confirmation names what it shows.
-    wait_for("the page shows 2.0.0 running, its actions enabled", Duration::from_secs(30), || async {
-        js(
-            &client,
-            "const s = window.observer.status; \
+    page_until(
+        &client,
+        "the page shows 2.0.0 running, its actions enabled",
+        Duration::from_secs(30),
+        "const s = window.observer.status; \
              return !!s && !!s.release && s.release.version === '2.0.0' && !s.busy \
                  && !document.getElementById('make-permanent').disabled",
-        )
-        .await
-            == json!(true)
-    })
+    )
     .await;
     // Asked to make permanent a version that no longer runs (the page's
     // view before a deploy from elsewhere), the node refuses it.
@@ -574,14 +572,14 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confir
         permanent().as_deref() == Some("2.0.0")
     })
     .await;
-    wait_for("the page offers 1.0.0 from the store", Duration::from_secs(30), || async {
-        js(
-            &client,
-            "const s = document.getElementById('stored');              return !s.disabled && !document.getElementById('goto').disabled                  && [...s.options].some((o) => o.value === '1.0.0')",
-        )
-        .await
-            == json!(true)
-    })
+    page_until(
+        &client,
+        "the page offers 1.0.0 from the store",
+        Duration::from_secs(30),
+        "const s = document.getElementById('stored'); \
+         return !s.disabled && !document.getElementById('goto').disabled \
+             && [...s.options].some((o) => o.value === '1.0.0')",
+    )
     .await;
     js(&client, "document.getElementById('stored').value = '1.0.0'; return null").await;
     click(&client, "goto").await;
