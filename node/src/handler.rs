@@ -989,6 +989,12 @@ impl ReleaseHandler {
         })
     }
 
+    /// The release that runs, as the store records it (what [`Self::status`]
+    /// reports, without walking the processes).
+    pub fn running_release(&self) -> Option<ReleaseInfo> {
+        self.store.lock().running()
+    }
+
     /// The node as it is now.
     pub fn status(&self) -> Status {
         let store = self.store.lock();

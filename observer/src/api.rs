@@ -572,14 +572,14 @@ async fn make_permanent(
 ) -> Response {
     let Some(handler) = shared.handler().cloned() else { return no_actions() };
     if let Some(confirmed) = query.version {
-        let running = handler.status().release;
-        if running.version != confirmed {
+        let running = handler.running_release();
+        if running.as_ref().map(|r| &r.version) != Some(&confirmed) {
+            let now = running.map_or("no release".to_string(), |r| format!("{} {}", r.name, r.version));
             return error(
                 StatusCode::CONFLICT,
                 format!(
-                    "{} {} runs now, not {confirmed} (a deploy happened since the page showed it): \
-                     nothing was changed; look again and confirm",
-                    running.name, running.version
+                    "{now} runs now, not {confirmed} (a deploy happened since the page showed it): \
+                     nothing was changed; look again and confirm"
                 ),
             );
         }
