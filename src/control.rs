@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use relive_node::client::{Client, ClientError};
-use relive_node::protocol::{CanaryRequest, DeployRequest, Progress, Request, Response, Status};
+use relive_node::protocol::{
+    CanaryRequest, DeployRequest, MakePermanentIfRunning, Progress, Request, Response, Status,
+};
 
 use crate::node;
 use crate::release::RootArg;
@@ -41,6 +43,16 @@ pub struct RollbackArgs {
     /// (live when the newer of the two upgrades from the older one).
     #[arg(long)]
     to: Option<semver::Version>,
+}
+
+#[derive(Args)]
+pub struct MakePermanentArgs {
+    #[command(flatten)]
+    plain: Plain,
+    /// Only if this version is the one that runs: a deploy or rollback
+    /// since you looked is refused and nothing is changed.
+    #[arg(long)]
+    version: Option<semver::Version>,
 }
 
 #[derive(Args)]
@@ -406,10 +418,14 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
 }
 
 /// `relive make-permanent`.
-pub fn make_permanent(args: Plain) -> anyhow::Result<()> {
-    let root = args.root.path();
-    let answer = ask(&root, &Request::MakePermanent);
-    if args.json {
+pub fn make_permanent(args: MakePermanentArgs) -> anyhow::Result<()> {
+    let root = args.plain.root.path();
+    let request = match args.version {
+        Some(version) => Request::MakePermanentIfRunning(MakePermanentIfRunning { version }),
+        None => Request::MakePermanent,
+    };
+    let answer = ask(&root, &request);
+    if args.plain.json {
         print_json(&answer)?;
         return answer.map(|_| ()).map_err(Into::into);
     }

@@ -48,7 +48,7 @@ enum Command {
     /// Undo the last deploy, live (or go to `--to VERSION` of the store).
     Rollback(control::RollbackArgs),
     /// Make the release the node runs permanent (a restarted node boots it).
-    MakePermanent(control::Plain),
+    MakePermanent(control::MakePermanentArgs),
     /// The node's release, modules, processes and last upgrade.
     Status(control::Plain),
     /// The releases in the node's store and their states.

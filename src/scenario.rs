@@ -1417,7 +1417,7 @@ impl Runner<'_> {
                 let answer = self.node()?.ask(|c| c.rollback(to.clone(), None))?;
                 self.settle(&answer, *expect, error_contains.as_deref(), &mut failures)
             }
-            Action::MakePermanent => match self.node()?.ask(Client::make_permanent)? {
+            Action::MakePermanent => match self.node()?.ask(|client| client.make_permanent(None))? {
                 Ok(done) => format!("{} is permanent", done.release),
                 Err(failure) => {
                     failures.push(format!("refused: {}", failure.error));

@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{Epmd, NodeGuard, free_port, repo, store_tree};
+use common::{Epmd, NodeGuard, free_port, release_rows, repo, store_tree};
 use serde_json::Value;
 
 fn gateway_archives() -> &'static (PathBuf, PathBuf) {
@@ -97,7 +97,8 @@ fn a_rolling_deploy_reaches_every_node() {
     assert!(rows.as_array().unwrap().iter().all(|row| row["version"] == "1.0.0"), "{rows}");
 
     let archive = gateway_archives().1.to_str().unwrap();
-    let out = world.cluster(&["deploy", archive, "--nodes", &names, "--window", "1s", "--json"]);
+    let out =
+        world.cluster(&["deploy", archive, "--nodes", &names, "--window", "1s", "--permanent", "--json"]);
     let report = report(&out);
     assert!(out.status.success(), "{report}\n{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(report["completed"], true);
@@ -105,6 +106,9 @@ fn a_rolling_deploy_reaches_every_node() {
         assert_eq!(row["node"], name.as_str());
         assert_eq!(row["outcome"], "upgraded", "{report}");
         assert_eq!(version(node), "2.0.0");
+        assert!(row["detail"].as_str().unwrap().ends_with("; made permanent"), "{report}");
+        let rows = release_rows(&["releases", "--json", "--root", node.root.to_str().unwrap()]);
+        assert!(rows.iter().any(|(_, v, state)| v == "2.0.0" && state == "permanent"), "{rows:?}");
         // The upload was removed after the deploy.
         let incoming = node.root.join("incoming");
         assert_eq!(std::fs::read_dir(&incoming).unwrap().count(), 0, "{} is not empty", incoming.display());

@@ -17,7 +17,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::{
-    NodeGuard, alive, build, counter_archives as archives, failure, ok, rel, relive, repo, wait_until,
+    NodeGuard, alive, build, counter_archives as archives, failure, ok, rel, relive, repo, store_tree,
+    wait_until,
 };
 
 fn release_of(status: &Value) -> (String, String, String) {
@@ -94,8 +95,18 @@ fn boot_deploy_live_rollback_make_permanent_and_stop() {
     assert_eq!(node.call("main_counter", r#""Version""#), "2.0.0");
     assert_eq!(node.call("main_counter", r#""Get""#), 3);
 
+    // make-permanent --version names what must run: 1.0.0 no longer does
+    // (a deploy came since), so it is refused and the store is untouched.
+    let store = store_tree(&root);
+    let err = failure(&["make-permanent", "--version", "1.0.0", "--root", r]);
+    assert!(
+        err.contains("counter 2.0.0 runs now, not 1.0.0") && err.contains("nothing was changed"),
+        "{err}"
+    );
+    assert!(store_tree(&root) == store, "a refused make-permanent changed the store");
+
     // make-permanent: 2.0.0 is what a restart boots now.
-    let out = ok(&["make-permanent", "--root", r]);
+    let out = ok(&["make-permanent", "--version", "2.0.0", "--root", r]);
     assert!(out.contains("counter 2.0.0 is permanent"), "{out}");
     assert_eq!(node.releases(), vec![rel("counter", "1.0.0", "old"), rel("counter", "2.0.0", "permanent")]);
     assert_eq!(release_of(&node.status()), rel("counter", "2.0.0", "permanent"));

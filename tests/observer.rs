@@ -5,14 +5,13 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{NodeGuard, build, counter_archives, free_port, ok, repo};
+use common::{NodeGuard, build, counter_archives, free_port, ok, repo, store_tree};
 use serde_json::{Value, json};
 
 /// One HTTP answer.
@@ -67,29 +66,6 @@ fn bearer(token: &str) -> String {
 fn token(root: &Path) -> String {
     let file = root.join("run").join("http.token");
     std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())).trim().to_string()
-}
-
-/// Every file of the store (not the node's run/ directory, log or socket)
-/// with its bytes.
-fn store_files(root: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
-    fn walk(dir: &Path, root: &Path, out: &mut BTreeMap<PathBuf, Vec<u8>>) {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            let relative = path.strip_prefix(root).unwrap().to_path_buf();
-            let name = relative.to_string_lossy();
-            if name == "run" || name == "node.log" || name.ends_with(".sock") {
-                continue;
-            }
-            if path.is_dir() {
-                walk(&path, root, out);
-            } else {
-                out.insert(relative, std::fs::read(&path).unwrap_or_default());
-            }
-        }
-    }
-    let mut files = BTreeMap::new();
-    walk(root, root, &mut files);
-    files
 }
 
 fn release_of(port: u16, token: &str) -> String {
@@ -162,7 +138,7 @@ fn the_api_answers_with_the_token_and_refuses_everything_else() {
     assert!(bad_order.body.contains("mailbox, handled or memory"), "{}", bad_order.body);
 
     // Bad archives leave the node and its store as they were.
-    let store = store_files(&root);
+    let store = store_tree(&root);
     let mut tampered = std::fs::read(v2).unwrap();
     let middle = tampered.len() / 2;
     tampered[middle] ^= 0x5a;
@@ -178,7 +154,7 @@ fn the_api_answers_with_the_token_and_refuses_everything_else() {
     let v2_bytes = std::fs::read(v2).unwrap();
     let foreign = http(port, "POST", "/api/deploy", &[auth[0], ("Origin", "http://evil.example")], &v2_bytes);
     assert_eq!(foreign.status, 403, "{}", foreign.body);
-    assert_eq!(store_files(&root), store, "a refused deploy changed the store");
+    assert_eq!(store_tree(&root), store, "a refused deploy changed the store");
     assert_eq!(release_of(port, &token), "counter 1.0.0");
     assert_eq!(http(port, "GET", "/api/reports", &auth, b"").json(), json!([]));
     let uploads = root.join("run").join("uploads");
@@ -553,16 +529,16 @@ async fn the_page_follows_a_live_deploy_of_10000_processes_and_acts_after_confir
     .await;
     // Asked to make permanent a version that no longer runs (the page's
     // view before a deploy from elsewhere), the node refuses it.
-    let store = store_files(&root);
+    let store = store_tree(&root);
     let auth = bearer(&token);
     let stale = http(port, "POST", "/api/make-permanent?version=1.0.0", &[("Authorization", &auth)], b"");
-    assert_eq!(stale.status, 409, "{}", stale.body);
+    assert_eq!(stale.status, 422, "{}", stale.body);
     assert!(
         stale.body.contains("swarm 2.0.0 runs now, not 1.0.0") && stale.body.contains("nothing was changed"),
         "{}",
         stale.body
     );
-    assert!(store_files(&root) == store, "a refused make-permanent changed the store");
+    assert!(store_tree(&root) == store, "a refused make-permanent changed the store");
     let before = permanent();
     click(&client, "make-permanent").await;
     asked(&client, "swarm 2.0.0", port, &token, "swarm 2.0.0").await;

@@ -504,7 +504,10 @@ impl ReleaseHandler {
                 self.deploy(archive, options, progress)
             }
             Request::Rollback(rollback) => self.rollback(rollback.to.as_ref(), progress),
-            Request::MakePermanent => self.make_permanent().map(Response::Permanent),
+            Request::MakePermanent => self.make_permanent(None).map(Response::Permanent),
+            Request::MakePermanentIfRunning(request) => {
+                self.make_permanent(Some(&request.version)).map(Response::Permanent)
+            }
             Request::Remove(remove) => self
                 .remove(remove.name.as_deref(), &remove.version)
                 .map(|info| Response::Removed(Removed { removed: vec![info] })),
@@ -895,14 +898,26 @@ impl ReleaseHandler {
         Ok(Response::RolledBack(Box::new(Deployed { release, from, report })))
     }
 
-    /// Makes the running release permanent.
+    /// Makes the running release permanent; with `expected`, only if that
+    /// version runs. The check holds the change guard, so no deploy or
+    /// rollback can come between it and the store's write.
     ///
     /// # Errors
-    /// The store refused or failed.
-    pub fn make_permanent(&self) -> Result<Permanent, Failure> {
+    /// Another version runs (nothing is changed), or the store refused or
+    /// failed.
+    pub fn make_permanent(&self, expected: Option<&semver::Version>) -> Result<Permanent, Failure> {
         let _busy = self.begin("make-permanent".into())?;
         let mut store = self.store.lock();
         let running = store.running().ok_or_else(|| Failure::new("the store records no running release"))?;
+        if let Some(expected) = expected
+            && running.version != *expected
+        {
+            return Err(Failure::new(format!(
+                "{} {} runs now, not {expected} (a deploy or rollback happened since): nothing was changed; \
+                 look at `relive status` and ask again",
+                running.name, running.version
+            )));
+        }
         let already = running.state == ReleaseState::Permanent;
         store.make_permanent(&running.name, &running.version).map_err(|e| Failure::new(e.to_string()))?;
         let release = store.get(&running.name, &running.version).unwrap_or(running);
@@ -987,12 +1002,6 @@ impl ReleaseHandler {
                 names.join(", ")
             ))
         })
-    }
-
-    /// The release that runs, as the store records it (what [`Self::status`]
-    /// reports, without walking the processes).
-    pub fn running_release(&self) -> Option<ReleaseInfo> {
-        self.store.lock().running()
     }
 
     /// The node as it is now.

@@ -84,6 +84,12 @@ pub enum Request {
     Rollback(RollbackRequest),
     /// Make the running release permanent: [`Response::Permanent`].
     MakePermanent,
+    /// Make the running release permanent if it is the version the caller
+    /// names: [`Response::Permanent`]. Checked while no other change can
+    /// run, so a deploy or rollback since the caller looked is refused and
+    /// nothing changes (`relive make-permanent --version V`, the observer's
+    /// confirmation, `relive cluster deploy --permanent`).
+    MakePermanentIfRunning(MakePermanentIfRunning),
     /// Remove a release from the store: [`Response::Removed`].
     Remove(RemoveRequest),
     /// Remove unpacked and old releases, keeping the newest: [`Response::Removed`].
@@ -107,6 +113,7 @@ impl Request {
             Request::Deploy(_) => "deploy",
             Request::Rollback(_) => "rollback",
             Request::MakePermanent => "make_permanent",
+            Request::MakePermanentIfRunning(_) => "make_permanent_if_running",
             Request::Remove(_) => "remove",
             Request::Prune(_) => "prune",
             Request::Call(_) => "call",
@@ -274,6 +281,14 @@ pub struct RollbackRequest {
     pub to: Option<semver::Version>,
 }
 
+/// [`Request::MakePermanentIfRunning`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MakePermanentIfRunning {
+    /// The version that must be running (of the running application).
+    pub version: semver::Version,
+}
+
 /// [`Request::Remove`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -344,7 +359,7 @@ pub enum Response {
     DryRun(Box<DryRun>),
     /// [`Request::Rollback`].
     RolledBack(Box<Deployed>),
-    /// [`Request::MakePermanent`].
+    /// [`Request::MakePermanent`] and [`Request::MakePermanentIfRunning`].
     Permanent(Permanent),
     /// [`Request::Remove`] and [`Request::Prune`].
     Removed(Removed),
@@ -380,7 +395,7 @@ pub struct DryRun {
     pub report: DryRunReport,
 }
 
-/// [`Request::MakePermanent`].
+/// [`Request::MakePermanent`] and [`Request::MakePermanentIfRunning`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Permanent {
@@ -635,12 +650,29 @@ mod tests {
             }),
             Request::Rollback(RollbackRequest { to: Some(semver::Version::new(1, 0, 0)) }),
             Request::Prune(PruneRequest { name: None, keep: 2 }),
+            Request::MakePermanent,
+            Request::MakePermanentIfRunning(MakePermanentIfRunning {
+                version: semver::Version::new(2, 0, 0),
+            }),
             Request::Call(MessageRequest { name: "kv".into(), message: serde_json::json!("Version") }),
         ] {
             let line = encode(&Envelope::new(request.clone(), true));
             assert_eq!(decode_request(&line).unwrap().request, request, "{line}");
         }
         assert_eq!(decode_request(r#"{"v":1,"request":"status"}"#).unwrap().request, Request::Status);
+        // An older client's bare "make_permanent" still means "whatever runs".
+        assert_eq!(
+            decode_request(r#"{"v":1,"request":"make_permanent"}"#).unwrap().request,
+            Request::MakePermanent
+        );
+        assert_eq!(
+            decode_request(r#"{"v":1,"request":{"make_permanent_if_running":{"version":"2.0.0"}}}"#)
+                .unwrap()
+                .request,
+            Request::MakePermanentIfRunning(MakePermanentIfRunning {
+                version: semver::Version::new(2, 0, 0)
+            })
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::{Stream, StreamExt};
-use relive_node::protocol::{DeployRequest, Request as NodeRequest, RollbackRequest};
+use relive_node::protocol::{DeployRequest, MakePermanentIfRunning, Request as NodeRequest, RollbackRequest};
 use relive_runtime::ProcessOrder;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -565,26 +565,18 @@ struct MakePermanentQuery {
 
 /// Makes the running release permanent; with `?version=V`, only if V is
 /// the one that runs (the page sends what its confirmation named, so a
-/// deploy from elsewhere since is not made permanent in its name).
+/// deploy from elsewhere since is not made permanent in its name). The
+/// release handler checks it while no other change can run.
 async fn make_permanent(
     State(shared): State<SharedRef>,
     Query(query): Query<MakePermanentQuery>,
 ) -> Response {
     let Some(handler) = shared.handler().cloned() else { return no_actions() };
-    if let Some(confirmed) = query.version {
-        let running = handler.running_release();
-        if running.as_ref().map(|r| &r.version) != Some(&confirmed) {
-            let now = running.map_or("no release".to_string(), |r| format!("{} {}", r.name, r.version));
-            return error(
-                StatusCode::CONFLICT,
-                format!(
-                    "{now} runs now, not {confirmed} (a deploy happened since the page showed it): \
-                     nothing was changed; look again and confirm"
-                ),
-            );
-        }
-    }
-    node_request(handler, NodeRequest::MakePermanent).await
+    let request = match query.version {
+        Some(version) => NodeRequest::MakePermanentIfRunning(MakePermanentIfRunning { version }),
+        None => NodeRequest::MakePermanent,
+    };
+    node_request(handler, request).await
 }
 
 #[cfg(test)]
