@@ -4,7 +4,10 @@
 # repeated, with PING clients beside it: the SET's time and every PING's
 # latency while it is received, with the sample count) and
 # scripts/probe-chunked-array.py (one 1,048,576-element request in 4 KiB
-# writes: the server's CPU time).
+# writes: the server's CPU time); then memory: each server's resident set
+# (VmRSS, the whole process) after a FLUSHALL, after redis-benchmark -t set
+# -n 1000000 -r 1000000 -d 100 -P 16 (a million SETs of 100-byte values
+# over up to a million keys), and after FLUSHALL again.
 #
 # Cores: on a machine with 2 cores or more, each server (the whole node, every
 # thread of it, and redis-server) runs pinned to core 0 and redis-benchmark to
@@ -24,7 +27,7 @@ set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 
 SCRIPT_NAME=compare-redis-probes
-EXTRA_TOOLS=
+EXTRA_TOOLS=redis-benchmark
 # shellcheck source=scripts/redis-pair.sh
 source "$root/scripts/redis-pair.sh"
 
@@ -32,3 +35,37 @@ echo "servers on cpu $server_cpus, probe clients on cpu $bench_cpus" >&2
 taskset -c "$bench_cpus" python3 "$root/scripts/probe-large-set.py" kv="$kv_port" redis="$redis_port"
 echo
 taskset -c "$bench_cpus" python3 "$root/scripts/probe-chunked-array.py" kv="$kv_port:$node_pid" redis="$redis_port:$redis_pid"
+echo
+
+# The resident set of process $1 in MB.
+rss_mb() { awk '/^VmRSS/ {printf "%.1f", $2 / 1024}' "/proc/$1/status"; }
+# The resident set of process $1 once it has not moved for a second (at most
+# 15 s): an allocator may give memory back some time after a free (jemalloc
+# decays dirty pages over seconds), so either server gets that time.
+settled_rss_mb() {
+  local last now steady=0
+  last=$(rss_mb "$1")
+  for _ in $(seq 30); do
+    sleep 0.5
+    now=$(rss_mb "$1")
+    if [ "$now" = "$last" ]; then steady=$((steady + 1)); else steady=0; fi
+    last=$now
+    [ "$steady" -ge 2 ] && break
+  done
+  echo "$last"
+}
+echo "memory (VmRSS, MB): a million SETs of 100-byte values, then FLUSHALL"
+printf '%-6s %8s %12s %8s %15s\n' server start "after SETs" keys "after FLUSHALL"
+for server in kv redis; do
+  port=$kv_port pid=$node_pid
+  [ "$server" = redis ] && port=$redis_port pid=$redis_pid
+  # What the probes above stored goes first: each server starts empty.
+  redis-cli -p "$port" FLUSHALL >/dev/null
+  start=$(settled_rss_mb "$pid")
+  taskset -c "$bench_cpus" redis-benchmark -p "$port" -t set -n 1000000 -r 1000000 -d 100 -P 16 -q >/dev/null
+  full=$(rss_mb "$pid")
+  keys=$(redis-cli -p "$port" DBSIZE)
+  redis-cli -p "$port" FLUSHALL >/dev/null
+  after=$(settled_rss_mb "$pid")
+  printf '%-6s %8s %12s %8s %15s\n' "$server" "$start" "$full" "$keys" "$after"
+done

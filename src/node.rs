@@ -474,6 +474,7 @@ fn run(
     distribution: Option<relive_dist::DistConfig>,
 ) -> anyhow::Result<()> {
     let root = &config.root;
+    relive_runtime::return_freed_memory_promptly();
     // Installed before boot, so a signal during a long boot is not lost.
     let terminate = termination_flag()?;
     let client_cap = client_connection_cap();

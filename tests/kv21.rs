@@ -471,7 +471,6 @@ fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() 
     assert_eq!(other.cmd(&["PING"]), Resp::Simple("PONG".into()), "kv itself goes on");
 }
 
-/// The node's resident memory, in KiB.
 /// INFO stats's keyspace_hits, keyspace_misses and expired_keys.
 fn keyspace_counts(client: &mut Client) -> [u64; 3] {
     let Resp::Bulk(Some(text)) = client.cmd(&["INFO", "stats"]) else {
@@ -485,6 +484,7 @@ fn keyspace_counts(client: &mut Client) -> [u64; 3] {
     })
 }
 
+/// The node's resident memory, in KiB.
 fn resident_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("the node's /proc status");
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).expect("a VmRSS line");
@@ -528,4 +528,55 @@ fn flushall_hands_the_memory_of_its_keys_back_to_the_system() {
         "FLUSHALL left {after} KiB resident (before the keys {before} KiB, with them {full} KiB)"
     );
     assert_eq!(client.cmd(&["SET", "again", "1"]), ok_reply(), "kv serves on after the trim");
+}
+
+#[test]
+fn the_memory_of_large_requests_goes_back_to_the_system() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let archive = kv_archive("2.1.0", port, dir.path());
+    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", archive.to_str().unwrap()]);
+    let mut client = Client::connect(port);
+    assert_eq!(client.cmd(&["PING"]), Resp::Simple("PONG".into()));
+    let before = resident_kib(node.pid());
+
+    // What a hostile client can make a node allocate: a 64 MiB value, and a
+    // 1,000,000-key EXISTS in 4 KiB pieces (its parse grows buffers step by
+    // step). With glibc's default (self-raising) thresholds the node kept
+    // 38-104 MiB of that after FLUSHALL, at the tops of its threads' heaps
+    // where malloc_trim does not reach; with the node's fixed thresholds
+    // (`return_freed_memory_promptly`) about 3 MiB.
+    const VALUE: usize = 64 << 20;
+    let exists: Vec<u8> = {
+        let keys: Vec<String> = (0..1_000_000).map(|i| format!("absent:{i}")).collect();
+        let mut args: Vec<&[u8]> = vec![b"EXISTS"];
+        args.extend(keys.iter().map(|k| k.as_bytes()));
+        Client::encode(&args)
+    };
+    let mut largest = 0;
+    for _ in 0..3 {
+        let mut big = Client::connect(port);
+        big.write(format!("*3\r\n$3\r\nSET\r\n$3\r\nbig\r\n${VALUE}\r\n").as_bytes());
+        let piece = vec![b'x'; 64 << 10];
+        for _ in 0..VALUE / piece.len() {
+            big.write(&piece);
+        }
+        big.write(b"\r\n");
+        assert_eq!(big.read(), ok_reply());
+        largest = largest.max(resident_kib(node.pid()));
+        let mut chunked = Client::connect(port);
+        for piece in exists.chunks(4096) {
+            chunked.write(piece);
+        }
+        assert_eq!(chunked.read(), Resp::Int(0));
+        assert_eq!(big.cmd(&["DEL", "big"]), Resp::Int(1));
+    }
+    assert!(largest > before + 60_000, "a 64 MiB value is resident while stored: {largest} KiB");
+    assert_eq!(client.cmd(&["FLUSHALL"]), ok_reply());
+    let after = resident_kib(node.pid());
+    assert!(
+        after < before + 16 * 1024,
+        "after three rounds of large requests and FLUSHALL the node holds {after} KiB (it started at {before} KiB)"
+    );
+    assert_eq!(client.cmd(&["PING"]), Resp::Simple("PONG".into()), "kv serves on");
 }

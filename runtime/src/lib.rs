@@ -82,7 +82,7 @@ pub use error::{
     CallError, CodeError, ConfigChangeError, JsonCallError, LinkError, LoadError, MigrateError,
     RegisterError, SendError, SpawnError, SuspendError,
 };
-pub use loader::{LibraryMetadata, inspect_library};
+pub use loader::{LibraryMetadata, inspect_library, return_freed_memory_promptly};
 pub use loader::{ModuleCode, ModuleError, ModuleState, VersionStatsSnapshot};
 pub use mailbox::MailboxCounts;
 pub use message::{Down, Exit, Message, ReplyTo};

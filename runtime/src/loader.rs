@@ -1055,6 +1055,32 @@ unsafe extern "C" fn host_listen_set_options(
     }
 }
 
+/// Blocks of at least this size come from their own mapping, given back to
+/// the system the moment they are freed.
+const MALLOC_MMAP_THRESHOLD: i32 = 1 << 20;
+/// Free memory at the top of one of glibc's heaps beyond this goes back at
+/// once.
+const MALLOC_TRIM_THRESHOLD: i32 = 4 << 20;
+
+/// Makes the process's allocator give memory back to the system as it is
+/// freed, for a long-running node (the `relive` node process calls it at
+/// start). glibc's default raises its mmap threshold after each large free,
+/// up to 32 MiB, and its trim threshold with it to 64 MiB: after a client's
+/// large request a node kept up to 64 MiB per thread arena that
+/// `malloc_trim` (the top of a thread's heap is not trimmed by it) and
+/// `Ctx::release_free_memory` could not return. Fixing both thresholds turns
+/// that adjustment off. A no-op on other allocators.
+pub fn return_freed_memory_promptly() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt has no preconditions: it sets glibc's tuning
+    // parameters under the allocator's own lock, and both values are in
+    // the ranges glibc accepts (it ignores the call otherwise).
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, MALLOC_MMAP_THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, MALLOC_TRIM_THRESHOLD);
+    }
+}
+
 unsafe extern "C" fn host_release_free_memory(_host: *mut c_void) {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim has no preconditions: it only returns free pages

@@ -24,8 +24,11 @@
 //! - Memory goes back after DEL, expiry and FLUSHALL: FLUSHALL replaces the
 //!   map, a map whose length falls below a quarter of its capacity is
 //!   shrunk, and after FLUSHALL or a DEL that shrank the map kv hands the
-//!   freed pages back to the system (`Ctx::release_free_memory`). DBSIZE is O(1) as in Redis (it may count keys that expired
-//!   since the last sweep, every second).
+//!   freed pages back to the system (`Ctx::release_free_memory`); a large
+//!   request's buffers go back as they are freed (the `relive` node fixes
+//!   glibc's thresholds: `relive_runtime::return_freed_memory_promptly`).
+//!   DBSIZE is O(1) as in Redis (it may count keys that expired since the
+//!   last sweep, every second).
 //! - New commands: MGET, MSET; SET takes NX, XX, GET, KEEPTTL, EX, PX, EXAT
 //!   and PXAT; EXPIRE and PEXPIRE take NX, XX, GT and LT; FLUSHALL takes
 //!   ASYNC or SYNC (both run at once).
