@@ -297,12 +297,24 @@ fn kv_2_0_0_upgraded_live_to_2_1_0_gives_its_listener_2_1_0s_client_cap() {
     assert_eq!(client.cmd(&["GET", "k"]), bulk(b"v"));
 }
 
-#[test]
-fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() {
+/// A node booting kv 2.1.0 on a free port (the directory holds its store).
+struct Kv210 {
+    _dir: tempfile::TempDir,
+    node: NodeGuard,
+    port: u16,
+}
+
+fn kv_2_1_0_node() -> Kv210 {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let v210 = kv_archive("2.1.0", port, dir.path());
-    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", v210.to_str().unwrap()]);
+    let archive = kv_archive("2.1.0", port, dir.path());
+    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", archive.to_str().unwrap()]);
+    Kv210 { _dir: dir, node, port }
+}
+
+#[test]
+fn kv_2_1_0_answers_hostile_clients_as_redis_does_and_serves_others_meanwhile() {
+    let Kv210 { _dir, node, port } = kv_2_1_0_node();
     let mut c = Client::connect(port);
     let mut other = Client::connect(port);
 
@@ -493,10 +505,7 @@ fn resident_kib(pid: u32) -> u64 {
 
 #[test]
 fn flushall_hands_the_memory_of_its_keys_back_to_the_system() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let archive = kv_archive("2.1.0", port, dir.path());
-    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", archive.to_str().unwrap()]);
+    let Kv210 { _dir, node, port } = kv_2_1_0_node();
     let mut client = Client::connect(port);
     assert_eq!(client.cmd(&["PING"]), Resp::Simple("PONG".into()));
     let before = resident_kib(node.pid());
@@ -532,10 +541,7 @@ fn flushall_hands_the_memory_of_its_keys_back_to_the_system() {
 
 #[test]
 fn the_memory_of_large_requests_goes_back_to_the_system() {
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let archive = kv_archive("2.1.0", port, dir.path());
-    let node = NodeGuard::start(&dir.path().join("node"), &["--boot", archive.to_str().unwrap()]);
+    let Kv210 { _dir, node, port } = kv_2_1_0_node();
     let mut client = Client::connect(port);
     assert_eq!(client.cmd(&["PING"]), Resp::Simple("PONG".into()));
     let before = resident_kib(node.pid());
