@@ -37,9 +37,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use relive_dist::{DistConfig, Distribution, Term, term};
 use relive_node::ReleaseHandler;
-use relive_node::protocol::{
-    self, DeployRequest, Envelope, Failure, MakePermanentIfRunning, Reply, Request, Response,
-};
+use relive_node::protocol::{self, DeployRequest, Envelope, Failure, Reply, Request, Response};
 use relive_runtime::{Actor, Ctx, Message, Node, Pid, RemoteMessage, ReplyTo};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -558,8 +556,8 @@ fn deploy(args: ClusterDeployArgs) -> anyhow::Result<()> {
             format!("{} is not a release archive this relive can read", args.archive.display())
         })?;
     let release = contents.manifest.release.name.clone();
-    let semver = contents.manifest.release.version.clone();
-    let version = semver.to_string();
+    let release_version = contents.manifest.release.version.clone();
+    let version = release_version.to_string();
     let sha256 = relive_releases::archive::sha256_hex(&bytes);
     let cluster = Cluster::connect(&args.nodes)?;
 
@@ -704,7 +702,7 @@ fn deploy(args: ClusterDeployArgs) -> anyhow::Result<()> {
         for (node, report) in args.nodes.nodes.iter().zip(reports.iter_mut()) {
             // Only the version this rollout deployed: a node rolled back by
             // someone else meanwhile keeps its permanent release.
-            let request = Request::MakePermanentIfRunning(MakePermanentIfRunning { version: semver.clone() });
+            let request = Request::make_permanent(Some(release_version.clone()));
             match cluster.request(node, request, cluster.short_timeout) {
                 Ok(Ok(_)) => report.detail.push_str("; made permanent"),
                 Ok(Err(failure)) => {

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use relive_node::client::{Client, ClientError};
-use relive_node::protocol::{
-    CanaryRequest, DeployRequest, MakePermanentIfRunning, Progress, Request, Response, Status,
-};
+use relive_node::protocol::{CanaryRequest, DeployRequest, Progress, Request, Response, Status};
 
 use crate::node;
 use crate::release::RootArg;
@@ -420,11 +418,7 @@ pub fn rollback(args: RollbackArgs) -> anyhow::Result<()> {
 /// `relive make-permanent`.
 pub fn make_permanent(args: MakePermanentArgs) -> anyhow::Result<()> {
     let root = args.plain.root.path();
-    let request = match args.version {
-        Some(version) => Request::MakePermanentIfRunning(MakePermanentIfRunning { version }),
-        None => Request::MakePermanent,
-    };
-    let answer = ask(&root, &request);
+    let answer = ask(&root, &Request::make_permanent(args.version));
     if args.plain.json {
         print_json(&answer)?;
         return answer.map(|_| ()).map_err(Into::into);

@@ -9,8 +9,8 @@ use std::time::Duration;
 use relive_releases::store::ReleaseInfo;
 
 use crate::protocol::{
-    self, DeployRequest, Deployed, Envelope, Failure, MakePermanentIfRunning, MessageRequest, Permanent,
-    Progress, Reply, Request, Response, RollbackRequest, Status,
+    self, DeployRequest, Deployed, Envelope, Failure, MessageRequest, Permanent, Progress, Reply, Request,
+    Response, RollbackRequest, Status,
 };
 
 /// The control socket's name in the root.
@@ -253,10 +253,7 @@ impl Client {
     /// # Errors
     /// As [`Client::request`].
     pub fn make_permanent(&mut self, version: Option<semver::Version>) -> Result<Permanent, ClientError> {
-        let request = match version {
-            Some(version) => Request::MakePermanentIfRunning(MakePermanentIfRunning { version }),
-            None => Request::MakePermanent,
-        };
+        let request = Request::make_permanent(version);
         match self.request(&request, None)? {
             Response::Permanent(permanent) => Ok(permanent),
             other => Err(self.unexpected(&request, &other)),

@@ -103,6 +103,15 @@ pub enum Request {
 }
 
 impl Request {
+    /// Make the running release permanent: only if it is `version`, when
+    /// given ([`Request::MakePermanentIfRunning`]).
+    pub fn make_permanent(version: Option<semver::Version>) -> Request {
+        match version {
+            Some(version) => Request::MakePermanentIfRunning(MakePermanentIfRunning { version }),
+            None => Request::MakePermanent,
+        }
+    }
+
     /// The request's name on the wire, for messages.
     pub fn name(&self) -> &'static str {
         match self {

@@ -17,7 +17,7 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::{Stream, StreamExt};
-use relive_node::protocol::{DeployRequest, MakePermanentIfRunning, Request as NodeRequest, RollbackRequest};
+use relive_node::protocol::{DeployRequest, Request as NodeRequest, RollbackRequest};
 use relive_runtime::ProcessOrder;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -572,11 +572,7 @@ async fn make_permanent(
     Query(query): Query<MakePermanentQuery>,
 ) -> Response {
     let Some(handler) = shared.handler().cloned() else { return no_actions() };
-    let request = match query.version {
-        Some(version) => NodeRequest::MakePermanentIfRunning(MakePermanentIfRunning { version }),
-        None => NodeRequest::MakePermanent,
-    };
-    node_request(handler, request).await
+    node_request(handler, NodeRequest::make_permanent(query.version)).await
 }
 
 #[cfg(test)]
