@@ -129,7 +129,7 @@ def main():
 
     coverage = median_interval([1.0] * args.rounds)[2]
     print(f"{'test':<5} {'-c':>3} {'-P':>3} {'kv req/s':>12} {'redis req/s':>12} {'kv/redis':>9}"
-          f"   {100 * coverage:.0f}% interval")
+          f"   {100 * coverage:.1f}% interval")
     at_least_one = clear = 0
     for clients, pipeline in SETTINGS:
         for test in TESTS:
