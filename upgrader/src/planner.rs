@@ -8,9 +8,11 @@
 //!
 //! The generated order follows OTP's relup: new modules are added and
 //! changed ones loaded first (a load error aborts before any process is
-//! touched), then the changed modules' processes are updated, then
-//! processes that are gone stop and new ones start, then modules that are
-//! gone are deleted. The supervision trees are compared supervisor by
+//! touched), then processes that are gone stop (as relup stops a removed
+//! application before any code changes: what they would still send is in
+//! the old release's protocol, which updated code may not decode), then
+//! the changed modules' processes are updated, then new processes start,
+//! then modules that are gone are deleted. The supervision trees are compared supervisor by
 //! supervisor (a child is the same child when its supervisor and id are,
 //! and, for a process, its module): a changed child spec (args, restart,
 //! shutdown) or supervisor flags change in place (`change_child`,
@@ -18,8 +20,7 @@
 //! the next restart, as OTP's supervisor `code_change`); a supervisor
 //! present only in the new release starts with its whole subtree
 //! (`start_supervisor`), one only in the old stops with its children
-//! (`stop_child` on it); children that are gone stop last started first,
-//! before the new ones start. A child that changes module, kind or
+//! (`stop_child` on it); children that are gone stop last started first. A child that changes module, kind or
 //! supervisor stops and starts again, and so does a supervisor that turns
 //! to or from simple_one_for_one or whose template changes module (its
 //! dynamic children go with it). A changed `[config]` is set after the
@@ -276,11 +277,17 @@ fn generate(from: &ReleaseView, to: &ReleaseView) -> Vec<Instruction> {
     // config_change, the new ones read the new configuration in init.
     let config = (!same_config(&from.config, &to.config))
         .then(|| Instruction::ChangeConfig { config: to.config.clone() });
+    // The stops come before the updates, as OTP's relup stops a removed
+    // application before it loads code: a process that is going away
+    // still speaks the old release's protocol, and a message it sent to
+    // code already changed would be one that code cannot decode (dropped,
+    // and counted lost). Stopped first, it is simply gone, which a sender
+    // sees as it would any process exit.
     loads
         .into_iter()
+        .chain(tree.stops)
         .chain(updates)
         .chain(tree.changes)
-        .chain(tree.stops)
         .chain(config)
         .chain(tree.starts)
         .chain(deletes)
@@ -528,11 +535,11 @@ mod tests {
         assert_eq!(
             lines(&plan),
             [
+                "stop_child w2 under pool",
+                "stop_child w1 under pool",
                 "change_child room under rooms: room permanent with {\"history\":9}, shutdown 5000 ms",
                 "change_child rooms under kv_sup: supervisor simple_one_for_one, at most 5 restarts in 10000 ms, permanent, infinity; 1 child in its tree",
                 "change_child pool under kv_sup: supervisor one_for_all, at most 5 restarts in 10000 ms, permanent, infinity; 2 children in its tree",
-                "stop_child w2 under pool",
-                "stop_child w1 under pool",
                 "start_child w1 (room with {}) under pool",
                 "start_child w3 (store with {}) under pool",
                 "start_supervisor extra (one_for_one, at most 5 restarts in 10000 ms; 1 child in its tree) under kv_sup",
@@ -585,8 +592,8 @@ mod tests {
             vec![
                 "load_module store from /code/a2.so",
                 "add_module stats from /code/d1.so",
-                "update store: all processes",
                 "stop_child old_worker under kv_sup",
+                "update store: all processes",
                 "start_child stats (stats with {}) under kv_sup",
                 "delete_module legacy",
             ]
