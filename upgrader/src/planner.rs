@@ -10,27 +10,28 @@
 //! changed ones loaded first (a load error aborts before any process is
 //! touched), then processes that are gone stop (as relup stops a removed
 //! application before any code changes: what they would still send is in
-//! the old release's protocol, which updated code may not decode), then
-//! the changed modules' processes are updated, then new processes start,
-//! then modules that are gone are deleted. The supervision trees are compared supervisor by
-//! supervisor (a child is the same child when its supervisor and id are,
-//! and, for a process, its module): a changed child spec (args, restart,
-//! shutdown) or supervisor flags change in place (`change_child`,
+//! the old release's protocol, which updated code may not decode), then the
+//! changed modules' processes are updated, then new processes start, then
+//! modules that are gone are deleted. The supervision trees are compared
+//! supervisor by supervisor (a child is the same child when its supervisor
+//! and id are, and, for a process, its module): a changed child spec (args,
+//! restart, shutdown) or supervisor flags change in place (`change_child`,
 //! `change_supervisor`: nothing running restarts, the new spec applies at
 //! the next restart, as OTP's supervisor `code_change`); a supervisor
 //! present only in the new release starts with its whole subtree
 //! (`start_supervisor`), one only in the old stops with its children
-//! (`stop_child` on it); children that are gone stop last started first. A child that changes module, kind or
-//! supervisor stops and starts again, and so does a supervisor that turns
-//! to or from simple_one_for_one or whose template changes module (its
-//! dynamic children go with it). A changed `[config]` is set after the
-//! stops and before the starts (`change_config`: every process still
-//! running hears of it through `config_change`; the new ones read it in
-//! `init`). Generated plans purge nothing: the replaced code stays
-//! resident as the old version, so the upgrade can be rolled back live, and
-//! it goes when a later version is loaded (the code server drops an old
-//! version nobody runs). A release that must purge says so in explicit
-//! instructions, which replace all of this.
+//! (`stop_child` on it); children that are gone stop last started first. A
+//! child that changes module, kind or supervisor stops and starts again,
+//! and so does a supervisor that turns to or from simple_one_for_one or
+//! whose template changes module (its dynamic children go with it). A
+//! changed `[config]` is set after the stops and before the starts
+//! (`change_config`: every process still running hears of it through
+//! `config_change`; the new ones read it in `init`). Generated plans purge
+//! nothing: the replaced code stays resident as the old version, so the
+//! upgrade can be rolled back live, and it goes when a later version is
+//! loaded (the code server drops an old version nobody runs). A release
+//! that must purge says so in explicit instructions, which replace all of
+//! this.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
