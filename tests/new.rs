@@ -16,7 +16,7 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use common::{NodeGuard, repo};
+use common::{NodeGuard, install_relive, repo};
 
 /// A relive "installed" in a directory of its own.
 struct Installed {
@@ -32,7 +32,7 @@ impl Installed {
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         let exe = bin.join("relive");
-        std::fs::copy(env!("CARGO_BIN_EXE_relive"), &exe).unwrap();
+        install_relive(&exe);
         let no_checkout = dir.path().join("no-checkout");
         std::fs::create_dir_all(&no_checkout).unwrap();
         Installed { exe, no_checkout, _dir: dir }
@@ -43,28 +43,15 @@ impl Installed {
     /// its sources are the temporary ones), so that cargo compiles serde
     /// and friends once, not on every test run.
     fn run(&self, dir: &Path, args: &[&str]) -> Output {
-        let mut command = Command::new(&self.exe);
-        command
+        Command::new(&self.exe)
             .args(args)
             .current_dir(dir)
             .env("RELIVE_CHECKOUT", &self.no_checkout)
             .env("CARGO_TARGET_DIR", repo().join("target").join("new-app"))
             .env_remove("RELIVE_ROOT")
-            .env_remove("RELIVE_MODULE_VERSION");
-        // The copy's write descriptor is closed, but a child forked by
-        // another test thread while it was open holds it until that child
-        // execs: the kernel then refuses to run the copy ("Text file
-        // busy", once in CI). It passes in moments.
-        let mut tries = 0;
-        loop {
-            match command.output() {
-                Err(error) if error.kind() == std::io::ErrorKind::ExecutableFileBusy && tries < 50 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                result => return result.expect("running the installed relive"),
-            }
-        }
+            .env_remove("RELIVE_MODULE_VERSION")
+            .output()
+            .expect("running the installed relive")
     }
 
     /// `relive ARGS` in `dir`, which must succeed: its stdout.

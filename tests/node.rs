@@ -17,8 +17,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use common::{
-    NodeGuard, alive, build, counter_archives as archives, failure, ok, rel, relive, repo, store_tree,
-    wait_until,
+    NodeGuard, alive, build, counter_archives as archives, failure, install_relive, ok, rel, relive, repo,
+    store_tree, wait_until,
 };
 
 fn release_of(status: &Value) -> (String, String, String) {
@@ -339,7 +339,7 @@ fn a_connection_from_another_uid_is_refused() {
     std::fs::create_dir(&bin).unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
     let exe = bin.join("relive");
-    std::fs::copy(env!("CARGO_BIN_EXE_relive"), &exe).unwrap();
+    install_relive(&exe);
     std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755)).unwrap();
     let archive = bin.join("counter-1.0.0.tar.gz");
     std::fs::copy(v1, &archive).unwrap();

@@ -362,6 +362,16 @@ impl Drop for NodeGuard {
     }
 }
 
+/// Copies the relive binary under test to `to`, for a test that runs it
+/// from elsewhere. `cp` writes the copy, not this process: a child that
+/// another test thread forks while this process holds the copy open for
+/// writing inherits that descriptor until it execs, and running the copy
+/// meanwhile fails with "Text file busy" (ETXTBSY; it did once in CI).
+pub fn install_relive(to: &Path) {
+    let status = Command::new("cp").arg(env!("CARGO_BIN_EXE_relive")).arg(to).status().expect("running cp");
+    assert!(status.success(), "cp {} {}: {status}", env!("CARGO_BIN_EXE_relive"), to.display());
+}
+
 /// Every file and directory of a node's root (its store) with its bytes,
 /// leaving out what changes while a node merely runs (its log, socket,
 /// run/ and lock): two equal trees mean the store is byte-identical.
